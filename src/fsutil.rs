@@ -1,0 +1,112 @@
+//! Crash-safe file output. Every file asl writes goes to a temporary name in the same directory,
+//! is fsynced, and is renamed into place only when complete, so a crash (even `kill -9`) can never
+//! leave a half-written file under a name that looks finished.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::{IoContext, Result};
+
+/// Marker in the names of temporary files; anything carrying it is never taken for an output.
+pub const TMP_MARKER: &str = ".asl-tmp-";
+
+/// The temporary name used while `path` is being written.
+pub fn tmp_path_for(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}{TMP_MARKER}{}", std::process::id()))
+}
+
+pub fn is_tmp_name(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.to_string_lossy().contains(TMP_MARKER))
+}
+
+/// A file being written under a temporary name; `commit` makes it visible atomically. Dropping
+/// it uncommitted removes the temporary file.
+pub struct AtomicFile {
+    tmp: PathBuf,
+    dest: PathBuf,
+    file: Option<File>,
+}
+
+impl AtomicFile {
+    pub fn create(dest: &Path) -> Result<Self> {
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).at(parent)?;
+        }
+        let tmp = tmp_path_for(dest);
+        let file = File::create(&tmp).at(&tmp)?;
+        Ok(Self {
+            tmp,
+            dest: dest.to_path_buf(),
+            file: Some(file),
+        })
+    }
+
+    pub fn file(&mut self) -> &mut File {
+        self.file.as_mut().expect("AtomicFile used after commit")
+    }
+
+    pub fn try_clone_file(&self) -> Result<File> {
+        self.file
+            .as_ref()
+            .expect("AtomicFile used after commit")
+            .try_clone()
+            .at(&self.tmp)
+    }
+
+    pub fn commit(mut self) -> Result<()> {
+        let file = self.file.take().expect("AtomicFile committed twice");
+        file.sync_all().at(&self.tmp)?;
+        drop(file);
+        fs::rename(&self.tmp, &self.dest).at(&self.dest)?;
+        sync_dir(&self.dest);
+        Ok(())
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Writes `bytes` to `dest` atomically.
+pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
+    let mut out = AtomicFile::create(dest)?;
+    out.file().write_all(bytes).at(&out.tmp)?;
+    out.commit()
+}
+
+/// Makes a rename durable. Best effort: not every filesystem lets a directory be fsynced.
+fn sync_dir(path: &Path) {
+    if let Some(parent) = path.parent()
+        && let Ok(dir) = File::open(parent)
+    {
+        let _ = dir.sync_all();
+    }
+}
+
+/// Removes temporary files that a killed run left in `dir` (not recursive).
+pub fn remove_stale_tmp(dir: &Path) -> Result<()> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let path = entry.at(dir)?.path();
+        if is_tmp_name(&path) {
+            if path.is_dir() {
+                fs::remove_dir_all(&path).at(&path)?;
+            } else {
+                fs::remove_file(&path).at(&path)?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,18 @@
+//! asl — Agentic Self-Learning as a batch tool. One LLM backbone plays the prompt generator,
+//! the search policy and the generative reward model; every stage of a round is a command that
+//! reads and writes Parquet shards, and a manifest chains the stages into reproducible rounds.
+//!
+//! The binary (`src/main.rs`) is argument parsing and glue over this library.
+
+pub mod error;
+pub mod fsutil;
+pub mod manifest;
+pub mod params;
+pub mod pipeline;
+pub mod progress;
+pub mod seed;
+pub mod shards;
+pub mod stages;
+pub mod status;
+
+pub use error::{Error, Result};

@@ -1,0 +1,182 @@
+//! The `asl` command line: parsing and dispatch only; the work lives in the library.
+//!
+//! Exit codes: 0 success, 1 a stage or input failed (one line on stderr names the file and the
+//! problem), 2 the command line was malformed.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use asl::manifest::{Manifest, ShardSpec};
+use asl::params::SetOverride;
+use asl::pipeline::{Pipeline, RunOptions, run_pipeline, run_single_stage};
+use asl::stages::{self, Stage};
+use clap::{Arg, ArgAction, ArgMatches, Command, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "asl",
+    version,
+    about = "Agentic Self-Learning: one LLM writes search tasks, solves them and judges them, trained by RL over Parquet shards",
+    after_help = "Stage commands (asl <stage> --help for each) are listed below the built-in commands.\nExample:\n  asl run pipelines/data.toml --run-dir runs/demo"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Builtin,
+}
+
+#[derive(Subcommand)]
+enum Builtin {
+    /// Run a pipeline's stages in order, skipping those already up to date.
+    #[command(after_help = "Example:\n  asl run pipelines/data.toml --run-dir runs/demo --set corpus.max_docs=500")]
+    Run {
+        /// Pipeline file (pipelines/*.toml).
+        pipeline: PathBuf,
+        #[arg(long)]
+        run_dir: PathBuf,
+        /// Number of rounds (overrides the pipeline's `rounds`).
+        #[arg(long)]
+        rounds: Option<u32>,
+        /// Override a parameter: stage.key=value, or seed=N.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<SetOverride>,
+        /// Run this stage (and everything downstream of it) even if it is up to date.
+        #[arg(long, value_name = "STAGE")]
+        force: Vec<String>,
+    },
+    /// Print a table of the stage runs recorded in a run dir's manifest.
+    #[command(after_help = "Example:\n  asl status --run-dir runs/demo")]
+    Status {
+        #[arg(long)]
+        run_dir: PathBuf,
+    },
+}
+
+fn stage_command(stage: &dyn Stage) -> Command {
+    let params: Vec<String> = stage
+        .params()
+        .iter()
+        .map(|p| format!("  {}.{} = {}\n      {}", stage.name(), p.key, p.default, p.help))
+        .collect();
+    Command::new(stage.name())
+        .about(format!("Stage: {}", stage.about()))
+        .after_help(format!(
+            "Parameters (--set {name}.KEY=VALUE):\n{}\n\nExample:\n  asl {name} --run-dir runs/demo --round 0",
+            params.join("\n"),
+            name = stage.name()
+        ))
+        .arg(
+            Arg::new("run-dir")
+                .long("run-dir")
+                .required(true)
+                .value_parser(clap::value_parser!(PathBuf)),
+        )
+        .arg(
+            Arg::new("round")
+                .long("round")
+                .default_value("0")
+                .value_parser(clap::value_parser!(u32))
+                .help("Round whose inputs and outputs to use (setup stages live in round 0)"),
+        )
+        .arg(
+            Arg::new("set")
+                .long("set")
+                .value_name("KEY=VALUE")
+                .action(ArgAction::Append)
+                .value_parser(|s: &str| s.parse::<SetOverride>())
+                .help("Override a parameter: stage.key=value, or seed=N"),
+        )
+        .arg(
+            Arg::new("shard")
+                .long("shard")
+                .value_name("I/N")
+                .value_parser(|s: &str| s.parse::<ShardSpec>())
+                .help("Do part I of N of the stage's work (for job arrays); default 0/1"),
+        )
+}
+
+fn main() -> ExitCode {
+    let mut cli = Cli::command();
+    for stage in stages::all() {
+        cli = cli.subcommand(stage_command(stage));
+    }
+    let matches = cli.get_matches();
+    match dispatch(&matches) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line; nested causes often repeat their parent's text.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ").replace('\n', " ")
+}
+
+fn dispatch(matches: &ArgMatches) -> Result<()> {
+    if let Some((name, sub)) = matches.subcommand()
+        && let Some(stage) = stages::find(name)
+    {
+        return stage_main(stage, sub);
+    }
+    match Cli::from_arg_matches(matches)?.command {
+        Builtin::Run {
+            pipeline,
+            run_dir,
+            rounds,
+            sets,
+            force,
+        } => {
+            let pipeline = Pipeline::load(&pipeline)?;
+            let opts = RunOptions {
+                rounds,
+                sets,
+                force,
+            };
+            let mut stdout = std::io::stdout();
+            run_pipeline(&pipeline, &run_dir, &opts, &mut stdout)
+                .with_context(|| format!("pipeline {}", pipeline.name))?;
+            print_status(&run_dir)
+        }
+        Builtin::Status { run_dir } => print_status(&run_dir),
+    }
+}
+
+fn stage_main(stage: &dyn Stage, m: &ArgMatches) -> Result<()> {
+    let run_dir: &PathBuf = m.get_one("run-dir").expect("required");
+    let round: u32 = *m.get_one("round").expect("has default");
+    let sets: Vec<SetOverride> = m
+        .get_many::<SetOverride>("set")
+        .map(|v| v.cloned().collect())
+        .unwrap_or_default();
+    let shard = m
+        .get_one::<ShardSpec>("shard")
+        .copied()
+        .unwrap_or(ShardSpec::WHOLE);
+    let (entry, summary) = run_single_stage(run_dir, stage, round, &sets, shard)?;
+    println!(
+        "round {round} {}: done in {:.1}s, {summary}",
+        entry.stage,
+        entry.wall_s.unwrap_or_default()
+    );
+    Ok(())
+}
+
+fn print_status(run_dir: &Path) -> Result<()> {
+    let manifest = Manifest::load(run_dir)?;
+    if manifest.entries.is_empty() {
+        println!("{}: no stage has run yet", run_dir.display());
+        return Ok(());
+    }
+    println!("{}", asl::status::status_table(&manifest));
+    Ok(())
+}

@@ -1,0 +1,360 @@
+//! `RUN_DIR/manifest.json`: the record of every stage run — what it read, what it wrote (with
+//! content hashes and row counts), its resolved parameters, seed, timings and status. The runner
+//! decides from it whether a stage is up to date, and a user audits a run by reading it.
+//!
+//! Updates take an exclusive lock on `RUN_DIR/.manifest.lock`, so stage shards run as separate
+//! processes (a Slurm job array, say) can record their parts in one manifest.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::{is_tmp_name, write_atomic};
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+const LOCK_FILE: &str = ".manifest.lock";
+const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Running,
+    Done,
+    Failed,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Running => "running",
+            Status::Done => "done",
+            Status::Failed => "failed",
+        })
+    }
+}
+
+/// A file or directory a stage read or wrote, identified by its content hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// Relative to the run directory when inside it, absolute otherwise.
+    pub path: String,
+    pub sha256: String,
+    /// Rows of a Parquet shard; absent for other files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+    /// Number of files hashed, for a directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<u64>,
+}
+
+/// The part `i` of `n` of a stage's work; written `i/n` in the manifest and on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct ShardSpec {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl ShardSpec {
+    pub const WHOLE: ShardSpec = ShardSpec { index: 0, count: 1 };
+
+    /// Whether item number `i` of the stage's input belongs to this part.
+    pub fn owns(&self, i: usize) -> bool {
+        i % self.count as usize == self.index as usize
+    }
+}
+
+impl std::str::FromStr for ShardSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("--shard {s:?}: expected i/n with 0 <= i < n, e.g. 0/4");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let index: u32 = i.trim().parse().map_err(|_| bad())?;
+        let count: u32 = n.trim().parse().map_err(|_| bad())?;
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(ShardSpec { index, count })
+    }
+}
+
+impl From<ShardSpec> for String {
+    fn from(s: ShardSpec) -> String {
+        s.to_string()
+    }
+}
+
+impl TryFrom<String> for ShardSpec {
+    type Error = String;
+
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl std::fmt::Display for ShardSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// One run of one stage (or one part of it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub stage: String,
+    pub round: u32,
+    pub shard: ShardSpec,
+    pub status: Status,
+    pub params: Map<String, Value>,
+    pub seed: u64,
+    pub inputs: Vec<FileRecord>,
+    pub outputs: Vec<FileRecord>,
+    pub asl_version: String,
+    pub started_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The pipeline the run was started with, so a single stage run by hand gets the same params.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineRecord {
+    pub path: String,
+    pub name: String,
+    pub seed: u64,
+    pub rounds: u32,
+    /// Parameters per stage, after `--set` overrides.
+    pub params: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub schema_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<PipelineRecord>,
+    pub entries: Vec<Entry>,
+}
+
+impl Default for Manifest {
+    fn default() -> Self {
+        Manifest {
+            schema_version: SCHEMA_VERSION,
+            pipeline: None,
+            entries: Vec::new(),
+        }
+    }
+}
+
+impl Manifest {
+    pub fn path(run_dir: &Path) -> PathBuf {
+        run_dir.join(MANIFEST_FILE)
+    }
+
+    /// Loads the manifest; a run dir without one has an empty manifest.
+    pub fn load(run_dir: &Path) -> Result<Manifest> {
+        let path = Self::path(run_dir);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Manifest::default()),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| Error::Manifest {
+            path: path.clone(),
+            message: format!("not valid manifest JSON ({e})"),
+        })?;
+        if manifest.schema_version != SCHEMA_VERSION {
+            return Err(Error::Manifest {
+                path,
+                message: format!(
+                    "schema_version {} is not supported (this asl writes {SCHEMA_VERSION})",
+                    manifest.schema_version
+                ),
+            });
+        }
+        Ok(manifest)
+    }
+
+    fn save(&self, run_dir: &Path) -> Result<()> {
+        let mut text = serde_json::to_string_pretty(self).expect("manifest serialises");
+        text.push('\n');
+        write_atomic(&Self::path(run_dir), text.as_bytes())
+    }
+
+    /// Loads, changes and saves the manifest under the run dir's lock.
+    pub fn update<T>(run_dir: &Path, change: impl FnOnce(&mut Manifest) -> T) -> Result<T> {
+        fs::create_dir_all(run_dir).at(run_dir)?;
+        let lock_path = run_dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .at(&lock_path)?;
+        lock.lock().at(&lock_path)?;
+        let mut manifest = Manifest::load(run_dir)?;
+        let out = change(&mut manifest);
+        manifest.save(run_dir)?;
+        Ok(out)
+    }
+
+    /// The newest entries of `stage` in `round`, one per shard index of the newest shard count.
+    pub fn latest(&self, stage: &str, round: u32) -> Vec<&Entry> {
+        let mut found: Vec<&Entry> = Vec::new();
+        let Some(newest) = self
+            .entries
+            .iter()
+            .rev()
+            .find(|e| e.stage == stage && e.round == round)
+        else {
+            return found;
+        };
+        let count = newest.shard.count;
+        for index in 0..count {
+            if let Some(e) = self.entries.iter().rev().find(|e| {
+                e.stage == stage
+                    && e.round == round
+                    && e.shard == (ShardSpec { index, count })
+            }) {
+                found.push(e);
+            }
+        }
+        found
+    }
+
+    /// The newest entry of exactly this stage part.
+    pub fn latest_part(&self, stage: &str, round: u32, shard: ShardSpec) -> Option<&Entry> {
+        self.entries
+            .iter()
+            .rev()
+            .find(|e| e.stage == stage && e.round == round && e.shard == shard)
+    }
+
+    /// The outputs of a stage whose every part is done, looking back from `round` to the newest
+    /// round that has them (setup stages live in round 0).
+    pub fn done_outputs(&self, stage: &str, round: u32) -> Option<(u32, Vec<FileRecord>)> {
+        (0..=round).rev().find_map(|r| {
+            let parts = self.latest(stage, r);
+            let complete = !parts.is_empty()
+                && parts.len() == parts[0].shard.count as usize
+                && parts.iter().all(|e| e.status == Status::Done);
+            complete.then(|| {
+                (
+                    r,
+                    parts
+                        .iter()
+                        .flat_map(|e| e.outputs.iter().cloned())
+                        .collect(),
+                )
+            })
+        })
+    }
+}
+
+/// The manifest's name for `path`: relative to the run dir when inside it.
+pub fn record_path(run_dir: &Path, path: &Path) -> String {
+    path.strip_prefix(run_dir)
+        .unwrap_or(path)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Resolves a recorded path back to a file path.
+pub fn resolve_path(run_dir: &Path, recorded: &str) -> PathBuf {
+    let p = Path::new(recorded);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        run_dir.join(p)
+    }
+}
+
+/// Hashes a file, or a directory over its files (sorted relative paths and their hashes;
+/// temporary files skipped).
+pub fn hash_path(path: &Path) -> Result<(String, Option<u64>)> {
+    let meta = fs::metadata(path).at(path)?;
+    if !meta.is_dir() {
+        return Ok((hash_file(path)?, None));
+    }
+    let mut files = Vec::new();
+    collect_files(path, path, &mut files)?;
+    files.sort();
+    let mut hasher = Sha256::new();
+    for rel in &files {
+        let digest = hash_file(&path.join(rel))?;
+        hasher.update(rel.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(digest.as_bytes());
+        hasher.update(b"\n");
+    }
+    Ok((hex(&hasher.finalize()), Some(files.len() as u64)))
+}
+
+fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+    for entry in fs::read_dir(dir).at(dir)? {
+        let path = entry.at(dir)?.path();
+        if is_tmp_name(&path) {
+            continue;
+        }
+        if path.is_dir() {
+            collect_files(root, &path, out)?;
+        } else {
+            let rel = path.strip_prefix(root).unwrap_or(&path);
+            out.push(rel.to_string_lossy().replace('\\', "/"));
+        }
+    }
+    Ok(())
+}
+
+pub fn hash_file(path: &Path) -> Result<String> {
+    let mut file = File::open(path).at(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).at(path)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Records a file or directory, with its row count when it is a Parquet shard.
+pub fn file_record(run_dir: &Path, path: &Path) -> Result<FileRecord> {
+    let (sha256, files) = hash_path(path)?;
+    let rows = if path.extension().is_some_and(|e| e == "parquet") {
+        Some(crate::shards::count_rows(path)?)
+    } else {
+        None
+    };
+    Ok(FileRecord {
+        path: record_path(run_dir, path),
+        sha256,
+        rows,
+        files,
+    })
+}
+
+/// Whether every recorded output is present with its recorded hash.
+pub fn outputs_intact(run_dir: &Path, outputs: &[FileRecord]) -> bool {
+    outputs.iter().all(|o| {
+        hash_path(&resolve_path(run_dir, &o.path)).is_ok_and(|(sha, _)| sha == o.sha256)
+    })
+}
+
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

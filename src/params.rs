@@ -1,0 +1,230 @@
+//! Stage parameters. Each stage declares its parameters with defaults; a pipeline file and
+//! `--set stage.key=value` override them. The resolved values are recorded in the manifest and are
+//! part of a stage run's identity, so changing one reruns the stage.
+
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+
+/// Resolved parameters of one stage, in declaration order.
+pub type Params = Map<String, Value>;
+
+/// One parameter a stage accepts.
+#[derive(Debug, Clone)]
+pub struct ParamSpec {
+    pub key: &'static str,
+    pub default: Value,
+    pub help: &'static str,
+}
+
+impl ParamSpec {
+    pub fn new(key: &'static str, default: impl Into<Value>, help: &'static str) -> Self {
+        Self {
+            key,
+            default: default.into(),
+            help,
+        }
+    }
+}
+
+/// A `--set` override: `stage.key=value`, or `seed=N` for the run seed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SetOverride {
+    pub stage: Option<String>,
+    pub key: String,
+    pub value: Value,
+}
+
+impl std::str::FromStr for SetOverride {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (lhs, rhs) = s
+            .split_once('=')
+            .ok_or_else(|| format!("--set {s:?}: expected key=value, e.g. corpus.max_docs=100"))?;
+        let lhs = lhs.trim();
+        let (stage, key) = match lhs.split_once('.') {
+            Some((stage, key)) => (Some(stage.to_string()), key.to_string()),
+            None => (None, lhs.to_string()),
+        };
+        if key.is_empty() || stage.as_deref() == Some("") {
+            return Err(format!("--set {s:?}: empty key"));
+        }
+        Ok(SetOverride {
+            stage,
+            key,
+            value: parse_value(rhs.trim()),
+        })
+    }
+}
+
+/// Reads a command-line value as TOML (numbers, booleans, quoted strings, arrays); anything that
+/// is not TOML is taken as a bare string, so paths need no quoting.
+pub fn parse_value(text: &str) -> Value {
+    match toml::from_str::<toml::Table>(&format!("v = {text}")) {
+        Ok(mut table) => table
+            .remove("v")
+            .map(toml_to_json)
+            .unwrap_or(Value::String(text.to_string())),
+        Err(_) => Value::String(text.to_string()),
+    }
+}
+
+pub fn toml_to_json(value: toml::Value) -> Value {
+    match value {
+        toml::Value::String(s) => Value::String(s),
+        toml::Value::Integer(i) => Value::from(i),
+        toml::Value::Float(f) => Value::from(f),
+        toml::Value::Boolean(b) => Value::Bool(b),
+        toml::Value::Datetime(d) => Value::String(d.to_string()),
+        toml::Value::Array(a) => Value::Array(a.into_iter().map(toml_to_json).collect()),
+        toml::Value::Table(t) => Value::Object(
+            t.into_iter()
+                .map(|(k, v)| (k, toml_to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// Defaults, then the pipeline's values, then `--set` overrides; unknown keys and values of the
+/// wrong type are refused with the key named.
+pub fn resolve(
+    stage: &str,
+    specs: &[ParamSpec],
+    pipeline: Option<&Map<String, Value>>,
+    sets: &[SetOverride],
+) -> Result<Params> {
+    let mut params: Params = specs
+        .iter()
+        .map(|s| (s.key.to_string(), s.default.clone()))
+        .collect();
+    let from_sets = sets
+        .iter()
+        .filter(|s| s.stage.as_deref() == Some(stage))
+        .map(|s| (&s.key, &s.value));
+    for (key, value) in pipeline.into_iter().flatten().chain(from_sets) {
+        let full = format!("{stage}.{key}");
+        let Some(spec) = specs.iter().find(|s| s.key == key) else {
+            let known: Vec<_> = specs.iter().map(|s| s.key).collect();
+            return Err(Error::param(
+                full,
+                format!("unknown parameter (stage {stage} takes: {})", known.join(", ")),
+            ));
+        };
+        params.insert(key.clone(), coerce(&full, &spec.default, value)?);
+    }
+    Ok(params)
+}
+
+fn coerce(key: &str, default: &Value, value: &Value) -> Result<Value> {
+    let ok = match (default, value) {
+        (Value::String(_), Value::String(_)) => true,
+        (Value::Bool(_), Value::Bool(_)) => true,
+        (Value::Number(d), Value::Number(v)) => d.is_f64() || v.is_i64() || v.is_u64(),
+        (Value::Array(_), Value::Array(_)) => true,
+        _ => false,
+    };
+    if ok {
+        if let (Value::Number(d), Value::Number(v)) = (default, value)
+            && d.is_f64()
+        {
+            return Ok(Value::from(v.as_f64().unwrap_or_default()));
+        }
+        Ok(value.clone())
+    } else {
+        Err(Error::param(
+            key,
+            format!("expected {} like {default}, got {value}", kind_name(default)),
+        ))
+    }
+}
+
+fn kind_name(v: &Value) -> &'static str {
+    match v {
+        Value::String(_) => "a string",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_f64() => "a number",
+        Value::Number(_) => "an integer",
+        Value::Array(_) => "a list",
+        _ => "a value",
+    }
+}
+
+/// Typed access to resolved params. The stage declared the key, so a missing key or wrong type
+/// is a programming error in the stage, not user input.
+pub trait ParamsExt {
+    fn str(&self, key: &str) -> &str;
+    fn u64(&self, key: &str) -> u64;
+    fn f64(&self, key: &str) -> f64;
+    fn bool(&self, key: &str) -> bool;
+}
+
+impl ParamsExt for Params {
+    fn str(&self, key: &str) -> &str {
+        self.get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("stage declared string parameter {key}"))
+    }
+
+    fn u64(&self, key: &str) -> u64 {
+        self.get(key)
+            .and_then(Value::as_u64)
+            .unwrap_or_else(|| panic!("stage declared integer parameter {key}"))
+    }
+
+    fn f64(&self, key: &str) -> f64 {
+        self.get(key)
+            .and_then(Value::as_f64)
+            .unwrap_or_else(|| panic!("stage declared number parameter {key}"))
+    }
+
+    fn bool(&self, key: &str) -> bool {
+        self.get(key)
+            .and_then(Value::as_bool)
+            .unwrap_or_else(|| panic!("stage declared boolean parameter {key}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn specs() -> Vec<ParamSpec> {
+        vec![
+            ParamSpec::new("source", "builtin", ""),
+            ParamSpec::new("max_docs", 0, ""),
+            ParamSpec::new("temperature", 1.0, ""),
+        ]
+    }
+
+    #[test]
+    fn set_parses_stage_key_and_typed_value() {
+        let s: SetOverride = "corpus.max_docs=100".parse().unwrap();
+        assert_eq!(s.stage.as_deref(), Some("corpus"));
+        assert_eq!(s.key, "max_docs");
+        assert_eq!(s.value, Value::from(100));
+        let s: SetOverride = "corpus.source=/tmp/x.jsonl".parse().unwrap();
+        assert_eq!(s.value, Value::from("/tmp/x.jsonl"));
+        let s: SetOverride = "seed=7".parse().unwrap();
+        assert_eq!(s.stage, None);
+        assert!("nokey".parse::<SetOverride>().is_err());
+    }
+
+    #[test]
+    fn resolve_applies_pipeline_then_sets_and_refuses_unknown_or_mistyped() {
+        let mut pipeline = Map::new();
+        pipeline.insert("max_docs".into(), Value::from(5));
+        let sets = vec!["corpus.temperature=2".parse().unwrap()];
+        let p = resolve("corpus", &specs(), Some(&pipeline), &sets).unwrap();
+        assert_eq!(p["max_docs"], Value::from(5));
+        assert_eq!(p["temperature"], Value::from(2.0));
+        assert_eq!(p["source"], Value::from("builtin"));
+
+        let bad = vec!["corpus.colour=red".parse().unwrap()];
+        let err = resolve("corpus", &specs(), None, &bad).unwrap_err().to_string();
+        assert!(err.contains("corpus.colour") && err.contains("unknown"), "{err}");
+        let bad = vec!["corpus.max_docs=lots".parse().unwrap()];
+        let err = resolve("corpus", &specs(), None, &bad).unwrap_err().to_string();
+        assert!(err.contains("expected an integer"), "{err}");
+    }
+}

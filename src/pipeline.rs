@@ -1,0 +1,430 @@
+//! Pipelines and the runner. A pipeline file (`pipelines/*.toml`) names the setup stages (run
+//! once, in round 0), the stages of every round, the run seed and the stages' parameters. The
+//! runner executes them in order and records each run in the manifest; a stage whose params,
+//! seed and input hashes match its last `done` entry, and whose outputs are intact, is skipped.
+//! A stage that runs makes every stage downstream of it run too.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::remove_stale_tmp;
+use crate::manifest::{
+    Entry, FileRecord, Manifest, PipelineRecord, ShardSpec, Status, file_record, now_rfc3339,
+    outputs_intact, resolve_path,
+};
+use crate::params::{Params, SetOverride, resolve, toml_to_json};
+use crate::seed::derive_seed;
+use crate::shards::stage_dir;
+use crate::stages::{self, Stage, StageContext};
+
+pub const ASL_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PipelineFile {
+    name: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    seed: u64,
+    #[serde(default)]
+    rounds: u32,
+    #[serde(default)]
+    setup: Vec<String>,
+    #[serde(default)]
+    round: Vec<String>,
+    #[serde(default)]
+    params: toml::Table,
+}
+
+/// A validated pipeline: every stage known, every parameter accepted by its stage.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub path: PathBuf,
+    pub name: String,
+    pub description: Option<String>,
+    pub seed: u64,
+    pub rounds: u32,
+    pub setup: Vec<String>,
+    pub round: Vec<String>,
+    /// Parameters per stage name, as written in the file.
+    pub params: Map<String, Value>,
+}
+
+impl Pipeline {
+    pub fn load(path: &Path) -> Result<Pipeline> {
+        let text = std::fs::read_to_string(path).at(path)?;
+        let perr = |message: String| Error::Pipeline {
+            path: path.to_path_buf(),
+            message,
+        };
+        let file: PipelineFile = toml::from_str(&text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
+                .unwrap_or(0);
+            perr(format!(
+                "line {line}: {}",
+                e.message().lines().next().unwrap_or("TOML error")
+            ))
+        })?;
+        let mut params = Map::new();
+        for (stage, table) in file.params {
+            let toml::Value::Table(table) = table else {
+                return Err(perr(format!("[params.{stage}] must be a table")));
+            };
+            params.insert(stage, toml_to_json(toml::Value::Table(table)));
+        }
+        let pipeline = Pipeline {
+            path: path.to_path_buf(),
+            name: file.name.unwrap_or_else(|| {
+                path.file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            }),
+            description: file.description,
+            seed: file.seed,
+            rounds: file.rounds,
+            setup: file.setup,
+            round: file.round,
+            params,
+        };
+        pipeline.validate(&[]).map_err(|e| match e {
+            Error::Param { key, message } => perr(format!("{key}: {message}")),
+            Error::Stage { stage, message } => perr(format!("stage {stage}: {message}")),
+            other => other,
+        })?;
+        Ok(pipeline)
+    }
+
+    fn stage_names(&self) -> impl Iterator<Item = &String> {
+        self.setup.iter().chain(self.round.iter())
+    }
+
+    /// Checks stage names and that every stage's params resolve under `sets`.
+    pub fn validate(&self, sets: &[SetOverride]) -> Result<()> {
+        for name in self.stage_names() {
+            let stage = stages::find(name).ok_or_else(|| {
+                Error::stage(
+                    name.clone(),
+                    format!("unknown stage (known: {})", stages::known_names()),
+                )
+            })?;
+            self.stage_params(stage, sets)?;
+        }
+        for key in self.params.keys() {
+            if !self.stage_names().any(|n| n == key) {
+                return Err(Error::param(
+                    format!("params.{key}"),
+                    "no such stage in this pipeline",
+                ));
+            }
+        }
+        for set in sets {
+            if let Some(stage) = &set.stage
+                && !self.stage_names().any(|n| n == stage)
+            {
+                return Err(Error::param(
+                    format!("{stage}.{}", set.key),
+                    "no such stage in this pipeline",
+                ));
+            } else if set.stage.is_none() && set.key != "seed" {
+                return Err(Error::param(
+                    set.key.clone(),
+                    "unknown run setting (only `seed`, or stage.key)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn stage_params(&self, stage: &dyn Stage, sets: &[SetOverride]) -> Result<Params> {
+        let table = self.params.get(stage.name()).and_then(Value::as_object);
+        resolve(stage.name(), &stage.params(), table, sets)
+    }
+}
+
+/// The run seed after a `--set seed=N` override.
+pub fn run_seed(base: u64, sets: &[SetOverride]) -> Result<u64> {
+    match sets.iter().rev().find(|s| s.stage.is_none() && s.key == "seed") {
+        None => Ok(base),
+        Some(s) => s
+            .value
+            .as_u64()
+            .ok_or_else(|| Error::param("seed", "expected a non-negative integer")),
+    }
+}
+
+/// The seed of one stage in one round.
+pub fn stage_seed(run_seed: u64, stage: &str, round: u32) -> u64 {
+    derive_seed(run_seed, &format!("{stage}/round-{round}"))
+}
+
+pub struct RunOptions {
+    pub rounds: Option<u32>,
+    pub sets: Vec<SetOverride>,
+    pub force: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Ran,
+    Skipped,
+}
+
+#[derive(Debug, Clone)]
+pub struct StageReport {
+    pub round: u32,
+    pub stage: String,
+    pub action: Action,
+    pub summary: String,
+}
+
+/// Runs a pipeline, printing one line per stage to `log`.
+pub fn run_pipeline(
+    pipeline: &Pipeline,
+    run_dir: &Path,
+    opts: &RunOptions,
+    log: &mut dyn Write,
+) -> Result<Vec<StageReport>> {
+    pipeline.validate(&opts.sets)?;
+    for name in &opts.force {
+        if !pipeline.stage_names().any(|n| n == name) {
+            return Err(Error::stage(
+                name.clone(),
+                "--force names a stage that is not in this pipeline",
+            ));
+        }
+    }
+    let seed = run_seed(pipeline.seed, &opts.sets)?;
+    let rounds = opts.rounds.unwrap_or(pipeline.rounds);
+    let mut resolved = Map::new();
+    for name in pipeline.stage_names() {
+        let stage = stages::find(name).expect("validated");
+        resolved.insert(
+            name.clone(),
+            Value::Object(pipeline.stage_params(stage, &opts.sets)?),
+        );
+    }
+    let record = PipelineRecord {
+        path: pipeline.path.to_string_lossy().into_owned(),
+        name: pipeline.name.clone(),
+        seed,
+        rounds,
+        params: resolved.clone(),
+    };
+    Manifest::update(run_dir, |m| m.pipeline = Some(record))?;
+
+    let plan = pipeline
+        .setup
+        .iter()
+        .map(|s| (0, s))
+        .chain((1..=rounds).flat_map(|r| pipeline.round.iter().map(move |s| (r, s))));
+    let mut ran: BTreeSet<String> = BTreeSet::new();
+    let mut reports = Vec::new();
+    for (round, name) in plan {
+        let stage = stages::find(name).expect("validated");
+        let params = resolved[name.as_str()]
+            .as_object()
+            .cloned()
+            .expect("params are objects");
+        let upstream_ran = stage.upstream(&params).iter().any(|u| ran.contains(*u));
+        let forced = opts.force.iter().any(|f| f == name);
+        let seed = stage_seed(seed, name, round);
+        let prepared = prepare(run_dir, stage, round, &params, seed)?;
+        if !forced && !upstream_ran && prepared.is_up_to_date(run_dir)? {
+            writeln!(log, "round {round} {name}: didn't change, skipping").ok();
+            reports.push(StageReport {
+                round,
+                stage: name.clone(),
+                action: Action::Skipped,
+                summary: String::new(),
+            });
+            continue;
+        }
+        writeln!(log, "round {round} {name}: running").ok();
+        let (entry, summary) = prepared.execute(run_dir, ShardSpec::WHOLE)?;
+        writeln!(
+            log,
+            "round {round} {name}: done in {:.1}s, {summary}",
+            entry.wall_s.unwrap_or_default()
+        )
+        .ok();
+        ran.insert(name.clone());
+        reports.push(StageReport {
+            round,
+            stage: name.clone(),
+            action: Action::Ran,
+            summary,
+        });
+    }
+    Ok(reports)
+}
+
+/// Runs one stage by hand with the params of the run's pipeline (from the manifest) and any
+/// overrides; it always runs.
+pub fn run_single_stage(
+    run_dir: &Path,
+    stage: &dyn Stage,
+    round: u32,
+    sets: &[SetOverride],
+    shard: ShardSpec,
+) -> Result<(Entry, String)> {
+    let manifest = Manifest::load(run_dir)?;
+    let (base_seed, table) = match &manifest.pipeline {
+        Some(p) => (p.seed, p.params.get(stage.name()).and_then(Value::as_object)),
+        None => (0, None),
+    };
+    let seed = run_seed(base_seed, sets)?;
+    let params = resolve(stage.name(), &stage.params(), table, sets)?;
+    let prepared = prepare(
+        run_dir,
+        stage,
+        round,
+        &params,
+        stage_seed(seed, stage.name(), round),
+    )?;
+    prepared.execute(run_dir, shard)
+}
+
+/// A stage with its params, seed and inputs resolved, ready to check or run.
+struct Prepared<'a> {
+    stage: &'a dyn Stage,
+    round: u32,
+    params: Params,
+    seed: u64,
+    upstream: Vec<(String, Vec<PathBuf>)>,
+    inputs: Vec<FileRecord>,
+}
+
+fn prepare<'a>(
+    run_dir: &Path,
+    stage: &'a dyn Stage,
+    round: u32,
+    params: &Params,
+    seed: u64,
+) -> Result<Prepared<'a>> {
+    let manifest = Manifest::load(run_dir)?;
+    let mut upstream = Vec::new();
+    let mut inputs = Vec::new();
+    for up in stage.upstream(params) {
+        let (_, outputs) = manifest.done_outputs(up, round).ok_or_else(|| {
+            Error::stage(
+                stage.name(),
+                format!(
+                    "needs the outputs of stage `{up}`, which has not finished in round {round} or before (run `asl {up} --run-dir {}`)",
+                    run_dir.display()
+                ),
+            )
+        })?;
+        upstream.push((
+            up.to_string(),
+            outputs
+                .iter()
+                .map(|o| resolve_path(run_dir, &o.path))
+                .collect(),
+        ));
+        inputs.extend(outputs);
+    }
+    for path in stage.external_inputs(params)? {
+        inputs.push(file_record(run_dir, &path)?);
+    }
+    Ok(Prepared {
+        stage,
+        round,
+        params: params.clone(),
+        seed,
+        upstream,
+        inputs,
+    })
+}
+
+impl Prepared<'_> {
+    /// The cheap checks first (status, params, seed, input hashes), output hashes last.
+    fn is_up_to_date(&self, run_dir: &Path) -> Result<bool> {
+        let manifest = Manifest::load(run_dir)?;
+        let Some(entry) = manifest.latest_part(self.stage.name(), self.round, ShardSpec::WHOLE)
+        else {
+            return Ok(false);
+        };
+        let same_inputs = entry.inputs.len() == self.inputs.len()
+            && entry
+                .inputs
+                .iter()
+                .zip(&self.inputs)
+                .all(|(a, b)| a.path == b.path && a.sha256 == b.sha256);
+        Ok(entry.status == Status::Done
+            && entry.asl_version == ASL_VERSION
+            && entry.params == self.params
+            && entry.seed == self.seed
+            && same_inputs
+            && outputs_intact(run_dir, &entry.outputs))
+    }
+
+    fn execute(&self, run_dir: &Path, shard: ShardSpec) -> Result<(Entry, String)> {
+        let name = self.stage.name();
+        let out_dir = stage_dir(run_dir, self.round, name);
+        std::fs::create_dir_all(&out_dir).at(&out_dir)?;
+        remove_stale_tmp(&out_dir)?;
+        let mut entry = Entry {
+            stage: name.to_string(),
+            round: self.round,
+            shard,
+            status: Status::Running,
+            params: self.params.clone(),
+            seed: self.seed,
+            inputs: self.inputs.clone(),
+            outputs: Vec::new(),
+            asl_version: ASL_VERSION.to_string(),
+            started_at: now_rfc3339(),
+            finished_at: None,
+            wall_s: None,
+            error: None,
+        };
+        let index = Manifest::update(run_dir, |m| {
+            m.entries.push(entry.clone());
+            m.entries.len() - 1
+        })?;
+        let started = Instant::now();
+        let ctx = StageContext {
+            run_dir,
+            round: self.round,
+            params: &self.params,
+            seed: self.seed,
+            shard,
+            inputs: &self.upstream,
+            out_dir,
+        };
+        let result = self.stage.run(&ctx).and_then(|out| {
+            let records = out
+                .files
+                .iter()
+                .map(|f| file_record(run_dir, f))
+                .collect::<Result<Vec<_>>>()?;
+            Ok((records, out.summary))
+        });
+        entry.finished_at = Some(now_rfc3339());
+        entry.wall_s = Some((started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0);
+        let outcome = match result {
+            Ok((outputs, summary)) => {
+                entry.status = Status::Done;
+                entry.outputs = outputs;
+                Ok(summary)
+            }
+            Err(e) => {
+                entry.status = Status::Failed;
+                entry.error = Some(e.to_string());
+                Err(e)
+            }
+        };
+        let recorded = entry.clone();
+        Manifest::update(run_dir, move |m| m.entries[index] = recorded)?;
+        outcome.map(|summary| (entry, summary))
+    }
+}

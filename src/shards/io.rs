@@ -1,0 +1,155 @@
+//! Streaming shard I/O. Writers take record batches one at a time and flush bounded row groups,
+//! so memory does not grow with the size of a shard; readers check the schema before the first
+//! row is used, so a wrong file fails with a line naming the file and the column.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, SchemaRef};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use super::ShardKind;
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::AtomicFile;
+
+/// Row groups are also bounded in bytes, so a few very large rows cannot make one huge group.
+const MAX_ROW_GROUP_BYTES: usize = 64 << 20;
+const READ_BATCH_ROWS: usize = 4096;
+
+/// Writes one shard of a given kind under a temporary name; `finish` renames it into place.
+pub struct ShardWriter {
+    path: PathBuf,
+    kind: ShardKind,
+    schema: SchemaRef,
+    writer: Option<ArrowWriter<File>>,
+    out: Option<AtomicFile>,
+    rows: u64,
+}
+
+impl ShardWriter {
+    pub fn create(path: &Path, kind: ShardKind) -> Result<Self> {
+        let out = AtomicFile::create(path)?;
+        let schema = kind.schema();
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid zstd level")))
+            .set_max_row_group_row_count(Some(kind.max_row_group_rows()))
+            .set_max_row_group_bytes(Some(MAX_ROW_GROUP_BYTES))
+            // A fixed writer string keeps shard bytes independent of the asl build.
+            .set_created_by("asl".to_string())
+            .build();
+        let writer = ArrowWriter::try_new(out.try_clone_file()?, schema.clone(), Some(props))
+            .map_err(|e| Error::shard(path, format!("cannot start parquet writer: {e}")))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            kind,
+            schema,
+            writer: Some(writer),
+            out: Some(out),
+            rows: 0,
+        })
+    }
+
+    pub fn kind(&self) -> ShardKind {
+        self.kind
+    }
+
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.schema() != self.schema {
+            return Err(Error::shard(
+                &self.path,
+                format!("batch does not match the {} schema", self.kind),
+            ));
+        }
+        let writer = self.writer.as_mut().expect("ShardWriter used after finish");
+        writer
+            .write(batch)
+            .map_err(|e| Error::shard(&self.path, format!("write failed: {e}")))?;
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Closes the Parquet footer, fsyncs and renames into place. Returns the row count.
+    pub fn finish(mut self) -> Result<u64> {
+        let writer = self.writer.take().expect("ShardWriter finished twice");
+        writer
+            .close()
+            .map_err(|e| Error::shard(&self.path, format!("cannot close parquet file: {e}")))?;
+        self.out.take().expect("output present").commit()?;
+        Ok(self.rows)
+    }
+}
+
+/// Opens a shard for streaming reads after checking its schema against `kind`.
+pub fn open_shard(path: &Path, kind: ShardKind) -> Result<ParquetRecordBatchReader> {
+    let file = File::open(path).at(path)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| Error::shard(path, format!("not a readable Parquet file ({e})")))?;
+    check_schema(path, kind, builder.schema())?;
+    builder
+        .with_batch_size(READ_BATCH_ROWS)
+        .build()
+        .map_err(|e| Error::shard(path, format!("cannot read: {e}")))
+}
+
+/// Reads every batch of a shard; for small shards and tests.
+pub fn read_shard(path: &Path, kind: ShardKind) -> Result<Vec<RecordBatch>> {
+    open_shard(path, kind)?
+        .map(|b| b.map_err(|e| Error::shard(path, format!("corrupt data: {e}"))))
+        .collect()
+}
+
+/// Row count from the footer alone.
+pub fn count_rows(path: &Path) -> Result<u64> {
+    let file = File::open(path).at(path)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| Error::shard(path, format!("not a readable Parquet file ({e})")))?;
+    Ok(builder.metadata().file_metadata().num_rows().max(0) as u64)
+}
+
+/// Checks that every column of `kind` is present with the expected type. Nullability and the
+/// names of list items are not compared: pyarrow and polars write both differently, and a shard
+/// they rewrote must still read.
+pub fn check_schema(path: &Path, kind: ShardKind, actual: &SchemaRef) -> Result<()> {
+    for expected in kind.schema().fields() {
+        let Ok(found) = actual.field_with_name(expected.name()) else {
+            return Err(Error::shard(
+                path,
+                format!(
+                    "not a {kind} shard: missing column `{}` ({})",
+                    expected.name(),
+                    type_name(expected.data_type())
+                ),
+            ));
+        };
+        if !same_type(expected.data_type(), found.data_type()) {
+            return Err(Error::shard(
+                path,
+                format!(
+                    "not a {kind} shard: column `{}` is {} but must be {}",
+                    expected.name(),
+                    type_name(found.data_type()),
+                    type_name(expected.data_type())
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn same_type(expected: &DataType, actual: &DataType) -> bool {
+    match (expected, actual) {
+        (DataType::List(e), DataType::List(a)) => same_type(e.data_type(), a.data_type()),
+        (e, a) => e == a,
+    }
+}
+
+fn type_name(t: &DataType) -> String {
+    match t {
+        DataType::List(item) => format!("list<{}>", type_name(item.data_type())),
+        other => other.to_string().to_lowercase(),
+    }
+}

@@ -1,0 +1,22 @@
+//! Parquet shards: the data every stage reads and writes. One schema per kind (`schema`),
+//! streaming crash-safe I/O (`io`), typed rows for the kinds the stages build (`rows`), and the
+//! path layout `RUN_DIR/round-NNN/<stage>/<kind>-NNNNN.parquet`.
+
+mod io;
+pub mod rows;
+mod schema;
+
+use std::path::{Path, PathBuf};
+
+pub use io::{ShardWriter, check_schema, count_rows, open_shard, read_shard};
+pub use schema::ShardKind;
+
+/// Directory of one stage's outputs in one round.
+pub fn stage_dir(run_dir: &Path, round: u32, stage: &str) -> PathBuf {
+    run_dir.join(format!("round-{round:03}")).join(stage)
+}
+
+/// Path of shard number `index` of `kind` in a stage directory.
+pub fn shard_path(stage_dir: &Path, kind: ShardKind, index: u32) -> PathBuf {
+    stage_dir.join(format!("{}-{index:05}.parquet", kind.name()))
+}

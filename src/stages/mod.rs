@@ -1,0 +1,79 @@
+//! Stages: the commands of a round. Every stage is a value implementing [`Stage`]: it declares
+//! its parameters, the stages whose outputs it reads and any files outside the run dir it reads,
+//! before anything runs, and then does its work in `run`. The runner, the manifest and the rerun
+//! check treat all stages alike through this one contract.
+
+pub mod corpus;
+pub mod qa;
+mod sources;
+
+use std::path::{Path, PathBuf};
+
+use crate::error::Result;
+use crate::manifest::ShardSpec;
+use crate::params::{ParamSpec, Params};
+
+/// What a stage gets to do its work.
+pub struct StageContext<'a> {
+    pub run_dir: &'a Path,
+    pub round: u32,
+    pub params: &'a Params,
+    /// The stage's own seed, derived from the run seed, the stage name and the round. Per-row
+    /// randomness derives from it plus the row id, so it does not depend on how work is split.
+    pub seed: u64,
+    pub shard: ShardSpec,
+    /// Output files of each upstream stage, in the order `upstream` named them.
+    pub inputs: &'a [(String, Vec<PathBuf>)],
+    /// Where the stage writes: `RUN_DIR/round-NNN/<stage>/`.
+    pub out_dir: PathBuf,
+}
+
+impl StageContext<'_> {
+    /// Files written by upstream stage `stage`.
+    pub fn input_files(&self, stage: &str) -> &[PathBuf] {
+        self.inputs
+            .iter()
+            .find(|(name, _)| name == stage)
+            .map(|(_, files)| files.as_slice())
+            .unwrap_or(&[])
+    }
+}
+
+/// What a stage wrote, and a line or two for the person watching.
+pub struct StageOutput {
+    pub files: Vec<PathBuf>,
+    pub summary: String,
+}
+
+pub trait Stage: Sync {
+    fn name(&self) -> &'static str;
+    /// One line for `--help` and listings.
+    fn about(&self) -> &'static str;
+    fn params(&self) -> Vec<ParamSpec>;
+    /// Stages whose outputs this stage reads, given its params.
+    fn upstream(&self, params: &Params) -> Vec<&'static str>;
+    /// Files outside the run dir that this stage reads (hashed into its identity).
+    fn external_inputs(&self, params: &Params) -> Result<Vec<PathBuf>>;
+    fn run(&self, ctx: &StageContext) -> Result<StageOutput>;
+}
+
+/// Every stage asl knows, in a round's order.
+pub fn all() -> Vec<&'static dyn Stage> {
+    vec![&corpus::CorpusStage, &qa::QaStage]
+}
+
+pub fn find(name: &str) -> Option<&'static dyn Stage> {
+    all().into_iter().find(|s| s.name() == name)
+}
+
+pub fn known_names() -> String {
+    all().iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+}
+
+/// Where the shipped assets live: `$ASL_ASSETS`, else `./assets` (what
+/// `scripts/fetch-assets.sh` fills).
+pub fn assets_dir() -> PathBuf {
+    std::env::var_os("ASL_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("assets"))
+}

@@ -1,0 +1,289 @@
+//! Stage `qa`: labelled question–answer sets into `qa` shards (`id`, `question`, `answers`,
+//! `split`, `source`, `source_doc_id`). Sources: `fanoutqa` (the human-written single-hop
+//! sub-questions of the shipped FanOutQA dev set), or a user's JSONL/JSON/Parquet file in the
+//! plain layout (`question`, `answers`), FlashRAG / Search-R1's (`golden_answers`,
+//! `data_source`) or verl's RL layout (`prompt` messages, `reward_model.ground_truth.target`).
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use super::sources::{Record, open_records, text_field};
+use super::{Stage, StageContext, StageOutput, assets_dir};
+use crate::error::{Error, Result};
+use crate::params::{ParamSpec, Params, ParamsExt};
+use crate::seed::split_for;
+use crate::shards::rows::{QaRow, qa_batch};
+use crate::shards::{ShardKind, ShardWriter, shard_path};
+
+const BATCH_ROWS: usize = 4096;
+pub const BUILTIN_FANOUTQA: &str = "fanoutqa/data/fanout-final-dev.json";
+
+pub struct QaStage;
+
+fn source_path(params: &Params) -> PathBuf {
+    match params.str("source") {
+        "fanoutqa" => assets_dir().join(BUILTIN_FANOUTQA),
+        path => PathBuf::from(path),
+    }
+}
+
+impl Stage for QaStage {
+    fn name(&self) -> &'static str {
+        "qa"
+    }
+
+    fn about(&self) -> &'static str {
+        "import labelled question-answer sets into qa shards"
+    }
+
+    fn params(&self) -> Vec<ParamSpec> {
+        vec![
+            ParamSpec::new(
+                "source",
+                "fanoutqa",
+                "`fanoutqa` (shipped sub-questions) or a JSONL/JSON/Parquet file with question and answers",
+            ),
+            ParamSpec::new(
+                "default_split",
+                "test",
+                "split for rows of a user file that carry none",
+            ),
+            ParamSpec::new("max_rows", 0, "import only the first N questions (0: all)"),
+        ]
+    }
+
+    fn upstream(&self, _params: &Params) -> Vec<&'static str> {
+        Vec::new()
+    }
+
+    fn external_inputs(&self, params: &Params) -> Result<Vec<PathBuf>> {
+        let path = source_path(params);
+        if !path.is_file() {
+            let hint = if params.str("source") == "fanoutqa" {
+                " (run scripts/fetch-assets.sh, or set ASL_ASSETS)"
+            } else {
+                ""
+            };
+            return Err(Error::input(&path, format!("QA source not found{hint}")));
+        }
+        Ok(vec![path])
+    }
+
+    fn run(&self, ctx: &StageContext) -> Result<StageOutput> {
+        let source = source_path(ctx.params);
+        let rows: Box<dyn Iterator<Item = Result<QaRow>>> = match ctx.params.str("source") {
+            "fanoutqa" => Box::new(fanoutqa_rows(&source)?.into_iter().map(Ok)),
+            _ => {
+                let default_split = ctx.params.str("default_split").to_string();
+                let stem = source
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let path = source.clone();
+                Box::new(open_records(&source)?.enumerate().map(move |(i, r)| {
+                    let record = r?;
+                    user_row(&record, i, &default_split, &stem)
+                        .map_err(|m| Error::input(&path, format!("record {}: {m}", i + 1)))
+                }))
+            }
+        };
+        let max_rows = ctx.params.u64("max_rows") as usize;
+        let out = shard_path(&ctx.out_dir, ShardKind::Qa, ctx.shard.index);
+        let mut writer = ShardWriter::create(&out, ShardKind::Qa)?;
+        let mut batch = Vec::with_capacity(BATCH_ROWS);
+        let mut splits = std::collections::BTreeMap::<String, u64>::new();
+        for (i, row) in rows.enumerate() {
+            if max_rows > 0 && i >= max_rows {
+                break;
+            }
+            let row = row?;
+            if !ctx.shard.owns(i) {
+                continue;
+            }
+            *splits.entry(row.split.clone()).or_default() += 1;
+            batch.push(row);
+            if batch.len() == BATCH_ROWS {
+                writer.write(&qa_batch(&batch))?;
+                batch.clear();
+            }
+        }
+        if !batch.is_empty() {
+            writer.write(&qa_batch(&batch))?;
+        }
+        let rows = writer.finish()?;
+        if rows == 0 {
+            return Err(Error::input(&source, "no questions in the QA source"));
+        }
+        let by_split: Vec<String> = splits.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        Ok(StageOutput {
+            files: vec![out],
+            summary: format!("{rows} questions ({})", by_split.join(", ")),
+        })
+    }
+}
+
+/// One record of a user QA file, in any of the layouts the peers use.
+fn user_row(
+    record: &Record,
+    index: usize,
+    default_split: &str,
+    file_stem: &str,
+) -> std::result::Result<QaRow, String> {
+    let question = text_field(record, "question")
+        .or_else(|| verl_question(record))
+        .ok_or("no `question` column (nor a verl `prompt`)")?;
+    let answers = ["answers", "golden_answers", "answer"]
+        .iter()
+        .find_map(|k| record.get(*k))
+        .or_else(|| {
+            record
+                .get("reward_model")
+                .and_then(|r| r.get("ground_truth"))
+                .and_then(|g| g.get("target").or(Some(g)))
+        })
+        .map(answer_strings)
+        .unwrap_or_default();
+    if answers.is_empty() {
+        return Err("no answers (`answers`, `golden_answers`, `answer` or verl target)".into());
+    }
+    Ok(QaRow {
+        id: text_field(record, "id").unwrap_or_else(|| index.to_string()),
+        question,
+        answers,
+        split: text_field(record, "split").unwrap_or_else(|| default_split.to_string()),
+        source: text_field(record, "data_source")
+            .or_else(|| text_field(record, "source"))
+            .unwrap_or_else(|| file_stem.to_string()),
+        source_doc_id: text_field(record, "source_doc_id"),
+    })
+}
+
+/// verl's RL layout keeps the question inside the last user message of `prompt`, often after a
+/// `Question:` marker in an instruction template.
+fn verl_question(record: &Record) -> Option<String> {
+    let messages = record.get("prompt")?.as_array()?;
+    let content = messages
+        .iter()
+        .rev()
+        .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))?
+        .get("content")?
+        .as_str()?;
+    let question = match content.rfind("Question:") {
+        Some(at) => &content[at + "Question:".len()..],
+        None => content,
+    };
+    Some(question.trim().to_string())
+}
+
+/// Answers as strings: a string, a number, or a list of them; other shapes are skipped.
+fn answer_strings(value: &Value) -> Vec<String> {
+    match value {
+        Value::String(s) if !s.trim().is_empty() => vec![s.trim().to_string()],
+        Value::Number(n) => vec![n.to_string()],
+        Value::Array(items) => items.iter().flat_map(answer_strings).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// FanOutQA's multi-hop questions have list or table answers; their decomposition trees hold
+/// single-hop sub-questions with short answers and the Wikipedia page that holds each. Those
+/// sub-questions are the rows. The split follows the top-level question, so no multi-hop
+/// question contributes to two splits.
+fn fanoutqa_rows(path: &std::path::Path) -> Result<Vec<QaRow>> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let items: Vec<Value> = serde_json::from_reader(BufReader::new(file))
+        .map_err(|e| Error::input(path, format!("not FanOutQA JSON ({e})")))?;
+    let mut rows = Vec::new();
+    for item in &items {
+        let root = item
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::input(path, "a question has no `id`"))?;
+        let split = split_for(root);
+        let mut stack: Vec<&Value> = item
+            .get("decomposition")
+            .and_then(Value::as_array)
+            .map(|d| d.iter().rev().collect())
+            .unwrap_or_default();
+        while let Some(node) = stack.pop() {
+            if let Some(children) = node.get("decomposition").and_then(Value::as_array) {
+                stack.extend(children.iter().rev());
+            }
+            let (Some(id), Some(question)) = (
+                node.get("id").and_then(Value::as_str),
+                node.get("question").and_then(Value::as_str),
+            ) else {
+                continue;
+            };
+            let answers = match node.get("answer") {
+                Some(v @ (Value::String(_) | Value::Number(_))) => answer_strings(v),
+                _ => Vec::new(),
+            };
+            if answers.is_empty() {
+                continue;
+            }
+            rows.push(QaRow {
+                id: format!("fanoutqa-{id}"),
+                question: question.trim().to_string(),
+                answers,
+                split: split.to_string(),
+                source: "fanoutqa".to_string(),
+                source_doc_id: node
+                    .get("evidence")
+                    .and_then(|e| e.get("title"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record(v: Value) -> Record {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn reads_plain_flashrag_and_verl_layouts() {
+        let plain = user_row(&record(json!({"question": "Q?", "answers": ["a", 3]})), 0, "test", "f");
+        assert_eq!(plain.unwrap().answers, vec!["a", "3"]);
+        let flash = user_row(
+            &record(json!({"id": "x1", "question": "Q?", "golden_answers": ["b"], "data_source": "nq"})),
+            0,
+            "test",
+            "f",
+        )
+        .unwrap();
+        assert_eq!((flash.id.as_str(), flash.source.as_str()), ("x1", "nq"));
+        let verl = user_row(
+            &record(json!({
+                "prompt": [{"role": "user", "content": "Answer it.\nQuestion: who wrote Hamlet?"}],
+                "reward_model": {"ground_truth": {"target": ["Shakespeare"]}},
+                "extra_info": {"split": "train"}
+            })),
+            4,
+            "dev",
+            "f",
+        )
+        .unwrap();
+        assert_eq!(verl.question, "who wrote Hamlet?");
+        assert_eq!(verl.answers, vec!["Shakespeare"]);
+        assert_eq!((verl.split.as_str(), verl.id.as_str()), ("dev", "4"));
+    }
+
+    #[test]
+    fn a_row_without_question_or_answers_is_refused() {
+        let err = user_row(&record(json!({"query": "Q?", "answers": ["a"]})), 0, "t", "f");
+        assert!(err.unwrap_err().contains("question"));
+        let err = user_row(&record(json!({"question": "Q?"})), 0, "t", "f");
+        assert!(err.unwrap_err().contains("answers"));
+    }
+}
