@@ -11,7 +11,9 @@ use asl::manifest::{Manifest, ShardSpec};
 use asl::params::SetOverride;
 use asl::pipeline::{Pipeline, RunOptions, run_pipeline, run_single_stage};
 use asl::stages::{self, Stage};
-use clap::{Arg, ArgAction, ArgMatches, Command, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{
+    Arg, ArgAction, ArgMatches, Command, CommandFactory, FromArgMatches, Parser, Subcommand,
+};
 
 #[derive(Parser)]
 #[command(
@@ -28,7 +30,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Builtin {
     /// Run a pipeline's stages in order, skipping those already up to date.
-    #[command(after_help = "Example:\n  asl run pipelines/data.toml --run-dir runs/demo --set corpus.max_docs=500")]
+    #[command(
+        after_help = "Example:\n  asl run pipelines/data.toml --run-dir runs/demo --set corpus.max_docs=500"
+    )]
     Run {
         /// Pipeline file (pipelines/*.toml).
         pipeline: PathBuf,
@@ -56,7 +60,15 @@ fn stage_command(stage: &dyn Stage) -> Command {
     let params: Vec<String> = stage
         .params()
         .iter()
-        .map(|p| format!("  {}.{} = {}\n      {}", stage.name(), p.key, p.default, p.help))
+        .map(|p| {
+            format!(
+                "  {}.{} = {}\n      {}",
+                stage.name(),
+                p.key,
+                p.default,
+                p.help
+            )
+        })
         .collect();
     Command::new(stage.name())
         .about(format!("Stage: {}", stage.about()))

@@ -206,30 +206,6 @@ impl Manifest {
         Ok(out)
     }
 
-    /// The newest entries of `stage` in `round`, one per shard index of the newest shard count.
-    pub fn latest(&self, stage: &str, round: u32) -> Vec<&Entry> {
-        let mut found: Vec<&Entry> = Vec::new();
-        let Some(newest) = self
-            .entries
-            .iter()
-            .rev()
-            .find(|e| e.stage == stage && e.round == round)
-        else {
-            return found;
-        };
-        let count = newest.shard.count;
-        for index in 0..count {
-            if let Some(e) = self.entries.iter().rev().find(|e| {
-                e.stage == stage
-                    && e.round == round
-                    && e.shard == (ShardSpec { index, count })
-            }) {
-                found.push(e);
-            }
-        }
-        found
-    }
-
     /// The newest entry of exactly this stage part.
     pub fn latest_part(&self, stage: &str, round: u32, shard: ShardSpec) -> Option<&Entry> {
         self.entries
@@ -238,15 +214,30 @@ impl Manifest {
             .find(|e| e.stage == stage && e.round == round && e.shard == shard)
     }
 
+    /// The newest `done` entry of exactly this stage part. A later failed attempt does not
+    /// hide it: outputs are replaced only when complete, so its outputs are still the last good
+    /// ones (the hash check proves it).
+    pub fn latest_done_part(&self, stage: &str, round: u32, shard: ShardSpec) -> Option<&Entry> {
+        self.entries.iter().rev().find(|e| {
+            e.stage == stage && e.round == round && e.shard == shard && e.status == Status::Done
+        })
+    }
+
     /// The outputs of a stage whose every part is done, looking back from `round` to the newest
-    /// round that has them (setup stages live in round 0).
+    /// round that has them (setup stages live in round 0). The parts are those of the newest
+    /// done split (`--shard i/n`), merged in shard order.
     pub fn done_outputs(&self, stage: &str, round: u32) -> Option<(u32, Vec<FileRecord>)> {
         (0..=round).rev().find_map(|r| {
-            let parts = self.latest(stage, r);
-            let complete = !parts.is_empty()
-                && parts.len() == parts[0].shard.count as usize
-                && parts.iter().all(|e| e.status == Status::Done);
-            complete.then(|| {
+            let newest = self
+                .entries
+                .iter()
+                .rev()
+                .find(|e| e.stage == stage && e.round == r && e.status == Status::Done)?;
+            let count = newest.shard.count;
+            let parts: Option<Vec<&Entry>> = (0..count)
+                .map(|index| self.latest_done_part(stage, r, ShardSpec { index, count }))
+                .collect();
+            parts.map(|parts| {
                 (
                     r,
                     parts
@@ -350,9 +341,9 @@ pub fn file_record(run_dir: &Path, path: &Path) -> Result<FileRecord> {
 
 /// Whether every recorded output is present with its recorded hash.
 pub fn outputs_intact(run_dir: &Path, outputs: &[FileRecord]) -> bool {
-    outputs.iter().all(|o| {
-        hash_path(&resolve_path(run_dir, &o.path)).is_ok_and(|(sha, _)| sha == o.sha256)
-    })
+    outputs
+        .iter()
+        .all(|o| hash_path(&resolve_path(run_dir, &o.path)).is_ok_and(|(sha, _)| sha == o.sha256))
 }
 
 pub fn now_rfc3339() -> String {

@@ -78,11 +78,9 @@ pub fn toml_to_json(value: toml::Value) -> Value {
         toml::Value::Boolean(b) => Value::Bool(b),
         toml::Value::Datetime(d) => Value::String(d.to_string()),
         toml::Value::Array(a) => Value::Array(a.into_iter().map(toml_to_json).collect()),
-        toml::Value::Table(t) => Value::Object(
-            t.into_iter()
-                .map(|(k, v)| (k, toml_to_json(v)))
-                .collect(),
-        ),
+        toml::Value::Table(t) => {
+            Value::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect())
+        }
     }
 }
 
@@ -108,7 +106,10 @@ pub fn resolve(
             let known: Vec<_> = specs.iter().map(|s| s.key).collect();
             return Err(Error::param(
                 full,
-                format!("unknown parameter (stage {stage} takes: {})", known.join(", ")),
+                format!(
+                    "unknown parameter (stage {stage} takes: {})",
+                    known.join(", ")
+                ),
             ));
         };
         params.insert(key.clone(), coerce(&full, &spec.default, value)?);
@@ -134,7 +135,10 @@ fn coerce(key: &str, default: &Value, value: &Value) -> Result<Value> {
     } else {
         Err(Error::param(
             key,
-            format!("expected {} like {default}, got {value}", kind_name(default)),
+            format!(
+                "expected {} like {default}, got {value}",
+                kind_name(default)
+            ),
         ))
     }
 }
@@ -221,10 +225,17 @@ mod tests {
         assert_eq!(p["source"], Value::from("builtin"));
 
         let bad = vec!["corpus.colour=red".parse().unwrap()];
-        let err = resolve("corpus", &specs(), None, &bad).unwrap_err().to_string();
-        assert!(err.contains("corpus.colour") && err.contains("unknown"), "{err}");
+        let err = resolve("corpus", &specs(), None, &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("corpus.colour") && err.contains("unknown"),
+            "{err}"
+        );
         let bad = vec!["corpus.max_docs=lots".parse().unwrap()];
-        let err = resolve("corpus", &specs(), None, &bad).unwrap_err().to_string();
+        let err = resolve("corpus", &specs(), None, &bad)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("expected an integer"), "{err}");
     }
 }

@@ -152,7 +152,11 @@ impl Pipeline {
 
 /// The run seed after a `--set seed=N` override.
 pub fn run_seed(base: u64, sets: &[SetOverride]) -> Result<u64> {
-    match sets.iter().rev().find(|s| s.stage.is_none() && s.key == "seed") {
+    match sets
+        .iter()
+        .rev()
+        .find(|s| s.stage.is_none() && s.key == "seed")
+    {
         None => Ok(base),
         Some(s) => s
             .value
@@ -278,7 +282,10 @@ pub fn run_single_stage(
 ) -> Result<(Entry, String)> {
     let manifest = Manifest::load(run_dir)?;
     let (base_seed, table) = match &manifest.pipeline {
-        Some(p) => (p.seed, p.params.get(stage.name()).and_then(Value::as_object)),
+        Some(p) => (
+            p.seed,
+            p.params.get(stage.name()).and_then(Value::as_object),
+        ),
         None => (0, None),
     };
     let seed = run_seed(base_seed, sets)?;
@@ -323,13 +330,21 @@ fn prepare<'a>(
                 ),
             )
         })?;
-        upstream.push((
-            up.to_string(),
-            outputs
-                .iter()
-                .map(|o| resolve_path(run_dir, &o.path))
-                .collect(),
-        ));
+        let mut files = Vec::with_capacity(outputs.len());
+        for output in &outputs {
+            let file = resolve_path(run_dir, &output.path);
+            if !file.exists() {
+                return Err(Error::Manifest {
+                    path: Manifest::path(run_dir),
+                    message: format!(
+                        "names {} (an output of stage `{up}`), which is missing; rerun `asl {up}`",
+                        file.display()
+                    ),
+                });
+            }
+            files.push(file);
+        }
+        upstream.push((up.to_string(), files));
         inputs.extend(outputs);
     }
     for path in stage.external_inputs(params)? {
@@ -349,7 +364,8 @@ impl Prepared<'_> {
     /// The cheap checks first (status, params, seed, input hashes), output hashes last.
     fn is_up_to_date(&self, run_dir: &Path) -> Result<bool> {
         let manifest = Manifest::load(run_dir)?;
-        let Some(entry) = manifest.latest_part(self.stage.name(), self.round, ShardSpec::WHOLE)
+        let Some(entry) =
+            manifest.latest_done_part(self.stage.name(), self.round, ShardSpec::WHOLE)
         else {
             return Ok(false);
         };
@@ -359,8 +375,7 @@ impl Prepared<'_> {
                 .iter()
                 .zip(&self.inputs)
                 .all(|(a, b)| a.path == b.path && a.sha256 == b.sha256);
-        Ok(entry.status == Status::Done
-            && entry.asl_version == ASL_VERSION
+        Ok(entry.asl_version == ASL_VERSION
             && entry.params == self.params
             && entry.seed == self.seed
             && same_inputs

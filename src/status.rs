@@ -8,7 +8,9 @@ use crate::manifest::{Entry, Manifest};
 pub fn status_table(manifest: &Manifest) -> Table {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
-    table.set_header(vec!["round", "stage", "shard", "status", "rows out", "wall s"]);
+    table.set_header(vec![
+        "round", "stage", "shard", "status", "rows out", "wall s",
+    ]);
     let mut seen: Vec<(u32, &str, String)> = Vec::new();
     for entry in &manifest.entries {
         let key = (entry.round, entry.stage.as_str(), entry.shard.to_string());
@@ -31,7 +33,9 @@ pub fn status_table(manifest: &Manifest) -> Table {
             shard.clone(),
             e.status.to_string(),
             rows_out(e),
-            e.wall_s.map(|w| format!("{w:.1}")).unwrap_or_else(|| "-".into()),
+            e.wall_s
+                .map(|w| format!("{w:.1}"))
+                .unwrap_or_else(|| "-".into()),
         ]);
     }
     table

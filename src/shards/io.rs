@@ -35,7 +35,9 @@ impl ShardWriter {
         let out = AtomicFile::create(path)?;
         let schema = kind.schema();
         let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid zstd level")))
+            .set_compression(Compression::ZSTD(
+                ZstdLevel::try_new(3).expect("valid zstd level"),
+            ))
             .set_max_row_group_row_count(Some(kind.max_row_group_rows()))
             .set_max_row_group_bytes(Some(MAX_ROW_GROUP_BYTES))
             // A fixed writer string keeps shard bytes independent of the asl build.

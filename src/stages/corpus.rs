@@ -58,7 +58,10 @@ impl Stage for CorpusStage {
             } else {
                 ""
             };
-            return Err(Error::input(&path, format!("corpus source not found{hint}")));
+            return Err(Error::input(
+                &path,
+                format!("corpus source not found{hint}"),
+            ));
         }
         Ok(vec![path])
     }
@@ -78,9 +81,10 @@ impl Stage for CorpusStage {
             if !ctx.shard.owns(i) {
                 continue;
             }
-            batch.push(corpus_row(&record, i).map_err(|m| {
-                Error::input(&source, format!("record {}: {m}", i + 1))
-            })?);
+            batch.push(
+                corpus_row(&record, i)
+                    .map_err(|m| Error::input(&source, format!("record {}: {m}", i + 1)))?,
+            );
             if batch.len() == BATCH_ROWS {
                 writer.write(&corpus_batch(&batch))?;
                 bar.inc(batch.len() as u64);
@@ -115,9 +119,7 @@ fn corpus_row(record: &Record, index: usize) -> std::result::Result<CorpusRow, S
         _ => match text_field(record, "contents") {
             Some(contents) => split_contents(&contents),
             None => {
-                return Err(
-                    "no `title` and `text` (or Search-R1 `contents`) fields".to_string()
-                );
+                return Err("no `title` and `text` (or Search-R1 `contents`) fields".to_string());
             }
         },
     };
@@ -148,7 +150,8 @@ mod tests {
 
     #[test]
     fn search_r1_contents_split_into_title_and_text() {
-        let r = record(json!({"id": "17", "contents": "\"Paris\"\nParis is the capital of France."}));
+        let r =
+            record(json!({"id": "17", "contents": "\"Paris\"\nParis is the capital of France."}));
         let row = corpus_row(&r, 0).unwrap();
         assert_eq!(row.doc_id, "17");
         assert_eq!(row.title, "Paris");
@@ -159,7 +162,10 @@ mod tests {
     fn wiki_summary_fields_map_and_missing_text_is_refused() {
         let r = record(json!({"title": "Nile", "extract": "A river.", "topic": "Geography"}));
         let row = corpus_row(&r, 3).unwrap();
-        assert_eq!((row.doc_id.as_str(), row.topic.as_deref()), ("3", Some("Geography")));
+        assert_eq!(
+            (row.doc_id.as_str(), row.topic.as_deref()),
+            ("3", Some("Geography"))
+        );
         let err = corpus_row(&record(json!({"title": "x"})), 0).unwrap_err();
         assert!(err.contains("title"), "{err}");
     }

@@ -67,7 +67,11 @@ pub fn find(name: &str) -> Option<&'static dyn Stage> {
 }
 
 pub fn known_names() -> String {
-    all().iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+    all()
+        .iter()
+        .map(|s| s.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Where the shipped assets live: `$ASL_ASSETS`, else `./assets` (what

@@ -253,10 +253,17 @@ mod tests {
 
     #[test]
     fn reads_plain_flashrag_and_verl_layouts() {
-        let plain = user_row(&record(json!({"question": "Q?", "answers": ["a", 3]})), 0, "test", "f");
+        let plain = user_row(
+            &record(json!({"question": "Q?", "answers": ["a", 3]})),
+            0,
+            "test",
+            "f",
+        );
         assert_eq!(plain.unwrap().answers, vec!["a", "3"]);
         let flash = user_row(
-            &record(json!({"id": "x1", "question": "Q?", "golden_answers": ["b"], "data_source": "nq"})),
+            &record(
+                json!({"id": "x1", "question": "Q?", "golden_answers": ["b"], "data_source": "nq"}),
+            ),
             0,
             "test",
             "f",
@@ -281,7 +288,12 @@ mod tests {
 
     #[test]
     fn a_row_without_question_or_answers_is_refused() {
-        let err = user_row(&record(json!({"query": "Q?", "answers": ["a"]})), 0, "t", "f");
+        let err = user_row(
+            &record(json!({"query": "Q?", "answers": ["a"]})),
+            0,
+            "t",
+            "f",
+        );
         assert!(err.unwrap_err().contains("question"));
         let err = user_row(&record(json!({"question": "Q?"})), 0, "t", "f");
         assert!(err.unwrap_err().contains("answers"));

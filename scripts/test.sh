@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh clone: fetches the shipped assets (tests on real data use
+# them), installs the Python Parquet readers the interoperability test needs into a local venv,
+# then runs every Rust test. CI runs exactly this (.ci/run).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+scripts/fetch-assets.sh
+
+venv="$root/target/pyreaders"
+if ! "$venv/bin/python" -c "import pyarrow, duckdb, polars" 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check \
+    pyarrow==26.0.1 duckdb==2.0.1 polars==2.1.0
+fi
+export PATH="$venv/bin:$PATH"
+export ASL_REQUIRE_PY_READERS=1
+export ASL_REQUIRE_ASSETS=1
+export ASL_ASSETS="$root/assets"
+
+cargo test --locked "$@"

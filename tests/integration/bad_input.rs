@@ -1,0 +1,124 @@
+//! Bad input: one line naming the file and the problem, a non-zero exit, no panic, and nothing
+//! that existed before damaged.
+
+use std::path::Path;
+
+use crate::common::*;
+
+fn pipeline_error(dir: &Path, body: &str, needles: &[&str]) {
+    let path = dir.join("p.toml");
+    std::fs::write(&path, body).unwrap();
+    let rd = dir.join("rd");
+    let out = asl(&[
+        "run",
+        path.to_str().unwrap(),
+        "--run-dir",
+        rd.to_str().unwrap(),
+    ]);
+    let mut all = vec!["p.toml"];
+    all.extend_from_slice(needles);
+    assert_one_line_error(&out, &all);
+    assert!(
+        !rd.join("manifest.json").exists(),
+        "a refused pipeline wrote a manifest"
+    );
+}
+
+#[test]
+fn pipeline_errors_name_the_file_and_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pipeline_error(
+        d,
+        "setup = [\"corpus\", \"frobnicate\"]\n",
+        &["frobnicate", "unknown stage"],
+    );
+    pipeline_error(d, "setup = [\"corpus\"]\nroundz = 2\n", &["roundz"]);
+    pipeline_error(
+        d,
+        "setup = [\"corpus\"]\n[params.corpus]\ncolour = 1\n",
+        &["corpus.colour"],
+    );
+    pipeline_error(d, "setup = [\"corpus\"\nseed = 1\n", &["line"]);
+    pipeline_error(
+        d,
+        "setup = [\"corpus\"]\n[params.qa]\nsource = \"x\"\n",
+        &["params.qa"],
+    );
+}
+
+#[test]
+fn unknown_commands_sets_and_forces_are_refused() {
+    let fx = Fixture::new(10);
+    let rd = fx.run_dir("run");
+    let out = asl(&["frobnicate", "--run-dir", rd.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("frobnicate"));
+    assert_one_line_error(&fx.run(&rd, &["--force", "judge"]), &["judge", "--force"]);
+    assert_one_line_error(&fx.run(&rd, &["--set", "qa.nope=1"]), &["qa.nope"]);
+    assert_one_line_error(&fx.run(&rd, &["--set", "colour=1"]), &["colour"]);
+}
+
+#[test]
+fn a_manifest_that_is_not_json_is_refused_and_left_alone() {
+    let fx = Fixture::new(10);
+    let rd = fx.run_dir("run");
+    std::fs::create_dir_all(&rd).unwrap();
+    let manifest = rd.join("manifest.json");
+    std::fs::write(&manifest, "{ not json").unwrap();
+    assert_one_line_error(
+        &fx.run(&rd, &[]),
+        &["manifest.json", "not valid manifest JSON"],
+    );
+    assert_one_line_error(
+        &asl(&["status", "--run-dir", rd.to_str().unwrap()]),
+        &["manifest.json"],
+    );
+    assert_eq!(std::fs::read_to_string(&manifest).unwrap(), "{ not json");
+}
+
+#[test]
+fn a_qa_file_without_questions_fails_and_keeps_the_last_good_output() {
+    let fx = Fixture::new(10);
+    let rd = fx.run_dir("run");
+    assert_ok(&fx.run(&rd, &[]));
+    let before = shard_hashes(&rd);
+    let bad = fx.dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"query\": \"Q?\", \"answers\": [\"a\"]}\n").unwrap();
+    let set = format!("qa.source={}", bad.display());
+    let out = asl(&["qa", "--run-dir", rd.to_str().unwrap(), "--set", &set]);
+    assert_one_line_error(&out, &["bad.jsonl", "record 1", "question"]);
+    assert_eq!(shard_hashes(&rd), before);
+    let m = asl::manifest::Manifest::load(&rd).unwrap();
+    let last = m.entries.last().unwrap();
+    assert_eq!(last.status, asl::manifest::Status::Failed);
+    assert!(last.error.as_deref().unwrap().contains("question"));
+    // The failed attempt does not hide the last good run: the pipeline still skips.
+    let again = fx.run(&rd, &[]);
+    assert!(ran_stages(&again).is_empty(), "{}", stdout(&again));
+}
+
+#[test]
+fn a_missing_asset_names_the_path_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let rd = dir.path().join("run");
+    let assets = dir.path().join("no-assets");
+    let out = asl_with_env(
+        &["corpus", "--run-dir", rd.to_str().unwrap()],
+        &[("ASL_ASSETS", assets.to_str().unwrap())],
+    );
+    assert_one_line_error(&out, &["summaries_en-us.json", "fetch-assets.sh"]);
+}
+
+#[test]
+fn a_corpus_file_that_is_not_json_names_the_line() {
+    let fx = Fixture::new(5);
+    std::fs::write(
+        &fx.corpus,
+        "{\"title\": \"a\", \"text\": \"b\"}\nnot json\n",
+    )
+    .unwrap();
+    let rd = fx.run_dir("run");
+    assert_one_line_error(&fx.run(&rd, &[]), &["corpus.jsonl", "line 2"]);
+    assert!(!rd.join("round-000/corpus/corpus-00000.parquet").exists());
+}

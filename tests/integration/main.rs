@@ -1,0 +1,9 @@
+//! Integration tests: the `asl` binary and the library on real files. One test binary, a module
+//! per topic.
+
+mod bad_input;
+mod common;
+mod crash;
+mod readers;
+mod runner;
+mod shards;

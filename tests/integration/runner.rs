@@ -1,0 +1,179 @@
+//! The runner: skipping up-to-date stages, rerunning what changed, determinism, shard parts.
+
+use crate::common::*;
+
+#[test]
+fn second_run_skips_every_stage() {
+    let fx = Fixture::new(50);
+    let rd = fx.run_dir("run");
+    let first = fx.run(&rd, &[]);
+    assert_ok(&first);
+    assert_eq!(ran_stages(&first), ["round 0 corpus", "round 0 qa"]);
+    let second = fx.run(&rd, &[]);
+    assert_ok(&second);
+    assert!(ran_stages(&second).is_empty(), "{}", stdout(&second));
+    assert_eq!(
+        stdout(&second).matches("didn't change, skipping").count(),
+        2
+    );
+}
+
+#[test]
+fn a_deleted_or_corrupted_output_reruns_only_its_stage() {
+    let fx = Fixture::new(50);
+    let rd = fx.run_dir("run");
+    assert_ok(&fx.run(&rd, &[]));
+    let before = shard_hashes(&rd);
+    let qa = rd.join("round-000/qa/qa-00000.parquet");
+
+    std::fs::remove_file(&qa).unwrap();
+    let out = fx.run(&rd, &[]);
+    assert_ok(&out);
+    assert_eq!(ran_stages(&out), ["round 0 qa"]);
+    assert_eq!(shard_hashes(&rd), before);
+
+    let mut bytes = std::fs::read(&qa).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&qa, bytes).unwrap();
+    let out = fx.run(&rd, &[]);
+    assert_ok(&out);
+    assert_eq!(ran_stages(&out), ["round 0 qa"]);
+    assert_eq!(shard_hashes(&rd), before);
+}
+
+#[test]
+fn same_seed_gives_identical_shards_and_seed_is_recorded() {
+    let fx = Fixture::new(200);
+    let (a, b) = (fx.run_dir("a"), fx.run_dir("b"));
+    assert_ok(&fx.run(&a, &[]));
+    assert_ok(&fx.run(&b, &[]));
+    let (ha, hb) = (shard_hashes(&a), shard_hashes(&b));
+    assert_eq!(ha.len(), 2);
+    assert_eq!(ha, hb);
+    let m = asl::manifest::Manifest::load(&a).unwrap();
+    let other = asl::manifest::Manifest::load(&b).unwrap();
+    assert_eq!(m.entries[0].seed, other.entries[0].seed);
+}
+
+#[test]
+fn force_and_changed_params_rerun_the_stage() {
+    let fx = Fixture::new(50);
+    let rd = fx.run_dir("run");
+    assert_ok(&fx.run(&rd, &[]));
+    let out = fx.run(&rd, &["--force", "corpus"]);
+    assert_ok(&out);
+    assert_eq!(ran_stages(&out), ["round 0 corpus"]);
+
+    let out = fx.run(&rd, &["--set", "corpus.max_docs=10"]);
+    assert_ok(&out);
+    assert_eq!(ran_stages(&out), ["round 0 corpus"]);
+    let m = asl::manifest::Manifest::load(&rd).unwrap();
+    let last = m.entries.last().unwrap();
+    assert_eq!(last.params["max_docs"], serde_json::json!(10));
+    assert_eq!(last.outputs[0].rows, Some(10));
+    // Back to the pipeline's params: the inputs and params differ from the last entry again.
+    let out = fx.run(&rd, &[]);
+    assert_eq!(ran_stages(&out), ["round 0 corpus"]);
+
+    let out = fx.run(&rd, &["--set", "seed=99"]);
+    assert_eq!(ran_stages(&out), ["round 0 corpus", "round 0 qa"]);
+}
+
+#[test]
+fn a_changed_input_file_reruns_the_stage() {
+    let fx = Fixture::new(50);
+    let rd = fx.run_dir("run");
+    assert_ok(&fx.run(&rd, &[]));
+    write_qa(&fx.qa, 31);
+    let out = fx.run(&rd, &[]);
+    assert_eq!(ran_stages(&out), ["round 0 qa"]);
+}
+
+#[test]
+fn a_single_stage_runs_by_hand_and_status_shows_it() {
+    let fx = Fixture::new(50);
+    let rd = fx.run_dir("run");
+    assert_ok(&fx.run(&rd, &[]));
+    let rds = rd.to_str().unwrap();
+    let out = asl(&["qa", "--run-dir", rds, "--set", "qa.max_rows=5"]);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("5 questions"), "{}", stdout(&out));
+    let status = asl(&["status", "--run-dir", rds]);
+    assert_ok(&status);
+    let table = stdout(&status);
+    assert!(table.contains("corpus") && table.contains("50"), "{table}");
+    assert!(table.contains("qa") && table.contains(" 5 "), "{table}");
+}
+
+#[test]
+fn shard_parts_split_the_work_and_merge_in_the_manifest() {
+    let fx = Fixture::new(100);
+    let rd = fx.run_dir("run");
+    let rds = rd.to_str().unwrap();
+    let src = format!("corpus.source={}", fx.corpus.display());
+    for part in ["0/2", "1/2"] {
+        assert_ok(&asl(&[
+            "corpus",
+            "--run-dir",
+            rds,
+            "--set",
+            &src,
+            "--shard",
+            part,
+        ]));
+    }
+    let m = asl::manifest::Manifest::load(&rd).unwrap();
+    let (_, outputs) = m.done_outputs("corpus", 0).expect("both parts done");
+    let rows: Vec<u64> = outputs.iter().map(|o| o.rows.unwrap()).collect();
+    assert_eq!(rows, [50, 50]);
+    assert!(outputs[1].path.ends_with("corpus-00001.parquet"));
+    let bad = asl(&["corpus", "--run-dir", rds, "--shard", "2/2"]);
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
+fn every_shipped_pipeline_file_is_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            asl::pipeline::Pipeline::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            n += 1;
+        }
+    }
+    assert!(n >= 2);
+}
+
+#[test]
+fn the_data_pipeline_imports_the_shipped_corpus_and_qa() {
+    let Some(assets) = shipped_assets() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rd = dir.path().join("run");
+    let pipeline = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/data.toml");
+    let out = asl_with_env(
+        &["run", pipeline, "--run-dir", rd.to_str().unwrap()],
+        &[("ASL_ASSETS", assets.to_str().unwrap())],
+    );
+    assert_ok(&out);
+    let m = asl::manifest::Manifest::load(&rd).unwrap();
+    let (_, corpus) = m.done_outputs("corpus", 0).unwrap();
+    assert_eq!(corpus[0].rows, Some(10_033));
+    let (_, qa) = m.done_outputs("qa", 0).unwrap();
+    assert!(qa[0].rows.unwrap() > 1000, "{:?}", qa[0].rows);
+    let batches =
+        asl::shards::read_shard(&rd.join(&corpus[0].path), asl::shards::ShardKind::Corpus).unwrap();
+    let rows: Vec<_> = batches
+        .iter()
+        .flat_map(asl::shards::rows::corpus_rows)
+        .collect();
+    let film = rows
+        .iter()
+        .find(|r| r.title == "2001: A Space Odyssey")
+        .unwrap();
+    assert!(film.text.contains("Stanley Kubrick"));
+    assert_eq!(film.topic.as_deref(), Some("Arts"));
+}

@@ -1,0 +1,162 @@
+//! Shard I/O on real files: round trips, schema checks, truncation, crash-safe writes.
+
+use asl::shards::rows::{CorpusRow, corpus_batch, corpus_rows};
+use asl::shards::{ShardKind, ShardWriter, count_rows, read_shard};
+
+fn rows(n: usize) -> Vec<CorpusRow> {
+    (0..n)
+        .map(|i| CorpusRow {
+            doc_id: i.to_string(),
+            title: format!("T{i}"),
+            text: "x".repeat(i % 50),
+            topic: (i % 2 == 0).then(|| "Science".to_string()),
+            description: None,
+        })
+        .collect()
+}
+
+fn write(path: &std::path::Path, rows: &[CorpusRow]) {
+    let mut w = ShardWriter::create(path, ShardKind::Corpus).unwrap();
+    for chunk in rows.chunks(1000) {
+        w.write(&corpus_batch(chunk)).unwrap();
+    }
+    assert_eq!(w.finish().unwrap(), rows.len() as u64);
+}
+
+#[test]
+fn rows_round_trip_and_row_groups_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("corpus-00000.parquet");
+    let original = rows(20_000);
+    write(&path, &original);
+    let back: Vec<CorpusRow> = read_shard(&path, ShardKind::Corpus)
+        .unwrap()
+        .iter()
+        .flat_map(corpus_rows)
+        .collect();
+    assert_eq!(back, original);
+    assert_eq!(count_rows(&path).unwrap(), 20_000);
+    let reader =
+        parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&path).unwrap())
+            .unwrap();
+    use parquet::file::reader::FileReader;
+    let meta = reader.metadata();
+    assert!(
+        meta.num_row_groups() >= 3,
+        "row groups: {}",
+        meta.num_row_groups()
+    );
+    assert!((0..meta.num_row_groups()).all(|i| meta.row_group(i).num_rows() <= 8192));
+    let compression = meta.row_group(0).column(0).compression();
+    assert!(
+        matches!(compression, parquet::basic::Compression::ZSTD(_)),
+        "{compression:?}"
+    );
+}
+
+#[test]
+fn a_shard_of_another_kind_names_the_file_and_the_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("corpus-00000.parquet");
+    write(&path, &rows(3));
+    let err = read_shard(&path, ShardKind::Qa).unwrap_err().to_string();
+    assert!(err.contains("corpus-00000.parquet"), "{err}");
+    assert!(
+        err.contains("not a qa shard") && err.contains("missing column `id`"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1);
+}
+
+#[test]
+fn a_column_of_the_wrong_type_is_named() {
+    use arrow::array::{Int64Array, RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("odd.parquet");
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("doc_id", DataType::Int64, false),
+        Field::new("title", DataType::Utf8, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int64Array::from(vec![1])),
+            Arc::new(StringArray::from(vec!["t"])),
+        ],
+    )
+    .unwrap();
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema, None)
+            .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let err = read_shard(&path, ShardKind::Corpus)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("odd.parquet") && err.contains("`doc_id` is int64 but must be utf8"),
+        "{err}"
+    );
+}
+
+#[test]
+fn truncated_and_non_parquet_files_are_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("corpus-00000.parquet");
+    write(&path, &rows(500));
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let err = read_shard(&path, ShardKind::Corpus)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("corpus-00000.parquet") && err.contains("not a readable Parquet"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    std::fs::write(&path, "hello").unwrap();
+    let err = read_shard(&path, ShardKind::Corpus)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a readable Parquet"), "{err}");
+}
+
+#[test]
+fn an_unfinished_writer_leaves_nothing_under_the_final_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("corpus-00000.parquet");
+    let mut w = ShardWriter::create(&path, ShardKind::Corpus).unwrap();
+    w.write(&corpus_batch(&rows(10))).unwrap();
+    assert!(!path.exists());
+    drop(w);
+    assert!(!path.exists());
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "temp file left behind"
+    );
+}
+
+#[test]
+fn every_kind_has_a_documented_schema() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/shards.md")).unwrap();
+    for kind in ShardKind::ALL {
+        let heading = format!("## `{}`", kind.name());
+        let start = doc
+            .find(&heading)
+            .unwrap_or_else(|| panic!("docs/shards.md lacks {heading}"));
+        let section = &doc[start + heading.len()..];
+        let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+        for field in kind.schema().fields() {
+            assert!(
+                section.contains(&format!("| `{}` |", field.name())),
+                "docs/shards.md: {} lacks column {}",
+                kind.name(),
+                field.name()
+            );
+        }
+    }
+}
