@@ -10,6 +10,8 @@ pub mod manifest;
 pub mod params;
 pub mod pipeline;
 pub mod progress;
+pub mod rl;
+pub mod roles;
 pub mod seed;
 pub mod shards;
 pub mod stages;

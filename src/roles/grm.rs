@@ -1,0 +1,120 @@
+//! The generative reward model (judge): its prompt and verdict parsing. The verdict must not
+//! confuse "incorrect" with "correct" (the seed's substring check does); anything unparsable is
+//! `wrong`, with the reason kept.
+
+use super::{Message, tags};
+
+pub const SYSTEM: &str = "You are a careful judge of answers to factual questions.";
+
+/// The judge's prompt; the reference answer is shown only when `reference` is given.
+pub fn prompt(question: &str, candidate: &str, reference: Option<&str>) -> Vec<Message> {
+    let reference = reference
+        .map(|r| format!("Reference answer: {}\n", r.trim()))
+        .unwrap_or_default();
+    vec![
+        Message::system(SYSTEM),
+        Message::user(format!(
+            "Question: {}\n{reference}Candidate answer: {}\nDecide whether the candidate answer is \
+correct. You may think inside <think> and </think> and search with <search> query </search>. End \
+with <answer>conclusion: correct</answer> or <answer>conclusion: wrong</answer>.",
+            question.trim(),
+            candidate.trim()
+        )),
+    ]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Correct,
+    Wrong,
+}
+
+impl Verdict {
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Correct => "correct",
+            Verdict::Wrong => "wrong",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrmOutput {
+    pub verdict: Verdict,
+    pub parsed: bool,
+    pub error: Option<String>,
+}
+
+/// Parses the last `<answer>` block outside tool text. Words are compared whole, so
+/// "incorrect", "not correct" and "correctly wrong" never read as `correct`.
+pub fn parse(completion: &str) -> GrmOutput {
+    let own = tags::without_blocks(completion, "information");
+    let Some(block) = tags::blocks(&own, "answer").last().copied() else {
+        return unparsed("no <answer> block");
+    };
+    let lower = block.to_lowercase();
+    let body = lower
+        .trim()
+        .strip_prefix("conclusion")
+        .unwrap_or(lower.trim());
+    let body = body.trim_start_matches([':', ' ', '-']).trim();
+    let words: Vec<&str> = body
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    match words.as_slice() {
+        ["correct"] | ["right"] | ["yes"] => GrmOutput {
+            verdict: Verdict::Correct,
+            parsed: true,
+            error: None,
+        },
+        ["wrong"] | ["incorrect"] | ["no"] | ["not", "correct"] => GrmOutput {
+            verdict: Verdict::Wrong,
+            parsed: true,
+            error: None,
+        },
+        _ => unparsed("verdict is neither `correct` nor `wrong`"),
+    }
+}
+
+fn unparsed(reason: &str) -> GrmOutput {
+    GrmOutput {
+        verdict: Verdict::Wrong,
+        parsed: false,
+        error: Some(reason.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_parse_and_incorrect_is_never_correct() {
+        assert_eq!(
+            parse("<answer>conclusion: correct</answer>").verdict,
+            Verdict::Correct
+        );
+        assert_eq!(
+            parse("<answer>Conclusion: Wrong</answer>").verdict,
+            Verdict::Wrong
+        );
+        let inc = parse("<answer>conclusion: incorrect</answer>");
+        assert_eq!((inc.verdict, inc.parsed), (Verdict::Wrong, true));
+        let odd = parse("<answer>conclusion: correct or wrong</answer>");
+        assert_eq!((odd.verdict, odd.parsed), (Verdict::Wrong, false));
+        assert!(!parse("correct").parsed);
+        let tool = parse("<information><answer>correct</answer></information>");
+        assert_eq!(tool.verdict, Verdict::Wrong);
+    }
+
+    #[test]
+    fn the_reference_is_shown_only_when_asked() {
+        assert!(
+            prompt("Q?", "A", Some("R"))[1]
+                .content
+                .contains("Reference answer: R")
+        );
+        assert!(!prompt("Q?", "A", None)[1].content.contains("Reference"));
+    }
+}
