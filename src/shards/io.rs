@@ -155,3 +155,25 @@ fn type_name(t: &DataType) -> String {
         other => other.to_string().to_lowercase(),
     }
 }
+
+/// Every row of every shard in `paths`, in order. For stages whose inputs are small enough to
+/// hold (tasks, judgments); large inputs are streamed with `open_shard`.
+pub fn read_rows<R: super::rows::ShardRow>(paths: &[PathBuf]) -> Result<Vec<R>> {
+    let mut out = Vec::new();
+    for path in paths {
+        for batch in open_shard(path, R::KIND)? {
+            let batch = batch.map_err(|e| Error::shard(path, format!("corrupt data: {e}")))?;
+            out.extend(super::rows::from_batch::<R>(&batch).map_err(|m| Error::shard(path, m))?);
+        }
+    }
+    Ok(out)
+}
+
+/// Writes `rows` as one shard, a batch per 4096 rows.
+pub fn write_rows<R: super::rows::ShardRow>(path: &Path, rows: &[R]) -> Result<u64> {
+    let mut writer = ShardWriter::create(path, R::KIND)?;
+    for chunk in rows.chunks(4096) {
+        writer.write(&super::rows::to_batch(chunk))?;
+    }
+    writer.finish()
+}

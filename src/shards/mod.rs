@@ -8,7 +8,9 @@ mod schema;
 
 use std::path::{Path, PathBuf};
 
-pub use io::{ShardWriter, check_schema, count_rows, open_shard, read_shard};
+pub use io::{
+    ShardWriter, check_schema, count_rows, open_shard, read_rows, read_shard, write_rows,
+};
 pub use schema::ShardKind;
 
 /// Directory of one stage's outputs in one round.

@@ -1,17 +1,42 @@
-//! Typed rows for the shard kinds that stages build row by row, with conversions to and from
-//! record batches. Columns are looked up by name, so a shard whose columns were reordered by
-//! another tool still reads.
+//! Typed rows, one struct per shard kind with its fields in schema order, converted to and from
+//! record batches by serde_arrow against the kind's schema. Columns are matched by name, so a
+//! shard whose columns another tool reordered still reads.
 
-use std::sync::Arc;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use arrow::array::{
-    Array, ArrayRef, ListArray, ListBuilder, RecordBatch, StringArray, StringBuilder,
-};
+use arrow::array::RecordBatch;
 
 use super::ShardKind;
 
+/// A row type of one shard kind.
+pub trait ShardRow: Serialize + DeserializeOwned {
+    const KIND: ShardKind;
+}
+
+/// Builds a batch of `rows` with the kind's exact schema.
+pub fn to_batch<R: ShardRow>(rows: &[R]) -> RecordBatch {
+    let schema = R::KIND.schema();
+    let batch = serde_arrow::to_record_batch(schema.fields(), &rows)
+        .unwrap_or_else(|e| panic!("{} rows match their schema: {e}", R::KIND));
+    // serde_arrow builds the fields it was given; reattach the schema so writers can compare.
+    RecordBatch::try_new(schema, batch.columns().to_vec()).expect("same columns")
+}
+
+/// Reads the rows of a batch whose schema `open_shard` checked.
+pub fn from_batch<R: ShardRow>(batch: &RecordBatch) -> Result<Vec<R>, String> {
+    serde_arrow::from_record_batch(batch).map_err(|e| format!("rows do not decode: {e}"))
+}
+
+macro_rules! shard_row {
+    ($ty:ident, $kind:ident) => {
+        impl ShardRow for $ty {
+            const KIND: ShardKind = ShardKind::$kind;
+        }
+    };
+}
+
 /// One passage of the search corpus.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CorpusRow {
     pub doc_id: String,
     pub title: String,
@@ -19,9 +44,10 @@ pub struct CorpusRow {
     pub topic: Option<String>,
     pub description: Option<String>,
 }
+shard_row!(CorpusRow, Corpus);
 
 /// One labelled question.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QaRow {
     pub id: String,
     pub question: String,
@@ -30,99 +56,125 @@ pub struct QaRow {
     pub source: String,
     pub source_doc_id: Option<String>,
 }
+shard_row!(QaRow, Qa);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRow {
+    pub task_id: String,
+    pub round: u32,
+    pub question: String,
+    pub answer: String,
+    pub template: String,
+    pub parent_task_id: Option<String>,
+    pub topic: Option<String>,
+    pub generator_trajectory_id: Option<String>,
+    pub valid: bool,
+    pub invalid_reason: Option<String>,
+}
+shard_row!(TaskRow, Tasks);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrajectoryRow {
+    pub trajectory_id: String,
+    pub task_id: String,
+    pub role: String,
+    pub attempt: u32,
+    pub seed: u64,
+    pub prompt_ids: Vec<u32>,
+    pub completion_ids: Vec<u32>,
+    pub loss_mask: Vec<bool>,
+    pub sampling_logprobs: Vec<f32>,
+    pub text: String,
+    pub turns: u32,
+    pub searches: u32,
+    pub answer: Option<String>,
+    pub parsed: bool,
+    pub parse_error: Option<String>,
+    pub finish_reason: String,
+}
+shard_row!(TrajectoryRow, Trajectories);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JudgmentRow {
+    pub judgment_id: String,
+    pub task_id: String,
+    pub target_trajectory_id: String,
+    pub target: String,
+    pub sample: u32,
+    pub question: String,
+    pub reference_answer: String,
+    pub candidate_answer: Option<String>,
+    pub verdict: String,
+    pub parsed: bool,
+    pub parse_error: Option<String>,
+    pub judge_trajectory_id: String,
+}
+shard_row!(JudgmentRow, Judgments);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RewardRow {
+    pub trajectory_id: String,
+    pub task_id: String,
+    pub role: String,
+    pub group_id: String,
+    pub scheme: String,
+    pub reward: f32,
+    pub format_bonus: f32,
+    pub total: f32,
+    pub advantage: f32,
+    pub label: Option<String>,
+    pub train: bool,
+}
+shard_row!(RewardRow, Rewards);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GradientRow {
+    pub name: String,
+    pub shape: Vec<u64>,
+    pub values: Vec<f32>,
+    pub sequences: u32,
+    pub tokens: u64,
+}
+shard_row!(GradientRow, Gradients);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpdateRow {
+    pub trajectory_id: String,
+    pub role: String,
+    pub step: u32,
+    pub loss: f32,
+    pub mean_ratio: f32,
+    pub clip_fraction: f32,
+    pub kl: f32,
+    pub entropy: f32,
+    pub tokens: u32,
+}
+shard_row!(UpdateRow, Updates);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalRow {
+    pub round: u32,
+    pub checkpoint: String,
+    pub dataset: String,
+    pub role: String,
+    pub metric: String,
+    pub value: f64,
+    pub count: u64,
+}
+shard_row!(EvalRow, Eval);
 
 pub fn corpus_batch(rows: &[CorpusRow]) -> RecordBatch {
-    let columns: Vec<ArrayRef> = vec![
-        strings(rows.iter().map(|r| Some(r.doc_id.as_str()))),
-        strings(rows.iter().map(|r| Some(r.title.as_str()))),
-        strings(rows.iter().map(|r| Some(r.text.as_str()))),
-        strings(rows.iter().map(|r| r.topic.as_deref())),
-        strings(rows.iter().map(|r| r.description.as_deref())),
-    ];
-    RecordBatch::try_new(ShardKind::Corpus.schema(), columns).expect("corpus columns match schema")
+    to_batch(rows)
 }
 
 pub fn corpus_rows(batch: &RecordBatch) -> Vec<CorpusRow> {
-    let doc_id = str_col(batch, "doc_id");
-    let title = str_col(batch, "title");
-    let text = str_col(batch, "text");
-    let topic = str_col(batch, "topic");
-    let description = str_col(batch, "description");
-    (0..batch.num_rows())
-        .map(|i| CorpusRow {
-            doc_id: doc_id.value(i).to_string(),
-            title: title.value(i).to_string(),
-            text: text.value(i).to_string(),
-            topic: opt_str(topic, i),
-            description: opt_str(description, i),
-        })
-        .collect()
+    from_batch(batch).expect("corpus shard schema checked")
 }
 
 pub fn qa_batch(rows: &[QaRow]) -> RecordBatch {
-    let mut answers = ListBuilder::new(StringBuilder::new()).with_field(Arc::new(
-        arrow::datatypes::Field::new("item", arrow::datatypes::DataType::Utf8, false),
-    ));
-    for row in rows {
-        for a in &row.answers {
-            answers.values().append_value(a);
-        }
-        answers.append(true);
-    }
-    let columns: Vec<ArrayRef> = vec![
-        strings(rows.iter().map(|r| Some(r.id.as_str()))),
-        strings(rows.iter().map(|r| Some(r.question.as_str()))),
-        Arc::new(answers.finish()),
-        strings(rows.iter().map(|r| Some(r.split.as_str()))),
-        strings(rows.iter().map(|r| Some(r.source.as_str()))),
-        strings(rows.iter().map(|r| r.source_doc_id.as_deref())),
-    ];
-    RecordBatch::try_new(ShardKind::Qa.schema(), columns).expect("qa columns match schema")
+    to_batch(rows)
 }
 
 pub fn qa_rows(batch: &RecordBatch) -> Vec<QaRow> {
-    let id = str_col(batch, "id");
-    let question = str_col(batch, "question");
-    let answers = batch
-        .column_by_name("answers")
-        .and_then(|c| c.as_any().downcast_ref::<ListArray>())
-        .expect("schema checked: answers is list<utf8>");
-    let split = str_col(batch, "split");
-    let source = str_col(batch, "source");
-    let source_doc_id = str_col(batch, "source_doc_id");
-    (0..batch.num_rows())
-        .map(|i| {
-            let list = answers.value(i);
-            let items = list
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .expect("schema checked: answers items are utf8");
-            QaRow {
-                id: id.value(i).to_string(),
-                question: question.value(i).to_string(),
-                answers: (0..items.len())
-                    .map(|j| items.value(j).to_string())
-                    .collect(),
-                split: split.value(i).to_string(),
-                source: source.value(i).to_string(),
-                source_doc_id: opt_str(source_doc_id, i),
-            }
-        })
-        .collect()
-}
-
-fn strings<'a>(values: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
-    Arc::new(values.collect::<StringArray>())
-}
-
-/// A utf8 column by name. Callers read only shards whose schema `open_shard` checked.
-pub fn str_col<'a>(batch: &'a RecordBatch, name: &str) -> &'a StringArray {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-        .unwrap_or_else(|| panic!("schema checked: column {name} is utf8"))
-}
-
-fn opt_str(col: &StringArray, i: usize) -> Option<String> {
-    col.is_valid(i).then(|| col.value(i).to_string())
+    from_batch(batch).expect("qa shard schema checked")
 }

@@ -160,3 +160,99 @@ fn every_kind_has_a_documented_schema() {
         }
     }
 }
+
+#[test]
+fn every_row_type_round_trips_through_a_shard() {
+    use asl::shards::rows::*;
+    use asl::shards::{read_rows, write_rows};
+    fn check<R: ShardRow + PartialEq + std::fmt::Debug + Clone>(rows: Vec<R>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.parquet");
+        assert_eq!(write_rows(&path, &rows).unwrap(), rows.len() as u64);
+        assert_eq!(read_rows::<R>(&[path]).unwrap(), rows);
+    }
+    check(vec![TaskRow {
+        task_id: "t1".into(),
+        round: 2,
+        question: "Who?".into(),
+        answer: "Me".into(),
+        template: "harder/depth".into(),
+        parent_task_id: Some("t0".into()),
+        topic: None,
+        generator_trajectory_id: Some("g1".into()),
+        valid: false,
+        invalid_reason: Some("no answer".into()),
+    }]);
+    check(vec![TrajectoryRow {
+        trajectory_id: "p1".into(),
+        task_id: "t1".into(),
+        role: "policy".into(),
+        attempt: 3,
+        seed: u64::MAX,
+        prompt_ids: vec![1, 2, 3],
+        completion_ids: vec![4, 5],
+        loss_mask: vec![true, false],
+        sampling_logprobs: vec![-0.5, 0.0],
+        text: "<answer>x</answer>".into(),
+        turns: 1,
+        searches: 0,
+        answer: None,
+        parsed: false,
+        parse_error: Some("e".into()),
+        finish_reason: "length".into(),
+    }]);
+    check(vec![JudgmentRow {
+        judgment_id: "j".into(),
+        task_id: "t".into(),
+        target_trajectory_id: "p1".into(),
+        target: "policy".into(),
+        sample: 0,
+        question: "Q?".into(),
+        reference_answer: "A".into(),
+        candidate_answer: None,
+        verdict: "wrong".into(),
+        parsed: true,
+        parse_error: None,
+        judge_trajectory_id: "g".into(),
+    }]);
+    check(vec![RewardRow {
+        trajectory_id: "p1".into(),
+        task_id: "t".into(),
+        role: "policy".into(),
+        group_id: "t".into(),
+        scheme: "grm".into(),
+        reward: 1.0,
+        format_bonus: 0.25,
+        total: 1.25,
+        advantage: -0.5,
+        label: None,
+        train: true,
+    }]);
+    check(vec![GradientRow {
+        name: "model.norm.weight".into(),
+        shape: vec![2, 3],
+        values: vec![0.5; 6],
+        sequences: 4,
+        tokens: 100,
+    }]);
+    check(vec![UpdateRow {
+        trajectory_id: "p1".into(),
+        role: "policy".into(),
+        step: 1,
+        loss: 0.1,
+        mean_ratio: 1.0,
+        clip_fraction: 0.0,
+        kl: 0.01,
+        entropy: 2.0,
+        tokens: 12,
+    }]);
+    check(vec![EvalRow {
+        round: 1,
+        checkpoint: "round-001/apply/model".into(),
+        dataset: "corpus-test".into(),
+        role: "policy".into(),
+        metric: "em".into(),
+        value: 0.25,
+        count: 100,
+    }]);
+}
