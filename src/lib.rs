@@ -7,6 +7,7 @@
 pub mod error;
 pub mod fsutil;
 pub mod manifest;
+pub mod model;
 pub mod params;
 pub mod pipeline;
 pub mod progress;

