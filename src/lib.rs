@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod rl;
 pub mod roles;
+pub mod search;
 pub mod seed;
 pub mod shards;
 pub mod stages;

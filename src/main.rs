@@ -53,6 +53,25 @@ enum Builtin {
         #[command(subcommand)]
         command: ModelCommand,
     },
+    /// Search a run's corpus (built by pipelines/data.toml) and print the ranked passages.
+    #[command(
+        after_help = "Example:\n  asl search --run-dir runs/default --mode hybrid -k 3 \"Who directed 2001: A Space Odyssey?\""
+    )]
+    Search {
+        #[arg(long)]
+        run_dir: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        round: u32,
+        /// bm25, dense or hybrid.
+        #[arg(long, default_value = "bm25")]
+        mode: String,
+        #[arg(short = 'k', default_value_t = 3)]
+        k: usize,
+        /// One JSON object per passage instead of text.
+        #[arg(long)]
+        json: bool,
+        query: String,
+    },
     /// Print a table of the stage runs recorded in a run dir's manifest.
     #[command(after_help = "Example:\n  asl status --run-dir runs/demo")]
     Status {
@@ -215,6 +234,14 @@ fn dispatch(matches: &ArgMatches) -> Result<()> {
             print_status(&run_dir)
         }
         Builtin::Status { run_dir } => print_status(&run_dir),
+        Builtin::Search {
+            run_dir,
+            round,
+            mode,
+            k,
+            json,
+            query,
+        } => search_main(&run_dir, round, &mode, k, json, &query),
         Builtin::Model { command } => model_main(command),
     }
 }
@@ -344,4 +371,40 @@ fn tempfile_dir() -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("asl-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
     Ok(dir)
+}
+
+fn search_main(
+    run_dir: &Path,
+    round: u32,
+    mode: &str,
+    k: usize,
+    json: bool,
+    query: &str,
+) -> Result<()> {
+    use asl::search::{SearchMode, run::open_env};
+    let mode: SearchMode = mode.parse()?;
+    let env = open_env(run_dir, round, mode)?;
+    let hits = env.search(query, k, mode)?;
+    for (rank, hit) in hits.iter().enumerate() {
+        if json {
+            let line = serde_json::json!({
+                "rank": rank + 1, "doc_id": hit.doc_id, "title": hit.title,
+                "score": hit.score, "text": hit.text,
+            });
+            println!("{line}");
+        } else {
+            println!(
+                "{}. {} [doc {}, score {:.3}]",
+                rank + 1,
+                hit.title,
+                hit.doc_id,
+                hit.score
+            );
+            println!("   {}", hit.text);
+        }
+    }
+    if hits.is_empty() && !json {
+        println!("no passages match");
+    }
+    Ok(())
 }

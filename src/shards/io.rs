@@ -145,6 +145,9 @@ pub fn check_schema(path: &Path, kind: ShardKind, actual: &SchemaRef) -> Result<
 fn same_type(expected: &DataType, actual: &DataType) -> bool {
     match (expected, actual) {
         (DataType::List(e), DataType::List(a)) => same_type(e.data_type(), a.data_type()),
+        (DataType::FixedSizeList(e, n), DataType::FixedSizeList(a, m)) => {
+            n == m && same_type(e.data_type(), a.data_type())
+        }
         (e, a) => e == a,
     }
 }
@@ -152,6 +155,9 @@ fn same_type(expected: &DataType, actual: &DataType) -> bool {
 fn type_name(t: &DataType) -> String {
     match t {
         DataType::List(item) => format!("list<{}>", type_name(item.data_type())),
+        DataType::FixedSizeList(item, n) => {
+            format!("fixed_size_list<{}, {n}>", type_name(item.data_type()))
+        }
         other => other.to_string().to_lowercase(),
     }
 }

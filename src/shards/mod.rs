@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 pub use io::{
     ShardWriter, check_schema, count_rows, open_shard, read_rows, read_shard, write_rows,
 };
-pub use schema::ShardKind;
+pub use schema::{EMBEDDING_DIM, ShardKind};
 
 /// Directory of one stage's outputs in one round.
 pub fn stage_dir(run_dir: &Path, round: u32, stage: &str) -> PathBuf {

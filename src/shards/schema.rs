@@ -7,6 +7,9 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
+/// Width of passage embeddings (all-MiniLM-L6-v2).
+pub const EMBEDDING_DIM: i32 = 384;
+
 /// Every kind of shard asl reads or writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ShardKind {
@@ -19,10 +22,11 @@ pub enum ShardKind {
     Gradients,
     Updates,
     Eval,
+    Embeddings,
 }
 
 impl ShardKind {
-    pub const ALL: [ShardKind; 9] = [
+    pub const ALL: [ShardKind; 10] = [
         ShardKind::Corpus,
         ShardKind::Qa,
         ShardKind::Tasks,
@@ -32,6 +36,7 @@ impl ShardKind {
         ShardKind::Gradients,
         ShardKind::Updates,
         ShardKind::Eval,
+        ShardKind::Embeddings,
     ];
 
     pub fn name(self) -> &'static str {
@@ -45,6 +50,7 @@ impl ShardKind {
             ShardKind::Gradients => "gradients",
             ShardKind::Updates => "updates",
             ShardKind::Eval => "eval",
+            ShardKind::Embeddings => "embeddings",
         }
     }
 
@@ -158,6 +164,17 @@ impl ShardKind {
                 utf8("metric"),
                 Field::new("value", DataType::Float64, false),
                 Field::new("count", DataType::UInt64, false),
+            ],
+            ShardKind::Embeddings => vec![
+                utf8("doc_id"),
+                Field::new(
+                    "embedding",
+                    DataType::FixedSizeList(
+                        Arc::new(Field::new("item", DataType::Float32, false)),
+                        EMBEDDING_DIM,
+                    ),
+                    false,
+                ),
             ],
         };
         Arc::new(Schema::new(fields))

@@ -4,6 +4,8 @@
 //! check treat all stages alike through this one contract.
 
 pub mod corpus;
+pub mod embed;
+pub mod index;
 pub mod qa;
 mod sources;
 
@@ -59,7 +61,12 @@ pub trait Stage: Sync {
 
 /// Every stage asl knows, in a round's order.
 pub fn all() -> Vec<&'static dyn Stage> {
-    vec![&corpus::CorpusStage, &qa::QaStage]
+    vec![
+        &corpus::CorpusStage,
+        &qa::QaStage,
+        &index::IndexStage,
+        &embed::EmbedStage,
+    ]
 }
 
 pub fn find(name: &str) -> Option<&'static dyn Stage> {

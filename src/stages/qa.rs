@@ -14,8 +14,11 @@ use super::sources::{Record, open_records, text_field};
 use super::{Stage, StageContext, StageOutput, assets_dir};
 use crate::error::{Error, Result};
 use crate::params::{ParamSpec, Params, ParamsExt};
+use crate::search::WikiArticle;
+use crate::search::qa::build_qa;
 use crate::seed::split_for;
-use crate::shards::rows::{QaRow, qa_batch};
+use crate::shards::read_rows;
+use crate::shards::rows::{CorpusRow, QaRow, qa_batch};
 use crate::shards::{ShardKind, ShardWriter, shard_path};
 
 const BATCH_ROWS: usize = 4096;
@@ -44,7 +47,7 @@ impl Stage for QaStage {
             ParamSpec::new(
                 "source",
                 "fanoutqa",
-                "`fanoutqa` (shipped sub-questions) or a JSONL/JSON/Parquet file with question and answers",
+                "`corpus` (single-hop QA built from the corpus, docs/qa.md), `fanoutqa` (shipped sub-questions) or a JSONL/JSON/Parquet file with question and answers",
             ),
             ParamSpec::new(
                 "default_split",
@@ -55,11 +58,18 @@ impl Stage for QaStage {
         ]
     }
 
-    fn upstream(&self, _params: &Params) -> Vec<&'static str> {
-        Vec::new()
+    fn upstream(&self, params: &Params) -> Vec<&'static str> {
+        if params.str("source") == "corpus" {
+            vec!["corpus"]
+        } else {
+            Vec::new()
+        }
     }
 
     fn external_inputs(&self, params: &Params) -> Result<Vec<PathBuf>> {
+        if params.str("source") == "corpus" {
+            return Ok(Vec::new());
+        }
         let path = source_path(params);
         if !path.is_file() {
             let hint = if params.str("source") == "fanoutqa" {
@@ -76,6 +86,11 @@ impl Stage for QaStage {
         let source = source_path(ctx.params);
         let rows: Box<dyn Iterator<Item = Result<QaRow>>> = match ctx.params.str("source") {
             "fanoutqa" => Box::new(fanoutqa_rows(&source)?.into_iter().map(Ok)),
+            "corpus" => Box::new(
+                corpus_qa_rows(ctx.input_files("corpus"))?
+                    .into_iter()
+                    .map(Ok),
+            ),
             _ => {
                 let default_split = ctx.params.str("default_split").to_string();
                 let stem = source
@@ -123,6 +138,31 @@ impl Stage for QaStage {
             summary: format!("{rows} questions ({})", by_split.join(", ")),
         })
     }
+}
+
+/// Single-hop questions built deterministically from the corpus passages (`search::qa`).
+fn corpus_qa_rows(corpus_files: &[PathBuf]) -> Result<Vec<QaRow>> {
+    let articles: Vec<WikiArticle> = read_rows::<CorpusRow>(corpus_files)?
+        .into_iter()
+        .map(|r| WikiArticle {
+            doc_id: r.doc_id,
+            title: r.title,
+            extract: r.text,
+            description: r.description.unwrap_or_default(),
+            topic: r.topic.unwrap_or_default(),
+        })
+        .collect();
+    Ok(build_qa(&articles)
+        .into_iter()
+        .map(|q| QaRow {
+            id: q.id,
+            question: q.question,
+            answers: q.answers,
+            split: q.split.as_str().to_string(),
+            source: q.source,
+            source_doc_id: Some(q.source_doc_id),
+        })
+        .collect())
 }
 
 /// One record of a user QA file, in any of the layouts the peers use.

@@ -7,4 +7,5 @@ mod crash;
 mod model_cli;
 mod readers;
 mod runner;
+mod search_assets;
 mod shards;
