@@ -256,3 +256,38 @@ fn every_row_type_round_trips_through_a_shard() {
         count: 100,
     }]);
 }
+
+#[test]
+fn an_embeddings_shard_of_another_width_is_refused_with_file_and_column() {
+    use arrow::array::{FixedSizeListArray, Float32Array, RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("embeddings-00000.parquet");
+    let item = Arc::new(Field::new("item", DataType::Float32, false));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("doc_id", DataType::Utf8, false),
+        Field::new("embedding", DataType::FixedSizeList(item.clone(), 8), false),
+    ]));
+    let list = FixedSizeListArray::new(item, 8, Arc::new(Float32Array::from(vec![0.5; 8])), None);
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(StringArray::from(vec!["d0"])), Arc::new(list)],
+    )
+    .unwrap();
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema, None)
+            .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let err = asl::search::run::read_embeddings(&[path])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("embeddings-00000.parquet"), "{err}");
+    assert!(
+        err.contains(
+            "`embedding` is fixed_size_list<float32, 8> but must be fixed_size_list<float32, 384>"
+        ),
+        "{err}"
+    );
+}
