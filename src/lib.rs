@@ -11,6 +11,7 @@ pub mod model;
 pub mod params;
 pub mod pipeline;
 pub mod progress;
+pub mod report;
 pub mod rl;
 pub mod roles;
 pub mod search;

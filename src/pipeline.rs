@@ -232,13 +232,21 @@ pub fn run_pipeline(
         .chain((1..=rounds).flat_map(|r| pipeline.round.iter().map(move |s| (r, s))));
     let mut ran: BTreeSet<String> = BTreeSet::new();
     let mut reports = Vec::new();
+    let mut current_round = 0;
     for (round, name) in plan {
+        if round != current_round {
+            close_round(run_dir, current_round, log);
+            current_round = round;
+        }
         let stage = stages::find(name).expect("validated");
         let params = resolved[name.as_str()]
             .as_object()
             .cloned()
             .expect("params are objects");
-        let upstream_ran = stage.upstream(&params).iter().any(|u| ran.contains(*u));
+        let upstream_ran = stage
+            .upstream(&params)
+            .iter()
+            .any(|u| ran.contains(UpstreamSpec::parse(u).stage));
         let forced = opts.force.iter().any(|f| f == name);
         let seed = stage_seed(seed, name, round);
         let prepared = prepare(run_dir, stage, round, &params, seed)?;
@@ -268,7 +276,19 @@ pub fn run_pipeline(
             summary,
         });
     }
+    close_round(run_dir, current_round, log);
     Ok(reports)
+}
+
+/// Prints the round table after a round's last stage (round 0 is setup and has none).
+fn close_round(run_dir: &Path, round: u32, log: &mut dyn Write) {
+    if round == 0 {
+        return;
+    }
+    match crate::report::round_table(run_dir, round) {
+        Ok(table) => writeln!(log, "{table}").ok(),
+        Err(e) => writeln!(log, "round {round}: no round table: {e}").ok(),
+    };
 }
 
 /// Runs one stage by hand with the params of the run's pipeline (from the manifest) and any
@@ -300,6 +320,33 @@ pub fn run_single_stage(
     prepared.execute(run_dir, shard)
 }
 
+/// An upstream reference as stages declare it: `stage` (finished in this round or before),
+/// `stage?` (this round's, when the pipeline has that stage), `stage@prev?` (from an earlier
+/// round only: the checkpoint a round starts from is the previous round's).
+pub struct UpstreamSpec<'a> {
+    pub stage: &'a str,
+    pub optional: bool,
+    pub previous_round: bool,
+}
+
+impl<'a> UpstreamSpec<'a> {
+    pub fn parse(key: &'a str) -> Self {
+        let (rest, optional) = match key.strip_suffix('?') {
+            Some(r) => (r, true),
+            None => (key, false),
+        };
+        let (stage, previous_round) = match rest.strip_suffix("@prev") {
+            Some(s) => (s, true),
+            None => (rest, false),
+        };
+        UpstreamSpec {
+            stage,
+            optional,
+            previous_round,
+        }
+    }
+}
+
 /// A stage with its params, seed and inputs resolved, ready to check or run.
 struct Prepared<'a> {
     stage: &'a dyn Stage,
@@ -320,8 +367,26 @@ fn prepare<'a>(
     let manifest = Manifest::load(run_dir)?;
     let mut upstream = Vec::new();
     let mut inputs = Vec::new();
-    for up in stage.upstream(params) {
-        let (_, outputs) = manifest.done_outputs(up, round).ok_or_else(|| {
+    for key in stage.upstream(params) {
+        let spec = UpstreamSpec::parse(key);
+        let up = spec.stage;
+        let found = if spec.previous_round {
+            round
+                .checked_sub(1)
+                .and_then(|r| manifest.done_outputs(up, r))
+        } else if spec.optional {
+            // An optional upstream belongs to this very round; an earlier round's would be stale.
+            manifest
+                .done_outputs(up, round)
+                .filter(|(r, _)| *r == round)
+        } else {
+            manifest.done_outputs(up, round)
+        };
+        if found.is_none() && spec.optional {
+            upstream.push((key.to_string(), Vec::new()));
+            continue;
+        }
+        let (_, outputs) = found.ok_or_else(|| {
             Error::stage(
                 stage.name(),
                 format!(
@@ -344,7 +409,7 @@ fn prepare<'a>(
             }
             files.push(file);
         }
-        upstream.push((up.to_string(), files));
+        upstream.push((key.to_string(), files));
         inputs.extend(outputs);
     }
     for path in stage.external_inputs(params)? {

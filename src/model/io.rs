@@ -65,17 +65,20 @@ pub fn load_safetensors_dir(dir: &Path, device: &Device) -> Result<HashMap<Strin
                 what: "safetensors shard listed in the index",
             });
         }
-        let ts =
-            candle_core::safetensors::load(&file, device).map_err(|e| ModelError::Safetensors {
-                path: file.clone(),
-                msg: e.to_string(),
-            })?;
-        for (name, t) in ts {
-            let t = t.to_dtype(DType::F32)?;
-            out.insert(name, t);
-        }
+        out.extend(load_safetensors_dir_file(&file, device)?);
     }
     Ok(out)
+}
+
+/// Loads every tensor of one safetensors file as f32.
+pub fn load_safetensors_dir_file(file: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let ts = candle_core::safetensors::load(file, device).map_err(|e| ModelError::Safetensors {
+        path: file.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    ts.into_iter()
+        .map(|(name, t)| Ok((name, t.to_dtype(DType::F32)?)))
+        .collect()
 }
 
 /// Writes tensors (converted to f32) as one safetensors file with the

@@ -13,12 +13,13 @@ use std::path::{Path, PathBuf};
 
 use candle_core::backprop::GradStore;
 use candle_core::{D, DType, Device, Shape, Tensor, Var};
-use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 
 use super::error::{ModelError, Result};
-use super::io::{StagingDir, load_safetensors_dir, save_safetensors, write_json};
+use super::io::{
+    StagingDir, load_safetensors_dir, load_safetensors_dir_file, save_safetensors, write_json,
+};
 use super::llama::{Config, Model, load_config};
 
 /// A right-padded batch of prompt + completion sequences.
@@ -220,6 +221,82 @@ pub fn grpo_loss(
     })
 }
 
+/// Training statistics of one sequence.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SeqStats {
+    pub loss: f32,
+    pub mean_ratio: f32,
+    pub clip_fraction: f32,
+    pub kl: f32,
+    pub entropy: f32,
+    pub tokens: u32,
+}
+
+/// GRPO over a batch as data-parallel workers need it: each sequence's loss is its token mean,
+/// and the returned scalar is their *sum*, so gradients from several workers add up and the
+/// apply step divides by the total sequence count. `old_logp` and `ref_logp` are `(B, L - 1)`
+/// aligned with [`token_logprobs`]; `advantages` is `(B,)`.
+pub fn grpo_sequence_sum(
+    model: &Model,
+    batch: &SeqBatch,
+    old_logp: &Tensor,
+    advantages: &Tensor,
+    ref_logp: Option<&Tensor>,
+    p: &GrpoParams,
+) -> Result<(Tensor, Vec<SeqStats>)> {
+    let (b, l) = batch.input_ids.dims2()?;
+    let logits = model
+        .forward_full(&batch.input_ids, &batch.attention_mask)?
+        .narrow(1, 0, l - 1)?;
+    let logp_all = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    let targets = batch
+        .input_ids
+        .narrow(1, 1, l - 1)?
+        .contiguous()?
+        .unsqueeze(2)?;
+    let logp = logp_all.gather(&targets, 2)?.squeeze(2)?;
+    let mask = &batch.loss_mask;
+    let r = ratio(&logp, old_logp)?;
+    let mut per_token = clipped_surrogate(&r, advantages, p.eps_low, p.eps_high)?;
+    let kl = match ref_logp {
+        Some(rl) => Some(kl_k3(&logp, rl)?),
+        None => None,
+    };
+    if let (Some(k), true) = (&kl, p.beta != 0.0) {
+        per_token = (per_token + (k * p.beta)?)?;
+    }
+    let denom = mask.sum(1)?.maximum(1.0)?;
+    let per_seq_mean = |x: &Tensor| -> Result<Vec<f32>> {
+        Ok((x.detach() * mask)?.sum(1)?.div(&denom)?.to_vec1::<f32>()?)
+    };
+    let seq_loss = (&per_token * mask)?.sum(1)?.div(&denom)?;
+    let total = seq_loss.sum_all()?;
+    let detached = logp_all.detach();
+    let entropy = (detached.exp()? * &detached)?.sum(D::Minus1)?.neg()?;
+    let outside = (r.detach().lt(1.0 - p.eps_low)?.to_dtype(DType::F32)?
+        + r.detach().gt(1.0 + p.eps_high)?.to_dtype(DType::F32)?)?;
+    let losses = seq_loss.detach().to_vec1::<f32>()?;
+    let ratios = per_seq_mean(&r)?;
+    let clips = per_seq_mean(&outside)?;
+    let kls = match &kl {
+        Some(k) => per_seq_mean(k)?,
+        None => vec![0.0; b],
+    };
+    let entropies = per_seq_mean(&entropy)?;
+    let tokens = mask.sum(1)?.to_vec1::<f32>()?;
+    let stats = (0..b)
+        .map(|i| SeqStats {
+            loss: losses[i],
+            mean_ratio: ratios[i],
+            clip_fraction: clips[i],
+            kl: kls[i],
+            entropy: entropies[i],
+            tokens: tokens[i] as u32,
+        })
+        .collect();
+    Ok((total, stats))
+}
+
 /// Optimizer settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainConfig {
@@ -320,8 +397,25 @@ pub struct Trainer {
     source_dir: PathBuf,
     vars: Vec<(String, Var)>,
     frozen: HashMap<String, Tensor>,
-    opt: AdamW,
+    opt: AdamMoments,
     cfg: TrainConfig,
+    step: usize,
+}
+
+/// AdamW's first and second moments per trainable tensor. Written by hand rather than taken from
+/// candle-nn: its `AdamW` keeps the moments private, so a checkpoint could not carry them and
+/// every round's `apply` would restart the optimizer from zero.
+struct AdamMoments {
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+}
+
+/// File names of the optimizer state inside a checkpoint folder.
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct TrainerState {
     step: usize,
 }
 
@@ -366,16 +460,40 @@ impl Trainer {
             },
             other => other,
         })?;
-        let opt = AdamW::new(
-            sorted.iter().map(|(_, v)| v.clone()).collect(),
-            ParamsAdamW {
-                lr: cfg.lr,
-                beta1: cfg.beta1,
-                beta2: cfg.beta2,
-                eps: cfg.eps,
-                weight_decay: cfg.weight_decay,
-            },
-        )?;
+        // Moments saved beside the weights resume; tensors without saved moments (e.g. a
+        // different `train_last_k`) start from zero.
+        let saved = match dir.join(OPTIMIZER_FILE) {
+            p if p.exists() => load_safetensors_dir_file(&p, device)?,
+            _ => HashMap::new(),
+        };
+        let moment = |kind: &str, name: &str, var: &Var| -> Result<Tensor> {
+            match saved.get(&format!("{kind}.{name}")) {
+                Some(t) if t.dims() == var.dims() => Ok(t.clone()),
+                Some(t) => Err(ModelError::Weights {
+                    path: dir.join(OPTIMIZER_FILE),
+                    msg: format!(
+                        "optimizer moment {kind}.{name} has shape {:?}, the weight {:?}",
+                        t.dims(),
+                        var.dims()
+                    ),
+                }),
+                None => Ok(var.as_tensor().zeros_like()?),
+            }
+        };
+        let mut opt = AdamMoments {
+            m: Vec::new(),
+            v: Vec::new(),
+        };
+        for (name, var) in &sorted {
+            opt.m.push(moment("m", name, var)?);
+            opt.v.push(moment("v", name, var)?);
+        }
+        let state_path = dir.join(TRAINER_STATE_FILE);
+        let step = if state_path.exists() {
+            super::io::read_json::<TrainerState>(&state_path, "trainer state")?.step
+        } else {
+            0
+        };
         Ok(Self {
             model,
             config,
@@ -384,8 +502,13 @@ impl Trainer {
             frozen,
             opt,
             cfg,
-            step: 0,
+            step,
         })
+    }
+
+    /// Optimizer steps taken since the weights were first trained.
+    pub fn steps_done(&self) -> usize {
+        self.step
     }
 
     pub fn model(&self) -> &Model {
@@ -438,14 +561,33 @@ impl Trainer {
             }
         }
         let lr = self.lr_at(self.step);
-        self.opt.set_learning_rate(lr);
-        self.opt.step(grads)?;
+        self.adamw_update(grads, lr)?;
         self.step += 1;
         Ok(StepStats {
             grad_norm: norm,
             lr,
             step: self.step,
         })
+    }
+
+    /// Decoupled weight decay, then the bias-corrected Adam update, per trainable tensor.
+    fn adamw_update(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        let c = &self.cfg;
+        let t = (self.step + 1) as i32;
+        let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
+        for (i, (_, var)) in self.vars.iter().enumerate() {
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let m = ((&self.opt.m[i] * c.beta1)? + (g * (1.0 - c.beta1))?)?;
+            let v = ((&self.opt.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+            let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + c.eps)?)?;
+            let theta = (var.as_tensor() * (1.0 - lr * c.weight_decay))?;
+            var.set(&(theta - (update * lr)?)?)?;
+            self.opt.m[i] = m;
+            self.opt.v[i] = v;
+        }
+        Ok(())
     }
 
     /// Gradients of the trainable tensors by name (sorted; zeros where
@@ -510,6 +652,22 @@ impl Trainer {
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
         let stage = StagingDir::new(dir)?;
         save_safetensors(&stage.path().join("model.safetensors"), &tensors)?;
+        let moments: Vec<(String, Tensor)> = self
+            .vars
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (name, _))| {
+                [
+                    (format!("m.{name}"), self.opt.m[i].clone()),
+                    (format!("v.{name}"), self.opt.v[i].clone()),
+                ]
+            })
+            .collect();
+        save_safetensors(&stage.path().join(OPTIMIZER_FILE), &moments)?;
+        write_json(
+            &stage.path().join(TRAINER_STATE_FILE),
+            &TrainerState { step: self.step },
+        )?;
         write_json(&stage.path().join("config.json"), &self.config)?;
         for f in [
             "tokenizer.json",

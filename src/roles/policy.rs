@@ -24,6 +24,20 @@ no further external knowledge needed, you can directly provide the answer inside
 }
 
 /// A parsed policy rollout. `answer` is set only when the rollout followed the format.
+/// The policy prompt when no search tool is offered (R-Zero's solver): think, then answer.
+pub fn prompt_without_tools(question: &str) -> Vec<Message> {
+    let user = format!(
+        "Answer the given question. Reason inside <think> and </think> first, then give the \
+answer inside <answer> and </answer>, without detailed illustrations. For example, \
+<answer> Beijing </answer>. Question: {}",
+        question.trim()
+    );
+    vec![
+        Message::system("You are a knowledgeable assistant that answers questions."),
+        Message::user(user),
+    ]
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyOutput {
     pub answer: Option<String>,

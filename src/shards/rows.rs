@@ -64,6 +64,7 @@ pub struct TaskRow {
     pub round: u32,
     pub question: String,
     pub answer: String,
+    pub answer_aliases: Vec<String>,
     pub template: String,
     pub parent_task_id: Option<String>,
     pub topic: Option<String>,

@@ -86,6 +86,7 @@ impl ShardKind {
                 u32f("round"),
                 utf8("question"),
                 utf8("answer"),
+                list_utf8("answer_aliases"),
                 utf8("template"),
                 utf8_null("parent_task_id"),
                 utf8_null("topic"),

@@ -3,11 +3,20 @@
 //! before anything runs, and then does its work in `run`. The runner, the manifest and the rerun
 //! check treat all stages alike through this one contract.
 
+pub mod agent;
+pub mod apply;
 pub mod corpus;
 pub mod embed;
+pub mod eval;
+pub mod generate;
 pub mod index;
+pub mod init;
+pub mod judge;
 pub mod qa;
+pub mod reward;
+pub mod rollout;
 mod sources;
+pub mod train;
 
 use std::path::{Path, PathBuf};
 
@@ -31,7 +40,8 @@ pub struct StageContext<'a> {
 }
 
 impl StageContext<'_> {
-    /// Files written by upstream stage `stage`.
+    /// Files written by the upstream stage named by `stage`, as `upstream` spelled it
+    /// (`judge?`, `apply@prev?`): empty when an optional upstream is absent.
     pub fn input_files(&self, stage: &str) -> &[PathBuf] {
         self.inputs
             .iter()
@@ -66,6 +76,14 @@ pub fn all() -> Vec<&'static dyn Stage> {
         &qa::QaStage,
         &index::IndexStage,
         &embed::EmbedStage,
+        &init::InitStage,
+        &generate::GenerateStage,
+        &rollout::RolloutStage,
+        &judge::JudgeStage,
+        &reward::RewardStage,
+        &train::TrainStage,
+        &apply::ApplyStage,
+        &eval::EvalStage,
     ]
 }
 

@@ -165,6 +165,25 @@ fn corpus_qa_rows(corpus_files: &[PathBuf]) -> Result<Vec<QaRow>> {
         .collect())
 }
 
+/// Every question of a user QA file (JSONL, JSON or Parquet in any layout `user_row` reads).
+pub fn read_qa_file(path: &std::path::Path) -> Result<Vec<QaRow>> {
+    if !path.is_file() {
+        return Err(Error::input(path, "QA file not found"));
+    }
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    open_records(path)?
+        .enumerate()
+        .map(|(i, r)| {
+            let record = r?;
+            user_row(&record, i, "test", &stem)
+                .map_err(|m| Error::input(path, format!("record {}: {m}", i + 1)))
+        })
+        .collect()
+}
+
 /// One record of a user QA file, in any of the layouts the peers use.
 fn user_row(
     record: &Record,

@@ -6,6 +6,7 @@ mod common;
 mod crash;
 mod model_cli;
 mod readers;
+mod rounds;
 mod runner;
 mod search_assets;
 mod shards;

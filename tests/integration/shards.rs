@@ -176,6 +176,7 @@ fn every_row_type_round_trips_through_a_shard() {
         round: 2,
         question: "Who?".into(),
         answer: "Me".into(),
+        answer_aliases: vec!["myself".into()],
         template: "harder/depth".into(),
         parent_task_id: Some("t0".into()),
         topic: None,

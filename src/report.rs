@@ -1,0 +1,132 @@
+//! The table that closes a round of `asl run`: what the generator wrote, how the policy did, what
+//! each role earned, how the judge leaned, and the held-out scores, read back from the round's
+//! shards so it says what the data says.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+
+use crate::error::Result;
+use crate::manifest::{Manifest, resolve_path};
+use crate::shards::read_rows;
+use crate::shards::rows::{EvalRow, JudgmentRow, RewardRow, TaskRow};
+
+/// Outputs of `stage` in exactly `round` whose file names start with `prefix`.
+fn files(run_dir: &Path, m: &Manifest, stage: &str, round: u32, prefix: &str) -> Vec<PathBuf> {
+    match m.done_outputs(stage, round) {
+        Some((r, outs)) if r == round => outs
+            .iter()
+            .map(|o| resolve_path(run_dir, &o.path))
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn mean(xs: impl Iterator<Item = f64>) -> Option<f64> {
+    let (sum, n) = xs.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    (n > 0).then(|| sum / n as f64)
+}
+
+fn show(x: Option<f64>) -> String {
+    x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into())
+}
+
+/// The round's table (rows whose shards are absent show `-`).
+pub fn round_table(run_dir: &Path, round: u32) -> Result<Table> {
+    let m = Manifest::load(run_dir)?;
+    let tasks: Vec<TaskRow> = read_rows(&files(run_dir, &m, "generate", round, "tasks-"))?;
+    let rewards: Vec<RewardRow> = read_rows(&files(run_dir, &m, "reward", round, "rewards-"))?;
+    let judgments: Vec<JudgmentRow> = read_rows(&files(run_dir, &m, "judge", round, "judgments-"))?;
+    let eval: Vec<EvalRow> = read_rows(&files(run_dir, &m, "eval", round, "eval-"))?;
+
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    table.set_header(vec![format!("round {round}"), "value".to_string()]);
+    let valid_after_check = rewards
+        .iter()
+        .filter(|r| r.role == "generator" && r.label.as_deref() == Some("valid"))
+        .count();
+    table.add_row(vec![
+        "tasks written / valid".to_string(),
+        format!(
+            "{} / {} ({} after self-check)",
+            tasks.len(),
+            tasks.iter().filter(|t| t.valid).count(),
+            valid_after_check
+        ),
+    ]);
+    let mut per_task: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for r in rewards.iter().filter(|r| r.role == "policy") {
+        per_task
+            .entry(r.task_id.as_str())
+            .or_default()
+            .push(f64::from(r.reward));
+    }
+    let solve = mean(per_task.values().filter_map(|v| mean(v.iter().copied())));
+    table.add_row(vec!["policy solve rate".to_string(), show(solve)]);
+    for role in ["policy", "generator", "grm"] {
+        let m = mean(
+            rewards
+                .iter()
+                .filter(|r| r.role == role)
+                .map(|r| f64::from(r.total)),
+        );
+        table.add_row(vec![format!("mean reward: {role}"), show(m)]);
+    }
+    let mut groups: BTreeMap<&str, bool> = BTreeMap::new();
+    for r in rewards.iter().filter(|r| r.role == "policy") {
+        *groups.entry(r.group_id.as_str()).or_default() |= r.advantage != 0.0;
+    }
+    table.add_row(vec![
+        "policy groups with a learning signal".to_string(),
+        format!(
+            "{} / {}",
+            groups.values().filter(|v| **v).count(),
+            groups.len()
+        ),
+    ]);
+    let ran: Vec<&JudgmentRow> = judgments
+        .iter()
+        .filter(|j| !j.judge_trajectory_id.is_empty())
+        .collect();
+    table.add_row(vec![
+        "GRM verdicts correct / wrong".to_string(),
+        format!(
+            "{} / {}",
+            ran.iter().filter(|j| j.verdict == "correct").count(),
+            ran.iter().filter(|j| j.verdict != "correct").count()
+        ),
+    ]);
+    let metric = |role: &str, metric: &str| {
+        eval.iter()
+            .find(|e| e.role == role && e.metric == metric)
+            .map(|e| e.value)
+    };
+    table.add_row(vec![
+        "held-out EM".to_string(),
+        show(metric("policy", "em")),
+    ]);
+    table.add_row(vec![
+        "held-out F1".to_string(),
+        show(metric("policy", "f1")),
+    ]);
+    table.add_row(vec![
+        "GRM accuracy".to_string(),
+        show(metric("grm", "accuracy")),
+    ]);
+    table.add_row(vec![
+        "parse rate: policy / generator / GRM".to_string(),
+        format!(
+            "{} / {} / {}",
+            show(metric("policy", "parse_rate")),
+            show(metric("generator", "parse_rate")),
+            show(metric("grm", "parse_rate"))
+        ),
+    ]);
+    Ok(table)
+}

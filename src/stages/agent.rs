@@ -1,0 +1,304 @@
+//! What the model-driven stages share: the checkpoint a round starts from, sampling and search
+//! parameters, and one loop that runs a role's prompts through the model with the search tool,
+//! in fixed-size batches under a progress bar.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+
+use super::StageContext;
+use crate::error::{Error, Result};
+use crate::model::llama::{HfModel, render_chatml};
+use crate::model::sample::{FinishReason, SamplingParams, SeqOutput, SeqRequest, generate};
+use crate::params::{ParamSpec, Params, ParamsExt};
+use crate::roles::{Message, tags};
+use crate::search::render::render_information;
+use crate::search::run::open_env;
+use crate::search::{SearchEnv, SearchMode};
+use crate::shards::rows::TrajectoryRow;
+
+/// Upstream keys naming the checkpoint a round's model stages start from: the previous round's
+/// `apply` when there is one, else the run's `init`.
+pub const CHECKPOINT_UPSTREAM: [&str; 2] = ["init", "apply@prev?"];
+
+/// The checkpoint folder a stage uses (see [`CHECKPOINT_UPSTREAM`]); `this_round` also accepts
+/// this round's `apply?` (for `eval`, which scores the round's new checkpoint).
+pub fn checkpoint_dir(ctx: &StageContext, stage: &str) -> Result<PathBuf> {
+    ["apply?", "apply@prev?", "init"]
+        .iter()
+        .find_map(|key| ctx.input_files(key).first().cloned())
+        .ok_or_else(|| {
+            Error::stage(
+                stage,
+                "no checkpoint: run `init` first (it is in every pipeline's setup)",
+            )
+        })
+}
+
+/// Sampling and tool parameters every model stage declares, with per-stage defaults.
+pub fn sampling_specs(max_new_tokens: u64, max_turns: u64, temperature: f64) -> Vec<ParamSpec> {
+    vec![
+        ParamSpec::new(
+            "temperature",
+            temperature,
+            "sampling temperature (0: greedy)",
+        ),
+        ParamSpec::new("top_p", 1.0, "nucleus sampling mass (1: off)"),
+        ParamSpec::new("top_k", 0, "sample from the k most likely tokens (0: off)"),
+        ParamSpec::new(
+            "max_new_tokens",
+            max_new_tokens,
+            "token budget per sequence over all its turns",
+        ),
+        ParamSpec::new(
+            "max_turns",
+            max_turns,
+            "model turns per sequence; each turn but the last may end in a search",
+        ),
+        ParamSpec::new("batch_size", 8, "sequences decoded together"),
+        ParamSpec::new(
+            "search_mode",
+            "bm25",
+            "`bm25`, `dense`, `hybrid`, or `none` (no search tool)",
+        ),
+        ParamSpec::new("search_k", 3, "passages per search call"),
+    ]
+}
+
+/// The search stages a model stage reads, by its `search_mode`.
+pub fn search_upstream(params: &Params) -> Vec<&'static str> {
+    match params.str("search_mode") {
+        "none" => vec![],
+        "dense" => vec!["corpus", "embed"],
+        "hybrid" => vec!["corpus", "index", "embed"],
+        _ => vec!["corpus", "index"],
+    }
+}
+
+/// One prompt to run.
+pub struct Request {
+    pub messages: Vec<Message>,
+    pub seed: u64,
+}
+
+/// A finished sequence with what the tool loop counted.
+pub struct Completion {
+    pub prompt_ids: Vec<u32>,
+    pub out: SeqOutput,
+    pub searches: u32,
+}
+
+impl Completion {
+    pub fn truncated(&self) -> bool {
+        matches!(
+            self.out.finish,
+            FinishReason::Length | FinishReason::MaxTurns
+        )
+    }
+
+    /// Turns that open with a think block, for the format bonus.
+    pub fn turns_opening_with_think(&self) -> usize {
+        let own = tags::without_blocks(&self.out.text, "information");
+        let mut n = 0;
+        for turn in own.split("</search>") {
+            if turn.trim_start().starts_with("<think>") {
+                n += 1;
+            }
+        }
+        n.min(self.out.turns)
+    }
+
+    /// The trajectory row of this completion.
+    pub fn row(&self, ids: TrajectoryIds, parsed: Result<String, String>) -> TrajectoryRow {
+        let (answer, parse_error) = match parsed {
+            Ok(a) => (Some(a), None),
+            Err(e) => (None, Some(e)),
+        };
+        TrajectoryRow {
+            trajectory_id: ids.trajectory_id,
+            task_id: ids.task_id,
+            role: ids.role.to_string(),
+            attempt: ids.attempt,
+            seed: ids.seed,
+            prompt_ids: self.prompt_ids.clone(),
+            completion_ids: self.out.tokens.clone(),
+            loss_mask: self.out.loss_mask.iter().map(|&m| m == 1).collect(),
+            sampling_logprobs: self.out.logprobs.clone(),
+            text: self.out.text.clone(),
+            turns: self.out.turns as u32,
+            searches: self.searches,
+            parsed: answer.is_some(),
+            answer,
+            parse_error,
+            finish_reason: finish_name(self.out.finish).to_string(),
+        }
+    }
+}
+
+/// The identifying columns of a trajectory row.
+pub struct TrajectoryIds {
+    pub trajectory_id: String,
+    pub task_id: String,
+    pub role: &'static str,
+    pub attempt: u32,
+    pub seed: u64,
+}
+
+pub fn finish_name(f: FinishReason) -> &'static str {
+    match f {
+        FinishReason::Stop => "stop",
+        FinishReason::Eos => "eos",
+        FinishReason::Length => "length",
+        FinishReason::MaxTurns => "max_turns",
+    }
+}
+
+/// A loaded checkpoint with the run's search environment.
+pub struct Agent {
+    hf: HfModel,
+    env: Option<SearchEnv>,
+    search_k: usize,
+    mode: SearchMode,
+    sampling: SamplingParams,
+    batch_size: usize,
+}
+
+impl Agent {
+    /// Loads the checkpoint and, unless `search_mode` is `none`, the search environment.
+    pub fn load(ctx: &StageContext, stage: &str) -> Result<Agent> {
+        let dir = checkpoint_dir(ctx, stage)?;
+        Agent::open(&dir, Some((ctx.run_dir, ctx.round)), ctx.params, stage)
+    }
+
+    /// Loads `model_dir`; the search environment comes from `run` (run dir, round) when given.
+    pub fn open(
+        model_dir: &Path,
+        run: Option<(&Path, u32)>,
+        params: &Params,
+        stage: &str,
+    ) -> Result<Agent> {
+        let hf = HfModel::load(model_dir, &Device::Cpu)
+            .map_err(|e| Error::stage(stage, format!("checkpoint: {e}")))?;
+        let mode = match params.str("search_mode") {
+            "none" => None,
+            "dense" => Some(SearchMode::Dense),
+            "hybrid" => Some(SearchMode::Hybrid),
+            "bm25" => Some(SearchMode::Bm25),
+            other => {
+                return Err(Error::param(
+                    format!("{stage}.search_mode"),
+                    format!("unknown search mode {other:?} (bm25, dense, hybrid, none)"),
+                ));
+            }
+        };
+        let env = match (mode, run) {
+            (Some(m), Some((run_dir, round))) => Some(open_env(run_dir, round, m)?),
+            _ => None,
+        };
+        let temperature = params.f64("temperature");
+        let mut stop_strings = vec!["</answer>".to_string(), "<|im_end|>".to_string()];
+        if env.is_some() {
+            stop_strings.insert(0, "</search>".to_string());
+        }
+        let sampling = SamplingParams {
+            temperature,
+            top_p: params.f64("top_p"),
+            top_k: params.u64("top_k") as usize,
+            greedy: temperature <= 0.0,
+            max_new_tokens: params.u64("max_new_tokens") as usize,
+            stop_strings,
+            eos_ids: hf.model.config().eos_ids(),
+            max_turns: params.u64("max_turns").max(1) as usize,
+        };
+        Ok(Agent {
+            hf,
+            env,
+            search_k: params.u64("search_k").max(1) as usize,
+            mode: mode.unwrap_or(SearchMode::Bm25),
+            sampling,
+            batch_size: params.u64("batch_size").max(1) as usize,
+        })
+    }
+
+    pub fn has_search(&self) -> bool {
+        self.env.is_some()
+    }
+
+    /// Prompt token ids of `messages` in the model's chat format.
+    pub fn encode(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        let pairs: Vec<(&str, &str)> = messages
+            .iter()
+            .map(|m| (m.role, m.content.as_str()))
+            .collect();
+        let text = render_chatml(&pairs, None, true);
+        let enc = self
+            .hf
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| Error::stage("tokenizer", e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Runs every request to completion with the search tool, `batch_size` at a time.
+    pub fn run(&self, requests: &[Request], what: &str) -> Result<Vec<Completion>> {
+        let bar = crate::progress::bar(requests.len() as u64, what);
+        let mut done = Vec::with_capacity(requests.len());
+        for chunk in requests.chunks(self.batch_size) {
+            let mut prompts = Vec::with_capacity(chunk.len());
+            let mut seqs = Vec::with_capacity(chunk.len());
+            for r in chunk {
+                let ids = self.encode(&r.messages)?;
+                seqs.push(SeqRequest {
+                    prompt_ids: ids.clone(),
+                    seed: r.seed,
+                });
+                prompts.push(ids);
+            }
+            let mut searches = vec![0u32; chunk.len()];
+            let outs = generate(
+                &self.hf.model,
+                &self.hf.tokenizer,
+                &seqs,
+                &self.sampling,
+                |i, text| {
+                    let env = self.env.as_ref()?;
+                    if !text.trim_end().ends_with("</search>") {
+                        return None;
+                    }
+                    searches[i] += 1;
+                    Some(self.tool_text(env, text))
+                },
+            )
+            .map_err(|e| Error::stage(what, e.to_string()))?;
+            for ((prompt_ids, out), searches) in prompts.into_iter().zip(outs).zip(searches) {
+                done.push(Completion {
+                    prompt_ids,
+                    out,
+                    searches,
+                });
+            }
+            bar.inc(chunk.len() as u64);
+        }
+        bar.finish_and_clear();
+        Ok(done)
+    }
+
+    /// The `<information>` block answering the last `<search>` of `text`.
+    fn tool_text(&self, env: &SearchEnv, text: &str) -> String {
+        let own = tags::after_last_block(text, "information");
+        let query = tags::blocks(own, "search")
+            .last()
+            .map(|q| q.trim().to_string())
+            .unwrap_or_default();
+        let body = if query.is_empty() {
+            "The search query was empty.".to_string()
+        } else {
+            match env.search(&query, self.search_k, self.mode) {
+                Ok(hits) if hits.is_empty() => "No results.".to_string(),
+                Ok(hits) => render_information(&hits),
+                Err(e) => format!("Search failed: {e}"),
+            }
+        };
+        format!("\n\n<information>{body}</information>\n\n")
+    }
+}

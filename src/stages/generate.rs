@@ -1,0 +1,312 @@
+//! Stage `generate`: the Prompt Generator writes this round's tasks (SPEC §2). Round 1 seeds it
+//! with topics drawn from the corpus; later rounds evolve the previous round's valid tasks, HARDER
+//! when the policy solved them at `solve_threshold` or more and EASIER otherwise, with the
+//! `width` template before `depth_from_round` and `depth` from then on. With `source = "qa"` the
+//! tasks are labelled training questions instead (Search-R1), and no generator runs.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::agent::{
+    Agent, CHECKPOINT_UPSTREAM, Request, TrajectoryIds, sampling_specs, search_upstream,
+};
+use super::{Stage, StageContext, StageOutput};
+use crate::error::{Error, Result};
+use crate::model::sample::seq_seed;
+use crate::params::{ParamSpec, Params, ParamsExt};
+use crate::rl::metrics::normalize_answer;
+use crate::rl::rewards::validity;
+use crate::roles::generator::{self, Direction, Template};
+use crate::seed::stable_u64;
+use crate::shards::rows::{CorpusRow, QaRow, RewardRow, TaskRow, TrajectoryRow};
+use crate::shards::{ShardKind, read_rows, shard_path, write_rows};
+
+pub struct GenerateStage;
+
+/// What one task is asked to be before the generator writes it.
+struct Seed {
+    topic: Option<String>,
+    parent: Option<(TaskRow, Direction)>,
+}
+
+impl Stage for GenerateStage {
+    fn name(&self) -> &'static str {
+        "generate"
+    }
+
+    fn about(&self) -> &'static str {
+        "the Prompt Generator writes this round's tasks (or labelled QA is sampled as tasks)"
+    }
+
+    fn params(&self) -> Vec<ParamSpec> {
+        let mut specs = vec![
+            ParamSpec::new(
+                "source",
+                "generator",
+                "`generator` (the model writes tasks) or `qa` (labelled train questions)",
+            ),
+            ParamSpec::new("tasks", 8, "tasks per round"),
+            ParamSpec::new(
+                "depth_from_round",
+                3,
+                "first round whose evolved tasks use the depth template (earlier: width)",
+            ),
+            ParamSpec::new(
+                "solve_threshold",
+                0.5,
+                "a task solved at this rate or more is made HARDER next round, else EASIER",
+            ),
+        ];
+        specs.extend(sampling_specs(384, 3, 1.0));
+        specs
+    }
+
+    fn upstream(&self, params: &Params) -> Vec<&'static str> {
+        if params.str("source") == "qa" {
+            return vec!["qa"];
+        }
+        let mut up = vec!["corpus"];
+        up.extend(search_upstream(params));
+        up.extend(CHECKPOINT_UPSTREAM);
+        up.extend(["generate@prev?", "reward@prev?"]);
+        up.dedup();
+        up
+    }
+
+    fn external_inputs(&self, _params: &Params) -> Result<Vec<PathBuf>> {
+        Ok(Vec::new())
+    }
+
+    fn run(&self, ctx: &StageContext) -> Result<StageOutput> {
+        let n = ctx.params.u64("tasks") as usize;
+        if n == 0 {
+            return Err(Error::param("generate.tasks", "must be at least 1"));
+        }
+        let tasks_path = shard_path(&ctx.out_dir, ShardKind::Tasks, ctx.shard.index);
+        if ctx.params.str("source") == "qa" {
+            let tasks = labelled_tasks(ctx, n)?;
+            let rows = write_rows(&tasks_path, &tasks)?;
+            return Ok(StageOutput {
+                files: vec![tasks_path],
+                summary: format!("{rows} labelled tasks"),
+            });
+        }
+        let seeds = task_seeds(ctx, n)?;
+        let template = if ctx.round >= ctx.params.u64("depth_from_round") as u32 {
+            Template::Depth
+        } else {
+            Template::Width
+        };
+        let agent = Agent::load(ctx, "generate")?;
+        let mut ids = Vec::new();
+        let mut requests = Vec::new();
+        for (i, seed) in seeds.iter().enumerate() {
+            if !ctx.shard.owns(i) {
+                continue;
+            }
+            let task_id = format!("r{:03}-t{i:05}", ctx.round);
+            let messages = match (&seed.parent, &seed.topic) {
+                (Some((parent, dir)), _) => {
+                    generator::evolve_prompt(&parent.question, &parent.answer, *dir, template)
+                }
+                (None, Some(topic)) => generator::seed_prompt(topic),
+                (None, None) => unreachable!("every seed has a topic or a parent"),
+            };
+            let seed_value = seq_seed(ctx.seed, stable_u64(&[&task_id]), 0);
+            requests.push(Request {
+                messages,
+                seed: seed_value,
+            });
+            ids.push((i, task_id, seed_value));
+        }
+        let completions = agent.run(&requests, "generate")?;
+        let mut tasks = Vec::new();
+        let mut trajectories = Vec::new();
+        let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+        for ((i, task_id, seed_value), c) in ids.into_iter().zip(&completions) {
+            let seed = &seeds[i];
+            let parsed = generator::parse(&c.out.text);
+            let question = parsed.question.clone().unwrap_or_default();
+            let answer = parsed.answer.clone().unwrap_or_default();
+            let invalid = parsed
+                .error
+                .clone()
+                .or_else(|| validity(&question, parsed.answer.as_deref(), 0, 0))
+                .or_else(|| {
+                    contains_answer(&question, &answer)
+                        .then(|| "the question contains its answer".to_string())
+                });
+            if let Some(r) = &invalid {
+                *reasons.entry(r.clone()).or_default() += 1;
+            }
+            let trajectory_id = format!("{task_id}-g");
+            trajectories.push(c.row(
+                TrajectoryIds {
+                    trajectory_id: trajectory_id.clone(),
+                    task_id: task_id.clone(),
+                    role: "generator",
+                    attempt: 0,
+                    seed: seed_value,
+                },
+                match &parsed.error {
+                    None => Ok(question.clone()),
+                    Some(e) => Err(e.clone()),
+                },
+            ));
+            let template_name = match &seed.parent {
+                None => "seed".to_string(),
+                Some((_, Direction::Harder)) => format!("harder/{}", template.name()),
+                Some((_, Direction::Easier)) => format!("easier/{}", template.name()),
+            };
+            tasks.push(TaskRow {
+                task_id,
+                round: ctx.round,
+                question,
+                answer,
+                answer_aliases: Vec::new(),
+                template: template_name,
+                parent_task_id: seed.parent.as_ref().map(|(p, _)| p.task_id.clone()),
+                topic: seed.topic.clone(),
+                generator_trajectory_id: Some(trajectory_id),
+                valid: invalid.is_none(),
+                invalid_reason: invalid,
+            });
+        }
+        let traj_path = shard_path(&ctx.out_dir, ShardKind::Trajectories, ctx.shard.index);
+        let written = write_rows(&tasks_path, &tasks)?;
+        write_rows(&traj_path, &trajectories)?;
+        let valid = tasks.iter().filter(|t| t.valid).count();
+        let searched = completions.iter().filter(|c| c.searches > 0).count();
+        let mut summary =
+            format!("{written} tasks written, {valid} valid; {searched} generator runs searched");
+        if !reasons.is_empty() {
+            let list: Vec<String> = reasons.iter().map(|(r, k)| format!("{k}× {r}")).collect();
+            summary.push_str(&format!("; invalid: {}", list.join(", ")));
+        }
+        Ok(StageOutput {
+            files: vec![tasks_path, traj_path],
+            summary,
+        })
+    }
+}
+
+/// Whether the normalised answer occurs as whole words in the normalised question.
+pub fn contains_answer(question: &str, answer: &str) -> bool {
+    let a = normalize_answer(answer);
+    !a.is_empty() && format!(" {} ", normalize_answer(question)).contains(&format!(" {a} "))
+}
+
+/// Topic seeds for round 1, evolved parents afterwards (topics fill in when the previous round
+/// left fewer valid tasks than `n`).
+fn task_seeds(ctx: &StageContext, n: usize) -> Result<Vec<Seed>> {
+    let mut seeds = Vec::with_capacity(n);
+    let prev_tasks: Vec<TaskRow> = tasks(ctx.input_files("generate@prev?"))?
+        .into_iter()
+        .filter(|t| t.valid)
+        .collect();
+    if !prev_tasks.is_empty() {
+        let rewards: Vec<RewardRow> = read_rows(ctx.input_files("reward@prev?"))?;
+        let mut solved: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+        for r in rewards.iter().filter(|r| r.role == "policy") {
+            let e = solved.entry(r.task_id.as_str()).or_default();
+            e.0 += usize::from(r.reward > 0.5);
+            e.1 += 1;
+        }
+        let threshold = ctx.params.f64("solve_threshold");
+        let mut order: Vec<&TaskRow> = prev_tasks.iter().collect();
+        order.sort_by_key(|t| stable_u64(&[&ctx.seed.to_string(), &t.task_id]));
+        for t in order.into_iter().take(n) {
+            let rate = solved
+                .get(t.task_id.as_str())
+                .map(|&(k, m)| k as f64 / m.max(1) as f64)
+                .unwrap_or(0.0);
+            let dir = if rate >= threshold {
+                Direction::Harder
+            } else {
+                Direction::Easier
+            };
+            seeds.push(Seed {
+                topic: t.topic.clone(),
+                parent: Some((t.clone(), dir)),
+            });
+        }
+    }
+    if seeds.len() < n {
+        let mut corpus: Vec<CorpusRow> = read_rows(ctx.input_files("corpus"))?;
+        if corpus.is_empty() {
+            return Err(Error::stage(
+                "generate",
+                "the corpus is empty: no topic seeds",
+            ));
+        }
+        corpus.sort_by_key(|r| stable_u64(&[&ctx.seed.to_string(), &r.doc_id]));
+        for row in corpus.into_iter().cycle().take(n - seeds.len()) {
+            seeds.push(Seed {
+                topic: Some(row.title),
+                parent: None,
+            });
+        }
+    }
+    Ok(seeds)
+}
+
+/// `n` labelled training questions as tasks, a different seeded sample each round.
+fn labelled_tasks(ctx: &StageContext, n: usize) -> Result<Vec<TaskRow>> {
+    let mut rows: Vec<QaRow> = read_rows::<QaRow>(ctx.input_files("qa"))?
+        .into_iter()
+        .filter(|q| q.split == "train" && !q.answers.is_empty())
+        .collect();
+    if rows.is_empty() {
+        return Err(Error::stage(
+            "generate",
+            "source = qa, but the qa stage wrote no train questions",
+        ));
+    }
+    rows.sort_by_key(|q| stable_u64(&[&ctx.seed.to_string(), &q.id]));
+    Ok(rows
+        .into_iter()
+        .cycle()
+        .take(n)
+        .enumerate()
+        .filter(|(i, _)| ctx.shard.owns(*i))
+        .map(|(i, q)| TaskRow {
+            task_id: format!("r{:03}-t{i:05}", ctx.round),
+            round: ctx.round,
+            question: q.question,
+            answer: q.answers[0].clone(),
+            answer_aliases: q.answers[1..].to_vec(),
+            template: "labelled".into(),
+            parent_task_id: None,
+            topic: Some(q.id),
+            generator_trajectory_id: None,
+            valid: true,
+            invalid_reason: None,
+        })
+        .collect())
+}
+
+/// The trajectories of a stage's inputs (helper for the stages downstream).
+pub fn trajectories(files: &[PathBuf]) -> Result<Vec<TrajectoryRow>> {
+    let files: Vec<PathBuf> = files
+        .iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("trajectories-"))
+        })
+        .cloned()
+        .collect();
+    read_rows(&files)
+}
+
+/// The tasks among a stage's inputs.
+pub fn tasks(files: &[PathBuf]) -> Result<Vec<TaskRow>> {
+    let files: Vec<PathBuf> = files
+        .iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("tasks-"))
+        })
+        .cloned()
+        .collect();
+    read_rows(&files)
+}

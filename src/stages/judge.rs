@@ -1,0 +1,271 @@
+//! Stage `judge`: the Generative Reward Model judges every policy attempt against the task's
+//! reference, the generator's own answer `self_judgments` times (the validity check), and, from
+//! `real_from_round` on, `real_items` labelled verification pairs (a gold answer and a plausible
+//! wrong one) whose labels are known: the late injection of real data (SPEC §2).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::agent::{
+    Agent, CHECKPOINT_UPSTREAM, Request, TrajectoryIds, sampling_specs, search_upstream,
+};
+use super::generate::{tasks, trajectories};
+use super::{Stage, StageContext, StageOutput};
+use crate::error::Result;
+use crate::model::sample::seq_seed;
+use crate::params::{ParamSpec, Params, ParamsExt};
+use crate::roles::grm;
+use crate::seed::stable_u64;
+use crate::shards::rows::{JudgmentRow, QaRow, TaskRow};
+use crate::shards::{ShardKind, read_rows, shard_path, write_rows};
+
+pub struct JudgeStage;
+
+/// Target name of the labelled verification items.
+pub const VERIFICATION: &str = "verification";
+
+/// One answer to judge.
+struct Item {
+    task_id: String,
+    target: &'static str,
+    target_trajectory_id: String,
+    sample: u32,
+    question: String,
+    reference: String,
+    candidate: Option<String>,
+    show_reference: bool,
+}
+
+impl Stage for JudgeStage {
+    fn name(&self) -> &'static str {
+        "judge"
+    }
+
+    fn about(&self) -> &'static str {
+        "the GRM judges every attempt, the generator's own answers and injected verification data"
+    }
+
+    fn params(&self) -> Vec<ParamSpec> {
+        let mut specs = vec![
+            ParamSpec::new(
+                "self_judgments",
+                5,
+                "times the GRM judges the generator's own answer (v)",
+            ),
+            ParamSpec::new(
+                "show_reference",
+                true,
+                "show the generator's reference answer to the GRM when it judges an attempt",
+            ),
+            ParamSpec::new(
+                "real_items",
+                0,
+                "labelled verification questions judged per round (each with a gold and a wrong answer)",
+            ),
+            ParamSpec::new(
+                "real_from_round",
+                1,
+                "first round that judges verification items",
+            ),
+        ];
+        specs.extend(sampling_specs(256, 2, 1.0));
+        specs
+    }
+
+    fn upstream(&self, params: &Params) -> Vec<&'static str> {
+        let mut up = vec!["generate", "rollout"];
+        up.extend(search_upstream(params));
+        up.extend(CHECKPOINT_UPSTREAM);
+        if params.u64("real_items") > 0 {
+            up.push("qa");
+        }
+        up.dedup();
+        up
+    }
+
+    fn external_inputs(&self, _params: &Params) -> Result<Vec<PathBuf>> {
+        Ok(Vec::new())
+    }
+
+    fn run(&self, ctx: &StageContext) -> Result<StageOutput> {
+        let task_rows = tasks(ctx.input_files("generate"))?;
+        let by_id: BTreeMap<&str, &TaskRow> =
+            task_rows.iter().map(|t| (t.task_id.as_str(), t)).collect();
+        let attempts = trajectories(ctx.input_files("rollout"))?;
+        let show_reference = ctx.params.bool("show_reference");
+        let mut items = Vec::new();
+        let mut orphans = 0;
+        for a in &attempts {
+            let Some(task) = by_id.get(a.task_id.as_str()) else {
+                orphans += 1;
+                continue;
+            };
+            items.push(Item {
+                task_id: task.task_id.clone(),
+                target: "policy",
+                target_trajectory_id: a.trajectory_id.clone(),
+                sample: 0,
+                question: task.question.clone(),
+                reference: task.answer.clone(),
+                candidate: a.answer.clone(),
+                show_reference,
+            });
+        }
+        let v = ctx.params.u64("self_judgments") as u32;
+        for task in task_rows.iter().filter(|t| t.valid) {
+            let Some(traj) = &task.generator_trajectory_id else {
+                continue;
+            };
+            for sample in 0..v {
+                items.push(Item {
+                    task_id: task.task_id.clone(),
+                    target: "generator",
+                    target_trajectory_id: traj.clone(),
+                    sample,
+                    question: task.question.clone(),
+                    reference: task.answer.clone(),
+                    candidate: Some(task.answer.clone()),
+                    show_reference: false,
+                });
+            }
+        }
+        items.extend(verification_items(ctx)?);
+
+        let agent = Agent::load(ctx, "judge")?;
+        let mut requests = Vec::new();
+        let mut owned = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            if !ctx.shard.owns(i) {
+                continue;
+            }
+            owned.push(item);
+            if let Some(candidate) = &item.candidate {
+                let reference = item.show_reference.then_some(item.reference.as_str());
+                let seed = seq_seed(
+                    ctx.seed,
+                    stable_u64(&[&item.target_trajectory_id]),
+                    u64::from(item.sample),
+                );
+                requests.push(Request {
+                    messages: grm::prompt(&item.question, candidate, reference),
+                    seed,
+                });
+            }
+        }
+        let completions = agent.run(&requests, "judge")?;
+        let mut completions = completions.into_iter().zip(requests.iter().map(|r| r.seed));
+        let mut judgments = Vec::with_capacity(owned.len());
+        let mut grm_rows = Vec::new();
+        let mut unjudged = 0;
+        let mut unparsable = 0;
+        let mut verdicts: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+        for item in owned {
+            let judgment_id = format!("{}-j{}", item.target_trajectory_id, item.sample);
+            let (verdict, parsed, parse_error, judge_trajectory_id) = match &item.candidate {
+                None => {
+                    unjudged += 1;
+                    (
+                        grm::Verdict::Wrong,
+                        false,
+                        Some("the attempt has no answer to judge".to_string()),
+                        String::new(),
+                    )
+                }
+                Some(_) => {
+                    let (c, seed) = completions.next().expect("one completion per request");
+                    let out = grm::parse(&c.out.text);
+                    unparsable += usize::from(!out.parsed);
+                    grm_rows.push(c.row(
+                        TrajectoryIds {
+                            trajectory_id: judgment_id.clone(),
+                            task_id: item.task_id.clone(),
+                            role: "grm",
+                            attempt: item.sample,
+                            seed,
+                        },
+                        match &out.error {
+                            None => Ok(out.verdict.name().to_string()),
+                            Some(e) => Err(e.clone()),
+                        },
+                    ));
+                    (out.verdict, out.parsed, out.error, judgment_id.clone())
+                }
+            };
+            let e = verdicts.entry(item.target).or_default();
+            e.0 += usize::from(verdict == grm::Verdict::Correct);
+            e.1 += 1;
+            judgments.push(JudgmentRow {
+                judgment_id,
+                task_id: item.task_id.clone(),
+                target_trajectory_id: item.target_trajectory_id.clone(),
+                target: item.target.to_string(),
+                sample: item.sample,
+                question: item.question.clone(),
+                reference_answer: item.reference.clone(),
+                candidate_answer: item.candidate.clone(),
+                verdict: verdict.name().to_string(),
+                parsed,
+                parse_error,
+                judge_trajectory_id,
+            });
+        }
+        let judgments_path = shard_path(&ctx.out_dir, ShardKind::Judgments, ctx.shard.index);
+        let traj_path = shard_path(&ctx.out_dir, ShardKind::Trajectories, ctx.shard.index);
+        let written = write_rows(&judgments_path, &judgments)?;
+        write_rows(&traj_path, &grm_rows)?;
+        let balance: Vec<String> = verdicts
+            .iter()
+            .map(|(t, (c, n))| format!("{t} {c}/{n} correct"))
+            .collect();
+        let mut summary = format!(
+            "{written} judgments ({}); {unparsable} unparsable verdicts, {unjudged} attempts without an answer",
+            balance.join(", ")
+        );
+        if orphans > 0 {
+            summary.push_str(&format!(
+                "; {orphans} attempts without a matching task skipped"
+            ));
+        }
+        Ok(crate::stages::StageOutput {
+            files: vec![judgments_path, traj_path],
+            summary,
+        })
+    }
+}
+
+/// Labelled verification pairs for this round: dev questions with their gold answer and with the
+/// gold answer of another question of the same sample (plausible, and wrong).
+fn verification_items(ctx: &StageContext) -> Result<Vec<Item>> {
+    let n = ctx.params.u64("real_items") as usize;
+    if n == 0 || u64::from(ctx.round) < ctx.params.u64("real_from_round") {
+        return Ok(Vec::new());
+    }
+    let mut qa: Vec<QaRow> = read_rows::<QaRow>(ctx.input_files("qa"))?
+        .into_iter()
+        .filter(|q| q.split == "dev" && !q.answers.is_empty())
+        .collect();
+    qa.sort_by_key(|q| stable_u64(&[&ctx.seed.to_string(), &q.id]));
+    qa.truncate(n + 1);
+    let mut items = Vec::new();
+    for i in 0..qa.len().saturating_sub(1) {
+        let (q, other) = (&qa[i], &qa[i + 1]);
+        let wrong = &other.answers[0];
+        let pairs = [("gold", q.answers[0].clone()), ("wrong", wrong.clone())];
+        for (kind, candidate) in pairs {
+            if kind == "wrong" && q.answers.iter().any(|a| a.eq_ignore_ascii_case(wrong)) {
+                continue;
+            }
+            items.push(Item {
+                task_id: q.id.clone(),
+                target: VERIFICATION,
+                target_trajectory_id: format!("r{:03}-v{i:04}-{kind}", ctx.round),
+                sample: 0,
+                question: q.question.clone(),
+                reference: q.answers[0].clone(),
+                candidate: Some(candidate),
+                show_reference: false,
+            });
+        }
+    }
+    Ok(items)
+}

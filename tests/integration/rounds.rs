@@ -1,0 +1,143 @@
+//! The `smoke` pipeline end to end: every stage of two ASL rounds on a tiny random model and the
+//! shipped corpus, reruns that do nothing, byte-identical reruns from the same seed, and
+//! `kill -9` during `rollout` followed by `asl run` giving the uninterrupted run's shards.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use asl::manifest::{Manifest, Status};
+
+use crate::common::*;
+
+const SMOKE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/smoke.toml");
+const ROUND_STAGES: [&str; 7] = [
+    "generate", "rollout", "judge", "reward", "train", "apply", "eval",
+];
+
+fn run_smoke(assets: &Path, run_dir: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["run", SMOKE, "--run-dir", run_dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    asl_with_env(&args, &[("ASL_ASSETS", assets.to_str().unwrap())])
+}
+
+/// Every shard's hash plus every checkpoint file's, by relative path.
+fn everything_written(run_dir: &Path) -> std::collections::BTreeMap<String, String> {
+    let mut all = shard_hashes(run_dir);
+    for round in 0..=2 {
+        for stage in ["init", "apply"] {
+            let dir: PathBuf = run_dir.join(format!("round-{round:03}/{stage}/model"));
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                for e in entries {
+                    let p = e.unwrap().path();
+                    let rel = p
+                        .strip_prefix(run_dir)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned();
+                    all.insert(rel, asl::manifest::hash_file(&p).unwrap());
+                }
+            }
+        }
+    }
+    all
+}
+
+#[test]
+fn smoke_runs_two_rounds_of_every_stage_and_reruns_are_no_ops() {
+    let Some(assets) = shipped_assets() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rd = dir.path().join("run");
+    let out = run_smoke(&assets, &rd, &[]);
+    assert_ok(&out);
+    let manifest = Manifest::load(&rd).unwrap();
+    for round in 1..=2 {
+        for stage in ROUND_STAGES {
+            assert!(
+                manifest
+                    .done_outputs(stage, round)
+                    .is_some_and(|(r, _)| r == round),
+                "round {round} {stage} not done\n{}",
+                stdout(&out)
+            );
+        }
+    }
+    let status = asl(&["status", "--run-dir", rd.to_str().unwrap()]);
+    assert_ok(&status);
+    assert!(!stdout(&status).contains("failed"));
+    // The round table closes every round.
+    assert!(stdout(&out).contains("held-out EM"), "{}", stdout(&out));
+
+    let again = run_smoke(&assets, &rd, &[]);
+    assert_ok(&again);
+    assert!(ran_stages(&again).is_empty(), "{}", stdout(&again));
+
+    // The same seed gives the same bytes in a fresh run dir.
+    let rd2 = dir.path().join("run2");
+    assert_ok(&run_smoke(&assets, &rd2, &[]));
+    assert_eq!(everything_written(&rd), everything_written(&rd2));
+}
+
+#[test]
+fn kill_9_during_rollout_then_rerun_gives_the_same_shards() {
+    let Some(assets) = shipped_assets() else {
+        return;
+    };
+    // Longer rollouts, so the kill lands inside the stage.
+    let sets = [
+        "--set",
+        "rollout.max_new_tokens=160",
+        "--set",
+        "rollout.attempts=6",
+        "--rounds",
+        "1",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let reference = dir.path().join("reference");
+    assert_ok(&run_smoke(&assets, &reference, &sets));
+    let expected = everything_written(&reference);
+
+    let rd = dir.path().join("killed");
+    let mut args = vec!["run", SMOKE, "--run-dir", rd.to_str().unwrap()];
+    args.extend_from_slice(&sets);
+    let mut child = Command::new(asl_bin())
+        .args(&args)
+        .env("ASL_ASSETS", &assets)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut killed_in_rollout = false;
+    while started.elapsed() < Duration::from_secs(120) {
+        if let Ok(m) = Manifest::load(&rd)
+            && m.entries
+                .iter()
+                .any(|e| e.stage == "rollout" && e.status == Status::Running)
+        {
+            std::thread::sleep(Duration::from_millis(150));
+            child.kill().unwrap();
+            killed_in_rollout = true;
+            break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait().unwrap();
+    assert!(
+        killed_in_rollout,
+        "the run ended before rollout could be killed"
+    );
+    let out = run_smoke(&assets, &rd, &sets);
+    assert_ok(&out);
+    assert!(
+        ran_stages(&out).iter().any(|s| s.ends_with("rollout")),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(everything_written(&rd), expected);
+}
