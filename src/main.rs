@@ -78,6 +78,14 @@ enum Builtin {
         #[arg(long)]
         run_dir: PathBuf,
     },
+    /// Print each round's table; with several run dirs, EM and GRM accuracy per round side by side.
+    #[command(
+        after_help = "Examples:\n  asl report --run-dir runs/default\n  asl report --run-dir runs/default --run-dir runs/search-r1"
+    )]
+    Report {
+        #[arg(long = "run-dir", required = true)]
+        run_dirs: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -181,10 +189,43 @@ fn stage_command(stage: &dyn Stage) -> Command {
         )
 }
 
+/// `asl eval` also scores any checkpoint on any QA file, outside a run.
+fn eval_command(cmd: Command) -> Command {
+    cmd.mut_arg("run-dir", |a| {
+        a.required(false)
+            .required_unless_present("model")
+            .help("Run dir (with --model: optional, gives the search tool)")
+    })
+    .arg(
+        Arg::new("model")
+            .long("model")
+            .value_name("DIR")
+            .requires("qa")
+            .value_parser(clap::value_parser!(PathBuf))
+            .help("Score this Hugging Face checkpoint folder on --qa instead of a run's round"),
+    )
+    .arg(
+        Arg::new("qa")
+            .long("qa")
+            .value_name("FILE")
+            .requires("model")
+            .value_parser(clap::value_parser!(PathBuf))
+            .help("Labelled QA (JSONL or Parquet with question and answers) for --model"),
+    )
+    .after_long_help(
+        "Examples:\n  asl eval --run-dir runs/default --round 2\n  asl eval --model runs/default/round-002/apply/model --qa data/qa/sample.jsonl",
+    )
+}
+
 fn main() -> ExitCode {
     let mut cli = Cli::command();
     for stage in stages::all() {
-        cli = cli.subcommand(stage_command(stage));
+        let cmd = stage_command(stage);
+        cli = cli.subcommand(if stage.name() == "eval" {
+            eval_command(cmd)
+        } else {
+            cmd
+        });
     }
     let matches = cli.get_matches();
     match dispatch(&matches) {
@@ -234,6 +275,18 @@ fn dispatch(matches: &ArgMatches) -> Result<()> {
             print_status(&run_dir)
         }
         Builtin::Status { run_dir } => print_status(&run_dir),
+        Builtin::Report { run_dirs } => {
+            if let [one] = run_dirs.as_slice() {
+                let manifest = Manifest::load(one)?;
+                let last = manifest.entries.iter().map(|e| e.round).max().unwrap_or(0);
+                for round in 1..=last {
+                    println!("{}", asl::report::round_table(one, round)?);
+                }
+            } else {
+                println!("{}", asl::report::compare_table(&run_dirs)?);
+            }
+            Ok(())
+        }
         Builtin::Search {
             run_dir,
             round,
@@ -247,12 +300,20 @@ fn dispatch(matches: &ArgMatches) -> Result<()> {
 }
 
 fn stage_main(stage: &dyn Stage, m: &ArgMatches) -> Result<()> {
-    let run_dir: &PathBuf = m.get_one("run-dir").expect("required");
     let round: u32 = *m.get_one("round").expect("has default");
     let sets: Vec<SetOverride> = m
         .get_many::<SetOverride>("set")
         .map(|v| v.cloned().collect())
         .unwrap_or_default();
+    if stage.name() == "eval"
+        && let (Some(model), Some(qa)) = (m.get_one::<PathBuf>("model"), m.get_one::<PathBuf>("qa"))
+    {
+        let run = m
+            .get_one::<PathBuf>("run-dir")
+            .map(|d| (d.as_path(), round));
+        return eval_file_main(stage, model, qa, run, &sets);
+    }
+    let run_dir: &PathBuf = m.get_one("run-dir").expect("required without --model");
     let shard = m
         .get_one::<ShardSpec>("shard")
         .copied()
@@ -263,6 +324,31 @@ fn stage_main(stage: &dyn Stage, m: &ArgMatches) -> Result<()> {
         entry.stage,
         entry.wall_s.unwrap_or_default()
     );
+    Ok(())
+}
+
+fn eval_file_main(
+    stage: &dyn Stage,
+    model: &Path,
+    qa: &Path,
+    run: Option<(&Path, u32)>,
+    sets: &[SetOverride],
+) -> Result<()> {
+    let params = asl::params::resolve("eval", &stage.params(), None, sets)?;
+    let rows = asl::stages::eval::evaluate_file(model, qa, run, &params)?;
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    table.set_header(vec!["dataset", "role", "metric", "value", "n"]);
+    for r in &rows {
+        table.add_row(vec![
+            r.dataset.clone(),
+            r.role.clone(),
+            r.metric.clone(),
+            format!("{:.3}", r.value),
+            r.count.to_string(),
+        ]);
+    }
+    println!("{table}");
     Ok(())
 }
 

@@ -321,7 +321,7 @@ pub fn run_single_stage(
 }
 
 /// An upstream reference as stages declare it: `stage` (finished in this round or before),
-/// `stage?` (this round's, when the pipeline has that stage), `stage@prev?` (from an earlier
+/// `stage?` (this round's or setup's, when the pipeline has it), `stage@prev?` (from an earlier
 /// round only: the checkpoint a round starts from is the previous round's).
 pub struct UpstreamSpec<'a> {
     pub stage: &'a str,
@@ -375,10 +375,11 @@ fn prepare<'a>(
                 .checked_sub(1)
                 .and_then(|r| manifest.done_outputs(up, r))
         } else if spec.optional {
-            // An optional upstream belongs to this very round; an earlier round's would be stale.
+            // An optional upstream is this round's or setup's (round 0); another round's would
+            // be stale.
             manifest
                 .done_outputs(up, round)
-                .filter(|(r, _)| *r == round)
+                .filter(|(r, _)| *r == round || *r == 0)
         } else {
             manifest.done_outputs(up, round)
         };

@@ -130,3 +130,63 @@ pub fn round_table(run_dir: &Path, round: u32) -> Result<Table> {
     ]);
     Ok(table)
 }
+
+/// Held-out EM, GRM accuracy and stage wall time per round, one column group per run dir: the
+/// table `scripts/compare.sh` prints.
+pub fn compare_table(run_dirs: &[PathBuf]) -> Result<Table> {
+    let mut header = vec!["round".to_string()];
+    let mut columns: Vec<BTreeMap<u32, [String; 3]>> = Vec::new();
+    let mut rounds = std::collections::BTreeSet::new();
+    for dir in run_dirs {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| dir.display().to_string());
+        header.extend([
+            format!("{name} EM"),
+            format!("{name} GRM acc"),
+            format!("{name} wall s"),
+        ]);
+        let m = Manifest::load(dir)?;
+        let mut col = BTreeMap::new();
+        let last = m.entries.iter().map(|e| e.round).max().unwrap_or(0);
+        for round in 1..=last {
+            let eval: Vec<EvalRow> = read_rows(&files(dir, &m, "eval", round, "eval-"))?;
+            let metric = |role: &str, metric: &str| {
+                eval.iter()
+                    .find(|e| e.role == role && e.metric == metric)
+                    .map(|e| e.value)
+            };
+            let wall: f64 = m
+                .entries
+                .iter()
+                .filter(|e| e.round == round && e.status == crate::manifest::Status::Done)
+                .filter_map(|e| e.wall_s)
+                .sum();
+            rounds.insert(round);
+            col.insert(
+                round,
+                [
+                    show(metric("policy", "em")),
+                    show(metric("grm", "accuracy")),
+                    format!("{wall:.0}"),
+                ],
+            );
+        }
+        columns.push(col);
+    }
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    table.set_header(header);
+    for round in rounds {
+        let mut row = vec![round.to_string()];
+        for col in &columns {
+            match col.get(&round) {
+                Some(cells) => row.extend(cells.iter().cloned()),
+                None => row.extend(["-".to_string(), "-".to_string(), "-".to_string()]),
+            }
+        }
+        table.add_row(row);
+    }
+    Ok(table)
+}

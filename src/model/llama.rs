@@ -639,6 +639,11 @@ impl Model {
         Ok(self.lm_head.forward(&h)?)
     }
 
+    /// Logits of final-norm hidden states `(.., hidden)`.
+    pub fn project(&self, h: &Tensor) -> Result<Tensor> {
+        Ok(self.lm_head.forward(h)?)
+    }
+
     /// Final-norm hidden states `(B, L, hidden)` of a padded batch.
     pub fn forward_hidden(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
         let (b, l) = input_ids.dims2()?;

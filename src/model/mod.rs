@@ -10,6 +10,7 @@
 
 pub mod error;
 pub mod gguf;
+pub mod guide;
 pub mod io;
 pub mod llama;
 pub mod sample;

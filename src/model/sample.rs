@@ -20,6 +20,7 @@ use rand_chacha::ChaCha8Rng;
 use tokenizers::Tokenizer;
 
 use super::error::{ModelError, Result};
+use super::guide::{Guide, GuideState, Next, TurnEnd};
 use super::llama::{Model, SeqCache};
 
 /// Sampling settings shared by the sequences of one call.
@@ -41,6 +42,9 @@ pub struct SamplingParams {
     pub eos_ids: Vec<u32>,
     /// Model turns per sequence (1 = no tool calls).
     pub max_turns: usize,
+    /// Structure-guided decoding: the role's tags are constrained, its content is not. With a
+    /// guide, turns end when the guide says so rather than on stop strings.
+    pub guide: Option<Guide>,
 }
 
 impl Default for SamplingParams {
@@ -54,6 +58,7 @@ impl Default for SamplingParams {
             stop_strings: vec!["</search>".into(), "</answer>".into(), "<|im_end|>".into()],
             eos_ids: vec![2],
             max_turns: 1,
+            guide: None,
         }
     }
 }
@@ -192,7 +197,71 @@ pub fn sample_token(
     (pick.0 as u32, raw_lp(pick.0), (pick.1 / total).ln() as f32)
 }
 
+/// Samples with only `allowed` tokens (when given) and never `ban`; the returned log-prob at
+/// temperature 1 is over the full vocabulary, as training computes it.
+fn sample_constrained(
+    logits: &[f32],
+    allowed: Option<&[u32]>,
+    ban: &[u32],
+    params: &SamplingParams,
+    rng: &mut ChaCha8Rng,
+) -> (u32, f32, f32) {
+    let mut masked = match allowed {
+        Some(set) => {
+            let mut m = vec![f32::NEG_INFINITY; logits.len()];
+            for &t in set {
+                if let Some(v) = logits.get(t as usize) {
+                    m[t as usize] = *v;
+                }
+            }
+            m
+        }
+        None => logits.to_vec(),
+    };
+    for &t in ban {
+        if let Some(v) = masked.get_mut(t as usize) {
+            *v = f32::NEG_INFINITY;
+        }
+    }
+    let (tok, _, slp) = sample_token(&masked, params, rng);
+    (tok, full_logprob(logits, tok), slp)
+}
+
+/// `log softmax(logits)[tok]`.
+fn full_logprob(logits: &[f32], tok: u32) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max as f64
+        + logits
+            .iter()
+            .map(|&l| ((l - max) as f64).exp())
+            .sum::<f64>()
+            .ln();
+    (logits[tok as usize] as f64 - lse) as f32
+}
+
+/// Appends tool text (loss mask 0) and starts the next turn.
+fn append_tool_text(row: &mut Row, tokenizer: &Tokenizer, tool_text: &str) -> Result<()> {
+    let enc = tokenizer
+        .encode(tool_text, false)
+        .map_err(|e| ModelError::Tokenize(e.to_string()))?;
+    let ids = enc.get_ids();
+    row.out.tokens.extend_from_slice(ids);
+    row.out.loss_mask.extend(std::iter::repeat_n(0, ids.len()));
+    row.out.logprobs.extend(std::iter::repeat_n(0.0, ids.len()));
+    row.out
+        .sample_logprobs
+        .extend(std::iter::repeat_n(0.0, ids.len()));
+    row.pending.extend_from_slice(ids);
+    row.turn_start = row.out.tokens.len();
+    row.out.turns += 1;
+    if let Some(g) = &mut row.guide {
+        g.on_tool_text();
+    }
+    Ok(())
+}
+
 struct Row {
+    guide: Option<GuideState>,
     cache: SeqCache,
     rng: ChaCha8Rng,
     /// Tokens to feed at the next step.
@@ -228,6 +297,10 @@ where
             )));
         }
         rows.push(Row {
+            guide: params
+                .guide
+                .as_ref()
+                .map(|g| GuideState::new(g, &params.eos_ids)),
             cache: model.new_cache(),
             rng: ChaCha8Rng::seed_from_u64(r.seed),
             pending: r.prompt_ids.clone(),
@@ -269,51 +342,87 @@ where
         };
         for (k, &i) in active.iter().enumerate() {
             let row = &mut rows[i];
-            let (tok, lp, slp) = sample_token(&logits[k], params, &mut row.rng);
+            let tools_left = row.out.turns < params.max_turns;
+            let len = row.out.tokens.len();
+            let remaining = params.max_new_tokens.saturating_sub(row.sampled);
+            let next = match &mut row.guide {
+                Some(g) => Some(g.next(tokenizer, tools_left, len, remaining)?),
+                None => None,
+            };
+            let (tok, lp, slp, forced) = match &next {
+                None => {
+                    let (t, lp, slp) = sample_token(&logits[k], params, &mut row.rng);
+                    (t, lp, slp, false)
+                }
+                Some(Next::Force(t)) => (*t, full_logprob(&logits[k], *t), 0.0, true),
+                Some(Next::Free { ban }) => {
+                    let (t, lp, slp) =
+                        sample_constrained(&logits[k], None, ban, params, &mut row.rng);
+                    (t, lp, slp, false)
+                }
+                Some(Next::Choose(set)) => {
+                    let (t, lp, slp) =
+                        sample_constrained(&logits[k], Some(set), &[], params, &mut row.rng);
+                    (t, lp, slp, false)
+                }
+            };
+            let in_loss = !forced || row.guide.as_ref().is_some_and(|g| g.forced_in_loss());
             row.out.tokens.push(tok);
-            row.out.loss_mask.push(1);
+            row.out.loss_mask.push(u8::from(in_loss));
             row.out.logprobs.push(lp);
             row.out.sample_logprobs.push(slp);
             row.sampled += 1;
             row.pending = vec![tok];
-            if params.eos_ids.contains(&tok) {
-                row.out.finish = FinishReason::Eos;
-                row.done = true;
-                continue;
-            }
-            let turn_text = decode(&row.out.tokens[row.turn_start..])?;
-            let hit = params
-                .stop_strings
-                .iter()
-                .filter_map(|s| turn_text.find(s.as_str()).map(|p| (p, s)))
-                .min_by_key(|(p, _)| *p)
-                .map(|(_, s)| s.clone());
-            if let Some(stop) = hit {
-                row.out.stop = Some(stop);
-                let text = decode(&row.out.tokens)?;
-                match tool(i, &text) {
-                    None => {
+            if let Some(g) = &mut row.guide {
+                let tokens = &row.out.tokens;
+                let start = g.phase_start.min(tokens.len());
+                g.observe(tokenizer, tok, tokens.len(), || decode(&tokens[start..]))?;
+                match g.turn_end() {
+                    Some(TurnEnd::Done) => {
                         row.out.finish = FinishReason::Stop;
                         row.done = true;
                     }
-                    Some(_) if row.out.turns >= params.max_turns => {
-                        row.out.finish = FinishReason::MaxTurns;
-                        row.done = true;
+                    Some(TurnEnd::Tool) => {
+                        let text = decode(&row.out.tokens)?;
+                        match tool(i, &text) {
+                            None => {
+                                row.out.finish = FinishReason::Stop;
+                                row.done = true;
+                            }
+                            Some(_) if row.out.turns >= params.max_turns => {
+                                row.out.finish = FinishReason::MaxTurns;
+                                row.done = true;
+                            }
+                            Some(tool_text) => append_tool_text(row, tokenizer, &tool_text)?,
+                        }
                     }
-                    Some(tool_text) => {
-                        let enc = tokenizer
-                            .encode(tool_text.as_str(), false)
-                            .map_err(|e| ModelError::Tokenize(e.to_string()))?;
-                        let ids = enc.get_ids();
-                        row.out.tokens.extend_from_slice(ids);
-                        row.out.loss_mask.extend(std::iter::repeat_n(0, ids.len()));
-                        row.out.logprobs.extend(std::iter::repeat_n(0.0, ids.len()));
-                        row.out
-                            .sample_logprobs
-                            .extend(std::iter::repeat_n(0.0, ids.len()));
-                        row.pending.extend_from_slice(ids);
-                        row.turn_start = row.out.tokens.len();
-                        row.out.turns += 1;
+                    None => {}
+                }
+            } else if params.eos_ids.contains(&tok) {
+                row.out.finish = FinishReason::Eos;
+                row.done = true;
+                continue;
+            } else {
+                let turn_text = decode(&row.out.tokens[row.turn_start..])?;
+                let hit = params
+                    .stop_strings
+                    .iter()
+                    .filter_map(|s| turn_text.find(s.as_str()).map(|p| (p, s)))
+                    .min_by_key(|(p, _)| *p)
+                    .map(|(_, s)| s.clone());
+                if let Some(stop) = hit {
+                    row.out.stop = Some(stop);
+                    let text = decode(&row.out.tokens)?;
+                    match tool(i, &text) {
+                        None => {
+                            row.out.finish = FinishReason::Stop;
+                            row.done = true;
+                        }
+                        Some(_) if row.out.turns >= params.max_turns => {
+                            row.out.finish = FinishReason::MaxTurns;
+                            row.done = true;
+                        }
+                        Some(tool_text) => append_tool_text(row, tokenizer, &tool_text)?,
                     }
                 }
             }
@@ -535,6 +644,75 @@ mod tests {
             );
             if b == 1 {
                 eprintln!("sample: {:?}", out[0].text);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod guided_tests {
+    use candle_core::Device;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::model::llama::load_tokenizer;
+    use crate::model::test_util::tiny_model;
+    use crate::roles::tags;
+
+    /// Checks a guided policy completion's shape: turns of `<think>…</think><search>…</search>`
+    /// then a final `<think>…</think><answer>…</answer>`, tool text aside.
+    fn well_formed(text: &str) -> std::result::Result<(), String> {
+        let own = tags::without_blocks(text, "information");
+        let mut rest = own.trim();
+        loop {
+            rest = rest
+                .strip_prefix("<think>")
+                .ok_or(format!("turn does not open with <think>: {rest:?}"))?;
+            let close = rest.find("</think>").ok_or("no </think>")?;
+            rest = rest[close + "</think>".len()..].trim_start();
+            if let Some(r) = rest.strip_prefix("<search>") {
+                let end = r.find("</search>").ok_or("no </search>")?;
+                rest = r[end + "</search>".len()..].trim();
+            } else if let Some(r) = rest.strip_prefix("<answer>") {
+                let end = r.find("</answer>").ok_or("no </answer>")?;
+                let tail = r[end + "</answer>".len()..].trim();
+                return if tail.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("text after the answer: {tail:?}"))
+                };
+            } else {
+                return Err(format!("after </think> comes neither tag: {rest:?}"));
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(6))]
+        #[test]
+        fn guided_decoding_never_breaks_the_policy_format(seed in any::<u64>(), searches in 0usize..3) {
+            let Some(dir) = tiny_model(11) else { return Ok(()) };
+            let model = Model::load(&dir, &Device::Cpu).unwrap();
+            let tok = load_tokenizer(&dir).unwrap();
+            let params = SamplingParams {
+                max_new_tokens: 400,
+                max_turns: searches + 1,
+                guide: Some(Guide::policy(6, 5, 5)),
+                ..Default::default()
+            };
+            let prompt = tok.encode("<|im_start|>user\nWho?<|im_end|>\n<|im_start|>assistant\n", false).unwrap();
+            let reqs: Vec<SeqRequest> = (0..3)
+                .map(|i| SeqRequest { prompt_ids: prompt.get_ids().to_vec(), seed: seed.wrapping_add(i) })
+                .collect();
+            let outs = generate(&model, &tok, &reqs, &params, |_, _| Some("\n<information>Doc 1 (Title: X) y</information>\n".into())).unwrap();
+            for out in outs {
+                prop_assert_eq!(out.finish, FinishReason::Stop, "{}", out.text);
+                prop_assert!(well_formed(&out.text).is_ok(), "{:?}: {}", well_formed(&out.text), out.text);
+                prop_assert!(out.turns <= searches + 1);
+                let parsed = crate::roles::policy::parse(&out.text);
+                prop_assert!(parsed.answer.is_some(), "{:?}", parsed.error);
+                // Forced tag tokens are outside the loss; sampled ones inside.
+                prop_assert!(out.loss_mask.contains(&0) && out.loss_mask.contains(&1));
             }
         }
     }

@@ -232,32 +232,98 @@ pub struct SeqStats {
     pub tokens: u32,
 }
 
+/// The loss positions of a batch: flat indices into `(B, L - 1)` where the loss mask is 1,
+/// with each position's sequence and target token.
+pub struct LossPositions {
+    pub flat: Vec<u32>,
+    pub seq: Vec<usize>,
+    pub targets: Vec<u32>,
+    /// Loss tokens per sequence.
+    pub tokens: Vec<u32>,
+}
+
+impl LossPositions {
+    pub fn of(batch: &SeqBatch) -> Result<LossPositions> {
+        let mask = batch.loss_mask.to_vec2::<f32>()?;
+        let ids = batch.input_ids.to_vec2::<u32>()?;
+        let width = mask.first().map_or(0, Vec::len);
+        let mut p = LossPositions {
+            flat: Vec::new(),
+            seq: Vec::new(),
+            targets: Vec::new(),
+            tokens: vec![0; mask.len()],
+        };
+        for (b, row) in mask.iter().enumerate() {
+            for (t, &m) in row.iter().enumerate() {
+                if m > 0.0 {
+                    p.flat.push((b * width + t) as u32);
+                    p.seq.push(b);
+                    p.targets.push(ids[b][t + 1]);
+                    p.tokens[b] += 1;
+                }
+            }
+        }
+        Ok(p)
+    }
+}
+
+/// Log-probs `(N,)` of the target tokens at `pos` and the full log-softmax rows `(N, V)`.
+/// Only loss positions go through the vocabulary projection, which dominates the cost of
+/// training a small model with a large vocabulary.
+pub fn selected_logprobs(
+    model: &Model,
+    batch: &SeqBatch,
+    pos: &LossPositions,
+) -> Result<(Tensor, Tensor)> {
+    let (b, l) = batch.input_ids.dims2()?;
+    let dev = batch.input_ids.device();
+    let h = model.forward_hidden(&batch.input_ids, &batch.attention_mask)?;
+    let hidden = h.dim(2)?;
+    let flat = Tensor::from_slice(&pos.flat, pos.flat.len(), dev)?;
+    let h = h
+        .narrow(1, 0, l - 1)?
+        .reshape((b * (l - 1), hidden))?
+        .index_select(&flat, 0)?;
+    let logp_all = candle_nn::ops::log_softmax(&model.project(&h)?, D::Minus1)?;
+    let targets = Tensor::from_slice(&pos.targets, (pos.targets.len(), 1), dev)?;
+    let logp = logp_all.gather(&targets, 1)?.squeeze(1)?;
+    Ok((logp, logp_all))
+}
+
 /// GRPO over a batch as data-parallel workers need it: each sequence's loss is its token mean,
 /// and the returned scalar is their *sum*, so gradients from several workers add up and the
-/// apply step divides by the total sequence count. `old_logp` and `ref_logp` are `(B, L - 1)`
-/// aligned with [`token_logprobs`]; `advantages` is `(B,)`.
+/// apply step divides by the total sequence count. `old_logp` and `ref_logp` are `(N,)` over
+/// [`LossPositions`]; `advantages` has one value per sequence.
 pub fn grpo_sequence_sum(
     model: &Model,
     batch: &SeqBatch,
+    pos: &LossPositions,
     old_logp: &Tensor,
-    advantages: &Tensor,
+    advantages: &[f32],
     ref_logp: Option<&Tensor>,
     p: &GrpoParams,
 ) -> Result<(Tensor, Vec<SeqStats>)> {
-    let (b, l) = batch.input_ids.dims2()?;
-    let logits = model
-        .forward_full(&batch.input_ids, &batch.attention_mask)?
-        .narrow(1, 0, l - 1)?;
-    let logp_all = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let targets = batch
-        .input_ids
-        .narrow(1, 1, l - 1)?
-        .contiguous()?
-        .unsqueeze(2)?;
-    let logp = logp_all.gather(&targets, 2)?.squeeze(2)?;
-    let mask = &batch.loss_mask;
+    let dev = batch.input_ids.device();
+    let b = pos.tokens.len();
+    let n = pos.flat.len();
+    if n == 0 {
+        return Err(ModelError::InvalidArgument(
+            "grpo: the batch has no loss tokens".into(),
+        ));
+    }
+    let (logp, logp_all) = selected_logprobs(model, batch, pos)?;
+    let adv: Vec<f32> = pos.seq.iter().map(|&s| advantages[s]).collect();
+    let adv = Tensor::from_vec(adv, n, dev)?;
+    let weights: Vec<f32> = pos
+        .seq
+        .iter()
+        .map(|&s| 1.0 / pos.tokens[s].max(1) as f32)
+        .collect();
+    let weights = Tensor::from_vec(weights, n, dev)?;
     let r = ratio(&logp, old_logp)?;
-    let mut per_token = clipped_surrogate(&r, advantages, p.eps_low, p.eps_high)?;
+    let unclipped = (&r * &adv)?;
+    let clipped = (r.clamp(1.0 - p.eps_low, 1.0 + p.eps_high)? * &adv)?;
+    let mut per_token = unclipped.minimum(&clipped)?.neg()?;
     let kl = match ref_logp {
         Some(rl) => Some(kl_k3(&logp, rl)?),
         None => None,
@@ -265,25 +331,33 @@ pub fn grpo_sequence_sum(
     if let (Some(k), true) = (&kl, p.beta != 0.0) {
         per_token = (per_token + (k * p.beta)?)?;
     }
-    let denom = mask.sum(1)?.maximum(1.0)?;
-    let per_seq_mean = |x: &Tensor| -> Result<Vec<f32>> {
-        Ok((x.detach() * mask)?.sum(1)?.div(&denom)?.to_vec1::<f32>()?)
-    };
-    let seq_loss = (&per_token * mask)?.sum(1)?.div(&denom)?;
-    let total = seq_loss.sum_all()?;
+    let total = (&per_token * &weights)?.sum_all()?;
+
     let detached = logp_all.detach();
     let entropy = (detached.exp()? * &detached)?.sum(D::Minus1)?.neg()?;
-    let outside = (r.detach().lt(1.0 - p.eps_low)?.to_dtype(DType::F32)?
-        + r.detach().gt(1.0 + p.eps_high)?.to_dtype(DType::F32)?)?;
-    let losses = seq_loss.detach().to_vec1::<f32>()?;
-    let ratios = per_seq_mean(&r)?;
-    let clips = per_seq_mean(&outside)?;
+    let rd = r.detach();
+    let outside = (rd.lt(1.0 - p.eps_low)?.to_dtype(DType::F32)?
+        + rd.gt(1.0 + p.eps_high)?.to_dtype(DType::F32)?)?;
+    let per_seq = |x: &Tensor| -> Result<Vec<f32>> {
+        let v = x.detach().to_vec1::<f32>()?;
+        let mut sums = vec![0f32; b];
+        for (value, &s) in v.iter().zip(&pos.seq) {
+            sums[s] += value;
+        }
+        Ok(sums
+            .iter()
+            .zip(&pos.tokens)
+            .map(|(sum, &t)| sum / t.max(1) as f32)
+            .collect())
+    };
+    let losses = per_seq(&per_token)?;
+    let ratios = per_seq(&r)?;
+    let clips = per_seq(&outside)?;
     let kls = match &kl {
-        Some(k) => per_seq_mean(k)?,
+        Some(k) => per_seq(k)?,
         None => vec![0.0; b],
     };
-    let entropies = per_seq_mean(&entropy)?;
-    let tokens = mask.sum(1)?.to_vec1::<f32>()?;
+    let entropies = per_seq(&entropy)?;
     let stats = (0..b)
         .map(|i| SeqStats {
             loss: losses[i],
@@ -291,7 +365,7 @@ pub fn grpo_sequence_sum(
             clip_fraction: clips[i],
             kl: kls[i],
             entropy: entropies[i],
-            tokens: tokens[i] as u32,
+            tokens: pos.tokens[i],
         })
         .collect();
     Ok((total, stats))

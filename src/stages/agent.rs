@@ -8,6 +8,7 @@ use candle_core::Device;
 
 use super::StageContext;
 use crate::error::{Error, Result};
+use crate::model::guide::Guide;
 use crate::model::llama::{HfModel, render_chatml};
 use crate::model::sample::{FinishReason, SamplingParams, SeqOutput, SeqRequest, generate};
 use crate::params::{ParamSpec, Params, ParamsExt};
@@ -18,15 +19,15 @@ use crate::search::{SearchEnv, SearchMode};
 use crate::shards::rows::TrajectoryRow;
 
 /// Upstream keys naming the checkpoint a round's model stages start from: the previous round's
-/// `apply` when there is one, else the run's `init`.
-pub const CHECKPOINT_UPSTREAM: [&str; 2] = ["init", "apply@prev?"];
+/// `apply` when there is one, else the run's `warmup` (when the pipeline has one), else `init`.
+pub const CHECKPOINT_UPSTREAM: [&str; 3] = ["init", "warmup?", "apply@prev?"];
 
 /// The checkpoint folder a stage uses (see [`CHECKPOINT_UPSTREAM`]); `this_round` also accepts
 /// this round's `apply?` (for `eval`, which scores the round's new checkpoint).
 pub fn checkpoint_dir(ctx: &StageContext, stage: &str) -> Result<PathBuf> {
-    ["apply?", "apply@prev?", "init"]
+    ["apply?", "apply@prev?", "warmup?", "init"]
         .iter()
-        .find_map(|key| ctx.input_files(key).first().cloned())
+        .find_map(|key| ctx.input_files(key).iter().find(|p| p.is_dir()).cloned())
         .ok_or_else(|| {
             Error::stage(
                 stage,
@@ -62,7 +63,25 @@ pub fn sampling_specs(max_new_tokens: u64, max_turns: u64, temperature: f64) -> 
             "`bm25`, `dense`, `hybrid`, or `none` (no search tool)",
         ),
         ParamSpec::new("search_k", 3, "passages per search call"),
+        ParamSpec::new(
+            "guided",
+            false,
+            "structure-guided decoding: tags constrained, content free (docs/format.md)",
+        ),
+        ParamSpec::new(
+            "think_tokens",
+            64,
+            "with `guided`: tokens a think block may run before `</think>` is forced",
+        ),
     ]
+}
+
+/// Which role's format a run follows (for structure-guided decoding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Policy,
+    Generator,
+    Grm,
 }
 
 /// The search stages a model stage reads, by its `search_mode`.
@@ -161,6 +180,7 @@ pub struct Agent {
     mode: SearchMode,
     sampling: SamplingParams,
     batch_size: usize,
+    guided: Option<usize>,
 }
 
 impl Agent {
@@ -209,6 +229,7 @@ impl Agent {
             stop_strings,
             eos_ids: hf.model.config().eos_ids(),
             max_turns: params.u64("max_turns").max(1) as usize,
+            guide: None,
         };
         Ok(Agent {
             hf,
@@ -217,11 +238,26 @@ impl Agent {
             mode: mode.unwrap_or(SearchMode::Bm25),
             sampling,
             batch_size: params.u64("batch_size").max(1) as usize,
+            guided: params
+                .bool("guided")
+                .then(|| params.u64("think_tokens") as usize),
         })
     }
 
     pub fn has_search(&self) -> bool {
         self.env.is_some()
+    }
+
+    pub fn search_env(&self) -> Option<&SearchEnv> {
+        self.env.as_ref()
+    }
+
+    pub fn search_mode(&self) -> SearchMode {
+        self.mode
+    }
+
+    pub fn tokenizer(&self) -> &tokenizers::Tokenizer {
+        &self.hf.tokenizer
     }
 
     /// Prompt token ids of `messages` in the model's chat format.
@@ -239,8 +275,27 @@ impl Agent {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// The sampling settings of `role`: its guide when decoding is guided.
+    fn sampling_for(&self, role: Role) -> SamplingParams {
+        let mut sampling = self.sampling.clone();
+        sampling.guide = self.guided.map(|think| {
+            let guide = match role {
+                Role::Policy => Guide::policy(think, 24, 24),
+                Role::Generator => Guide::generator(think, 24, 48),
+                Role::Grm => Guide::grm(think, 24),
+            };
+            if self.env.is_some() {
+                guide
+            } else {
+                guide.without_tools()
+            }
+        });
+        sampling
+    }
+
     /// Runs every request to completion with the search tool, `batch_size` at a time.
-    pub fn run(&self, requests: &[Request], what: &str) -> Result<Vec<Completion>> {
+    pub fn run(&self, requests: &[Request], what: &str, role: Role) -> Result<Vec<Completion>> {
+        let sampling = self.sampling_for(role);
         let bar = crate::progress::bar(requests.len() as u64, what);
         let mut done = Vec::with_capacity(requests.len());
         for chunk in requests.chunks(self.batch_size) {
@@ -259,7 +314,7 @@ impl Agent {
                 &self.hf.model,
                 &self.hf.tokenizer,
                 &seqs,
-                &self.sampling,
+                &sampling,
                 |i, text| {
                     let env = self.env.as_ref()?;
                     if !text.trim_end().ends_with("</search>") {

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use super::agent::{
-    Agent, CHECKPOINT_UPSTREAM, Request, checkpoint_dir, sampling_specs, search_upstream,
+    Agent, CHECKPOINT_UPSTREAM, Request, Role, checkpoint_dir, sampling_specs, search_upstream,
 };
 use super::generate::contains_answer;
 use super::{Stage, StageContext, StageOutput};
@@ -169,7 +169,7 @@ pub fn evaluate(
             seed: seq_seed(seed, stable_u64(&[&q.id]), 0),
         })
         .collect();
-    let outs = agent.run(&requests, "eval policy")?;
+    let outs = agent.run(&requests, "eval policy", Role::Policy)?;
     let n = outs.len();
     let (mut em, mut f, mut sub, mut parsed, mut searched, mut turns, mut truncated) =
         (0.0, 0.0, 0.0, 0, 0, 0, 0);
@@ -228,7 +228,7 @@ pub fn evaluate(
                 seed: seq_seed(seed, stable_u64(&[&q.id, &gold.to_string()]), 0),
             })
             .collect();
-        let outs = agent.run(&requests, "eval grm")?;
+        let outs = agent.run(&requests, "eval grm", Role::Grm)?;
         let (mut correct, mut parsed, mut said_correct) = (0, 0, 0);
         for ((_, _, gold), c) in items.iter().zip(&outs) {
             let v = grm::parse(&c.out.text);
@@ -270,7 +270,7 @@ pub fn evaluate(
                 seed: seq_seed(seed, stable_u64(&["eval-topic", t]), 0),
             })
             .collect();
-        let outs = agent.run(&requests, "eval generator")?;
+        let outs = agent.run(&requests, "eval generator", Role::Generator)?;
         let (mut parsed, mut valid, mut searched) = (0, 0, 0);
         for c in &outs {
             let g = generator::parse(&c.out.text);
@@ -333,7 +333,11 @@ pub fn evaluate_file(
         .into_iter()
         .map(|mut r| {
             r.checkpoint = model_dir.to_string_lossy().into_owned();
-            r.dataset = r.dataset.replace("qa:", &format!("{}:", qa_file.display()));
+            r.dataset = if r.role == "policy" {
+                qa_file.display().to_string()
+            } else {
+                r.dataset
+            };
             r
         })
         .collect())

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::agent::{
-    Agent, CHECKPOINT_UPSTREAM, Request, TrajectoryIds, sampling_specs, search_upstream,
+    Agent, CHECKPOINT_UPSTREAM, Request, Role, TrajectoryIds, sampling_specs, search_upstream,
 };
 use super::{Stage, StageContext, StageOutput};
 use crate::error::{Error, Result};
@@ -119,7 +119,7 @@ impl Stage for GenerateStage {
             });
             ids.push((i, task_id, seed_value));
         }
-        let completions = agent.run(&requests, "generate")?;
+        let completions = agent.run(&requests, "generate", Role::Generator)?;
         let mut tasks = Vec::new();
         let mut trajectories = Vec::new();
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::agent::{
-    Agent, CHECKPOINT_UPSTREAM, Request, TrajectoryIds, sampling_specs, search_upstream,
+    Agent, CHECKPOINT_UPSTREAM, Request, Role, TrajectoryIds, sampling_specs, search_upstream,
 };
 use super::generate::{tasks, trajectories};
 use super::{Stage, StageContext, StageOutput};
@@ -152,7 +152,7 @@ impl Stage for JudgeStage {
                 });
             }
         }
-        let completions = agent.run(&requests, "judge")?;
+        let completions = agent.run(&requests, "judge", Role::Grm)?;
         let mut completions = completions.into_iter().zip(requests.iter().map(|r| r.seed));
         let mut judgments = Vec::with_capacity(owned.len());
         let mut grm_rows = Vec::new();

@@ -17,6 +17,7 @@ pub mod reward;
 pub mod rollout;
 mod sources;
 pub mod train;
+pub mod warmup;
 
 use std::path::{Path, PathBuf};
 
@@ -77,6 +78,7 @@ pub fn all() -> Vec<&'static dyn Stage> {
         &index::IndexStage,
         &embed::EmbedStage,
         &init::InitStage,
+        &warmup::WarmupStage,
         &generate::GenerateStage,
         &rollout::RolloutStage,
         &judge::JudgeStage,

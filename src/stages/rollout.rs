@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::agent::{
-    Agent, CHECKPOINT_UPSTREAM, Request, TrajectoryIds, sampling_specs, search_upstream,
+    Agent, CHECKPOINT_UPSTREAM, Request, Role, TrajectoryIds, sampling_specs, search_upstream,
 };
 use super::generate::tasks;
 use super::{Stage, StageContext, StageOutput};
@@ -89,7 +89,7 @@ impl Stage for RolloutStage {
                 });
             }
         }
-        let completions = agent.run(&requests, "rollout")?;
+        let completions = agent.run(&requests, "rollout", Role::Policy)?;
         let mut errors: BTreeMap<String, usize> = BTreeMap::new();
         let mut rows = Vec::with_capacity(completions.len());
         for (id, c) in ids.into_iter().zip(&completions) {

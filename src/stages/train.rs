@@ -15,8 +15,8 @@ use super::{Stage, StageContext, StageOutput};
 use crate::error::{Error, Result};
 use crate::model::llama::Model;
 use crate::model::train::{
-    GrpoParams, NamedGrad, TrainConfig, Trainer, build_batch, grpo_sequence_sum, sum_grads,
-    token_logprobs,
+    GrpoParams, LossPositions, NamedGrad, TrainConfig, Trainer, build_batch, grpo_sequence_sum,
+    selected_logprobs, sum_grads,
 };
 use crate::params::{ParamSpec, Params, ParamsExt};
 use crate::shards::rows::{GradientRow, RewardRow, TrajectoryRow, UpdateRow};
@@ -142,28 +142,30 @@ impl Stage for TrainStage {
                 })
                 .collect();
             let batch = build_batch(&seqs, pad, &Device::Cpu).map_err(err)?;
-            let (b, l) = batch.input_ids.dims2().map_err(|e| err(e.into()))?;
-            let mut old = vec![0f32; b * (l - 1)];
-            for (row, (_, t)) in chunk.iter().enumerate() {
-                let start = t.prompt_ids.len() - 1;
-                for (j, lp) in t.sampling_logprobs.iter().enumerate() {
-                    old[row * (l - 1) + start + j] = *lp;
-                }
-            }
-            let old = Tensor::from_vec(old, (b, l - 1), &Device::Cpu).map_err(|e| err(e.into()))?;
+            let pos = LossPositions::of(&batch).map_err(err)?;
+            let l = batch.input_ids.dim(1).map_err(|e| err(e.into()))?;
+            // The sampler's log-prob of each loss token, in LossPositions order.
+            let old: Vec<f32> = pos
+                .flat
+                .iter()
+                .zip(&pos.seq)
+                .map(|(&f, &s)| {
+                    let t = chunk[s].1;
+                    let completion_index = f as usize - s * (l - 1) + 1 - t.prompt_ids.len();
+                    t.sampling_logprobs[completion_index]
+                })
+                .collect();
+            let old =
+                Tensor::from_vec(old, pos.flat.len(), &Device::Cpu).map_err(|e| err(e.into()))?;
             let adv: Vec<f32> = chunk.iter().map(|(r, _)| r.advantage).collect();
-            let adv = Tensor::from_vec(adv, b, &Device::Cpu).map_err(|e| err(e.into()))?;
             let ref_logp = match &reference {
-                Some(m) => Some(
-                    token_logprobs(m, &batch.input_ids, &batch.attention_mask)
-                        .map_err(err)?
-                        .detach(),
-                ),
+                Some(m) => Some(selected_logprobs(m, &batch, &pos).map_err(err)?.0.detach()),
                 None => None,
             };
             let (loss, stats) = grpo_sequence_sum(
                 trainer.model(),
                 &batch,
+                &pos,
                 &old,
                 &adv,
                 ref_logp.as_ref(),
@@ -236,6 +238,7 @@ mod tests {
     use crate::model::llama::HfModel;
     use crate::model::sample::{SamplingParams, SeqRequest, generate};
     use crate::model::test_util::tiny_model;
+    use crate::model::train::token_logprobs;
     use crate::params::resolve;
     use crate::stages::apply::ApplyStage;
 

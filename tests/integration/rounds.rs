@@ -18,14 +18,22 @@ const ROUND_STAGES: [&str; 7] = [
 fn run_smoke(assets: &Path, run_dir: &Path, extra: &[&str]) -> std::process::Output {
     let mut args = vec!["run", SMOKE, "--run-dir", run_dir.to_str().unwrap()];
     args.extend_from_slice(extra);
-    asl_with_env(&args, &[("ASL_ASSETS", assets.to_str().unwrap())])
+    // One thread: candle's pool spin-waits, which costs more than it gains on a tiny model when
+    // other tests share the cores.
+    asl_with_env(
+        &args,
+        &[
+            ("ASL_ASSETS", assets.to_str().unwrap()),
+            ("RAYON_NUM_THREADS", "1"),
+        ],
+    )
 }
 
 /// Every shard's hash plus every checkpoint file's, by relative path.
 fn everything_written(run_dir: &Path) -> std::collections::BTreeMap<String, String> {
     let mut all = shard_hashes(run_dir);
     for round in 0..=2 {
-        for stage in ["init", "apply"] {
+        for stage in ["init", "warmup", "apply"] {
             let dir: PathBuf = run_dir.join(format!("round-{round:03}/{stage}/model"));
             if let Ok(entries) = std::fs::read_dir(&dir) {
                 for e in entries {
@@ -105,6 +113,7 @@ fn kill_9_during_rollout_then_rerun_gives_the_same_shards() {
     let mut child = Command::new(asl_bin())
         .args(&args)
         .env("ASL_ASSETS", &assets)
+        .env("RAYON_NUM_THREADS", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -1,0 +1,408 @@
+//! Structure-guided decoding: the environment constrains only the tags of a role's format while
+//! the model writes all content. A turn opens with `<think>`; after `</think>` only one of the
+//! role's actions may open (`<search>` or `<answer>` for the policy); content is bounded by a
+//! token budget, after which the closing tag is forced; end-of-sequence is banned until the
+//! format is complete. Which action opens is the model's own choice: the sampler draws among the
+//! tags' distinguishing tokens with the model's probabilities. Forced tag tokens are recorded
+//! with loss mask `forced_in_loss` (0 by default, see docs/format.md).
+
+use std::collections::VecDeque;
+
+use tokenizers::Tokenizer;
+
+use super::error::{ModelError, Result};
+
+/// One tagged segment an action writes: `open`, optional forced `prefix`, content (free text
+/// under `budget` tokens, or one of `choices`), `close`, then optionally another segment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Segment {
+    pub open: String,
+    pub close: String,
+    pub budget: usize,
+    pub prefix: String,
+    pub choices: Vec<String>,
+    pub next: Option<Box<Segment>>,
+    /// A tool call: the turn ends after `close` and the tool's text follows.
+    pub tool: bool,
+    /// Text forced before `close` when the budget runs out (a question's `?`).
+    pub terminator: String,
+}
+
+impl Segment {
+    fn free(tag: &str, budget: usize) -> Segment {
+        Segment {
+            open: format!("<{tag}>"),
+            close: format!("</{tag}>"),
+            budget,
+            prefix: String::new(),
+            choices: Vec::new(),
+            next: None,
+            tool: false,
+            terminator: String::new(),
+        }
+    }
+}
+
+/// A role's format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Guide {
+    pub think_budget: usize,
+    pub actions: Vec<Segment>,
+    pub forced_in_loss: bool,
+}
+
+impl Guide {
+    /// The policy: think, then search or answer.
+    pub fn policy(think_budget: usize, query_budget: usize, answer_budget: usize) -> Guide {
+        Guide {
+            think_budget,
+            actions: vec![
+                Segment {
+                    tool: true,
+                    ..Segment::free("search", query_budget)
+                },
+                Segment::free("answer", answer_budget),
+            ],
+            forced_in_loss: false,
+        }
+    }
+
+    /// The Prompt Generator: think, then search, or write the question and then its answer.
+    pub fn generator(think_budget: usize, query_budget: usize, question_budget: usize) -> Guide {
+        Guide {
+            think_budget,
+            actions: vec![
+                Segment {
+                    tool: true,
+                    ..Segment::free("search", query_budget)
+                },
+                Segment {
+                    next: Some(Box::new(Segment::free("answer", 8))),
+                    terminator: "?".into(),
+                    ..Segment::free("question", question_budget)
+                },
+            ],
+            forced_in_loss: false,
+        }
+    }
+
+    /// The GRM: think, then search, or conclude `correct` or `wrong`.
+    pub fn grm(think_budget: usize, query_budget: usize) -> Guide {
+        Guide {
+            think_budget,
+            actions: vec![
+                Segment {
+                    tool: true,
+                    ..Segment::free("search", query_budget)
+                },
+                Segment {
+                    prefix: "conclusion: ".into(),
+                    choices: vec!["correct".into(), "wrong".into()],
+                    ..Segment::free("answer", 4)
+                },
+            ],
+            forced_in_loss: false,
+        }
+    }
+
+    /// Only the final (non-tool) actions: a role that has no search tool.
+    pub fn without_tools(mut self) -> Guide {
+        self.actions.retain(|a| !a.tool);
+        self
+    }
+}
+
+/// What the guide allows at the next position.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// Sample freely, except these tokens.
+    Free { ban: Vec<u32> },
+    /// This token, not sampled.
+    Force(u32),
+    /// Sample among these tokens only.
+    Choose(Vec<u32>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Phase {
+    TurnStart,
+    Think,
+    /// Drawing which of `options` to emit, token by token.
+    Choosing(Choice),
+    Content(Segment),
+    AfterClose(Segment),
+    /// Waiting for the tool's text after a tool segment closed.
+    WaitTool,
+    Done,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Choice {
+    Action,
+    Word(Segment),
+}
+
+/// The guide's state for one sequence.
+#[derive(Debug, Clone)]
+pub struct GuideState {
+    guide: Guide,
+    phase: Phase,
+    queue: VecDeque<u32>,
+    /// Token ids of each option being chosen among, and how many of them are emitted.
+    options: Vec<(usize, Vec<u32>)>,
+    emitted: usize,
+    /// Tokens written in the current free phase, and where that phase started.
+    phase_tokens: usize,
+    pub phase_start: usize,
+    eos: Vec<u32>,
+    tools_left: bool,
+    /// Tokens the final action needs; below this many left, the guide wraps up.
+    reserve: usize,
+}
+
+/// Tokens a segment chain may take: content budget plus room for its tags.
+fn chain_cost(seg: &Segment) -> usize {
+    seg.budget + 12 + seg.next.as_deref().map_or(0, chain_cost)
+}
+
+/// How a guided turn ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnEnd {
+    /// A tool segment closed: the tool's text comes next.
+    Tool,
+    /// The format is complete.
+    Done,
+}
+
+fn ids(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+    Ok(tok
+        .encode(text, false)
+        .map_err(|e| ModelError::Tokenize(e.to_string()))?
+        .get_ids()
+        .to_vec())
+}
+
+impl GuideState {
+    pub fn new(guide: &Guide, eos: &[u32]) -> GuideState {
+        GuideState {
+            guide: guide.clone(),
+            phase: Phase::TurnStart,
+            queue: VecDeque::new(),
+            options: Vec::new(),
+            emitted: 0,
+            phase_tokens: 0,
+            phase_start: 0,
+            eos: eos.to_vec(),
+            tools_left: true,
+            reserve: 8 + guide
+                .actions
+                .iter()
+                .filter(|a| !a.tool)
+                .map(chain_cost)
+                .max()
+                .unwrap_or(0),
+        }
+    }
+
+    pub fn forced_in_loss(&self) -> bool {
+        self.guide.forced_in_loss
+    }
+
+    /// Whether the turn is over, once the queued tag tokens are out.
+    pub fn turn_end(&self) -> Option<TurnEnd> {
+        if !self.queue.is_empty() {
+            return None;
+        }
+        match &self.phase {
+            Phase::WaitTool => Some(TurnEnd::Tool),
+            Phase::Done => Some(TurnEnd::Done),
+            Phase::AfterClose(seg) if seg.next.is_none() => Some(if seg.tool {
+                TurnEnd::Tool
+            } else {
+                TurnEnd::Done
+            }),
+            _ => None,
+        }
+    }
+
+    /// The constraint on the next token. `tool_turns_left` is false when no further tool call
+    /// is allowed; `len` is the completion's length so far and `remaining` the tokens left in
+    /// its budget: when only the final action still fits, thinking and searching wrap up so
+    /// the sequence ends with an answer instead of running out mid-tag.
+    pub fn next(
+        &mut self,
+        tok: &Tokenizer,
+        tool_turns_left: bool,
+        len: usize,
+        remaining: usize,
+    ) -> Result<Next> {
+        let short = remaining <= self.reserve;
+        self.tools_left = tool_turns_left && remaining > 2 * self.reserve;
+        loop {
+            if let Some(&t) = self.queue.front() {
+                return Ok(Next::Force(t));
+            }
+            match self.phase.clone() {
+                Phase::TurnStart => {
+                    self.queue.extend(ids(tok, "<think>")?);
+                    self.enter(Phase::Think, len);
+                }
+                Phase::Think => {
+                    if self.phase_tokens >= self.guide.think_budget || short {
+                        self.queue.extend(ids(tok, "</think>")?);
+                        self.start_action_choice(tok, self.tools_left)?;
+                    } else {
+                        return Ok(Next::Free {
+                            ban: self.eos.clone(),
+                        });
+                    }
+                }
+                Phase::Choosing(_) => return Ok(self.choose_step()),
+                Phase::Content(seg) => {
+                    if self.phase_tokens >= seg.budget || (seg.tool && short) {
+                        self.queue.extend(ids(tok, &seg.terminator)?);
+                        self.queue.extend(ids(tok, &seg.close)?);
+                        self.phase = Phase::AfterClose(seg);
+                    } else {
+                        return Ok(Next::Free {
+                            ban: self.eos.clone(),
+                        });
+                    }
+                }
+                Phase::AfterClose(seg) => match (&seg.next, seg.tool) {
+                    (Some(next), _) => {
+                        let next = (**next).clone();
+                        self.queue.extend(ids(tok, &next.open)?);
+                        self.open_segment(tok, next, len)?;
+                    }
+                    (None, true) => self.phase = Phase::WaitTool,
+                    (None, false) => self.phase = Phase::Done,
+                },
+                Phase::WaitTool | Phase::Done => return Ok(Next::Free { ban: Vec::new() }),
+            }
+        }
+    }
+
+    fn enter(&mut self, phase: Phase, len: usize) {
+        self.phase = phase;
+        self.phase_tokens = 0;
+        self.phase_start = len + self.queue.len();
+    }
+
+    fn start_action_choice(&mut self, tok: &Tokenizer, tool_turns_left: bool) -> Result<()> {
+        self.options = Vec::new();
+        for (i, a) in self.guide.actions.iter().enumerate() {
+            if a.tool && !tool_turns_left {
+                continue;
+            }
+            self.options.push((i, ids(tok, &a.open)?));
+        }
+        if self.options.is_empty() {
+            return Err(ModelError::InvalidArgument(
+                "guided decoding: no action may open".into(),
+            ));
+        }
+        self.emitted = 0;
+        self.phase = Phase::Choosing(Choice::Action);
+        Ok(())
+    }
+
+    fn open_segment(&mut self, tok: &Tokenizer, seg: Segment, len: usize) -> Result<()> {
+        self.queue.extend(ids(tok, &seg.prefix)?);
+        if seg.choices.is_empty() {
+            self.enter(Phase::Content(seg), len);
+        } else {
+            self.options = seg
+                .choices
+                .iter()
+                .enumerate()
+                .map(|(i, c)| Ok((i, ids(tok, c)?)))
+                .collect::<Result<_>>()?;
+            self.emitted = 0;
+            self.phase = Phase::Choosing(Choice::Word(seg));
+        }
+        Ok(())
+    }
+
+    /// The distinct next tokens of the options still possible: one is forced, several drawn.
+    fn choose_step(&self) -> Next {
+        let mut next: Vec<u32> = self
+            .options
+            .iter()
+            .filter_map(|(_, o)| o.get(self.emitted).copied())
+            .collect();
+        next.sort_unstable();
+        next.dedup();
+        match next.as_slice() {
+            [one] => Next::Force(*one),
+            _ => Next::Choose(next),
+        }
+    }
+
+    /// Records the token just appended. `since_phase_start` decodes the completion from
+    /// [`GuideState::phase_start`]; it is called only in free phases, where the model may close
+    /// the tag itself.
+    pub fn observe(
+        &mut self,
+        tok: &Tokenizer,
+        token: u32,
+        len_after: usize,
+        since_phase_start: impl FnOnce() -> Result<String>,
+    ) -> Result<()> {
+        if self.queue.front() == Some(&token) {
+            // A forced tag token; choices advance only on the tokens drawn or forced by the
+            // choice itself, which never come from the queue.
+            self.queue.pop_front();
+            return Ok(());
+        }
+        match self.phase.clone() {
+            Phase::Choosing(_) => self.advance_choice(tok, token, len_after)?,
+            Phase::Think => {
+                self.phase_tokens += 1;
+                if since_phase_start()?.contains("</think>") {
+                    self.start_action_choice(tok, self.tools_left)?;
+                }
+            }
+            Phase::Content(seg) => {
+                self.phase_tokens += 1;
+                if since_phase_start()?.contains(seg.close.as_str()) {
+                    self.phase = Phase::AfterClose(seg);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn advance_choice(&mut self, tok: &Tokenizer, token: u32, len_after: usize) -> Result<()> {
+        let at = self.emitted;
+        self.options.retain(|(_, o)| o.get(at) == Some(&token));
+        self.emitted += 1;
+        let finished = self
+            .options
+            .iter()
+            .find(|(_, o)| o.len() == self.emitted)
+            .map(|(i, _)| *i);
+        let Some(i) = finished else {
+            return Ok(());
+        };
+        match self.phase.clone() {
+            Phase::Choosing(Choice::Action) => {
+                let seg = self.guide.actions[i].clone();
+                self.open_segment(tok, seg, len_after)
+            }
+            Phase::Choosing(Choice::Word(seg)) => {
+                self.queue.extend(ids(tok, &seg.close)?);
+                self.phase = Phase::AfterClose(seg);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The tool's text was appended: a new turn begins.
+    pub fn on_tool_text(&mut self) {
+        self.phase = Phase::TurnStart;
+        self.queue.clear();
+    }
+}

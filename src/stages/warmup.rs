@@ -1,0 +1,441 @@
+//! Stage `warmup` *(ours; a deviation from the seed, see docs/format.md)*: a supervised cold
+//! start on format demonstrations asl makes itself from the corpus, with no human labels, so a
+//! small model writes the tags RL needs. Policy: a corpus-built training question, a think step,
+//! a real search through the run's search tool with its real `<information>`, and the answer
+//! taken from the article (kept only when the retrieved passages contain it). Generator: an
+//! article's title as the topic, a search for it, and the corpus-built question and answer in
+//! the generator's format. GRM: a question, the reference, and a candidate (the gold answer or
+//! another question's) with the verdict the rule match gives. Loss only on the model's own
+//! tokens. The demonstrations are written as a `trajectories` shard; the checkpoint round 1
+//! starts from is `RUN_DIR/round-000/warmup/model`.
+
+use std::path::PathBuf;
+
+use candle_core::Device;
+
+use super::agent::{Agent, Role, sampling_specs, search_upstream};
+use super::{Stage, StageContext, StageOutput};
+use crate::error::{Error, Result};
+use crate::model::train::{LossPositions, TrainConfig, Trainer, build_batch, selected_logprobs};
+use crate::params::{ParamSpec, Params, ParamsExt};
+use crate::rl::metrics::{normalize_answer, sub_exact_match};
+use crate::roles::{Message, generator, grm, policy};
+use crate::search::SearchEnv;
+use crate::search::render::render_information;
+use crate::seed::stable_u64;
+use crate::shards::rows::{QaRow, TrajectoryRow};
+use crate::shards::{ShardKind, read_rows, shard_path, write_rows};
+
+pub struct WarmupStage;
+
+/// One demonstration: the prompt, then completion pieces that are the model's own text (in the
+/// loss) or tool text (masked).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Demo {
+    pub id: String,
+    pub role: Role,
+    pub messages: Vec<Message>,
+    pub pieces: Vec<(String, bool)>,
+}
+
+impl Demo {
+    pub fn text(&self) -> String {
+        self.pieces.iter().map(|(t, _)| t.as_str()).collect()
+    }
+}
+
+/// Builds the demonstrations from labelled corpus QA (train split) and the search tool.
+/// `search(query)` returns the rendered `<information>` body.
+pub fn build_demos(
+    qa: &[QaRow],
+    counts: [usize; 3],
+    seed: u64,
+    mut search: impl FnMut(&str) -> String,
+) -> (Vec<Demo>, usize) {
+    let mut rows: Vec<&QaRow> = qa
+        .iter()
+        .filter(|q| q.split == "train" && !q.answers.is_empty())
+        .collect();
+    rows.sort_by_key(|q| stable_u64(&[&seed.to_string(), &q.id]));
+    let [n_policy, n_generator, n_grm] = counts;
+    let mut demos = Vec::new();
+    let mut ungrounded = 0;
+    let mut it = rows.iter().copied();
+    let mut made = 0;
+    for q in it.by_ref() {
+        if made == n_policy {
+            break;
+        }
+        let answer = &q.answers[0];
+        let info = search(&q.question);
+        if sub_exact_match(&normalize_answer(&info), std::slice::from_ref(answer)) == 0.0 {
+            ungrounded += 1;
+            continue;
+        }
+        demos.push(Demo {
+            id: format!("warmup-policy-{}", q.id),
+            role: Role::Policy,
+            messages: policy::prompt(&q.question),
+            pieces: vec![
+                (
+                    format!("<think>I should search for this.</think>\n<search>{}</search>", q.question.trim()),
+                    true,
+                ),
+                (format!("\n\n<information>{info}</information>\n\n"), false),
+                (
+                    format!("<think>The documents say it is {answer}.</think>\n<answer>{answer}</answer><|im_end|>"),
+                    true,
+                ),
+            ],
+        });
+        made += 1;
+    }
+    for q in it.by_ref().take(n_generator) {
+        let title = topic_title(q);
+        let info = search(&title);
+        demos.push(Demo {
+            id: format!("warmup-generator-{}", q.id),
+            role: Role::Generator,
+            messages: generator::seed_prompt(&title),
+            pieces: vec![
+                (
+                    format!("<think>I should look up {title}.</think>\n<search>{title}</search>"),
+                    true,
+                ),
+                (format!("\n\n<information>{info}</information>\n\n"), false),
+                (
+                    format!(
+                        "<think>I can ask about this.</think>\n<question>{}</question>\n<answer>{}</answer><|im_end|>",
+                        q.question.trim(),
+                        q.answers[0]
+                    ),
+                    true,
+                ),
+            ],
+        });
+    }
+    let pool: Vec<&QaRow> = it.take(n_grm + 1).collect();
+    for (i, pair) in pool.windows(2).enumerate() {
+        let (q, other) = (pair[0], pair[1]);
+        let candidate = if i.is_multiple_of(2) {
+            &q.answers[0]
+        } else {
+            &other.answers[0]
+        };
+        let correct = sub_exact_match(candidate, &q.answers) > 0.0;
+        let (thought, verdict) = if correct {
+            ("The candidate matches the reference.", "correct")
+        } else {
+            ("The candidate does not match the reference.", "wrong")
+        };
+        demos.push(Demo {
+            id: format!("warmup-grm-{}-{i}", q.id),
+            role: Role::Grm,
+            messages: grm::prompt(&q.question, candidate, Some(&q.answers[0])),
+            pieces: vec![(
+                format!(
+                    "<think>{thought}</think>\n<answer>conclusion: {verdict}</answer><|im_end|>"
+                ),
+                true,
+            )],
+        });
+    }
+    (demos, ungrounded)
+}
+
+/// A topic for the generator's prompt: the question without its first two words
+/// ("Who founded", "What is") and its question mark, which names the article's subject.
+fn topic_title(q: &QaRow) -> String {
+    let words: Vec<&str> = q
+        .question
+        .trim_end_matches('?')
+        .split_whitespace()
+        .skip(2)
+        .collect();
+    if words.is_empty() {
+        q.question.clone()
+    } else {
+        words.join(" ")
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Policy => "policy",
+        Role::Generator => "generator",
+        Role::Grm => "grm",
+    }
+}
+
+impl Stage for WarmupStage {
+    fn name(&self) -> &'static str {
+        "warmup"
+    }
+
+    fn about(&self) -> &'static str {
+        "supervised cold start on format demonstrations built from the corpus (no human labels)"
+    }
+
+    fn params(&self) -> Vec<ParamSpec> {
+        let mut specs = vec![
+            ParamSpec::new("policy_examples", 48, "policy demonstrations"),
+            ParamSpec::new("generator_examples", 16, "generator demonstrations"),
+            ParamSpec::new("grm_examples", 32, "GRM demonstrations"),
+            ParamSpec::new("epochs", 2, "passes over the demonstrations"),
+            ParamSpec::new("micro_batch", 4, "sequences per optimizer step"),
+            ParamSpec::new("lr", 5e-5, "AdamW learning rate"),
+            ParamSpec::new(
+                "train_last_k",
+                8,
+                "train only the last k decoder blocks and the final norm (0: every weight)",
+            ),
+        ];
+        specs.extend(
+            sampling_specs(0, 1, 0.0)
+                .into_iter()
+                .filter(|s| matches!(s.key, "search_mode" | "search_k")),
+        );
+        specs
+    }
+
+    fn upstream(&self, params: &Params) -> Vec<&'static str> {
+        let mut up = vec!["qa", "init"];
+        up.extend(search_upstream(params));
+        up
+    }
+
+    fn external_inputs(&self, _params: &Params) -> Result<Vec<PathBuf>> {
+        Ok(Vec::new())
+    }
+
+    fn run(&self, ctx: &StageContext) -> Result<StageOutput> {
+        let err = |e: crate::model::ModelError| Error::stage("warmup", e.to_string());
+        let init = ctx
+            .input_files("init")
+            .first()
+            .cloned()
+            .ok_or_else(|| Error::stage("warmup", "needs the `init` checkpoint"))?;
+        let qa: Vec<QaRow> = read_rows(ctx.input_files("qa"))?;
+        let mut params = ctx.params.clone();
+        for (k, v) in [
+            ("temperature", serde_json::json!(0.0)),
+            ("top_p", serde_json::json!(1.0)),
+            ("top_k", serde_json::json!(0)),
+            ("max_new_tokens", serde_json::json!(1)),
+            ("max_turns", serde_json::json!(1)),
+            ("batch_size", serde_json::json!(1)),
+            ("guided", serde_json::json!(false)),
+            ("think_tokens", serde_json::json!(0)),
+        ] {
+            params.insert(k.into(), v);
+        }
+        let agent = Agent::open(&init, Some((ctx.run_dir, ctx.round)), &params, "warmup")?;
+        let env: Option<&SearchEnv> = agent.search_env();
+        let k = ctx.params.u64("search_k").max(1) as usize;
+        let mode = agent.search_mode();
+        let counts = [
+            ctx.params.u64("policy_examples") as usize,
+            ctx.params.u64("generator_examples") as usize,
+            ctx.params.u64("grm_examples") as usize,
+        ];
+        let (demos, ungrounded) = build_demos(&qa, counts, ctx.seed, |query| match env {
+            Some(env) => env
+                .search(query, k, mode)
+                .map(|hits| render_information(&hits))
+                .unwrap_or_else(|e| format!("Search failed: {e}")),
+            None => "No results.".to_string(),
+        });
+        if demos.is_empty() {
+            return Err(Error::stage("warmup", "no demonstrations could be built"));
+        }
+        let tokenizer = agent.tokenizer();
+        let mut rows = Vec::with_capacity(demos.len());
+        for d in &demos {
+            let prompt_ids = agent.encode(&d.messages)?;
+            let mut completion = Vec::new();
+            let mut mask = Vec::new();
+            for (text, own) in &d.pieces {
+                let ids = tokenizer
+                    .encode(text.as_str(), false)
+                    .map_err(|e| Error::stage("warmup", e.to_string()))?;
+                completion.extend_from_slice(ids.get_ids());
+                mask.extend(std::iter::repeat_n(*own, ids.get_ids().len()));
+            }
+            rows.push(TrajectoryRow {
+                trajectory_id: d.id.clone(),
+                task_id: d.id.clone(),
+                role: role_name(d.role).into(),
+                attempt: 0,
+                seed: 0,
+                prompt_ids,
+                sampling_logprobs: vec![0.0; completion.len()],
+                completion_ids: completion,
+                loss_mask: mask,
+                text: d.text(),
+                turns: d.pieces.iter().filter(|(_, own)| !own).count() as u32 + 1,
+                searches: d.pieces.iter().filter(|(_, own)| !own).count() as u32,
+                answer: None,
+                parsed: true,
+                parse_error: None,
+                finish_reason: "demonstration".into(),
+            });
+        }
+        let data_path = shard_path(&ctx.out_dir, ShardKind::Trajectories, ctx.shard.index);
+        write_rows(&data_path, &rows)?;
+
+        let last_k = match ctx.params.u64("train_last_k") {
+            0 => None,
+            k => Some(k as usize),
+        };
+        let cfg = TrainConfig {
+            lr: ctx.params.f64("lr"),
+            train_last_k: last_k,
+            ..TrainConfig::default()
+        };
+        let mut trainer = Trainer::load(&init, &Device::Cpu, cfg).map_err(err)?;
+        let pad = trainer.model().config().pad_token_id.unwrap_or(0);
+        let micro = ctx.params.u64("micro_batch").max(1) as usize;
+        let epochs = ctx.params.u64("epochs").max(1) as usize;
+        let bar = crate::progress::bar((epochs * rows.len()) as u64, "warmup");
+        let mut first_loss = None;
+        let mut last_loss = 0.0;
+        for epoch in 0..epochs {
+            let mut order: Vec<&TrajectoryRow> = rows.iter().collect();
+            order.sort_by_key(|r| {
+                stable_u64(&[&ctx.seed.to_string(), &epoch.to_string(), &r.trajectory_id])
+            });
+            let mut epoch_loss = (0.0, 0usize);
+            for chunk in order.chunks(micro) {
+                let seqs: Vec<(Vec<u32>, Vec<u32>, Vec<u8>)> = chunk
+                    .iter()
+                    .map(|t| {
+                        (
+                            t.prompt_ids.clone(),
+                            t.completion_ids.clone(),
+                            t.loss_mask.iter().map(|&m| u8::from(m)).collect(),
+                        )
+                    })
+                    .collect();
+                let batch = build_batch(&seqs, pad, &Device::Cpu).map_err(err)?;
+                let pos = LossPositions::of(&batch).map_err(err)?;
+                let weights: Vec<f32> = pos
+                    .seq
+                    .iter()
+                    .map(|&s| 1.0 / (pos.tokens[s].max(1) as f32 * chunk.len() as f32))
+                    .collect();
+                let weights = candle_core::Tensor::from_vec(weights, pos.seq.len(), &Device::Cpu)
+                    .map_err(|e| err(e.into()))?;
+                let (logp, _) = selected_logprobs(trainer.model(), &batch, &pos).map_err(err)?;
+                let loss = (logp * weights)
+                    .and_then(|x| x.sum_all())
+                    .and_then(|x| x.neg())
+                    .map_err(|e| err(e.into()))?;
+                let value = loss.to_scalar::<f32>().map_err(|e| err(e.into()))?;
+                let mut grads = trainer.backward(&loss).map_err(err)?;
+                trainer.step(&mut grads).map_err(err)?;
+                epoch_loss.0 += f64::from(value);
+                epoch_loss.1 += 1;
+                bar.inc(chunk.len() as u64);
+            }
+            let mean = epoch_loss.0 / epoch_loss.1.max(1) as f64;
+            first_loss.get_or_insert(mean);
+            last_loss = mean;
+        }
+        bar.finish_and_clear();
+        let dest = ctx.out_dir.join("model");
+        trainer.save_checkpoint(&dest).map_err(err)?;
+        // RL starts its optimizer afresh: SFT moments at another learning rate would skew it.
+        for f in [
+            crate::model::train::OPTIMIZER_FILE,
+            crate::model::train::TRAINER_STATE_FILE,
+        ] {
+            let p = dest.join(f);
+            std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+        }
+        let by_role = |r: &str| rows.iter().filter(|t| t.role == r).count();
+        Ok(StageOutput {
+            files: vec![data_path, dest],
+            summary: format!(
+                "{} demonstrations (policy {}, generator {}, grm {}; {ungrounded} questions skipped: answer not in the search results); loss {:.3} -> {last_loss:.3} over {epochs} epochs",
+                rows.len(),
+                by_role("policy"),
+                by_role("generator"),
+                by_role("grm"),
+                first_loss.unwrap_or_default(),
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qa(id: &str, q: &str, a: &str) -> QaRow {
+        QaRow {
+            id: id.into(),
+            question: q.into(),
+            answers: vec![a.into()],
+            split: "train".into(),
+            source: "corpus".into(),
+            source_doc_id: Some(id.into()),
+        }
+    }
+
+    #[test]
+    fn demonstrations_follow_every_role_format_and_mask_tool_text() {
+        let rows: Vec<QaRow> = (0..12)
+            .map(|i| {
+                qa(
+                    &format!("q{i}"),
+                    &format!("Who founded city number {i}?"),
+                    &format!("Founder {i}"),
+                )
+            })
+            .collect();
+        // The search finds the answer for even questions only.
+        let (demos, ungrounded) = build_demos(&rows, [3, 2, 2], 1, |query| {
+            let n: usize = query
+                .split_whitespace()
+                .find_map(|w| w.trim_end_matches('?').parse().ok())
+                .unwrap_or(1);
+            if n.is_multiple_of(2) {
+                format!("Doc 1 (Title: City {n}) It was founded by Founder {n}.")
+            } else {
+                "Doc 1 (Title: Elsewhere) Nothing here.".into()
+            }
+        });
+        let by = |r: Role| demos.iter().filter(|d| d.role == r).collect::<Vec<_>>();
+        assert_eq!(by(Role::Policy).len(), 3);
+        assert!(ungrounded > 0);
+        for d in by(Role::Policy) {
+            let p = policy::parse(&d.text());
+            assert!(p.answer.is_some(), "{:?}: {}", p.error, d.text());
+            assert_eq!(p.searches.len(), 1);
+            assert!(
+                d.pieces
+                    .iter()
+                    .any(|(t, own)| !own && t.contains("<information>"))
+            );
+            assert!(
+                d.pieces
+                    .iter()
+                    .all(|(t, own)| *own || !t.contains("<answer>"))
+            );
+        }
+        assert_eq!(by(Role::Generator).len(), 2);
+        for d in by(Role::Generator) {
+            let g = generator::parse(&d.text());
+            assert!(g.error.is_none(), "{:?}", g.error);
+        }
+        let verdicts: Vec<grm::Verdict> = by(Role::Grm)
+            .iter()
+            .map(|d| {
+                let v = grm::parse(&d.text());
+                assert!(v.parsed);
+                v.verdict
+            })
+            .collect();
+        assert_eq!(verdicts, vec![grm::Verdict::Correct, grm::Verdict::Wrong]);
+    }
+}
