@@ -9,19 +9,15 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 
 use crate::error::Result;
 use crate::manifest::{Manifest, resolve_path};
-use crate::shards::read_rows;
+use crate::shards::read_kind;
 use crate::shards::rows::{EvalRow, JudgmentRow, RewardRow, TaskRow};
 
-/// Outputs of `stage` in exactly `round` whose file names start with `prefix`.
-fn files(run_dir: &Path, m: &Manifest, stage: &str, round: u32, prefix: &str) -> Vec<PathBuf> {
+/// Outputs of `stage` in exactly `round`.
+fn outputs(run_dir: &Path, m: &Manifest, stage: &str, round: u32) -> Vec<PathBuf> {
     match m.done_outputs(stage, round) {
         Some((r, outs)) if r == round => outs
             .iter()
             .map(|o| resolve_path(run_dir, &o.path))
-            .filter(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
-            })
             .collect(),
         _ => Vec::new(),
     }
@@ -39,10 +35,10 @@ fn show(x: Option<f64>) -> String {
 /// The round's table (rows whose shards are absent show `-`).
 pub fn round_table(run_dir: &Path, round: u32) -> Result<Table> {
     let m = Manifest::load(run_dir)?;
-    let tasks: Vec<TaskRow> = read_rows(&files(run_dir, &m, "generate", round, "tasks-"))?;
-    let rewards: Vec<RewardRow> = read_rows(&files(run_dir, &m, "reward", round, "rewards-"))?;
-    let judgments: Vec<JudgmentRow> = read_rows(&files(run_dir, &m, "judge", round, "judgments-"))?;
-    let eval: Vec<EvalRow> = read_rows(&files(run_dir, &m, "eval", round, "eval-"))?;
+    let tasks: Vec<TaskRow> = read_kind(&outputs(run_dir, &m, "generate", round))?;
+    let rewards: Vec<RewardRow> = read_kind(&outputs(run_dir, &m, "reward", round))?;
+    let judgments: Vec<JudgmentRow> = read_kind(&outputs(run_dir, &m, "judge", round))?;
+    let eval: Vec<EvalRow> = read_kind(&outputs(run_dir, &m, "eval", round))?;
 
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
@@ -151,7 +147,7 @@ pub fn compare_table(run_dirs: &[PathBuf]) -> Result<Table> {
         let mut col = BTreeMap::new();
         let last = m.entries.iter().map(|e| e.round).max().unwrap_or(0);
         for round in 1..=last {
-            let eval: Vec<EvalRow> = read_rows(&files(dir, &m, "eval", round, "eval-"))?;
+            let eval: Vec<EvalRow> = read_kind(&outputs(dir, &m, "eval", round))?;
             let metric = |role: &str, metric: &str| {
                 eval.iter()
                     .find(|e| e.role == role && e.metric == metric)

@@ -29,6 +29,14 @@ pub struct Segment {
 }
 
 impl Segment {
+    /// A search call: the tool answers after `</search>`.
+    fn search(budget: usize) -> Segment {
+        Segment {
+            tool: true,
+            ..Segment::free("search", budget)
+        }
+    }
+
     fn free(tag: &str, budget: usize) -> Segment {
         Segment {
             open: format!("<{tag}>"),
@@ -57,10 +65,7 @@ impl Guide {
         Guide {
             think_budget,
             actions: vec![
-                Segment {
-                    tool: true,
-                    ..Segment::free("search", query_budget)
-                },
+                Segment::search(query_budget),
                 Segment::free("answer", answer_budget),
             ],
             forced_in_loss: false,
@@ -72,10 +77,7 @@ impl Guide {
         Guide {
             think_budget,
             actions: vec![
-                Segment {
-                    tool: true,
-                    ..Segment::free("search", query_budget)
-                },
+                Segment::search(query_budget),
                 Segment {
                     next: Some(Box::new(Segment::free("answer", 8))),
                     terminator: "?".into(),
@@ -91,10 +93,7 @@ impl Guide {
         Guide {
             think_budget,
             actions: vec![
-                Segment {
-                    tool: true,
-                    ..Segment::free("search", query_budget)
-                },
+                Segment::search(query_budget),
                 Segment {
                     prefix: "conclusion: ".into(),
                     choices: vec!["correct".into(), "wrong".into()],

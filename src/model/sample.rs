@@ -239,6 +239,28 @@ fn full_logprob(logits: &[f32], tok: u32) -> f32 {
     (logits[tok as usize] as f64 - lse) as f32
 }
 
+/// After a turn that may call the tool: the sequence ends (no tool text, or no turns left) or
+/// the tool's text is appended and the next turn starts.
+fn after_turn(
+    row: &mut Row,
+    tokenizer: &Tokenizer,
+    tool_text: Option<String>,
+    max_turns: usize,
+) -> Result<()> {
+    match tool_text {
+        None => {
+            row.out.finish = FinishReason::Stop;
+            row.done = true;
+        }
+        Some(_) if row.out.turns >= max_turns => {
+            row.out.finish = FinishReason::MaxTurns;
+            row.done = true;
+        }
+        Some(text) => append_tool_text(row, tokenizer, &text)?,
+    }
+    Ok(())
+}
+
 /// Appends tool text (loss mask 0) and starts the next turn.
 fn append_tool_text(row: &mut Row, tokenizer: &Tokenizer, tool_text: &str) -> Result<()> {
     let enc = tokenizer
@@ -384,17 +406,7 @@ where
                     }
                     Some(TurnEnd::Tool) => {
                         let text = decode(&row.out.tokens)?;
-                        match tool(i, &text) {
-                            None => {
-                                row.out.finish = FinishReason::Stop;
-                                row.done = true;
-                            }
-                            Some(_) if row.out.turns >= params.max_turns => {
-                                row.out.finish = FinishReason::MaxTurns;
-                                row.done = true;
-                            }
-                            Some(tool_text) => append_tool_text(row, tokenizer, &tool_text)?,
-                        }
+                        after_turn(row, tokenizer, tool(i, &text), params.max_turns)?;
                     }
                     None => {}
                 }
@@ -413,17 +425,7 @@ where
                 if let Some(stop) = hit {
                     row.out.stop = Some(stop);
                     let text = decode(&row.out.tokens)?;
-                    match tool(i, &text) {
-                        None => {
-                            row.out.finish = FinishReason::Stop;
-                            row.done = true;
-                        }
-                        Some(_) if row.out.turns >= params.max_turns => {
-                            row.out.finish = FinishReason::MaxTurns;
-                            row.done = true;
-                        }
-                        Some(tool_text) => append_tool_text(row, tokenizer, &tool_text)?,
-                    }
+                    after_turn(row, tokenizer, tool(i, &text), params.max_turns)?;
                 }
             }
             if !row.done

@@ -22,3 +22,22 @@ pub fn stage_dir(run_dir: &Path, round: u32, stage: &str) -> PathBuf {
 pub fn shard_path(stage_dir: &Path, kind: ShardKind, index: u32) -> PathBuf {
     stage_dir.join(format!("{}-{index:05}.parquet", kind.name()))
 }
+
+/// The files among a stage's outputs that hold shards of `kind` (a stage may write several
+/// kinds, and directories).
+pub fn shards_of(files: &[PathBuf], kind: ShardKind) -> Vec<PathBuf> {
+    let prefix = format!("{}-", kind.name());
+    files
+        .iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+        })
+        .cloned()
+        .collect()
+}
+
+/// Every row of the `R::KIND` shards among a stage's output files.
+pub fn read_kind<R: rows::ShardRow>(files: &[PathBuf]) -> crate::error::Result<Vec<R>> {
+    read_rows(&shards_of(files, R::KIND))
+}

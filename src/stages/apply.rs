@@ -14,8 +14,8 @@ use crate::error::{Error, Result};
 use crate::model::llama::load_config;
 use crate::model::train::{NamedGrad, TrainConfig, Trainer, sum_grads};
 use crate::params::{ParamSpec, Params, ParamsExt};
-use crate::shards::read_rows;
 use crate::shards::rows::GradientRow;
+use crate::shards::{ShardKind, read_rows, shards_of};
 
 pub struct ApplyStage;
 
@@ -59,15 +59,7 @@ impl Stage for ApplyStage {
         let err = |e: crate::model::ModelError| Error::stage("apply", e.to_string());
         let ckpt = checkpoint_dir(ctx, "apply")?;
         let dest = ctx.out_dir.join("model");
-        let mut files: Vec<PathBuf> = ctx
-            .input_files("train")
-            .iter()
-            .filter(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("gradients-"))
-            })
-            .cloned()
-            .collect();
+        let mut files = shards_of(ctx.input_files("train"), ShardKind::Gradients);
         files.sort();
         let mut parts = Vec::new();
         let mut sequences = 0u64;

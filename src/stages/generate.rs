@@ -19,7 +19,7 @@ use crate::rl::rewards::validity;
 use crate::roles::generator::{self, Direction, Template};
 use crate::seed::stable_u64;
 use crate::shards::rows::{CorpusRow, QaRow, RewardRow, TaskRow, TrajectoryRow};
-use crate::shards::{ShardKind, read_rows, shard_path, write_rows};
+use crate::shards::{ShardKind, read_kind, read_rows, shard_path, write_rows};
 
 pub struct GenerateStage;
 
@@ -285,28 +285,12 @@ fn labelled_tasks(ctx: &StageContext, n: usize) -> Result<Vec<TaskRow>> {
         .collect())
 }
 
-/// The trajectories of a stage's inputs (helper for the stages downstream).
+/// The trajectories among a stage's outputs.
 pub fn trajectories(files: &[PathBuf]) -> Result<Vec<TrajectoryRow>> {
-    let files: Vec<PathBuf> = files
-        .iter()
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("trajectories-"))
-        })
-        .cloned()
-        .collect();
-    read_rows(&files)
+    read_kind(files)
 }
 
-/// The tasks among a stage's inputs.
+/// The tasks among a stage's outputs.
 pub fn tasks(files: &[PathBuf]) -> Result<Vec<TaskRow>> {
-    let files: Vec<PathBuf> = files
-        .iter()
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("tasks-"))
-        })
-        .cloned()
-        .collect();
-    read_rows(&files)
+    read_kind(files)
 }

@@ -28,7 +28,7 @@ use crate::rl::rewards::{
 };
 use crate::seed::stable_u64;
 use crate::shards::rows::{JudgmentRow, RewardRow, TaskRow, TrajectoryRow};
-use crate::shards::{ShardKind, read_rows, shard_path, write_rows};
+use crate::shards::{ShardKind, read_kind, shard_path, write_rows};
 
 pub struct RewardStage;
 
@@ -166,16 +166,7 @@ impl Stage for RewardStage {
         let generator_runs = trajectories(ctx.input_files("generate"))?;
         let attempts = trajectories(ctx.input_files("rollout"))?;
         let judge_files: Vec<PathBuf> = ctx.input_files("judge?").to_vec();
-        let judgments: Vec<JudgmentRow> = read_rows(
-            &judge_files
-                .iter()
-                .filter(|p| {
-                    p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with("judgments-"))
-                })
-                .cloned()
-                .collect::<Vec<_>>(),
-        )?;
+        let judgments: Vec<JudgmentRow> = read_kind(&judge_files)?;
         let judge_runs = trajectories(&judge_files)?;
         if s.verifier == Verifier::Grm && judge_files.is_empty() {
             return Err(Error::stage(

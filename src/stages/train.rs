@@ -32,6 +32,15 @@ pub fn last_k(params: &Params) -> Option<usize> {
     }
 }
 
+/// A trajectory as the trainer takes it: prompt ids, completion ids, completion loss mask.
+pub fn training_sequence(t: &TrajectoryRow) -> (Vec<u32>, Vec<u32>, Vec<u8>) {
+    (
+        t.prompt_ids.clone(),
+        t.completion_ids.clone(),
+        t.loss_mask.iter().map(|&m| u8::from(m)).collect(),
+    )
+}
+
 impl Stage for TrainStage {
     fn name(&self) -> &'static str {
         "train"
@@ -131,16 +140,7 @@ impl Stage for TrainStage {
         let mut updates = Vec::with_capacity(selected.len());
         let mut tokens = 0u64;
         for chunk in selected.chunks(micro) {
-            let seqs: Vec<(Vec<u32>, Vec<u32>, Vec<u8>)> = chunk
-                .iter()
-                .map(|(_, t)| {
-                    (
-                        t.prompt_ids.clone(),
-                        t.completion_ids.clone(),
-                        t.loss_mask.iter().map(|&m| u8::from(m)).collect(),
-                    )
-                })
-                .collect();
+            let seqs: Vec<_> = chunk.iter().map(|(_, t)| training_sequence(t)).collect();
             let batch = build_batch(&seqs, pad, &Device::Cpu).map_err(err)?;
             let pos = LossPositions::of(&batch).map_err(err)?;
             let l = batch.input_ids.dim(1).map_err(|e| err(e.into()))?;

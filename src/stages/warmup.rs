@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use candle_core::Device;
 
 use super::agent::{Agent, Role, sampling_specs, search_upstream};
+use super::train::training_sequence;
 use super::{Stage, StageContext, StageOutput};
 use crate::error::{Error, Result};
 use crate::model::train::{LossPositions, TrainConfig, Trainer, build_batch, selected_logprobs};
@@ -306,16 +307,7 @@ impl Stage for WarmupStage {
             });
             let mut epoch_loss = (0.0, 0usize);
             for chunk in order.chunks(micro) {
-                let seqs: Vec<(Vec<u32>, Vec<u32>, Vec<u8>)> = chunk
-                    .iter()
-                    .map(|t| {
-                        (
-                            t.prompt_ids.clone(),
-                            t.completion_ids.clone(),
-                            t.loss_mask.iter().map(|&m| u8::from(m)).collect(),
-                        )
-                    })
-                    .collect();
+                let seqs: Vec<_> = chunk.iter().map(|t| training_sequence(t)).collect();
                 let batch = build_batch(&seqs, pad, &Device::Cpu).map_err(err)?;
                 let pos = LossPositions::of(&batch).map_err(err)?;
                 let weights: Vec<f32> = pos

@@ -122,3 +122,83 @@ fn a_corpus_file_that_is_not_json_names_the_line() {
     assert_one_line_error(&fx.run(&rd, &[]), &["corpus.jsonl", "line 2"]);
     assert!(!rd.join("round-000/corpus/corpus-00000.parquet").exists());
 }
+
+#[test]
+fn a_round_stage_without_its_inputs_names_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let rd = dir.path().join("rd");
+    let out = asl(&["rollout", "--run-dir", rd.to_str().unwrap(), "--round", "1"]);
+    assert_one_line_error(&out, &["rollout", "generate"]);
+}
+
+#[test]
+fn a_missing_or_corrupt_checkpoint_is_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let qa = dir.path().join("qa.jsonl");
+    std::fs::write(&qa, "{\"question\": \"Who?\", \"answers\": [\"Me\"]}\n").unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    let run = |model: &Path| {
+        asl(&[
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--qa",
+            qa.to_str().unwrap(),
+        ])
+    };
+    assert_one_line_error(&run(&model), &["config.json"]);
+    std::fs::write(
+        model.join("config.json"),
+        r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 8,
+            "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "num_key_value_heads": 1, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+            "vocab_size": 32, "max_position_embeddings": 64, "tie_word_embeddings": true}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        model.join("model.safetensors"),
+        b"\x40\x00\x00\x00\x00\x00\x00\x00{\"a\"",
+    )
+    .unwrap();
+    assert_one_line_error(&run(&model), &["model.safetensors"]);
+    let init = dir.path().join("p.toml");
+    std::fs::write(
+        &init,
+        format!(
+            "setup = [\"init\"]\n[params.init]\nmodel = \"{}\"\n",
+            dir.path().join("nowhere").display()
+        ),
+    )
+    .unwrap();
+    let out = asl(&[
+        "run",
+        init.to_str().unwrap(),
+        "--run-dir",
+        dir.path().join("rd").to_str().unwrap(),
+    ]);
+    assert_one_line_error(&out, &["nowhere", "config.json"]);
+}
+
+#[test]
+fn an_unknown_reward_scheme_is_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let rd = dir.path().join("rd");
+    let out = asl(&[
+        "reward",
+        "--run-dir",
+        rd.to_str().unwrap(),
+        "--round",
+        "1",
+        "--set",
+        "reward.generator_reward=vibes",
+    ]);
+    assert!(!out.status.success());
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).trim_end().lines().count(),
+        1,
+        "{}",
+        stderr(&out)
+    );
+}
