@@ -13,6 +13,12 @@ export ASL_ASSETS="$root/assets"
 dirs=()
 for p in default asl-frozen-grm search-r1; do
   echo "== $p: $rounds rounds"
+  # The pipelines share their setup (corpus, index, checkpoint, warm-up) and, where their
+  # params agree, whole stages: a copy of the default's run lets the runner skip what is
+  # identical (same params, seed and input hashes) and rerun the rest.
+  if [[ "$p" != default && ! -d "runs/compare/$p" ]]; then
+    cp -r runs/compare/default "runs/compare/$p"
+  fi
   "$asl" run "pipelines/$p.toml" --run-dir "runs/compare/$p" --rounds "$rounds"
   dirs+=(--run-dir "runs/compare/$p")
 done

@@ -218,6 +218,13 @@ fn eval_command(cmd: Command) -> Command {
 }
 
 fn main() -> ExitCode {
+    // candle's CPU matmul asks for the thread count on every call, and without this variable
+    // that parses /proc/cpuinfo each time (44 % of batched decode, docs/model-bench.md).
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // SAFETY: no other thread exists yet at the start of main.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+    }
     let mut cli = Cli::command();
     for stage in stages::all() {
         let cmd = stage_command(stage);

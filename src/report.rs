@@ -153,10 +153,18 @@ pub fn compare_table(run_dirs: &[PathBuf]) -> Result<Table> {
                     .find(|e| e.role == role && e.metric == metric)
                     .map(|e| e.value)
             };
+            // Only the stages of the run's own pipeline count (a run seeded from a copy of
+            // another keeps that run's entries).
+            let own = |stage: &str| {
+                m.pipeline
+                    .as_ref()
+                    .is_none_or(|p| p.params.contains_key(stage))
+            };
             let wall: f64 = m
                 .entries
                 .iter()
                 .filter(|e| e.round == round && e.status == crate::manifest::Status::Done)
+                .filter(|e| own(&e.stage))
                 .filter_map(|e| e.wall_s)
                 .sum();
             rounds.insert(round);
