@@ -160,13 +160,17 @@ pub fn compare_table(run_dirs: &[PathBuf]) -> Result<Table> {
                     .as_ref()
                     .is_none_or(|p| p.params.contains_key(stage))
             };
-            let wall: f64 = m
-                .entries
-                .iter()
-                .filter(|e| e.round == round && e.status == crate::manifest::Status::Done)
-                .filter(|e| own(&e.stage))
-                .filter_map(|e| e.wall_s)
-                .sum();
+            // The newest finished run of each stage part is the one whose outputs stand.
+            let mut newest: BTreeMap<(String, String), f64> = BTreeMap::new();
+            for e in m.entries.iter().filter(|e| {
+                e.round == round && e.status == crate::manifest::Status::Done && own(&e.stage)
+            }) {
+                newest.insert(
+                    (e.stage.clone(), e.shard.to_string()),
+                    e.wall_s.unwrap_or_default(),
+                );
+            }
+            let wall: f64 = newest.values().sum();
             rounds.insert(round);
             col.insert(
                 round,

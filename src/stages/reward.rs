@@ -152,8 +152,18 @@ impl Stage for RewardStage {
         ]
     }
 
-    fn upstream(&self, _params: &Params) -> Vec<&'static str> {
-        vec!["generate", "rollout", "judge?"]
+    fn upstream(&self, params: &Params) -> Vec<&'static str> {
+        // Judgments matter when the GRM verifies attempts or trains; a pipeline without a judge
+        // (Search-R1, R-Zero) must not pick up one that happens to sit in the run dir.
+        let grm_trains = params
+            .str("train_roles")
+            .split(',')
+            .any(|r| r.trim() == "grm");
+        if params.str("verifier") == "grm" || grm_trains {
+            vec!["generate", "rollout", "judge?"]
+        } else {
+            vec!["generate", "rollout"]
+        }
     }
 
     fn external_inputs(&self, _params: &Params) -> Result<Vec<PathBuf>> {
