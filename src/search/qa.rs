@@ -366,7 +366,7 @@ fn relation_questions(
     let mut name_rel = |family: &'static str, markers: &[&str], question: String| {
         for m in markers {
             if let Some(p) = s.find(m)
-                && let Some(name) = name_at(&s[p + m.len()..])
+                && let Some(name) = name_at(after_role_noun(&s[p + m.len()..]))
                 && !leaks(&name, title)
             {
                 out.push((family, question, name));
@@ -683,6 +683,30 @@ fn name_at(s: &str) -> Option<String> {
     Some(parts.join(" "))
 }
 
+/// Words that introduce a name after a nationality: "novel by American author Frank Herbert".
+const ROLE_NOUNS: &[&str] = &[
+    "author", "writer", "novelist", "poet", "playwright", "dramatist", "composer", "painter",
+    "artist", "director", "filmmaker", "screenwriter", "songwriter", "musician",
+];
+
+/// Skips a capitalised descriptor and its role noun ("American author ", "Russian composer ")
+/// so the name after them is read, not the nationality.
+fn after_role_noun(s: &str) -> &str {
+    let mut offset = 0;
+    for (i, word) in s.split_inclusive(' ').enumerate().take(4) {
+        offset += word.len();
+        if ROLE_NOUNS.contains(&word.trim().trim_end_matches(',')) {
+            return &s[offset..];
+        }
+        // Only descriptors may come before the role noun.
+        let first = word.chars().next();
+        if i > 0 && !first.is_some_and(|c| c.is_uppercase() || c.is_lowercase()) {
+            break;
+        }
+    }
+    s
+}
+
 fn year_at(s: &str) -> Option<String> {
     let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
     let next = s[digits.len()..].chars().next();
@@ -894,6 +918,20 @@ mod tests {
         assert_eq!(
             split_for("2001: A Space Odyssey"),
             split_for("2001: A Space Odyssey")
+        );
+    }
+
+    #[test]
+    fn a_nationality_before_the_role_is_not_the_name() {
+        let s = "American author Frank Herbert and others";
+        assert_eq!(name_at(after_role_noun(s)).as_deref(), Some("Frank Herbert"));
+        assert_eq!(
+            name_at(after_role_noun("Russian composer Pyotr Ilyich Tchaikovsky")).as_deref(),
+            Some("Pyotr Ilyich Tchaikovsky")
+        );
+        assert_eq!(
+            name_at(after_role_noun("Stanley Kubrick, who co-wrote")).as_deref(),
+            Some("Stanley Kubrick")
         );
     }
 
