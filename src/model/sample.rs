@@ -128,12 +128,7 @@ pub fn sample_token(
     rng: &mut ChaCha8Rng,
 ) -> (u32, f32, f32) {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = max as f64
-        + logits
-            .iter()
-            .map(|&l| ((l - max) as f64).exp())
-            .sum::<f64>()
-            .ln();
+    let lse = log_sum_exp(logits);
     let raw_lp = |i: usize| (logits[i] as f64 - lse) as f32;
     if params.greedy || params.temperature <= 0.0 {
         let mut best = 0;
@@ -229,14 +224,18 @@ fn sample_constrained(
 
 /// `log softmax(logits)[tok]`.
 fn full_logprob(logits: &[f32], tok: u32) -> f32 {
+    (logits[tok as usize] as f64 - log_sum_exp(logits)) as f32
+}
+
+/// `log Σ exp(logits)`, computed stably in f64.
+fn log_sum_exp(logits: &[f32]) -> f64 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = max as f64
+    max as f64
         + logits
             .iter()
             .map(|&l| ((l - max) as f64).exp())
             .sum::<f64>()
-            .ln();
-    (logits[tok as usize] as f64 - lse) as f32
+            .ln()
 }
 
 /// After a turn that may call the tool: the sequence ends (no tool text, or no turns left) or

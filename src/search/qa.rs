@@ -685,8 +685,20 @@ fn name_at(s: &str) -> Option<String> {
 
 /// Words that introduce a name after a nationality: "novel by American author Frank Herbert".
 const ROLE_NOUNS: &[&str] = &[
-    "author", "writer", "novelist", "poet", "playwright", "dramatist", "composer", "painter",
-    "artist", "director", "filmmaker", "screenwriter", "songwriter", "musician",
+    "author",
+    "writer",
+    "novelist",
+    "poet",
+    "playwright",
+    "dramatist",
+    "composer",
+    "painter",
+    "artist",
+    "director",
+    "filmmaker",
+    "screenwriter",
+    "songwriter",
+    "musician",
 ];
 
 /// Skips a capitalised descriptor and its role noun ("American author ", "Russian composer ")
@@ -924,7 +936,10 @@ mod tests {
     #[test]
     fn a_nationality_before_the_role_is_not_the_name() {
         let s = "American author Frank Herbert and others";
-        assert_eq!(name_at(after_role_noun(s)).as_deref(), Some("Frank Herbert"));
+        assert_eq!(
+            name_at(after_role_noun(s)).as_deref(),
+            Some("Frank Herbert")
+        );
         assert_eq!(
             name_at(after_role_noun("Russian composer Pyotr Ilyich Tchaikovsky")).as_deref(),
             Some("Pyotr Ilyich Tchaikovsky")
