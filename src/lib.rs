@@ -4,6 +4,7 @@
 //!
 //! The binary (`src/main.rs`) is argument parsing and glue over this library.
 
+pub mod audit;
 pub mod error;
 pub mod fsutil;
 pub mod manifest;
@@ -17,6 +18,7 @@ pub mod roles;
 pub mod search;
 pub mod seed;
 pub mod shards;
+pub mod show;
 pub mod stages;
 pub mod status;
 

@@ -86,6 +86,64 @@ enum Builtin {
         #[arg(long = "run-dir", required = true)]
         run_dirs: Vec<PathBuf>,
     },
+    /// Audit a run's datasets: per-round tables, warning signals, PNG plots, Markdown/CSV/JSON.
+    #[command(
+        args_conflicts_with_subcommands = true,
+        after_help = "Examples:\n  asl audit --run-dir runs/default\n  asl audit --run-dir runs/default --round 1 --json\n  asl audit --run-dir runs/default --set audit.truncation=0.1\n  asl audit diff --run-dir runs/default --rounds 1 2"
+    )]
+    Audit {
+        #[command(subcommand)]
+        command: Option<AuditCommand>,
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+        /// Round shown in detail and histogrammed (default: the newest).
+        #[arg(long)]
+        round: Option<u32>,
+        /// Where plots and reports go (default RUN_DIR/audit).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print the report as JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Skip the PNG plots.
+        #[arg(long)]
+        no_plots: bool,
+        /// Set a signal threshold: audit.NAME=VALUE (see docs/audit.md).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<SetOverride>,
+    },
+    /// Print one row of a stage's shards for a person (a trajectory as its turns).
+    #[command(
+        after_help = "Examples:\n  asl show --run-dir runs/default --stage rollout --round 1 --row 0\n  asl show --run-dir runs/default --stage generate --kind trajectories --row 3"
+    )]
+    Show {
+        #[arg(long)]
+        run_dir: PathBuf,
+        /// Stage whose outputs to read (generate, rollout, judge, reward, eval, warmup, …).
+        #[arg(long)]
+        stage: String,
+        /// Round (default: the newest round that has the stage).
+        #[arg(long)]
+        round: Option<u32>,
+        /// Shard kind when the stage writes several (default: its main output).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Row number, counted across the stage's shards in order.
+        #[arg(long, default_value_t = 0)]
+        row: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// What changed between two rounds' datasets.
+    #[command(after_help = "Example:\n  asl audit diff --run-dir runs/default --rounds 1 2")]
+    Diff {
+        #[arg(long)]
+        run_dir: PathBuf,
+        #[arg(long, num_args = 2, value_names = ["A", "B"], required = true)]
+        rounds: Vec<u32>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -282,6 +340,85 @@ fn dispatch(matches: &ArgMatches) -> Result<()> {
             print_status(&run_dir)
         }
         Builtin::Status { run_dir } => print_status(&run_dir),
+        Builtin::Audit {
+            command: Some(AuditCommand::Diff { run_dir, rounds }),
+            ..
+        } => {
+            let mut notes = Vec::new();
+            let d = asl::audit::diff(&run_dir, rounds[0], rounds[1], &mut notes)?;
+            for n in &notes {
+                eprintln!("note: {n}");
+            }
+            println!("{}", asl::audit::diff_table(&d));
+            Ok(())
+        }
+        Builtin::Audit {
+            command: None,
+            run_dir,
+            round,
+            out,
+            json,
+            no_plots,
+            sets,
+        } => {
+            let run_dir = run_dir.context("asl audit needs --run-dir DIR")?;
+            let mut thresholds = asl::audit::Thresholds::default();
+            for s in &sets {
+                let key = match &s.stage {
+                    Some(stage) => format!("{stage}.{}", s.key),
+                    None => s.key.clone(),
+                };
+                let value = match &s.value {
+                    serde_json::Value::String(v) => v.clone(),
+                    other => other.to_string(),
+                };
+                thresholds.set(&key, &value)?;
+            }
+            let opts = asl::audit::AuditOptions {
+                run_dir,
+                round,
+                out,
+                thresholds,
+                plots: !no_plots,
+            };
+            let report = asl::audit::audit(&opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                asl::audit::print_report(&report, &mut std::io::stdout())?;
+            }
+            if report.rounds.is_empty() {
+                anyhow::bail!("{}: nothing to audit", report.run_dir);
+            }
+            Ok(())
+        }
+        Builtin::Show {
+            run_dir,
+            stage,
+            round,
+            kind,
+            row,
+        } => {
+            let round = match round {
+                Some(r) => r,
+                None => asl::audit::scan::round_dirs(&run_dir)
+                    .into_iter()
+                    .rev()
+                    .find(|(_, dir)| dir.join(&stage).is_dir())
+                    .map(|(r, _)| r)
+                    .with_context(|| {
+                        format!(
+                            "{}: no round has outputs of stage `{stage}`",
+                            run_dir.display()
+                        )
+                    })?,
+            };
+            print!(
+                "{}",
+                asl::show::show(&run_dir, &stage, round, kind.as_deref(), row)?
+            );
+            Ok(())
+        }
         Builtin::Report { run_dirs } => {
             if let [one] = run_dirs.as_slice() {
                 let manifest = Manifest::load(one)?;
@@ -392,18 +529,6 @@ fn model_main(command: ModelCommand) -> Result<()> {
             seed,
             tokenizer,
         } => {
-            let scratch = tempfile_dir()?;
-            let tokenizer = match tokenizer {
-                Some(t) => t,
-                None => {
-                    let g = stages::assets_dir().join(asl::model::SHIPPED_GGUF);
-                    let (content, _) = gguf::read_gguf(&g)?;
-                    let json = gguf::tokenizer_json_from_gguf(&g, &content)?;
-                    let path = scratch.join("tokenizer.json");
-                    asl::model::io::write_json(&path, &json)?;
-                    path
-                }
-            };
             let tc = tiny::TinyConfig {
                 layers,
                 hidden,
@@ -412,8 +537,13 @@ fn model_main(command: ModelCommand) -> Result<()> {
                 intermediate,
                 seed,
             };
-            tiny::init_tiny(&out_dir, &tokenizer, &tc)?;
-            let _ = std::fs::remove_dir_all(&scratch);
+            match tokenizer {
+                Some(t) => tiny::init_tiny(&out_dir, &t, &tc)?,
+                None => {
+                    let g = stages::assets_dir().join(asl::model::SHIPPED_GGUF);
+                    tiny::init_tiny_from_gguf(&out_dir, &g, &std::env::temp_dir(), &tc)?
+                }
+            };
             println!(
                 "tiny model ({layers} layers, hidden {hidden}) -> {}",
                 out_dir.display()
@@ -458,12 +588,6 @@ fn model_main(command: ModelCommand) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn tempfile_dir() -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("asl-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
-    Ok(dir)
 }
 
 fn search_main(

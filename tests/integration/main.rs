@@ -1,6 +1,7 @@
 //! Integration tests: the `asl` binary and the library on real files. One test binary, a module
 //! per topic.
 
+mod audit;
 mod bad_input;
 mod common;
 mod crash;

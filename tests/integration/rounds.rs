@@ -78,6 +78,39 @@ fn smoke_runs_two_rounds_of_every_stage_and_reruns_are_no_ops() {
     // The round table closes every round.
     assert!(stdout(&out).contains("held-out EM"), "{}", stdout(&out));
 
+    // The audit reads the real shards of both rounds, prints its tables and draws its plots.
+    let audit = asl(&["audit", "--run-dir", rd.to_str().unwrap()]);
+    assert_ok(&audit);
+    let text = stdout(&audit);
+    assert!(
+        text.contains("Round 2 by role") && text.contains("signals"),
+        "{text}"
+    );
+    for png in [
+        "heldout.png",
+        "rewards.png",
+        "solve_rate.png",
+        "reward_hist_round_002.png",
+    ] {
+        assert!(
+            rd.join("audit").join(png).is_file(),
+            "{png} missing\n{text}"
+        );
+    }
+    let show = asl(&[
+        "show",
+        "--run-dir",
+        rd.to_str().unwrap(),
+        "--stage",
+        "rollout",
+        "--round",
+        "1",
+        "--row",
+        "0",
+    ]);
+    assert_ok(&show);
+    assert!(stdout(&show).contains("turn 1: model"), "{}", stdout(&show));
+
     let again = run_smoke(&assets, &rd, &[]);
     assert_ok(&again);
     assert!(ran_stages(&again).is_empty(), "{}", stdout(&again));

@@ -1,0 +1,195 @@
+//! Warnings an audit raises, each from one stated rule over the per-round statistics. The rules
+//! look for the ways a self-training loop fools itself: a judge the generator has learnt to pass
+//! (the seed paper's frozen-GRM failure), a judge drifting from the rule label, a generator
+//! collapsing onto a few questions, groups with nothing to learn from, truncated outputs.
+
+use serde::Serialize;
+
+use super::stats::{RoundAudit, ratio};
+use crate::error::{Error, Result};
+
+/// Thresholds of the rules; each can be set with `--set audit.NAME=VALUE`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Thresholds {
+    /// Reward hacking: the GRM pass rate rose by at least this much over the audited rounds…
+    pub hacking_pass_rise: f64,
+    /// …while held-out EM rose by less than this.
+    pub hacking_em_rise: f64,
+    /// Judge drift: GRM–rule agreement fell this far below its best earlier round.
+    pub drift_drop: f64,
+    /// Generator collapse: the near-duplicate share rose by this much, or reached `collapse_level`.
+    pub collapse_rise: f64,
+    pub collapse_level: f64,
+    /// No learning signal: this share of a role's training groups have all-equal rewards.
+    pub flat_groups: f64,
+    /// Truncation: this share of a role's trajectories hit the token budget.
+    pub truncation: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            hacking_pass_rise: 0.10,
+            hacking_em_rise: 0.02,
+            drift_drop: 0.10,
+            collapse_rise: 0.10,
+            collapse_level: 0.50,
+            flat_groups: 0.50,
+            truncation: 0.20,
+        }
+    }
+}
+
+impl Thresholds {
+    /// Applies `audit.NAME=VALUE` settings; other keys are an error.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        let name = key.strip_prefix("audit.").unwrap_or(key);
+        let slot = match name {
+            "hacking_pass_rise" => &mut self.hacking_pass_rise,
+            "hacking_em_rise" => &mut self.hacking_em_rise,
+            "drift_drop" => &mut self.drift_drop,
+            "collapse_rise" => &mut self.collapse_rise,
+            "collapse_level" => &mut self.collapse_level,
+            "flat_groups" => &mut self.flat_groups,
+            "truncation" => &mut self.truncation,
+            _ => {
+                return Err(Error::param(
+                    key,
+                    "not an audit threshold (hacking_pass_rise, hacking_em_rise, drift_drop, \
+                     collapse_rise, collapse_level, flat_groups, truncation)",
+                ));
+            }
+        };
+        *slot = value
+            .parse()
+            .map_err(|_| Error::param(key, format!("`{value}` is not a number")))?;
+        Ok(())
+    }
+}
+
+/// One raised warning.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Signal {
+    /// `reward_hacking`, `judge_drift`, `generator_collapse`, `no_learning_signal`, `truncation`.
+    pub name: String,
+    pub round: u32,
+    pub message: String,
+}
+
+/// Evaluates every rule over the audited rounds (in round order).
+pub fn signals(rounds: &[RoundAudit], t: &Thresholds) -> Vec<Signal> {
+    let mut out = Vec::new();
+    let trained: Vec<&RoundAudit> = rounds.iter().filter(|r| r.round > 0).collect();
+
+    // Reward hacking: first and last round that have both a GRM pass rate and held-out EM.
+    let both: Vec<(u32, f64, f64)> = trained
+        .iter()
+        .filter_map(|r| Some((r.round, r.grm_pass_rate()?, r.em()?)))
+        .collect();
+    if let (Some(first), Some(last)) = (both.first(), both.last())
+        && first.0 != last.0
+    {
+        let pass_rise = last.1 - first.1;
+        let em_rise = last.2 - first.2;
+        if pass_rise >= t.hacking_pass_rise && em_rise < t.hacking_em_rise {
+            out.push(Signal {
+                name: "reward_hacking".into(),
+                round: last.0,
+                message: format!(
+                    "GRM pass rate rose {:.2} → {:.2} (rounds {}→{}) while held-out EM went \
+                     {:.2} → {:.2}: the generator and policy may be exploiting the judge \
+                     (rule: pass rise ≥ {:.2} and EM rise < {:.2})",
+                    first.1,
+                    last.1,
+                    first.0,
+                    last.0,
+                    first.2,
+                    last.2,
+                    t.hacking_pass_rise,
+                    t.hacking_em_rise
+                ),
+            });
+        }
+    }
+
+    // Judge drift: agreement now against the best earlier round.
+    let agreement: Vec<(u32, f64)> = trained
+        .iter()
+        .filter_map(|r| Some((r.round, r.grm_rule_agreement()?)))
+        .collect();
+    if let Some((&(round, now), earlier)) = agreement.split_last()
+        && let Some(&(best_round, best)) = earlier
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)))
+        && best - now >= t.drift_drop
+    {
+        out.push(Signal {
+            name: "judge_drift".into(),
+            round,
+            message: format!(
+                "GRM–rule agreement fell {best:.2} (round {best_round}) → {now:.2} (round \
+                 {round}): the judge is drifting from the reference answers (rule: drop ≥ {:.2})",
+                t.drift_drop
+            ),
+        });
+    }
+
+    // Generator collapse.
+    let dup: Vec<(u32, f64)> = trained
+        .iter()
+        .filter_map(|r| Some((r.round, r.tasks.as_ref()?.duplicate_share())))
+        .collect();
+    if let (Some(first), Some(last)) = (dup.first(), dup.last()) {
+        let rise = last.1 - first.1;
+        if last.1 >= t.collapse_level || (first.0 != last.0 && rise >= t.collapse_rise) {
+            out.push(Signal {
+                name: "generator_collapse".into(),
+                round: last.0,
+                message: format!(
+                    "near-duplicate questions are {:.0}% of round {}'s tasks (round {}: {:.0}%): \
+                     the generator is collapsing onto few questions (rule: share ≥ {:.0}% or a \
+                     rise ≥ {:.0} points)",
+                    100.0 * last.1,
+                    last.0,
+                    first.0,
+                    100.0 * first.1,
+                    100.0 * t.collapse_level,
+                    100.0 * t.collapse_rise
+                ),
+            });
+        }
+    }
+
+    for r in &trained {
+        for role in &r.roles {
+            let flat = ratio(role.all_equal_groups, role.groups);
+            if role.groups > 0 && flat >= t.flat_groups {
+                out.push(Signal {
+                    name: "no_learning_signal".into(),
+                    round: r.round,
+                    message: format!(
+                        "{} of {} {} training groups have all-equal rewards: their advantages are \
+                         zero and teach nothing (rule: share ≥ {:.0}%)",
+                        role.all_equal_groups,
+                        role.groups,
+                        role.role,
+                        100.0 * t.flat_groups
+                    ),
+                });
+            }
+            if role.trajectories > 0 && role.truncation_rate > t.truncation {
+                out.push(Signal {
+                    name: "truncation".into(),
+                    round: r.round,
+                    message: format!(
+                        "{:.0}% of {} trajectories hit the token budget (rule: > {:.0}%)",
+                        100.0 * role.truncation_rate,
+                        role.role,
+                        100.0 * t.truncation
+                    ),
+                });
+            }
+        }
+    }
+    out
+}
