@@ -65,6 +65,27 @@ pub fn tiny_config(tc: &TinyConfig, vocab_size: usize) -> Config {
     }
 }
 
+/// [`init_tiny`] with the tokenizer rebuilt from a GGUF's metadata (the shipped SmolLM2's), by
+/// way of a scratch `tokenizer.json` in `scratch_dir` that is removed afterwards.
+pub fn init_tiny_from_gguf(
+    out_dir: &Path,
+    gguf_path: &Path,
+    scratch_dir: &Path,
+    tc: &TinyConfig,
+) -> Result<Config> {
+    let (content, _) = super::gguf::read_gguf(gguf_path)?;
+    let json = super::gguf::tokenizer_json_from_gguf(gguf_path, &content)?;
+    std::fs::create_dir_all(scratch_dir).map_err(|e| ModelError::Io {
+        path: scratch_dir.to_path_buf(),
+        source: e,
+    })?;
+    let tok = scratch_dir.join(format!(".tokenizer-{}.json", std::process::id()));
+    super::io::write_json(&tok, &json)?;
+    let result = init_tiny(out_dir, &tok, tc);
+    let _ = std::fs::remove_file(&tok);
+    result
+}
+
 /// Writes a random tiny model folder to `out_dir` (atomically): weights
 /// uniform with std 0.02 (norms 1), drawn in name order from
 /// ChaCha8(`seed`), `tokenizer.json` copied from `tokenizer_json`, a ChatML

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::{Stage, StageContext, StageOutput, assets_dir};
 use crate::error::{Error, IoContext, Result};
-use crate::model::{SHIPPED_GGUF, gguf, io::write_json, tiny};
+use crate::model::{SHIPPED_GGUF, gguf, tiny};
 use crate::params::{ParamSpec, Params, ParamsExt};
 
 pub struct InitStage;
@@ -88,12 +88,6 @@ impl Stage for InitStage {
                 )
             }
             Source::Tiny(g) => {
-                let (content, _) = gguf::read_gguf(&g).map_err(|e| model_err(&g, e))?;
-                let json =
-                    gguf::tokenizer_json_from_gguf(&g, &content).map_err(|e| model_err(&g, e))?;
-                std::fs::create_dir_all(&ctx.out_dir).at(&ctx.out_dir)?;
-                let tok = ctx.out_dir.join(".tokenizer.json");
-                write_json(&tok, &json).map_err(|e| model_err(&tok, e))?;
                 let tc = tiny::TinyConfig {
                     layers: ctx.params.u64("tiny_layers") as usize,
                     hidden: ctx.params.u64("tiny_hidden") as usize,
@@ -102,8 +96,8 @@ impl Stage for InitStage {
                     intermediate: 2 * ctx.params.u64("tiny_hidden") as usize,
                     seed: ctx.seed,
                 };
-                tiny::init_tiny(&dest, &tok, &tc).map_err(|e| model_err(&dest, e))?;
-                std::fs::remove_file(&tok).at(&tok)?;
+                tiny::init_tiny_from_gguf(&dest, &g, &ctx.out_dir, &tc)
+                    .map_err(|e| model_err(&g, e))?;
                 format!("tiny model: {} layers, hidden {}", tc.layers, tc.hidden)
             }
             Source::Folder(dir) => {
