@@ -169,12 +169,13 @@ fn trajectory_text(run_dir: &Path, t: &TrajectoryRow) -> String {
 fn related(run_dir: &Path, round: u32, id: &str) -> Result<String> {
     let mut out = String::new();
     let round_dir = run_dir.join(format!("round-{round:03}"));
-    let stage_dirs: Vec<PathBuf> = std::fs::read_dir(&round_dir)
+    let mut stage_dirs: Vec<PathBuf> = std::fs::read_dir(&round_dir)
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| e.path())
         .collect();
+    stage_dirs.sort();
     for dir in &stage_dirs {
         let judgments: Vec<JudgmentRow> = read_rows(&files_of(dir, ShardKind::Judgments))?;
         for j in judgments
