@@ -4,7 +4,8 @@
 # measures index size, embedding throughput and peak memory, then query latency p50/p99 and
 # recall@1/3/10 of the source article on the QA dev split (examples/bench_search.rs).
 # Dense retrieval needs every passage embedded; on a CPU that takes hours past 100k, so the
-# larger corpora embed only when ASL_BENCH_EMBED_ALL=1.
+# larger corpora embed only when ASL_BENCH_EMBED_ALL=1; otherwise their dense and hybrid queries
+# run over the 10k run's vectors replicated to full size (run 10k first).
 # Usage: scripts/bench-search.sh [SIZES...]   (default: 10k 100k 1m)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -54,5 +55,8 @@ PY
     [ "$stage" = embed ] && extra="$(python3 -c "print(f'{$rows/$secs:.0f} passages/s')")"
     printf '%-5s %-7s %8s rows %8.1f s  peak %7.0f MiB  %s\n' "$size" "$stage" "$rows" "$secs" "$((kib / 1024))" "$extra"
   done
-  /usr/bin/time -f "query peak %M KiB" "$bench" "$rd" 500
+  # Replicated corpora reuse the 10k run's vectors for dense and hybrid (see the example's doc).
+  dense_from=()
+  [ "$copies" -gt 1 ] && [ -d "$work/run-10k" ] && dense_from=("$work/run-10k")
+  /usr/bin/time -f "query peak %M KiB" "$bench" "$rd" 500 "${dense_from[@]}"
 done

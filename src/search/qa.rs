@@ -81,6 +81,8 @@ const MAX_NAME_WORDS: usize = 5;
 /// Builds the QA rows for `articles`. Output order follows `articles`
 /// (sorted by doc_id when loaded with `load_wiki_corpus`), then family.
 pub fn build_qa(articles: &[WikiArticle]) -> Vec<QaRow> {
+    let normalised: Vec<WikiArticle> = articles.iter().map(plain_spaces).collect();
+    let articles = normalised.as_slice();
     let mut def_count: HashMap<String, usize> = HashMap::new();
     let mut desc_count: HashMap<String, usize> = HashMap::new();
     for a in articles {
@@ -115,12 +117,12 @@ pub fn build_qa(articles: &[WikiArticle]) -> Vec<QaRow> {
             && let Some(q) = definition_question(a, &title, l)
         {
             let mut answers = vec![title.clone()];
-            let alias = l.subject.trim();
-            if !alias.eq_ignore_ascii_case(&title)
-                && word_count(alias) <= MAX_ANSWER_WORDS
-                && !alias.is_empty()
-            {
-                answers.push(alias.to_string());
+            for alias in alias_names(&l.subject) {
+                if word_count(&alias) <= MAX_ANSWER_WORDS
+                    && !answers.iter().any(|a| a.eq_ignore_ascii_case(&alias))
+                {
+                    answers.push(alias);
+                }
             }
             add("def", q, answers);
         }
@@ -145,6 +147,48 @@ pub fn build_qa(articles: &[WikiArticle]) -> Vec<QaRow> {
     }
     rows.retain(|r| q_count.get(&norm_key(&r.question)) == Some(&1));
     rows
+}
+
+/// The article with every Unicode space (U+00A0 in "atomic number\u{a0}89", thin spaces) made
+/// a plain one, so the builder's markers match however the extract was typeset.
+fn plain_spaces(a: &WikiArticle) -> WikiArticle {
+    let plain = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c != '\n' && c.is_whitespace() {
+                    ' '
+                } else {
+                    c
+                }
+            })
+            .collect()
+    };
+    WikiArticle {
+        doc_id: a.doc_id.clone(),
+        title: plain(&a.title),
+        extract: plain(&a.extract),
+        description: plain(&a.description),
+        topic: a.topic.clone(),
+    }
+}
+
+/// The names a lead subject gives: "Shen Kuo or Shen Gua" is two answers, and the "; or"
+/// that ends "Uncle Tom's Cabin; or" is punctuation, not a name.
+fn alias_names(subject: &str) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for part in subject.split(" or ") {
+        let name = part
+            .trim_matches(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | ':'))
+            .trim_end_matches("; or")
+            .trim();
+        if name.is_empty() || name.eq_ignore_ascii_case("or") {
+            continue;
+        }
+        if !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            names.push(name.to_string());
+        }
+    }
+    names
 }
 
 /// Writes one JSON object per line.
@@ -719,11 +763,24 @@ fn after_role_noun(s: &str) -> &str {
     s
 }
 
+/// A year, with its era when it has one: "founded in 478 BC" is not the year 478.
 fn year_at(s: &str) -> Option<String> {
     let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
-    let next = s[digits.len()..].chars().next();
+    let rest = &s[digits.len()..];
+    let next = rest.chars().next();
     let plausible = (3..=4).contains(&digits.len()) && next.is_none_or(|c| !c.is_alphanumeric());
-    plausible.then_some(digits)
+    if !plausible {
+        return None;
+    }
+    let era = ["BCE", "BC", "CE", "AD"].into_iter().find(|era| {
+        rest.strip_prefix(' ')
+            .and_then(|r| r.strip_prefix(era))
+            .is_some_and(|after| after.chars().next().is_none_or(|c| !c.is_alphanumeric()))
+    });
+    Some(match era {
+        Some(era) => format!("{digits} {era}"),
+        None => digits,
+    })
 }
 
 fn number_at(s: &str) -> Option<String> {
@@ -934,6 +991,51 @@ mod tests {
     }
 
     #[test]
+    fn or_aliases_are_separate_answers_and_unicode_spaces_match_markers() {
+        assert_eq!(
+            alias_names("Shen Kuo or Shen Gua"),
+            ["Shen Kuo", "Shen Gua"]
+        );
+        assert_eq!(alias_names("Uncle Tom's Cabin; or"), ["Uncle Tom's Cabin"]);
+        assert_eq!(alias_names("Robin"), ["Robin"]);
+        let rows = build_qa(&[
+            art(
+                "Brassicaceae",
+                "Brassicaceae or Cruciferae is a medium-sized and economically important family of flowering plants.",
+                "",
+                "Biology",
+            ),
+            art(
+                "Actinium",
+                "Actinium is a chemical element; it has symbol Ac and atomic number\u{a0}89. It was discovered in 1899.",
+                "",
+                "Physical sciences",
+            ),
+            art(
+                "Delian League",
+                "The Delian League was an association of Greek city-states, founded in 478\u{a0}BC, under the leadership of Athens.",
+                "",
+                "History",
+            ),
+        ]);
+        let answers = |q: &str| find(&rows, q).map(|r| r.answers.clone());
+        assert_eq!(
+            answers(
+                "What is a medium-sized and economically important family of flowering plants?"
+            ),
+            Some(vec!["Brassicaceae".to_string(), "Cruciferae".to_string()])
+        );
+        assert_eq!(
+            answers("What is the atomic number of Actinium?"),
+            Some(vec!["89".to_string()])
+        );
+        assert_eq!(
+            answers("In what year was Delian League founded?"),
+            Some(vec!["478 BC".to_string()])
+        );
+    }
+
+    #[test]
     fn a_nationality_before_the_role_is_not_the_name() {
         let s = "American author Frank Herbert and others";
         assert_eq!(
@@ -975,6 +1077,9 @@ mod tests {
         assert_eq!(name_at("the studio"), None);
         assert_eq!(year_at("1968 epic"), Some("1968".into()));
         assert_eq!(year_at("19680 x"), None);
+        assert_eq!(year_at("478 BC by Athens"), Some("478 BC".into()));
+        assert_eq!(year_at("204 BCE."), Some("204 BCE".into()));
+        assert_eq!(year_at("1848 Bavaria"), Some("1848".into()));
         assert_eq!(element_symbol_at("Fe and"), Some("Fe".into()));
         assert_eq!(element_symbol_at("FeO"), None);
         assert_eq!(title_core("Tomato (fruit)"), "Tomato");
