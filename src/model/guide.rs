@@ -57,6 +57,8 @@ pub struct Guide {
     pub think_budget: usize,
     pub actions: Vec<Segment>,
     pub forced_in_loss: bool,
+    /// Tool calls made before a final action may open (while tool turns and budget remain).
+    pub min_tool_calls: usize,
 }
 
 impl Guide {
@@ -69,6 +71,7 @@ impl Guide {
                 Segment::free("answer", answer_budget),
             ],
             forced_in_loss: false,
+            min_tool_calls: 0,
         }
     }
 
@@ -85,6 +88,7 @@ impl Guide {
                 },
             ],
             forced_in_loss: false,
+            min_tool_calls: 0,
         }
     }
 
@@ -101,12 +105,23 @@ impl Guide {
                 },
             ],
             forced_in_loss: false,
+            min_tool_calls: 0,
         }
     }
 
     /// Only the final (non-tool) actions: a role that has no search tool.
     pub fn without_tools(mut self) -> Guide {
         self.actions.retain(|a| !a.tool);
+        self.min_tool_calls = 0;
+        self
+    }
+
+    /// Requires `n` tool calls before a final action: a role meant to explore (the generator
+    /// reading the corpus before it writes a task) does not skip straight to its answer. The
+    /// requirement lapses when no tool turn or too little budget is left, so the format still
+    /// completes.
+    pub fn with_min_tool_calls(mut self, n: usize) -> Guide {
+        self.min_tool_calls = n;
         self
     }
 }
@@ -155,6 +170,8 @@ pub struct GuideState {
     pub phase_start: usize,
     eos: Vec<u32>,
     tools_left: bool,
+    /// Tool results received so far.
+    tool_calls: usize,
     /// Tokens the final action needs; below this many left, the guide wraps up.
     reserve: usize,
 }
@@ -193,6 +210,7 @@ impl GuideState {
             phase_start: 0,
             eos: eos.to_vec(),
             tools_left: true,
+            tool_calls: 0,
             reserve: 8 + guide
                 .actions
                 .iter()
@@ -290,8 +308,9 @@ impl GuideState {
 
     fn start_action_choice(&mut self, tok: &Tokenizer, tool_turns_left: bool) -> Result<()> {
         self.options = Vec::new();
+        let must_call = tool_turns_left && self.tool_calls < self.guide.min_tool_calls;
         for (i, a) in self.guide.actions.iter().enumerate() {
-            if a.tool && !tool_turns_left {
+            if (a.tool && !tool_turns_left) || (must_call && !a.tool) {
                 continue;
             }
             self.options.push((i, ids(tok, &a.open)?));
@@ -401,6 +420,7 @@ impl GuideState {
 
     /// The tool's text was appended: a new turn begins.
     pub fn on_tool_text(&mut self) {
+        self.tool_calls += 1;
         self.phase = Phase::TurnStart;
         self.queue.clear();
     }

@@ -688,6 +688,46 @@ mod guided_tests {
         }
     }
 
+    #[test]
+    fn a_required_search_comes_before_the_answer() {
+        let Some(dir) = tiny_model(11) else { return };
+        let model = Model::load(&dir, &Device::Cpu).unwrap();
+        let tok = load_tokenizer(&dir).unwrap();
+        let params = SamplingParams {
+            max_new_tokens: 400,
+            max_turns: 3,
+            guide: Some(Guide::policy(6, 5, 5).with_min_tool_calls(1)),
+            ..Default::default()
+        };
+        let prompt = tok
+            .encode(
+                "<|im_start|>user\nWho?<|im_end|>\n<|im_start|>assistant\n",
+                false,
+            )
+            .unwrap();
+        let reqs: Vec<SeqRequest> = (0..4)
+            .map(|i| SeqRequest {
+                prompt_ids: prompt.get_ids().to_vec(),
+                seed: 7 + i,
+            })
+            .collect();
+        let outs = generate(&model, &tok, &reqs, &params, |_, _| {
+            Some("\n<information>Doc 1 (Title: X) y</information>\n".into())
+        })
+        .unwrap();
+        for out in outs {
+            let search = out.text.find("<search>");
+            let answer = out.text.find("<answer>");
+            assert!(
+                search.is_some() && search < answer,
+                "no search before the answer: {}",
+                out.text
+            );
+            assert!(well_formed(&out.text).is_ok(), "{}", out.text);
+            assert!(out.turns >= 2, "{}", out.text);
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(6))]
         #[test]

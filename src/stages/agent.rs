@@ -181,6 +181,7 @@ pub struct Agent {
     sampling: SamplingParams,
     batch_size: usize,
     guided: Option<usize>,
+    min_searches: usize,
 }
 
 impl Agent {
@@ -241,7 +242,15 @@ impl Agent {
             guided: params
                 .bool("guided")
                 .then(|| params.u64("think_tokens") as usize),
+            min_searches: 0,
         })
+    }
+
+    /// With guided decoding and a search tool: searches each sequence makes before its final
+    /// action (see [`Guide::with_min_tool_calls`]).
+    pub fn require_searches(mut self, n: usize) -> Agent {
+        self.min_searches = n;
+        self
     }
 
     pub fn has_search(&self) -> bool {
@@ -285,7 +294,7 @@ impl Agent {
                 Role::Grm => Guide::grm(think, 24),
             };
             if self.env.is_some() {
-                guide
+                guide.with_min_tool_calls(self.min_searches)
             } else {
                 guide.without_tools()
             }

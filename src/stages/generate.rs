@@ -56,6 +56,11 @@ impl Stage for GenerateStage {
                 0.5,
                 "a task solved at this rate or more is made HARDER next round, else EASIER",
             ),
+            ParamSpec::new(
+                "min_searches",
+                0,
+                "with `guided`: searches the generator makes before it writes its task (0: its choice)",
+            ),
         ];
         specs.extend(sampling_specs(384, 3, 1.0));
         specs
@@ -97,7 +102,8 @@ impl Stage for GenerateStage {
         } else {
             Template::Width
         };
-        let agent = Agent::load(ctx, "generate")?;
+        let agent =
+            Agent::load(ctx, "generate")?.require_searches(ctx.params.u64("min_searches") as usize);
         let mut ids = Vec::new();
         let mut requests = Vec::new();
         for (i, seed) in seeds.iter().enumerate() {
