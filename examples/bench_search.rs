@@ -13,9 +13,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use asl::manifest::{Manifest, resolve_path};
+use asl::manifest::Manifest;
 use asl::search::dense::{DenseIndex, Embedder};
-use asl::search::run::{SHIPPED_EMBEDDER, open_env, passages, read_embeddings};
+use asl::search::run::{SHIPPED_EMBEDDER, open_env, passages, read_embeddings, stage_files};
 use asl::search::{SearchEnv, SearchMode};
 use asl::shards::read_rows;
 use asl::shards::rows::QaRow;
@@ -29,7 +29,7 @@ fn main() -> anyhow::Result<()> {
     let max_queries: usize = args.next().map_or(Ok(500), |s| s.parse())?;
     let dense_from = args.next().map(PathBuf::from);
     let manifest = Manifest::load(&run_dir)?;
-    let files = done_files(&run_dir, "qa")?;
+    let files = stage_files(&run_dir, 0, "qa")?;
     let dev: Vec<QaRow> = read_rows::<QaRow>(&files)?
         .into_iter()
         .filter(|q| q.split == "dev" && q.source_doc_id.is_some())
@@ -104,42 +104,26 @@ fn replicated_dense_env(
     source_run: &Path,
     bm25: Option<SearchMode>,
 ) -> anyhow::Result<SearchEnv> {
-    let source = read_embeddings(&done_files(source_run, "embed")?)?;
+    let source = read_embeddings(&stage_files(source_run, 0, "embed")?)?;
     let row_of: HashMap<&str, usize> = source
         .ids()
         .iter()
         .enumerate()
         .map(|(i, id)| (id.as_str(), i))
         .collect();
-    let corpus = passages(&done_files(run_dir, "corpus")?)?;
-    let mut ids = Vec::with_capacity(corpus.len());
-    let mut vectors = Vec::with_capacity(corpus.len() * source.dim());
-    for p in &corpus {
+    let env = match bm25 {
+        Some(mode) => open_env(run_dir, 0, mode)?,
+        None => SearchEnv::new(passages(&stage_files(run_dir, 0, "corpus")?)?)?,
+    };
+    let mut ids = Vec::with_capacity(env.len());
+    let mut vectors = Vec::with_capacity(env.len() * source.dim());
+    for p in env.passages() {
         if let Some(&row) = row_of.get(original_id(&p.doc_id)) {
             vectors.extend_from_slice(source.vector(row).expect("row of the source index"));
             ids.push(p.doc_id.clone());
         }
     }
     let index = DenseIndex::from_parts(ids, source.dim(), vectors)?;
-    let env = match bm25 {
-        Some(mode) => {
-            drop(corpus);
-            open_env(run_dir, 0, mode)?
-        }
-        None => SearchEnv::new(corpus)?,
-    };
     let embedder = Embedder::load(&asl::stages::assets_dir().join(SHIPPED_EMBEDDER))?;
     Ok(env.with_dense(index, embedder)?)
-}
-
-/// The files a finished round-0 `stage` wrote in `run_dir`.
-fn done_files(run_dir: &Path, stage: &str) -> anyhow::Result<Vec<PathBuf>> {
-    let manifest = Manifest::load(run_dir)?;
-    let (_, outputs) = manifest
-        .done_outputs(stage, 0)
-        .ok_or_else(|| anyhow::anyhow!("no {stage} stage in {}", run_dir.display()))?;
-    Ok(outputs
-        .iter()
-        .map(|o| resolve_path(run_dir, &o.path))
-        .collect())
 }

@@ -351,6 +351,11 @@ impl SearchEnv {
         self.passages.is_empty()
     }
 
+    /// Every passage, in corpus order.
+    pub fn passages(&self) -> &[Passage] {
+        &self.passages
+    }
+
     pub fn passage(&self, doc_id: &str) -> Option<&Passage> {
         self.by_id.get(doc_id).map(|&i| &self.passages[i])
     }

@@ -175,20 +175,16 @@ fn plain_spaces(a: &WikiArticle) -> WikiArticle {
 /// The names a lead subject gives: "Shen Kuo or Shen Gua" is two answers, and the "; or"
 /// that ends "Uncle Tom's Cabin; or" is punctuation, not a name.
 fn alias_names(subject: &str) -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
-    for part in subject.split(" or ") {
-        let name = part
-            .trim_matches(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | ':'))
-            .trim_end_matches("; or")
-            .trim();
-        if name.is_empty() || name.eq_ignore_ascii_case("or") {
-            continue;
-        }
-        if !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
-            names.push(name.to_string());
-        }
-    }
-    names
+    subject
+        .split(" or ")
+        .map(|part| {
+            part.trim_matches(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | ':'))
+                .trim_end_matches("; or")
+                .trim()
+        })
+        .filter(|name| !name.is_empty() && !name.eq_ignore_ascii_case("or"))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Writes one JSON object per line.

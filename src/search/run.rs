@@ -31,7 +31,7 @@ pub fn passages(corpus_files: &[PathBuf]) -> Result<Vec<Passage>> {
 }
 
 /// Outputs of `stage` that the manifest records as done, as paths.
-fn stage_files(run_dir: &Path, round: u32, stage: &str) -> Result<Vec<PathBuf>> {
+pub fn stage_files(run_dir: &Path, round: u32, stage: &str) -> Result<Vec<PathBuf>> {
     let manifest = Manifest::load(run_dir)?;
     let (_, outputs) = manifest.done_outputs(stage, round).ok_or_else(|| {
         Error::stage(
