@@ -37,6 +37,18 @@ use candle_core::{D, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
+// The same allocator and settings as the `asl` binary (see src/main.rs), so the benchmark
+// measures what the stages run.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[cfg(not(target_env = "msvc"))]
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static malloc_conf: &[u8; 67] =
+    b"thp:always,metadata_thp:always,dirty_decay_ms:-1,muzzy_decay_ms:-1\0";
+
 /// Prompt of the decode benchmark (the Python side uses the same text and template).
 const DECODE_PROMPT: &str = "Write a long story about a dragon who learns to cook.";
 /// Prompts of the logits / continuation check.

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod error;
 pub mod fsutil;
 pub mod manifest;
+pub mod memory;
 pub mod model;
 pub mod params;
 pub mod pipeline;

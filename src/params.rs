@@ -86,6 +86,9 @@ pub fn toml_to_json(value: toml::Value) -> Value {
 
 /// Defaults, then the pipeline's values, then `--set` overrides; unknown keys and values of the
 /// wrong type are refused with the key named.
+/// Stage parameters a `--set key=value` without a stage sets in every stage that declares them.
+pub const RUN_WIDE_KEYS: [&str; 2] = ["device", "dtype"];
+
 pub fn resolve(
     stage: &str,
     specs: &[ParamSpec],
@@ -96,11 +99,24 @@ pub fn resolve(
         .iter()
         .map(|s| (s.key.to_string(), s.default.clone()))
         .collect();
+    // `--set device=cuda` reaches every stage that has a `device` (likewise `dtype`); a
+    // stage's own `--set stage.device=…` comes later and wins.
+    let run_wide = sets.iter().filter(|s| {
+        s.stage.is_none()
+            && RUN_WIDE_KEYS.contains(&s.key.as_str())
+            && specs.iter().any(|spec| spec.key == s.key)
+    });
     let from_sets = sets
         .iter()
         .filter(|s| s.stage.as_deref() == Some(stage))
         .map(|s| (&s.key, &s.value));
-    for (key, value) in pipeline.into_iter().flatten().chain(from_sets) {
+    let run_wide = run_wide.map(|s| (&s.key, &s.value));
+    for (key, value) in pipeline
+        .into_iter()
+        .flatten()
+        .chain(run_wide)
+        .chain(from_sets)
+    {
         let full = format!("{stage}.{key}");
         let Some(spec) = specs.iter().find(|s| s.key == key) else {
             let known: Vec<_> = specs.iter().map(|s| s.key).collect();
@@ -237,5 +253,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("expected an integer"), "{err}");
+    }
+
+    #[test]
+    fn run_wide_device_reaches_stages_that_declare_it_and_a_stage_set_wins() {
+        let mut with_device = specs();
+        with_device.push(ParamSpec::new("device", "cpu", ""));
+        let sets: Vec<SetOverride> = vec!["device=cuda".parse().unwrap()];
+        let p = resolve("rollout", &with_device, None, &sets).unwrap();
+        assert_eq!(p["device"], Value::from("cuda"));
+        // A stage without a `device` ignores it instead of failing.
+        let p = resolve("corpus", &specs(), None, &sets).unwrap();
+        assert!(!p.contains_key("device"));
+        let sets: Vec<SetOverride> = vec![
+            "rollout.device=cuda:1".parse().unwrap(),
+            "device=cuda".parse().unwrap(),
+        ];
+        let p = resolve("rollout", &with_device, None, &sets).unwrap();
+        assert_eq!(p["device"], Value::from("cuda:1"));
     }
 }

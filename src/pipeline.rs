@@ -134,10 +134,13 @@ impl Pipeline {
                     format!("{stage}.{}", set.key),
                     "no such stage in this pipeline",
                 ));
-            } else if set.stage.is_none() && set.key != "seed" {
+            } else if set.stage.is_none()
+                && set.key != "seed"
+                && !crate::params::RUN_WIDE_KEYS.contains(&set.key.as_str())
+            {
                 return Err(Error::param(
                     set.key.clone(),
-                    "unknown run setting (only `seed`, or stage.key)",
+                    "unknown run setting (`seed`, `device`, `dtype`, or stage.key)",
                 ));
             }
         }
@@ -490,6 +493,8 @@ impl Prepared<'_> {
                 .collect::<Result<Vec<_>>>()?;
             Ok((records, out.summary))
         });
+        // The next stage's memory pattern differs; give this one's high-water mark back.
+        crate::memory::release_free_memory();
         entry.finished_at = Some(now_rfc3339());
         entry.wall_s = Some((started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0);
         let outcome = match result {

@@ -37,6 +37,16 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
 /// Loads every tensor of a HF folder as f32: `model.safetensors`, or the
 /// shards listed in `model.safetensors.index.json`.
 pub fn load_safetensors_dir(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    load_safetensors_dir_as(dir, device, DType::F32)
+}
+
+/// [`load_safetensors_dir`] converting every tensor to `dtype` (whatever the file stores: f32,
+/// bf16 or f16 checkpoints all load).
+pub fn load_safetensors_dir_as(
+    dir: &Path,
+    device: &Device,
+    dtype: DType,
+) -> Result<HashMap<String, Tensor>> {
     let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
     let files: Vec<PathBuf> = if single.exists() {
@@ -65,19 +75,27 @@ pub fn load_safetensors_dir(dir: &Path, device: &Device) -> Result<HashMap<Strin
                 what: "safetensors shard listed in the index",
             });
         }
-        out.extend(load_safetensors_dir_file(&file, device)?);
+        out.extend(load_safetensors_file_as(&file, device, dtype)?);
     }
     Ok(out)
 }
 
 /// Loads every tensor of one safetensors file as f32.
 pub fn load_safetensors_dir_file(file: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    load_safetensors_file_as(file, device, DType::F32)
+}
+
+fn load_safetensors_file_as(
+    file: &Path,
+    device: &Device,
+    dtype: DType,
+) -> Result<HashMap<String, Tensor>> {
     let ts = candle_core::safetensors::load(file, device).map_err(|e| ModelError::Safetensors {
         path: file.to_path_buf(),
         msg: e.to_string(),
     })?;
     ts.into_iter()
-        .map(|(name, t)| Ok((name, t.to_dtype(DType::F32)?)))
+        .map(|(name, t)| Ok((name, t.to_dtype(dtype)?)))
         .collect()
 }
 

@@ -1,4 +1,4 @@
-//! Dense llama-architecture decoder (SmolLM2 family) in f32 on candle.
+//! Dense llama-architecture decoder (SmolLM2 family) on candle, in f32, bf16 or f16.
 //!
 //! Weight names mirror Hugging Face `LlamaForCausalLM` one-to-one
 //! (`model.embed_tokens.weight`, `model.layers.N.self_attn.q_proj.weight`,
@@ -28,7 +28,8 @@ use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Init, Linear, VarBuilder};
 
 use super::error::{ModelError, Result};
-use super::io::{load_safetensors_dir, read_json};
+use super::io::{load_safetensors_dir_as, read_json};
+use super::placement::Placement;
 
 /// Additive mask value of blocked attention entries (finite, so a fully
 /// masked padding row yields a uniform distribution instead of NaN).
@@ -197,7 +198,8 @@ pub struct RotaryEmbedding {
 }
 
 impl RotaryEmbedding {
-    pub fn new(cfg: &Config, device: &Device) -> Result<Self> {
+    /// Tables in `dtype` (computed in f32).
+    pub fn new(cfg: &Config, dtype: DType, device: &Device) -> Result<Self> {
         let hd = cfg.head_dim();
         let inv_freq: Vec<f32> = (0..hd / 2)
             .map(|i| (1.0 / cfg.rope_theta.powf(2.0 * i as f64 / hd as f64)) as f32)
@@ -210,8 +212,8 @@ impl RotaryEmbedding {
         // (max, 1) x (1, hd/2) -> (max, hd/2)
         let freqs = t.matmul(&inv_freq)?;
         Ok(Self {
-            cos: freqs.cos()?,
-            sin: freqs.sin()?,
+            cos: freqs.cos()?.to_dtype(dtype)?,
+            sin: freqs.sin()?.to_dtype(dtype)?,
         })
     }
 
@@ -449,7 +451,7 @@ impl Attention {
                         })
                     })
                     .collect();
-                Some(Tensor::from_vec(m, (len, total), x.device())?)
+                Some(Tensor::from_vec(m, (len, total), x.device())?.to_dtype(x.dtype())?)
             } else {
                 None
             };
@@ -603,7 +605,7 @@ impl Model {
             layers,
             norm,
             lm_head,
-            rotary: RotaryEmbedding::new(cfg, vb.device())?,
+            rotary: RotaryEmbedding::new(cfg, vb.dtype(), vb.device())?,
             cfg: cfg.clone(),
             device: vb.device().clone(),
         })
@@ -612,10 +614,27 @@ impl Model {
     /// Loads a HF folder (`config.json`, `model.safetensors` or a sharded
     /// index) as f32 on `device`, for inference.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        Self::load_on(
+            dir,
+            &Placement {
+                device: device.clone(),
+                dtype: DType::F32,
+            },
+        )
+    }
+
+    /// Loads a HF folder with weights and activations in `placement.dtype` on its device.
+    /// Logits come back in f32 whatever the dtype.
+    pub fn load_on(dir: &Path, placement: &Placement) -> Result<Self> {
         let cfg = load_config(dir)?;
-        let tensors = load_safetensors_dir(dir, device)?;
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        let tensors = load_safetensors_dir_as(dir, &placement.device, placement.dtype)?;
+        let vb = VarBuilder::from_tensors(tensors, placement.dtype, &placement.device);
         Self::new(&cfg, vb).map_err(|e| weights_error(dir, e))
+    }
+
+    /// The dtype of weights and activations.
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.embeddings().dtype()
     }
 
     pub fn config(&self) -> &Config {
@@ -636,12 +655,12 @@ impl Model {
     /// Row positions are `0..L`; keys at padding are masked. Differentiable.
     pub fn forward_full(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
         let h = self.forward_hidden(input_ids, attention_mask)?;
-        Ok(self.lm_head.forward(&h)?)
+        self.project(&h)
     }
 
-    /// Logits of final-norm hidden states `(.., hidden)`.
+    /// Logits (f32) of final-norm hidden states `(.., hidden)`.
     pub fn project(&self, h: &Tensor) -> Result<Tensor> {
-        Ok(self.lm_head.forward(h)?)
+        Ok(self.lm_head.forward(h)?.to_dtype(DType::F32)?)
     }
 
     /// Final-norm hidden states `(B, L, hidden)` of a padded batch.
@@ -678,7 +697,7 @@ impl Model {
         // (B, L) -> 0 where token, MASK_NEG where padding -> (B, 1, 1, 1, L)
         let pad = ((attention_mask.to_dtype(DType::F32)?.affine(-1.0, 1.0)?) * MASK_NEG)?
             .reshape((b, 1, 1, 1, l))?;
-        Ok(causal.broadcast_add(&pad)?)
+        Ok(causal.broadcast_add(&pad)?.to_dtype(self.dtype())?)
     }
 
     /// Incremental decoding for several sequences at once: feeds `chunks[i]`
@@ -730,7 +749,7 @@ impl Model {
         // (1, N, hidden) -> (N, hidden) -> (n_seq, hidden) -> (n_seq, V)
         let x = x.squeeze(0)?.index_select(&last, 0)?;
         let x = self.norm.forward(&x)?;
-        Ok(self.lm_head.forward(&x)?)
+        self.project(&x)
     }
 }
 
@@ -818,10 +837,21 @@ pub struct HfModel {
 }
 
 impl HfModel {
-    /// Loads model, `tokenizer.json` and the chat template from `dir`.
+    /// Loads model (f32), `tokenizer.json` and the chat template from `dir`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        Self::load_on(
+            dir,
+            &Placement {
+                device: device.clone(),
+                dtype: DType::F32,
+            },
+        )
+    }
+
+    /// [`HfModel::load`] with the model in `placement`'s device and dtype.
+    pub fn load_on(dir: &Path, placement: &Placement) -> Result<Self> {
         Ok(Self {
-            model: Model::load(dir, device)?,
+            model: Model::load_on(dir, placement)?,
             tokenizer: load_tokenizer(dir)?,
             chat_template: load_chat_template(dir)?,
         })
@@ -831,7 +861,9 @@ impl HfModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::io::load_safetensors_dir;
     use crate::model::test_util::tiny_model;
+    use std::collections::HashMap;
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
@@ -915,6 +947,74 @@ mod tests {
         }
         caches[0].clear();
         assert!(caches[0].is_empty());
+    }
+
+    /// Largest |logit| of `t`, the scale half-precision errors are measured against.
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs()
+            .and_then(|d| d.flatten_all())
+            .and_then(|d| d.max(0))
+            .and_then(|d| d.to_scalar::<f32>())
+            .expect("max")
+    }
+
+    #[test]
+    fn half_precision_runs_close_to_f32_and_caches_agree() {
+        let Some(dir) = tiny_model(7) else { return };
+        let seqs: Vec<Vec<u32>> = vec![vec![1, 520, 33, 34, 905, 19556, 2], vec![1, 11, 12]];
+        let (ids, mask) = padded(&seqs);
+        let exact = Model::load(&dir, &Device::Cpu).unwrap();
+        let want = exact.forward_full(&ids, &mask).unwrap();
+        let scale = max_abs(&want);
+        for dtype in [DType::BF16, DType::F16] {
+            let placement = Placement {
+                device: Device::Cpu,
+                dtype,
+            };
+            let model = Model::load_on(&dir, &placement).unwrap();
+            assert_eq!(model.dtype(), dtype);
+            let got = model.forward_full(&ids, &mask).unwrap();
+            assert_eq!(got.dtype(), DType::F32, "logits come back in f32");
+            let row0 = |t: &Tensor| t.get(0).unwrap();
+            let d = max_abs_diff(&row0(&got), &row0(&want));
+            assert!(
+                d < 0.05 * scale + 0.02,
+                "{dtype:?}: {d} against scale {scale}"
+            );
+            // The cached decoding path in the same dtype gives the full pass's last logits.
+            let mut cache = model.new_cache();
+            let step = model.forward_step(&[&seqs[0]], &mut [&mut cache]).unwrap();
+            let last = row0(&got).get(seqs[0].len() - 1).unwrap();
+            let d = max_abs_diff(&step.get(0).unwrap(), &last);
+            assert!(d < 0.05 * scale + 0.02, "{dtype:?} cache: {d}");
+        }
+    }
+
+    #[test]
+    fn loads_a_checkpoint_stored_in_bf16() {
+        let Some(dir) = tiny_model(7) else { return };
+        let tmp = std::env::temp_dir().join(format!("asl-bf16-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        let halves: HashMap<String, Tensor> = load_safetensors_dir(&dir, &Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .map(|(n, t)| (n, t.to_dtype(DType::BF16).unwrap()))
+            .collect();
+        candle_core::safetensors::save(&halves, tmp.join("model.safetensors")).unwrap();
+        std::fs::copy(dir.join("config.json"), tmp.join("config.json")).unwrap();
+        let ids = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap();
+        let mask = ids.ones_like().unwrap();
+        let want = Model::load(&dir, &Device::Cpu)
+            .unwrap()
+            .forward_full(&ids, &mask)
+            .unwrap();
+        let got = Model::load(&tmp, &Device::Cpu)
+            .unwrap()
+            .forward_full(&ids, &mask)
+            .unwrap();
+        let d = max_abs_diff(&got, &want);
+        assert!(d > 0.0 && d < 0.05 * max_abs(&want) + 0.02, "{d}");
+        std::fs::remove_dir_all(&tmp).unwrap();
     }
 
     #[test]

@@ -1,18 +1,23 @@
-//! Model layer of `asl`: a dense llama-architecture LLM on candle (f32, CPU),
+//! Model layer of `asl`: a dense llama-architecture LLM on candle (f32 on the CPU by default,
+//! bf16/f16 and CUDA by parameter),
 //! GGUF import into a Hugging Face folder, tiny random models for tests,
 //! batched sampling with a tool loop, and GRPO training utilities.
 //!
 //! - [`llama`]: the network, KV caches, HF folder loading.
+//! - [`placement`]: the device and dtype a model runs in.
 //! - [`gguf`]: GGUF → HF folder conversion (dequantize, rename, tokenizer).
 //! - [`tiny`]: deterministic random tiny models.
 //! - [`sample`]: batched generation with stop strings and tool turns.
+//! - [`fused`]: a fused next-token log-prob with its backward for the CPU.
 //! - [`train`]: per-token log-probs, GRPO loss, AdamW steps, checkpoints.
 
 pub mod error;
+pub mod fused;
 pub mod gguf;
 pub mod guide;
 pub mod io;
 pub mod llama;
+pub mod placement;
 pub mod sample;
 pub mod tiny;
 pub mod train;

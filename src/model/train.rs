@@ -17,6 +17,7 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 
 use super::error::{ModelError, Result};
+use super::fused::target_logprobs;
 use super::io::{
     StagingDir, load_safetensors_dir, load_safetensors_dir_file, save_safetensors, write_json,
 };
@@ -99,11 +100,15 @@ pub fn token_logprobs(
         ));
     }
     let logits = model.forward_full(input_ids, attention_mask)?; // (B, L, V)
-    let logits = logits.narrow(1, 0, l - 1)?; // (B, L-1, V)
-    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    // (B, L-1) -> (B, L-1, 1) gather -> (B, L-1)
-    let targets = input_ids.narrow(1, 1, l - 1)?.contiguous()?.unsqueeze(2)?;
-    let picked = logp.gather(&targets, 2)?.squeeze(2)?;
+    let v = logits.dim(2)?;
+    // Every position gets a target (the last one a dummy, cut below), so the logits are used
+    // as they are instead of copying their first L-1 positions.
+    let next = Tensor::cat(
+        &[input_ids.narrow(1, 1, l - 1)?, input_ids.narrow(1, 0, 1)?],
+        1,
+    )?;
+    let (logp, _) = target_logprobs(&logits.reshape((b * l, v))?, &next.flatten_all()?)?;
+    let picked = logp.reshape((b, l))?.narrow(1, 0, l - 1)?;
     let tmask = attention_mask
         .narrow(1, 1, l - 1)?
         .to_dtype(DType::F32)?
@@ -267,9 +272,9 @@ impl LossPositions {
     }
 }
 
-/// Log-probs `(N,)` of the target tokens at `pos` and the full log-softmax rows `(N, V)`.
-/// Only loss positions go through the vocabulary projection, which dominates the cost of
-/// training a small model with a large vocabulary.
+/// Log-probs `(N,)` of the target tokens at `pos` and the entropies `(N,)` (detached) of
+/// those positions' next-token distributions. Only loss positions go through the vocabulary
+/// projection, which dominates the cost of training a small model with a large vocabulary.
 pub fn selected_logprobs(
     model: &Model,
     batch: &SeqBatch,
@@ -284,10 +289,8 @@ pub fn selected_logprobs(
         .narrow(1, 0, l - 1)?
         .reshape((b * (l - 1), hidden))?
         .index_select(&flat, 0)?;
-    let logp_all = candle_nn::ops::log_softmax(&model.project(&h)?, D::Minus1)?;
-    let targets = Tensor::from_slice(&pos.targets, (pos.targets.len(), 1), dev)?;
-    let logp = logp_all.gather(&targets, 1)?.squeeze(1)?;
-    Ok((logp, logp_all))
+    let targets = Tensor::from_slice(&pos.targets, pos.targets.len(), dev)?;
+    target_logprobs(&model.project(&h)?, &targets)
 }
 
 /// GRPO over a batch as data-parallel workers need it: each sequence's loss is its token mean,
@@ -311,7 +314,7 @@ pub fn grpo_sequence_sum(
             "grpo: the batch has no loss tokens".into(),
         ));
     }
-    let (logp, logp_all) = selected_logprobs(model, batch, pos)?;
+    let (logp, entropy) = selected_logprobs(model, batch, pos)?;
     let adv: Vec<f32> = pos.seq.iter().map(|&s| advantages[s]).collect();
     let adv = Tensor::from_vec(adv, n, dev)?;
     let weights: Vec<f32> = pos
@@ -333,8 +336,6 @@ pub fn grpo_sequence_sum(
     }
     let total = (&per_token * &weights)?.sum_all()?;
 
-    let detached = logp_all.detach();
-    let entropy = (detached.exp()? * &detached)?.sum(D::Minus1)?.neg()?;
     let rd = r.detach();
     let outside = (rd.lt(1.0 - p.eps_low)?.to_dtype(DType::F32)?
         + rd.gt(1.0 + p.eps_high)?.to_dtype(DType::F32)?)?;
@@ -637,6 +638,9 @@ impl Trainer {
         let lr = self.lr_at(self.step);
         self.adamw_update(grads, lr)?;
         self.step += 1;
+        // The step's activations and temporaries are gone (the caller still holds the
+        // gradients, which are small next to them).
+        crate::memory::release_free_memory();
         Ok(StepStats {
             grad_norm: norm,
             lr,

@@ -4,12 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
-
 use super::StageContext;
 use crate::error::{Error, Result};
 use crate::model::guide::Guide;
 use crate::model::llama::{HfModel, render_chatml};
+use crate::model::placement::Placement;
 use crate::model::sample::{FinishReason, SamplingParams, SeqOutput, SeqRequest, generate};
 use crate::params::{ParamSpec, Params, ParamsExt};
 use crate::roles::{Message, tags};
@@ -36,9 +35,34 @@ pub fn checkpoint_dir(ctx: &StageContext, stage: &str) -> Result<PathBuf> {
         })
 }
 
+/// The `device` parameter of every model stage.
+pub fn device_spec() -> ParamSpec {
+    ParamSpec::new(
+        "device",
+        "cpu",
+        "where the model runs: cpu, cuda, cuda:N (a `--features cuda` build) or auto",
+    )
+}
+
+/// Where a stage's model runs: its `device`, and its `dtype` when it declares one (the sampling
+/// stages); training stages keep f32.
+pub fn placement(params: &Params, stage: &str) -> Result<Placement> {
+    let dtype = params
+        .get("dtype")
+        .and_then(|v| v.as_str())
+        .unwrap_or("f32");
+    Placement::parse(params.str("device"), dtype).map_err(|e| Error::param(stage, e.to_string()))
+}
+
 /// Sampling and tool parameters every model stage declares, with per-stage defaults.
 pub fn sampling_specs(max_new_tokens: u64, max_turns: u64, temperature: f64) -> Vec<ParamSpec> {
     vec![
+        device_spec(),
+        ParamSpec::new(
+            "dtype",
+            "f32",
+            "weights and activations while sampling: f32, bf16, f16 or auto (bf16 on CUDA)",
+        ),
         ParamSpec::new(
             "temperature",
             temperature,
@@ -198,7 +222,7 @@ impl Agent {
         params: &Params,
         stage: &str,
     ) -> Result<Agent> {
-        let hf = HfModel::load(model_dir, &Device::Cpu)
+        let hf = HfModel::load_on(model_dir, &placement(params, stage)?)
             .map_err(|e| Error::stage(stage, format!("checkpoint: {e}")))?;
         let mode = match params.str("search_mode") {
             "none" => None,

@@ -5,9 +5,7 @@
 
 use std::path::PathBuf;
 
-use candle_core::Device;
-
-use super::agent::{CHECKPOINT_UPSTREAM, checkpoint_dir};
+use super::agent::{CHECKPOINT_UPSTREAM, checkpoint_dir, device_spec, placement};
 use super::init::copy_folder;
 use super::{Stage, StageContext, StageOutput};
 use crate::error::{Error, Result};
@@ -30,6 +28,7 @@ impl Stage for ApplyStage {
 
     fn params(&self) -> Vec<ParamSpec> {
         vec![
+            device_spec(),
             ParamSpec::new("lr", 1e-6, "AdamW learning rate"),
             ParamSpec::new("weight_decay", 0.0, "AdamW decoupled weight decay"),
             ParamSpec::new(
@@ -101,7 +100,8 @@ impl Stage for ApplyStage {
             train_last_k: trained_last_k(&grads, layers),
             ..TrainConfig::default()
         };
-        let mut trainer = Trainer::load(&ckpt, &Device::Cpu, cfg).map_err(err)?;
+        let device = placement(ctx.params, "apply")?.device;
+        let mut trainer = Trainer::load(&ckpt, &device, cfg).map_err(err)?;
         let stats = trainer
             .step_with_grads(&grads)
             .map_err(|e| Error::shard(&files[0], e.to_string()))?;

@@ -7,9 +7,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
-use super::agent::{CHECKPOINT_UPSTREAM, checkpoint_dir};
+use super::agent::{CHECKPOINT_UPSTREAM, checkpoint_dir, device_spec, placement};
 use super::generate::trajectories;
 use super::{Stage, StageContext, StageOutput};
 use crate::error::{Error, Result};
@@ -52,6 +52,7 @@ impl Stage for TrainStage {
 
     fn params(&self) -> Vec<ParamSpec> {
         vec![
+            device_spec(),
             ParamSpec::new("clip_eps", 0.2, "PPO clip range ε"),
             ParamSpec::new(
                 "kl_beta",
@@ -115,14 +116,15 @@ impl Stage for TrainStage {
             train_last_k: last_k(ctx.params),
             ..TrainConfig::default()
         };
-        let trainer = Trainer::load(&ckpt, &Device::Cpu, cfg).map_err(err)?;
+        let device = placement(ctx.params, "train")?.device;
+        let trainer = Trainer::load(&ckpt, &device, cfg).map_err(err)?;
         let beta = ctx.params.f64("kl_beta");
         let reference = if beta > 0.0 {
             let init = ctx
                 .input_files("init")
                 .first()
                 .ok_or_else(|| Error::stage("train", "kl_beta > 0 needs the `init` checkpoint"))?;
-            Some(Model::load(init, &Device::Cpu).map_err(err)?)
+            Some(Model::load(init, &device).map_err(err)?)
         } else {
             None
         };
@@ -141,7 +143,7 @@ impl Stage for TrainStage {
         let mut tokens = 0u64;
         for chunk in selected.chunks(micro) {
             let seqs: Vec<_> = chunk.iter().map(|(_, t)| training_sequence(t)).collect();
-            let batch = build_batch(&seqs, pad, &Device::Cpu).map_err(err)?;
+            let batch = build_batch(&seqs, pad, &device).map_err(err)?;
             let pos = LossPositions::of(&batch).map_err(err)?;
             let l = batch.input_ids.dim(1).map_err(|e| err(e.into()))?;
             // The sampler's log-prob of each loss token, in LossPositions order.
@@ -155,8 +157,7 @@ impl Stage for TrainStage {
                     t.sampling_logprobs[completion_index]
                 })
                 .collect();
-            let old =
-                Tensor::from_vec(old, pos.flat.len(), &Device::Cpu).map_err(|e| err(e.into()))?;
+            let old = Tensor::from_vec(old, pos.flat.len(), &device).map_err(|e| err(e.into()))?;
             let adv: Vec<f32> = chunk.iter().map(|(r, _)| r.advantage).collect();
             let ref_logp = match &reference {
                 Some(m) => Some(selected_logprobs(m, &batch, &pos).map_err(err)?.0.detach()),
@@ -174,6 +175,8 @@ impl Stage for TrainStage {
             .map_err(err)?;
             let grads = trainer.backward(&loss).map_err(err)?;
             let named = trainer.export_grads(&grads).map_err(err)?;
+            drop((grads, loss));
+            crate::memory::release_free_memory();
             total = Some(match total {
                 None => named,
                 Some(acc) => sum_grads(&[acc, named]).map_err(err)?,
@@ -241,6 +244,7 @@ mod tests {
     use crate::model::train::token_logprobs;
     use crate::params::resolve;
     use crate::stages::apply::ApplyStage;
+    use candle_core::Device;
 
     fn completion_logprob(model_dir: &std::path::Path, t: &TrajectoryRow) -> f32 {
         let model = Model::load(model_dir, &Device::Cpu).unwrap();

@@ -11,9 +11,7 @@
 
 use std::path::PathBuf;
 
-use candle_core::Device;
-
-use super::agent::{Agent, Role, sampling_specs, search_upstream};
+use super::agent::{Agent, Role, device_spec, placement, sampling_specs, search_upstream};
 use super::train::training_sequence;
 use super::{Stage, StageContext, StageOutput};
 use crate::error::{Error, Result};
@@ -179,6 +177,7 @@ impl Stage for WarmupStage {
 
     fn params(&self) -> Vec<ParamSpec> {
         let mut specs = vec![
+            device_spec(),
             ParamSpec::new("policy_examples", 48, "policy demonstrations"),
             ParamSpec::new("generator_examples", 16, "generator demonstrations"),
             ParamSpec::new("grm_examples", 32, "GRM demonstrations"),
@@ -293,7 +292,8 @@ impl Stage for WarmupStage {
             train_last_k: last_k,
             ..TrainConfig::default()
         };
-        let mut trainer = Trainer::load(&init, &Device::Cpu, cfg).map_err(err)?;
+        let device = placement(ctx.params, "warmup")?.device;
+        let mut trainer = Trainer::load(&init, &device, cfg).map_err(err)?;
         let pad = trainer.model().config().pad_token_id.unwrap_or(0);
         let micro = ctx.params.u64("micro_batch").max(1) as usize;
         let epochs = ctx.params.u64("epochs").max(1) as usize;
@@ -308,14 +308,14 @@ impl Stage for WarmupStage {
             let mut epoch_loss = (0.0, 0usize);
             for chunk in order.chunks(micro) {
                 let seqs: Vec<_> = chunk.iter().map(|t| training_sequence(t)).collect();
-                let batch = build_batch(&seqs, pad, &Device::Cpu).map_err(err)?;
+                let batch = build_batch(&seqs, pad, &device).map_err(err)?;
                 let pos = LossPositions::of(&batch).map_err(err)?;
                 let weights: Vec<f32> = pos
                     .seq
                     .iter()
                     .map(|&s| 1.0 / (pos.tokens[s].max(1) as f32 * chunk.len() as f32))
                     .collect();
-                let weights = candle_core::Tensor::from_vec(weights, pos.seq.len(), &Device::Cpu)
+                let weights = candle_core::Tensor::from_vec(weights, pos.seq.len(), &device)
                     .map_err(|e| err(e.into()))?;
                 let (logp, _) = selected_logprobs(trainer.model(), &batch, &pos).map_err(err)?;
                 let loss = (logp * weights)

@@ -1,0 +1,142 @@
+//! Where a model runs and in what precision: the `device` and `dtype` parameters of every model
+//! stage and of `asl model chat`.
+//!
+//! - device: `cpu` (default), `cuda` / `cuda:N` (needs a build with `--features cuda`), or
+//!   `auto` (the first CUDA device when there is one, else the CPU).
+//! - dtype: `f32` (default), `bf16`, `f16`, or `auto` (bf16 on CUDA, f32 on the CPU). Half
+//!   precision is for inference (sampling, judging, evaluation); training keeps f32 weights,
+//!   moments and gradients, because the gradient shards are f32 by design and AdamW's updates at
+//!   lr 1e-5 vanish below bf16's precision.
+
+use candle_core::{DType, Device};
+
+use super::error::{ModelError, Result};
+
+/// A device and the dtype weights and activations use on it.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub device: Device,
+    pub dtype: DType,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Self::cpu()
+    }
+}
+
+impl Placement {
+    /// f32 on the CPU: what tests and the default pipelines use.
+    pub fn cpu() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: DType::F32,
+        }
+    }
+
+    /// Parses the `device` and `dtype` parameter values (see the module docs).
+    pub fn parse(device: &str, dtype: &str) -> Result<Self> {
+        let device = parse_device(device)?;
+        let dtype = parse_dtype(dtype, &device)?;
+        Ok(Self { device, dtype })
+    }
+
+    /// `cpu/f32`, `cuda:0/bf16`, … for logs and tables.
+    pub fn describe(&self) -> String {
+        let device = match self.device.location() {
+            candle_core::DeviceLocation::Cpu => "cpu".to_string(),
+            candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+            candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+        };
+        format!("{device}/{}", dtype_name(self.dtype))
+    }
+}
+
+/// The name `dtype` parameters use for `dtype`.
+pub fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "f32",
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        other => other.as_str(),
+    }
+}
+
+fn parse_device(text: &str) -> Result<Device> {
+    let bad = |msg: String| ModelError::InvalidArgument(format!("device {text:?}: {msg}"));
+    let ordinal = match text.trim() {
+        "cpu" => return Ok(Device::Cpu),
+        "auto" => {
+            // A CUDA build on a machine without a usable GPU runs on the CPU.
+            return Ok(Device::new_cuda(0).unwrap_or(Device::Cpu));
+        }
+        "cuda" => 0,
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => n,
+            _ => return Err(bad("expected cpu, cuda, cuda:N or auto".into())),
+        },
+    };
+    if !candle_core::utils::cuda_is_available() {
+        return Err(bad(
+            "this asl was built without CUDA; rebuild with `cargo build --release --features cuda`"
+                .into(),
+        ));
+    }
+    Device::new_cuda(ordinal).map_err(|e| bad(e.to_string()))
+}
+
+fn parse_dtype(text: &str, device: &Device) -> Result<DType> {
+    match text.trim() {
+        "f32" | "float32" => Ok(DType::F32),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        "f16" | "float16" => Ok(DType::F16),
+        "auto" if device.is_cpu() => Ok(DType::F32),
+        "auto" => Ok(DType::BF16),
+        other => Err(ModelError::InvalidArgument(format!(
+            "dtype {other:?}: expected f32, bf16, f16 or auto"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cpu_placements_and_names_them() {
+        let p = Placement::parse("cpu", "bf16").unwrap();
+        assert!(p.device.is_cpu());
+        assert_eq!(p.dtype, DType::BF16);
+        assert_eq!(p.describe(), "cpu/bf16");
+        assert_eq!(Placement::parse("cpu", "auto").unwrap().dtype, DType::F32);
+        assert_eq!(
+            Placement::parse("cpu", "float16").unwrap().dtype,
+            DType::F16
+        );
+        assert_eq!(Placement::default().describe(), "cpu/f32");
+    }
+
+    #[test]
+    fn auto_device_falls_back_to_the_cpu_without_cuda() {
+        let p = Placement::parse("auto", "auto").unwrap();
+        if p.device.is_cpu() {
+            assert_eq!(p.describe(), "cpu/f32");
+        } else {
+            assert_eq!(p.dtype, DType::BF16);
+        }
+    }
+
+    #[test]
+    fn refuses_unknown_devices_and_dtypes_in_one_line() {
+        let e = Placement::parse("tpu", "f32").unwrap_err().to_string();
+        assert!(e.contains("\"tpu\"") && e.contains("cuda:N"), "{e}");
+        let e = Placement::parse("cuda:x", "f32").unwrap_err().to_string();
+        assert!(e.contains("cuda:x"), "{e}");
+        let e = Placement::parse("cpu", "int8").unwrap_err().to_string();
+        assert!(e.contains("int8") && e.contains("bf16"), "{e}");
+        if !candle_core::utils::cuda_is_available() {
+            let e = Placement::parse("cuda:1", "bf16").unwrap_err().to_string();
+            assert!(e.contains("--features cuda") && !e.contains('\n'), "{e}");
+        }
+    }
+}
