@@ -312,6 +312,13 @@ fn check(hf: &HfModel, out: &Path) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As `asl`'s main does: candle's CPU matmul asks for the thread count on every call, and
+    // without this variable that parses /proc/cpuinfo each time.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // SAFETY: no other thread exists yet at the start of main.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+    }
     let a = parse_args()?;
     let device = Device::Cpu;
     let loaded = Instant::now();
