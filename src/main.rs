@@ -18,8 +18,9 @@ use clap::{
 /// jemalloc instead of glibc's malloc, never purging on its own, with transparent huge pages:
 /// training frees and reallocates tensors of tens to hundreds of MiB many times a step, and
 /// returning their pages in between made each reuse fault in and zero them again (40-50 % of a
-/// step, measured with `perf`). asl purges explicitly after each optimizer step and each stage
-/// instead (`asl::memory`). `_RJEM_MALLOC_CONF` in the environment still overrides this.
+/// step, measured with `perf`). asl purges explicitly instead, after each stage and after a
+/// training step that left the process holding over half the machine's memory (`asl::memory`).
+/// `_RJEM_MALLOC_CONF` in the environment still overrides this.
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

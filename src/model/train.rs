@@ -638,9 +638,7 @@ impl Trainer {
         let lr = self.lr_at(self.step);
         self.adamw_update(grads, lr)?;
         self.step += 1;
-        // The step's activations and temporaries are gone (the caller still holds the
-        // gradients, which are small next to them).
-        crate::memory::release_free_memory();
+        crate::memory::release_free_memory_if_large();
         Ok(StepStats {
             grad_norm: norm,
             lr,

@@ -176,7 +176,7 @@ impl Stage for TrainStage {
             let grads = trainer.backward(&loss).map_err(err)?;
             let named = trainer.export_grads(&grads).map_err(err)?;
             drop((grads, loss));
-            crate::memory::release_free_memory();
+            crate::memory::release_free_memory_if_large();
             total = Some(match total {
                 None => named,
                 Some(acc) => sum_grads(&[acc, named]).map_err(err)?,
