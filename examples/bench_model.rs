@@ -37,17 +37,9 @@ use candle_core::{D, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-// The same allocator and settings as the `asl` binary (see src/main.rs), so the benchmark
-// measures what the stages run.
-#[cfg(not(target_env = "msvc"))]
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-#[cfg(not(target_env = "msvc"))]
-#[allow(non_upper_case_globals)]
-#[unsafe(export_name = "_rjem_malloc_conf")]
-pub static malloc_conf: &[u8; 67] =
-    b"thp:always,metadata_thp:always,dirty_decay_ms:-1,muzzy_decay_ms:-1\0";
+// The same allocator and settings as the `asl` binary, so the benchmark measures what the
+// stages run.
+asl::use_jemalloc!();
 
 /// Prompt of the decode benchmark (the Python side uses the same text and template).
 const DECODE_PROMPT: &str = "Write a long story about a dragon who learns to cook.";
@@ -312,13 +304,8 @@ fn check(hf: &HfModel, out: &Path) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    // As `asl`'s main does: candle's CPU matmul asks for the thread count on every call, and
-    // without this variable that parses /proc/cpuinfo each time.
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        // SAFETY: no other thread exists yet at the start of main.
-        unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
-    }
+    // As `asl`'s main does. SAFETY: no other thread exists yet at the start of main.
+    unsafe { asl::process::set_thread_count_from_cores() };
     let a = parse_args()?;
     let device = Device::Cpu;
     let loaded = Instant::now();

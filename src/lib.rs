@@ -12,6 +12,7 @@ pub mod memory;
 pub mod model;
 pub mod params;
 pub mod pipeline;
+pub mod process;
 pub mod progress;
 pub mod report;
 pub mod rl;

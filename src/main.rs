@@ -15,21 +15,8 @@ use clap::{
     Arg, ArgAction, ArgMatches, Command, CommandFactory, FromArgMatches, Parser, Subcommand,
 };
 
-/// jemalloc instead of glibc's malloc, never purging on its own, with transparent huge pages:
-/// training frees and reallocates tensors of tens to hundreds of MiB many times a step, and
-/// returning their pages in between made each reuse fault in and zero them again (40-50 % of a
-/// step, measured with `perf`). asl purges explicitly instead, after each stage and after a
-/// training step that left the process holding over half the machine's memory (`asl::memory`).
-/// `_RJEM_MALLOC_CONF` in the environment still overrides this.
-#[cfg(not(target_env = "msvc"))]
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-#[cfg(not(target_env = "msvc"))]
-#[allow(non_upper_case_globals)]
-#[unsafe(export_name = "_rjem_malloc_conf")]
-pub static malloc_conf: &[u8; 67] =
-    b"thp:always,metadata_thp:always,dirty_decay_ms:-1,muzzy_decay_ms:-1\0";
+// jemalloc with asl's settings (see `asl::process::JEMALLOC_CONF`).
+asl::use_jemalloc!();
 
 #[derive(Parser)]
 #[command(
@@ -298,13 +285,8 @@ fn eval_command(cmd: Command) -> Command {
 }
 
 fn main() -> ExitCode {
-    // candle's CPU matmul asks for the thread count on every call, and without this variable
-    // that parses /proc/cpuinfo each time (44 % of batched decode, docs/model-bench.md).
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        // SAFETY: no other thread exists yet at the start of main.
-        unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
-    }
+    // SAFETY: no other thread exists yet at the start of main.
+    unsafe { asl::process::set_thread_count_from_cores() };
     let mut cli = Cli::command();
     for stage in stages::all() {
         let cmd = stage_command(stage);

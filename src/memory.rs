@@ -1,7 +1,7 @@
 //! Handing freed memory back to the operating system at chosen points.
 //!
 //! The `asl` binary allocates with jemalloc configured never to purge freed pages on its own
-//! (`src/main.rs`). A training step frees and reallocates tensors of tens to hundreds of MiB
+//! ([`crate::process::JEMALLOC_CONF`]). A training step frees and reallocates tensors of tens to hundreds of MiB
 //! hundreds of times; glibc's malloc, and jemalloc with its default 10 s decay, returned those
 //! pages in between, so every reuse faulted them in and zeroed them again: 40–50 % of a step,
 //! measured with `perf` (docs/model-bench.md). Instead asl purges where it chooses: after each

@@ -146,6 +146,7 @@ impl CustomOp1 for TargetLogprobGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::test_util::max_abs_diff;
     use candle_core::{Device, Var};
 
     fn composite(logits: &Tensor, targets: &Tensor) -> (Tensor, Tensor) {
@@ -164,19 +165,6 @@ mod tests {
         (logp, entropy)
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
-
     #[test]
     fn fused_log_probs_entropy_and_gradient_match_the_composite() {
         let dev = Device::Cpu;
@@ -190,8 +178,8 @@ mod tests {
 
         let (fused, fused_h) = target_logprobs(logits.as_tensor(), &targets).unwrap();
         let (want, want_h) = composite(logits.as_tensor(), &targets);
-        assert!(max_diff(&fused, &want) < 1e-5);
-        assert!(max_diff(&fused_h, &want_h) < 1e-5);
+        assert!(max_abs_diff(&fused, &want) < 1e-5);
+        assert!(max_abs_diff(&fused_h, &want_h) < 1e-5);
         assert!(!fused_h.track_op(), "entropy is detached");
 
         let grad_of = |logp: &Tensor| {
@@ -202,7 +190,7 @@ mod tests {
                 .unwrap()
                 .clone()
         };
-        let d = max_diff(&grad_of(&fused), &grad_of(&want));
+        let d = max_abs_diff(&grad_of(&fused), &grad_of(&want));
         assert!(d < 1e-5, "gradient differs by {d}");
     }
 

@@ -413,7 +413,7 @@ mod tests {
 
     use super::*;
     use crate::model::llama::{Model, load_tokenizer};
-    use crate::model::test_util::{gguf_asset, imported_smollm2, tokenizer_json};
+    use crate::model::test_util::{gguf_asset, imported_smollm2, max_abs_diff, tokenizer_json};
 
     /// Plain reference BPE over one byte-level pre-token: repeatedly merge
     /// the adjacent pair of lowest GGUF merge rank.
@@ -512,17 +512,6 @@ mod tests {
         candle_nn::ops::softmax(&logits.to_dtype(DType::F32).unwrap(), D::Minus1).unwrap()
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
-
     /// Next-token distributions of the converted dense model against candle's
     /// `quantized_llama` on the GGUF: (a) with the reference's weights
     /// dequantized to f32 (`CANDLE_DEQUANTIZE_ALL`, same arithmetic up to
@@ -592,7 +581,7 @@ mod tests {
                 .unwrap();
             let full = model.forward_full(&x, &x.ones_like().unwrap()).unwrap();
             let got = probs_last(&full.i((0, ids.len() - 1)).unwrap());
-            let (dq, dd) = (max_diff(&got, &quant[i]), max_diff(&got, &deq[i]));
+            let (dq, dd) = (max_abs_diff(&got, &quant[i]), max_abs_diff(&got, &deq[i]));
             let top = got.argmax(0).unwrap().to_scalar::<u32>().unwrap();
             let top_d = deq[i].argmax(0).unwrap().to_scalar::<u32>().unwrap();
             eprintln!(

@@ -614,13 +614,7 @@ impl Model {
     /// Loads a HF folder (`config.json`, `model.safetensors` or a sharded
     /// index) as f32 on `device`, for inference.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        Self::load_on(
-            dir,
-            &Placement {
-                device: device.clone(),
-                dtype: DType::F32,
-            },
-        )
+        Self::load_on(dir, &Placement::f32_on(device))
     }
 
     /// Loads a HF folder with weights and activations in `placement.dtype` on its device.
@@ -839,13 +833,7 @@ pub struct HfModel {
 impl HfModel {
     /// Loads model (f32), `tokenizer.json` and the chat template from `dir`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        Self::load_on(
-            dir,
-            &Placement {
-                device: device.clone(),
-                dtype: DType::F32,
-            },
-        )
+        Self::load_on(dir, &Placement::f32_on(device))
     }
 
     /// [`HfModel::load`] with the model in `placement`'s device and dtype.
@@ -862,17 +850,8 @@ impl HfModel {
 mod tests {
     use super::*;
     use crate::model::io::load_safetensors_dir;
-    use crate::model::test_util::tiny_model;
+    use crate::model::test_util::{max_abs_diff, tiny_model};
     use std::collections::HashMap;
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .and_then(|d| d.abs())
-            .and_then(|d| d.flatten_all())
-            .and_then(|d| d.max(0))
-            .and_then(|d| d.to_scalar::<f32>())
-            .expect("diff")
-    }
 
     fn padded(seqs: &[Vec<u32>]) -> (Tensor, Tensor) {
         let l = seqs.iter().map(Vec::len).max().unwrap_or(0);

@@ -61,6 +61,16 @@ pub(crate) mod test_util {
         }
     }
 
+    /// Largest absolute element-wise difference of two same-shape f32 tensors.
+    pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs())
+            .and_then(|d| d.flatten_all())
+            .and_then(|d| d.max(0))
+            .and_then(|d| d.to_scalar::<f32>())
+            .expect("diff")
+    }
+
     fn scratch() -> PathBuf {
         let d = std::env::temp_dir().join(format!("asl-model-tests-{}", std::process::id()));
         let _ = std::fs::create_dir_all(&d);

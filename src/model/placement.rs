@@ -28,8 +28,13 @@ impl Default for Placement {
 impl Placement {
     /// f32 on the CPU: what tests and the default pipelines use.
     pub fn cpu() -> Self {
+        Self::f32_on(&Device::Cpu)
+    }
+
+    /// f32 on `device`: what training uses on any device.
+    pub fn f32_on(device: &Device) -> Self {
         Self {
-            device: Device::Cpu,
+            device: device.clone(),
             dtype: DType::F32,
         }
     }
