@@ -23,11 +23,13 @@
 //!   sequences simply drop out of the batch.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Init, Linear, VarBuilder};
 
 use super::error::{ModelError, Result};
+use super::fused;
 use super::io::{load_safetensors_dir_as, read_json};
 use super::placement::Placement;
 
@@ -237,6 +239,9 @@ impl RotaryEmbedding {
 
     /// Rotates `x` `(B, H, L, D)` with tables `(L, D/2)`.
     fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        if fused::rope::applies(x) {
+            return fused::rope(x, cos, sin);
+        }
         let x = x.contiguous()?;
         if x.track_op() {
             // Differentiable version: x*cos + rotate_half(x)*sin.
@@ -267,7 +272,11 @@ impl RmsNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if x.track_op() || self.weight.track_op() {
+        // The same kernel scores and trains on the CPU, so recomputed log-probs equal sampled
+        // ones bit for bit.
+        if fused::rms_norm::applies(x, &self.weight) {
+            fused::rms_norm(x, &self.weight, self.eps as f32)
+        } else if x.track_op() || self.weight.track_op() {
             Ok(candle_nn::ops::rms_norm_slow(
                 x,
                 &self.weight,
@@ -302,9 +311,14 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x)?.silu()?;
+        let gate = self.gate_proj.forward(x)?;
         let up = self.up_proj.forward(x)?;
-        Ok(self.down_proj.forward(&(gate * up)?)?)
+        let hidden = if fused::swiglu::applies(&gate, &up) {
+            fused::swiglu(&gate, &up)?
+        } else {
+            (gate.silu()? * up)?
+        };
+        Ok(self.down_proj.forward(&hidden)?)
     }
 }
 
@@ -397,18 +411,23 @@ impl Attention {
         Ok(att.matmul(&v.contiguous()?)?.reshape((b, nh, lq, hd))?)
     }
 
-    /// Padded batch: `x` `(B, L, hidden)`, tables `(L, D/2)`, additive mask
-    /// `(B, 1, 1, L, L)`; returns `(B, L, hidden)`.
+    /// Padded batch: `x` `(B, L, hidden)`, tables `(L, D/2)`; returns `(B, L, hidden)`.
     fn forward_padded(
         &self,
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: &Tensor,
+        mask: &PaddedMask,
     ) -> Result<Tensor> {
         let (b, l, _) = x.dims3()?;
         let (q, k, v) = self.qkv(x, cos, sin)?;
-        let y = self.attend(&q, &k, &v, Some(mask))?;
+        let y = match mask {
+            PaddedMask::Lengths(lens) => {
+                let scale = 1.0 / (self.head_dim as f32).sqrt();
+                fused::causal_attention(&q, &k, &v, lens.clone(), scale)?
+            }
+            PaddedMask::Additive(mask) => self.attend(&q, &k, &v, Some(mask))?,
+        };
         // (B, H, L, D) -> (B, L, H, D) -> (B, L, H*D)
         let y = y
             .transpose(1, 2)?
@@ -430,6 +449,17 @@ impl Attention {
     ) -> Result<Tensor> {
         let n = x.dim(1)?;
         let (q, k, v) = self.qkv(x, cos, sin)?; // (1, H|KV, N, D)
+        if fused::attention::applies(x.dtype(), x.device()) {
+            let mut kv = Vec::with_capacity(segs.len());
+            for (&(off, len), cache) in segs.iter().zip(caches.iter_mut()) {
+                let ki = k.narrow(2, off, len)?.contiguous()?;
+                let vi = v.narrow(2, off, len)?.contiguous()?;
+                kv.push(cache.append(&ki, &vi)?);
+            }
+            let scale = 1.0 / (self.head_dim as f32).sqrt();
+            let y = fused::attention::cached_attention(&q, segs, &kv, scale)?;
+            return Ok(self.o_proj.forward(&y)?);
+        }
         let mut ys = Vec::with_capacity(segs.len());
         for (&(off, len), cache) in segs.iter().zip(caches.iter_mut()) {
             let past = cache.current_seq_len();
@@ -506,7 +536,7 @@ impl DecoderLayer {
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: &Tensor,
+        mask: &PaddedMask,
     ) -> Result<Tensor> {
         let h = self
             .self_attn
@@ -531,6 +561,27 @@ impl DecoderLayer {
         )?;
         self.mlp_residual(&(x + h)?)
     }
+}
+
+/// How the rows of a padded batch are masked.
+enum PaddedMask {
+    /// Every row is tokens then padding, with these token counts: the fused causal kernel.
+    Lengths(Arc<[usize]>),
+    /// Additive `(B, 1, 1, L, L)`: causal plus padded keys, for candle's composite.
+    Additive(Tensor),
+}
+
+/// Each row's token count when every row of `attention_mask` `(B, L)` is ones then zeros.
+fn right_padded_lengths(attention_mask: &Tensor) -> Result<Option<Arc<[usize]>>> {
+    let rows = attention_mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let len = row.iter().take_while(|&&m| m != 0.0).count();
+            row[len..].iter().all(|&m| m == 0.0).then_some(len)
+        })
+        .collect::<Option<Vec<_>>>()
+        .map(Arc::from))
 }
 
 /// KV cache of one sequence (all layers).
@@ -682,8 +733,14 @@ impl Model {
         self.norm.forward(&x)
     }
 
-    /// Additive mask `(B, 1, 1, L, L)`: causal plus padded keys.
-    fn padded_mask(&self, attention_mask: &Tensor, b: usize, l: usize) -> Result<Tensor> {
+    /// The mask of a padded batch: the rows' lengths for the fused CPU kernel when every row is
+    /// right-padded, else an additive mask `(B, 1, 1, L, L)`: causal plus padded keys.
+    fn padded_mask(&self, attention_mask: &Tensor, b: usize, l: usize) -> Result<PaddedMask> {
+        if fused::attention::applies(self.dtype(), &self.device)
+            && let Some(lens) = right_padded_lengths(attention_mask)?
+        {
+            return Ok(PaddedMask::Lengths(lens));
+        }
         let causal: Vec<f32> = (0..l)
             .flat_map(|i| (0..l).map(move |j| if j > i { MASK_NEG as f32 } else { 0.0 }))
             .collect();
@@ -691,7 +748,9 @@ impl Model {
         // (B, L) -> 0 where token, MASK_NEG where padding -> (B, 1, 1, 1, L)
         let pad = ((attention_mask.to_dtype(DType::F32)?.affine(-1.0, 1.0)?) * MASK_NEG)?
             .reshape((b, 1, 1, 1, l))?;
-        Ok(causal.broadcast_add(&pad)?.to_dtype(self.dtype())?)
+        Ok(PaddedMask::Additive(
+            causal.broadcast_add(&pad)?.to_dtype(self.dtype())?,
+        ))
     }
 
     /// Incremental decoding for several sequences at once: feeds `chunks[i]`

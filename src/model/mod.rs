@@ -8,7 +8,7 @@
 //! - [`gguf`]: GGUF → HF folder conversion (dequantize, rename, tokenizer).
 //! - [`tiny`]: deterministic random tiny models.
 //! - [`sample`]: batched generation with stop strings and tool turns.
-//! - [`fused`]: a fused next-token log-prob with its backward for the CPU.
+//! - [`fused`]: CPU kernels with their own backward: log-probs, causal attention, RMSNorm.
 //! - [`train`]: per-token log-probs, GRPO loss, AdamW steps, checkpoints.
 
 pub mod error;

@@ -10,7 +10,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::error::Result;
+use super::{f32_slice, u32_slice};
+use crate::model::error::Result;
 
 /// Log-probs `(N,)` of `targets` (u32 `(N,)`) under `logits` `(N, V)`, differentiable with
 /// respect to the logits, and each row's entropy `(N,)`, detached.
@@ -28,21 +29,6 @@ pub fn target_logprobs(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Ten
     let detached = logp_all.detach();
     let entropy = (detached.exp()? * &detached)?.sum(D::Minus1)?.neg()?;
     Ok((logp, entropy))
-}
-
-/// The contiguous f32 slice of a storage, or an error naming `what`.
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
-        _ => candle_core::bail!("{what}: expected contiguous f32"),
-    }
-}
-
-fn u32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [u32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::U32(v), Some((start, end))) => Ok(&v[start..end]),
-        _ => candle_core::bail!("{what}: expected contiguous u32"),
-    }
 }
 
 /// `(max, sum of exp(x - max), sum of exp(x - max) * x)` of one row.

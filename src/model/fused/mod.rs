@@ -1,0 +1,146 @@
+//! CPU kernels with their own backward, for the f32 training and scoring paths.
+//!
+//! candle's fused CPU ops (`softmax_last_dim`, `rms_norm`, `rope`) have no backward, so a
+//! differentiable forward falls back to composites of 5–10 elementwise ops. Each of them
+//! allocates, page-faults and keeps alive a full-size tensor for the backward pass, and on
+//! the training step these composites cost more than the matmuls around them. The kernels
+//! here compute the same functions in one pass each way. On other devices and dtypes, and
+//! for inputs a kernel does not cover, callers keep candle's composite.
+//!
+//! - [`logprob`]: next-token log-prob and entropy of logits rows.
+//! - [`attention`]: causal self-attention over right-padded rows.
+//! - [`rms_norm`]: RMSNorm with a learned scale.
+//! - [`rope`]: rotary position embedding.
+//! - [`swiglu`]: the MLP's `silu(gate) · up`.
+
+pub mod attention;
+pub mod logprob;
+pub mod rms_norm;
+pub mod rope;
+pub mod swiglu;
+
+pub use attention::causal_attention;
+pub use logprob::target_logprobs;
+pub use rms_norm::rms_norm;
+pub use rope::rope;
+pub use swiglu::swiglu;
+
+use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
+
+/// Whether a tensor is on the CPU in f32, the one case the kernels here cover.
+fn covers(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+/// The contiguous f32 slice of a storage, or an error naming `what`.
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
+        _ => candle_core::bail!("{what}: expected contiguous f32"),
+    }
+}
+
+fn u32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [u32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::U32(v), Some((start, end))) => Ok(&v[start..end]),
+        _ => candle_core::bail!("{what}: expected contiguous u32"),
+    }
+}
+
+/// The f32 values of a tensor's storage, for backward passes that read their saved inputs and
+/// the upstream gradient (which must be contiguous: see `contiguous()`).
+fn storage_f32<'a>(s: &'a Storage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    match s {
+        Storage::Cpu(cpu) => f32_slice(cpu, l, what),
+        _ => candle_core::bail!("{what}: expected a CPU tensor"),
+    }
+}
+
+/// A strided f32 matrix inside a slice: element `(r, c)` is `data[r * row_stride + c *
+/// col_stride]`. Transposing swaps the strides, so no kernel copies to transpose.
+#[derive(Clone, Copy)]
+struct MatView<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> MatView<'a> {
+    /// `rows × cols`, row-major and dense, starting at `data[0]`.
+    fn dense(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+
+    /// Whether every element lies inside `data` (an empty matrix always does).
+    fn in_bounds(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride
+                < self.data.len()
+    }
+}
+
+/// `dst = scale · a·b`, or `dst += scale · a·b` with `accumulate`, where `dst` is the dense
+/// row-major `a.rows × b.cols` matrix at the start of the slice. Single-threaded: the kernels
+/// parallelise over heads or rows around it.
+fn gemm_into(dst: &mut [f32], a: MatView, b: MatView, scale: f32, accumulate: bool) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert!(
+        b.rows == k && dst.len() >= m * n && a.in_bounds() && b.in_bounds(),
+        "gemm_into: {m}x{k} · {}x{n} into {} values",
+        b.rows,
+        dst.len()
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    // SAFETY: the assertion above keeps every index gemm derives from (m, n, k) and the strides
+    // inside the three slices, and `dst` is borrowed mutably, so it aliases neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
