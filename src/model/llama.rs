@@ -987,6 +987,28 @@ mod tests {
         assert!(caches[0].is_empty());
     }
 
+    #[test]
+    fn fused_attention_agrees_with_the_composite_in_the_model() {
+        // A mask with a hole is not right-padded, so that batch runs candle's composite
+        // attention; the fused kernels' batch of the hole-free row alone must agree with it.
+        let Some(dir) = tiny_model(7) else { return };
+        let model = Model::load(&dir, &Device::Cpu).unwrap();
+        let row = vec![1u32, 520, 33, 34, 905, 19556, 2];
+        let ids =
+            Tensor::from_vec([row.clone(), row.clone()].concat(), (2, 7), &Device::Cpu).unwrap();
+        let mask = Tensor::new(&[[1u32; 7], [1, 1, 0, 1, 1, 1, 1]], &Device::Cpu).unwrap();
+        assert!(right_padded_lengths(&mask).unwrap().is_none());
+        let composite = model.forward_full(&ids, &mask).unwrap().get(0).unwrap();
+        let (ids1, mask1) = padded(std::slice::from_ref(&row));
+        assert!(right_padded_lengths(&mask1).unwrap().is_some());
+        let fused = model.forward_full(&ids1, &mask1).unwrap().get(0).unwrap();
+        let d = max_abs_diff(&fused, &composite);
+        assert!(d < 1e-4, "fused and composite logits differ by {d}");
+        // The hole does mask: the second row differs once it is past the hole.
+        let holed = model.forward_full(&ids, &mask).unwrap().get(1).unwrap();
+        assert!(max_abs_diff(&holed.get(6).unwrap(), &fused.get(6).unwrap()) > 1e-4);
+    }
+
     /// Largest |logit| of `t`, the scale half-precision errors are measured against.
     fn max_abs(t: &Tensor) -> f32 {
         t.abs()
