@@ -71,6 +71,48 @@ pub(crate) mod test_util {
             .expect("diff")
     }
 
+    /// `n` deterministic values spread over `(-amp/2, amp/2)`, a different pattern per `seed`:
+    /// inputs for the kernel tests.
+    pub fn spread_values(n: usize, seed: usize, amp: f32) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 7919 + seed * 104_729) % 1009) as f32 / 1009.0 - 0.5) * amp)
+            .collect()
+    }
+
+    /// Gradients of `sum(out ⊙ weights)` with respect to each of `vars`. With weights that
+    /// differ everywhere, comparing two such gradients checks every entry of the backward.
+    pub fn weighted_grads<const N: usize>(
+        out: &candle_core::Tensor,
+        weights: &candle_core::Tensor,
+        vars: [&candle_core::Var; N],
+    ) -> [candle_core::Tensor; N] {
+        let grads = (out * weights)
+            .and_then(|t| t.sum_all())
+            .and_then(|t| t.backward())
+            .expect("backward");
+        vars.map(|v| grads.get(v.as_tensor()).expect("gradient").clone())
+    }
+
+    /// Asserts that the gradients of two outputs (see [`weighted_grads`]) agree within `tol`.
+    pub fn assert_same_grads<const N: usize>(
+        got: &candle_core::Tensor,
+        want: &candle_core::Tensor,
+        weights: &candle_core::Tensor,
+        vars: [(&str, &candle_core::Var); N],
+        tol: f32,
+    ) {
+        let names = vars.map(|(name, _)| name);
+        let vars = vars.map(|(_, v)| v);
+        let (got, want) = (
+            weighted_grads(got, weights, vars),
+            weighted_grads(want, weights, vars),
+        );
+        for (name, (g, w)) in names.iter().zip(got.iter().zip(want.iter())) {
+            let diff = max_abs_diff(g, w);
+            assert!(diff < tol, "d{name} differs by {diff}");
+        }
+    }
+
     fn scratch() -> PathBuf {
         let d = std::env::temp_dir().join(format!("asl-model-tests-{}", std::process::id()));
         let _ = std::fs::create_dir_all(&d);

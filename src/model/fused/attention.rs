@@ -454,7 +454,7 @@ impl CustomOp3 for CausalAttention {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::test_util::max_abs_diff;
+    use crate::model::test_util::{assert_same_grads, max_abs_diff, spread_values};
     use candle_core::{D, Var};
 
     /// The composite the kernel replaces: scores, additive causal + padding mask, softmax, ·v,
@@ -495,9 +495,7 @@ mod tests {
     }
 
     fn values(n: usize, seed: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i * 7919 + seed * 104_729) % 1009) as f32 / 1009.0 - 0.5) * 2.0)
-            .collect()
+        spread_values(n, seed, 2.0)
     }
 
     #[test]
@@ -517,22 +515,8 @@ mod tests {
 
         // A loss that weighs every output differently, so each gradient entry is checked.
         let weights = Tensor::from_vec(values(b * h * l * d, 4), (b, h, l, d), &dev).unwrap();
-        let grads = |out: &Tensor| {
-            let g = (out * &weights)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            [&q, &k, &v].map(|t| g.get(t.as_tensor()).unwrap().clone())
-        };
-        for (name, (got, want)) in ["q", "k", "v"]
-            .iter()
-            .zip(grads(&fused).iter().zip(grads(&want).iter()))
-        {
-            let diff = max_abs_diff(got, want);
-            assert!(diff < 1e-5, "d{name} differs by {diff}");
-        }
+        let vars = [("q", &q), ("k", &k), ("v", &v)];
+        assert_same_grads(&fused, &want, &weights, vars, 1e-5);
     }
 
     #[test]

@@ -132,7 +132,7 @@ impl CustomOp2 for RmsNorm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::test_util::max_abs_diff;
+    use crate::model::test_util::{assert_same_grads, max_abs_diff, spread_values};
     use candle_core::{Device, Var};
 
     #[test]
@@ -140,11 +140,7 @@ mod tests {
         let dev = Device::Cpu;
         // 130 rows: three backward tasks, the last partial.
         let (rows, hidden) = (130, 24);
-        let vals = |n: usize, seed: usize| -> Vec<f32> {
-            (0..n)
-                .map(|i| (((i * 7919 + seed * 104_729) % 1009) as f32 / 1009.0 - 0.5) * 4.0)
-                .collect()
-        };
+        let vals = |n, seed| spread_values(n, seed, 4.0);
         let x = Var::from_vec(vals(rows * hidden, 1), (2, rows / 2, hidden), &dev).unwrap();
         let w = Var::from_vec(vals(hidden, 2), hidden, &dev).unwrap();
         let fused = rms_norm(&x, &w, 1e-5).unwrap();
@@ -154,20 +150,7 @@ mod tests {
 
         let weights =
             Tensor::from_vec(vals(rows * hidden, 3), (2, rows / 2, hidden), &dev).unwrap();
-        let grads = |out: &Tensor| {
-            let g = (out * &weights)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            [&x, &w].map(|t| g.get(t.as_tensor()).unwrap().clone())
-        };
-        let (got, want) = (grads(&fused), grads(&want));
-        for (name, (got, want)) in ["x", "weight"].iter().zip(got.iter().zip(want.iter())) {
-            let diff = max_abs_diff(got, want);
-            assert!(diff < 1e-4, "d{name} differs by {diff}");
-        }
+        assert_same_grads(&fused, &want, &weights, [("x", &x), ("weight", &w)], 1e-4);
     }
 
     #[test]

@@ -98,7 +98,7 @@ impl CustomOp1 for Rope {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::test_util::max_abs_diff;
+    use crate::model::test_util::{assert_same_grads, max_abs_diff, spread_values};
     use candle_core::{D, Device, Var};
 
     /// The composite the kernel replaces: `x·cos + rotate_half(x)·sin`.
@@ -116,11 +116,7 @@ mod tests {
     fn fused_rope_and_its_gradient_match_the_composite() {
         let dev = Device::Cpu;
         let (b, h, l, d) = (2, 3, 5, 8);
-        let vals = |n: usize, seed: usize| -> Vec<f32> {
-            (0..n)
-                .map(|i| (((i * 7919 + seed * 104_729) % 1009) as f32 / 1009.0 - 0.5) * 4.0)
-                .collect()
-        };
+        let vals = |n, seed| spread_values(n, seed, 4.0);
         let x = Var::from_vec(vals(b * h * l * d, 1), (b, h, l, d), &dev).unwrap();
         let angles = Tensor::from_vec(vals(l * d / 2, 2), (l, d / 2), &dev).unwrap();
         let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
@@ -131,17 +127,7 @@ mod tests {
         assert!(max_abs_diff(&fused, &inference) < 1e-5);
 
         let weights = Tensor::from_vec(vals(b * h * l * d, 3), (b, h, l, d), &dev).unwrap();
-        let grad = |out: &Tensor| {
-            let g = (out * &weights)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            g.get(x.as_tensor()).unwrap().clone()
-        };
-        let diff = max_abs_diff(&grad(&fused), &grad(&want));
-        assert!(diff < 1e-5, "gradient differs by {diff}");
+        assert_same_grads(&fused, &want, &weights, [("x", &x)], 1e-5);
     }
 
     #[test]

@@ -101,7 +101,7 @@ impl CustomOp2 for SwiGlu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::test_util::max_abs_diff;
+    use crate::model::test_util::{assert_same_grads, max_abs_diff, spread_values};
     use candle_core::{Device, Var};
 
     #[test]
@@ -109,12 +109,7 @@ mod tests {
         let dev = Device::Cpu;
         // More values than one task holds, so chunk boundaries are crossed.
         let shape = (3, 50, 130);
-        let n = 3 * 50 * 130;
-        let vals = |seed: usize| -> Vec<f32> {
-            (0..n)
-                .map(|i| (((i * 7919 + seed * 104_729) % 1009) as f32 / 1009.0 - 0.5) * 12.0)
-                .collect()
-        };
+        let vals = |seed| spread_values(3 * 50 * 130, seed, 12.0);
         let gate = Var::from_vec(vals(1), shape, &dev).unwrap();
         let up = Var::from_vec(vals(2), shape, &dev).unwrap();
         let fused = swiglu(&gate, &up).unwrap();
@@ -123,20 +118,13 @@ mod tests {
         assert!(d < 1e-4, "outputs differ by {d}");
 
         let weights = Tensor::from_vec(vals(3), shape, &dev).unwrap();
-        let grads = |out: &Tensor| {
-            let g = (out * &weights)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            [&gate, &up].map(|t| g.get(t.as_tensor()).unwrap().clone())
-        };
-        let (got, want) = (grads(&fused), grads(&want));
-        for (name, (got, want)) in ["gate", "up"].iter().zip(got.iter().zip(want.iter())) {
-            let diff = max_abs_diff(got, want);
-            assert!(diff < 1e-3, "d{name} differs by {diff}");
-        }
+        assert_same_grads(
+            &fused,
+            &want,
+            &weights,
+            [("gate", &gate), ("up", &up)],
+            1e-3,
+        );
     }
 
     #[test]
