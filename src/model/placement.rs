@@ -19,6 +19,23 @@ pub struct Placement {
     pub dtype: DType,
 }
 
+/// The two halves of a placement, to say which value was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Device,
+    Dtype,
+}
+
+impl Part {
+    /// The parameter that holds this half.
+    pub fn param(self) -> &'static str {
+        match self {
+            Part::Device => "device",
+            Part::Dtype => "dtype",
+        }
+    }
+}
+
 impl Default for Placement {
     fn default() -> Self {
         Self::cpu()
@@ -41,8 +58,14 @@ impl Placement {
 
     /// Parses the `device` and `dtype` parameter values (see the module docs).
     pub fn parse(device: &str, dtype: &str) -> Result<Self> {
-        let device = parse_device(device)?;
-        let dtype = parse_dtype(dtype, &device)?;
+        Self::parse_each(device, dtype).map_err(|(_, e)| e)
+    }
+
+    /// [`Placement::parse`], saying which of the two values was refused, so that a caller can
+    /// name the parameter.
+    pub fn parse_each(device: &str, dtype: &str) -> std::result::Result<Self, (Part, ModelError)> {
+        let device = parse_device(device).map_err(|e| (Part::Device, e))?;
+        let dtype = parse_dtype(dtype, &device).map_err(|e| (Part::Dtype, e))?;
         Ok(Self { device, dtype })
     }
 

@@ -51,7 +51,8 @@ pub fn placement(params: &Params, stage: &str) -> Result<Placement> {
         .get("dtype")
         .and_then(|v| v.as_str())
         .unwrap_or("f32");
-    Placement::parse(params.str("device"), dtype).map_err(|e| Error::param(stage, e.to_string()))
+    Placement::parse_each(params.str("device"), dtype)
+        .map_err(|(part, e)| Error::param(format!("{stage}.{}", part.param()), e.to_string()))
 }
 
 /// Sampling and tool parameters every model stage declares, with per-stage defaults.
@@ -388,5 +389,24 @@ impl Agent {
             }
         };
         format!("\n\n<information>{body}</information>\n\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::resolve;
+
+    #[test]
+    fn a_bad_device_or_dtype_is_reported_under_its_parameter() {
+        let specs = sampling_specs(8, 1, 1.0);
+        for (set, key, value) in [
+            ("rollout.device=tpu", "rollout.device", "tpu"),
+            ("rollout.dtype=f8", "rollout.dtype", "f8"),
+        ] {
+            let params = resolve("rollout", &specs, None, &[set.parse().unwrap()]).unwrap();
+            let e = placement(&params, "rollout").unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(value), "{set}: {e}");
+        }
     }
 }
