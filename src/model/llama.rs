@@ -272,8 +272,8 @@ impl RmsNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // The same kernel scores and trains on the CPU, so recomputed log-probs equal sampled
-        // ones bit for bit.
+        // The same kernel for inference and training on the CPU, so scoring and training
+        // normalise alike (decoding's attention still sums in another order than training's).
         if fused::rms_norm::applies(x, &self.weight) {
             fused::rms_norm(x, &self.weight, self.eps as f32)
         } else if x.track_op() || self.weight.track_op() {
@@ -718,6 +718,12 @@ impl Model {
                 input_ids.dims()
             )));
         }
+        if b == 0 || l == 0 {
+            return Err(ModelError::InvalidArgument(format!(
+                "empty batch: input_ids shape {:?}",
+                input_ids.dims()
+            )));
+        }
         if l > self.rotary.max_positions() {
             return Err(ModelError::InvalidArgument(format!(
                 "sequence length {l} exceeds max_position_embeddings {}",
@@ -1004,6 +1010,9 @@ mod tests {
         let fused = model.forward_full(&ids1, &mask1).unwrap().get(0).unwrap();
         let d = max_abs_diff(&fused, &composite);
         assert!(d < 1e-4, "fused and composite logits differ by {d}");
+        let empty = Tensor::zeros((1, 0), DType::U32, &Device::Cpu).unwrap();
+        let e = model.forward_full(&empty, &empty).unwrap_err().to_string();
+        assert!(e.contains("empty batch"), "{e}");
         // The hole does mask: the second row differs once it is past the hole.
         let holed = model.forward_full(&ids, &mask).unwrap().get(1).unwrap();
         assert!(max_abs_diff(&holed.get(6).unwrap(), &fused.get(6).unwrap()) > 1e-4);

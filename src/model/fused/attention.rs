@@ -39,6 +39,7 @@ pub fn causal_attention(
         || kv == 0
         || h % kv != 0
         || key_lens.len() != b
+        || key_lens.iter().any(|&n| n > l)
     {
         return Err(ModelError::InvalidArgument(format!(
             "causal_attention: q {:?}, k {:?}, v {:?}, {} key lengths",
@@ -47,6 +48,9 @@ pub fn causal_attention(
             v.dims(),
             key_lens.len()
         )));
+    }
+    if q.elem_count() == 0 {
+        return Ok(q.zeros_like()?);
     }
     let op = CausalAttention {
         key_lens,
@@ -83,12 +87,14 @@ pub fn cached_attention(
 ) -> Result<Tensor> {
     let (one, h, n, d) = q.dims4()?;
     let bad = |why: String| ModelError::InvalidArgument(format!("cached_attention: {why}"));
-    if one != 1 || segs.len() != caches.len() || segs.iter().map(|s| s.1).sum::<usize>() != n {
+    // Segments must tile the N queries in order, each with at least one token.
+    let back_to_back = segs.iter().try_fold(0, |at, &(off, len)| {
+        (off == at && len > 0).then_some(at + len)
+    }) == Some(n);
+    if one != 1 || d == 0 || segs.len() != caches.len() || !back_to_back {
         return Err(bad(format!(
-            "q {:?} for {} segments of {} tokens and {} caches",
+            "q {:?} for segments {segs:?} and {} caches",
             q.dims(),
-            segs.len(),
-            segs.iter().map(|s| s.1).sum::<usize>(),
             caches.len()
         )));
     }
@@ -174,7 +180,7 @@ impl<'a> CacheView<'a> {
 fn cache_view<'a>(s: &'a Storage, l: &Layout, d: usize) -> Result<CacheView<'a>> {
     let bad = || {
         ModelError::InvalidArgument(format!(
-            "cached_attention: cache {:?} with strides {:?} is not (1, KV, T, {d}) with contiguous rows",
+            "cached_attention: cache {:?} with strides {:?} is not f32 (1, KV, T, {d}) on the CPU with contiguous rows",
             l.dims(),
             l.stride()
         ))
@@ -594,5 +600,16 @@ mod tests {
         let k = Tensor::zeros((1, 2, 4, 2), DType::F32, &dev).unwrap();
         let e = causal_attention(&q, &k, &k, Arc::from(vec![4]), 1.0).unwrap_err();
         assert!(e.to_string().contains("causal_attention"), "{e}");
+        let k = Tensor::zeros((1, 3, 4, 2), DType::F32, &dev).unwrap();
+        let e = causal_attention(&q, &k, &k, Arc::from(vec![5]), 1.0).unwrap_err();
+        assert!(e.to_string().contains("1 key lengths"), "{e}");
+        // Segments that do not tile the queries back to back.
+        let q = Tensor::zeros((1, 3, 2, 2), DType::F32, &dev).unwrap();
+        let cache = (k.narrow(2, 0, 2).unwrap(), k.narrow(2, 0, 2).unwrap());
+        for segs in [vec![(1, 1), (0, 1)], vec![(0, 2), (2, 0)]] {
+            let caches = vec![cache.clone(); segs.len()];
+            let e = cached_attention(&q, &segs, &caches, 1.0).unwrap_err();
+            assert!(e.to_string().contains("cached_attention"), "{e}");
+        }
     }
 }

@@ -91,10 +91,14 @@ impl<'a> MatView<'a> {
 
     /// Whether every element lies inside `data` (an empty matrix always does).
     fn in_bounds(&self) -> bool {
-        self.rows == 0
-            || self.cols == 0
-            || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride
-                < self.data.len()
+        if self.rows == 0 || self.cols == 0 {
+            return true;
+        }
+        let last = (self.rows - 1)
+            .checked_mul(self.row_stride)
+            .zip((self.cols - 1).checked_mul(self.col_stride))
+            .and_then(|(a, b)| a.checked_add(b));
+        last.is_some_and(|last| last < self.data.len())
     }
 }
 

@@ -25,6 +25,9 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
             weight.dims()
         )));
     }
+    if x.elem_count() == 0 {
+        return Ok(x.clone());
+    }
     Ok(x.contiguous()?
         .apply_op2(&weight.contiguous()?, RmsNorm { eps })?)
 }

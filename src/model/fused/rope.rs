@@ -25,6 +25,9 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
             sin.dims()
         )));
     }
+    if x.elem_count() == 0 {
+        return Ok(x.clone());
+    }
     let op = Rope {
         cos: cos.contiguous()?.flatten_all()?.to_vec1::<f32>()?,
         sin: sin.contiguous()?.flatten_all()?.to_vec1::<f32>()?,
@@ -135,5 +138,9 @@ mod tests {
         let x = Tensor::zeros((1, 1, 4, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
         let t = Tensor::zeros((4, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
         assert!(rope(&x, &t, &t).unwrap_err().to_string().contains("rope"));
+        // Nothing to rotate is not an error.
+        let empty = Tensor::zeros((1, 1, 0, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let t = Tensor::zeros((0, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(rope(&empty, &t, &t).unwrap().dims(), &[1, 1, 0, 8]);
     }
 }

@@ -23,6 +23,9 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
             up.dims()
         )));
     }
+    if gate.elem_count() == 0 {
+        return Ok(gate.clone());
+    }
     Ok(gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)?)
 }
 
