@@ -357,6 +357,11 @@ impl Attention {
         })
     }
 
+    /// The attention scores' scale, `1/√D`.
+    fn scale(&self) -> f64 {
+        1.0 / (self.head_dim as f64).sqrt()
+    }
+
     /// Projects `x` `(B, L, hidden)` to rotated q `(B, H, L, D)`, rotated k
     /// and v `(B, KV, L, D)`.
     fn qkv(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
@@ -394,9 +399,8 @@ impl Attention {
         let (nkv, g) = (self.num_kv_heads, nh / self.num_kv_heads);
         // (B, H, Lq, D) -> (B, KV, G*Lq, D): heads h = kv*G + g share kv head `kv`.
         let q = q.contiguous()?.reshape((b, nkv, g * lq, hd))?;
-        let scale = 1.0 / (hd as f64).sqrt();
         // (B, KV, G*Lq, D) x (B, KV, D, Lk) -> (B, KV, G*Lq, Lk)
-        let att = (q.matmul(&k.t()?)? * scale)?;
+        let att = (q.matmul(&k.t()?)? * self.scale())?;
         let att = match mask {
             None => att,
             Some(mask) => {
@@ -423,8 +427,7 @@ impl Attention {
         let (q, k, v) = self.qkv(x, cos, sin)?;
         let y = match mask {
             PaddedMask::Lengths(lens) => {
-                let scale = 1.0 / (self.head_dim as f32).sqrt();
-                fused::causal_attention(&q, &k, &v, lens.clone(), scale)?
+                fused::causal_attention(&q, &k, &v, lens.clone(), self.scale() as f32)?
             }
             PaddedMask::Additive(mask) => self.attend(&q, &k, &v, Some(mask))?,
         };
@@ -449,24 +452,21 @@ impl Attention {
     ) -> Result<Tensor> {
         let n = x.dim(1)?;
         let (q, k, v) = self.qkv(x, cos, sin)?; // (1, H|KV, N, D)
+        // Each sequence's new keys and values join its cache: (1, KV, past+len, D).
+        let mut kv = Vec::with_capacity(segs.len());
+        for (&(off, len), cache) in segs.iter().zip(caches.iter_mut()) {
+            let ki = k.narrow(2, off, len)?.contiguous()?; // (1, KV, len, D)
+            let vi = v.narrow(2, off, len)?.contiguous()?;
+            kv.push(cache.append(&ki, &vi)?);
+        }
         if fused::attention::applies(x.dtype(), x.device()) {
-            let mut kv = Vec::with_capacity(segs.len());
-            for (&(off, len), cache) in segs.iter().zip(caches.iter_mut()) {
-                let ki = k.narrow(2, off, len)?.contiguous()?;
-                let vi = v.narrow(2, off, len)?.contiguous()?;
-                kv.push(cache.append(&ki, &vi)?);
-            }
-            let scale = 1.0 / (self.head_dim as f32).sqrt();
-            let y = fused::attention::cached_attention(&q, segs, &kv, scale)?;
+            let y = fused::attention::cached_attention(&q, segs, &kv, self.scale() as f32)?;
             return Ok(self.o_proj.forward(&y)?);
         }
         let mut ys = Vec::with_capacity(segs.len());
-        for (&(off, len), cache) in segs.iter().zip(caches.iter_mut()) {
-            let past = cache.current_seq_len();
+        for (&(off, len), (k_all, v_all)) in segs.iter().zip(&kv) {
+            let past = k_all.dim(2)? - len;
             let qi = q.narrow(2, off, len)?; // (1, H, len, D)
-            let ki = k.narrow(2, off, len)?.contiguous()?; // (1, KV, len, D)
-            let vi = v.narrow(2, off, len)?.contiguous()?;
-            let (k_all, v_all) = cache.append(&ki, &vi)?; // (1, KV, past+len, D)
             let mask = if len > 1 {
                 // (len, past+len): query j sees keys 0..=past+j.
                 let total = past + len;
@@ -485,7 +485,7 @@ impl Attention {
             } else {
                 None
             };
-            ys.push(self.attend(&qi, &k_all, &v_all, mask.as_ref())?);
+            ys.push(self.attend(&qi, k_all, v_all, mask.as_ref())?);
         }
         // n x (1, H, len_i, D) -> (1, H, N, D) -> (1, N, H, D) -> (1, N, H*D)
         let y = Tensor::cat(&ys, 2)?.transpose(1, 2)?.reshape((
@@ -1020,11 +1020,7 @@ mod tests {
 
     /// Largest |logit| of `t`, the scale half-precision errors are measured against.
     fn max_abs(t: &Tensor) -> f32 {
-        t.abs()
-            .and_then(|d| d.flatten_all())
-            .and_then(|d| d.max(0))
-            .and_then(|d| d.to_scalar::<f32>())
-            .expect("max")
+        max_abs_diff(t, &t.zeros_like().unwrap())
     }
 
     #[test]

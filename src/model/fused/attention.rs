@@ -16,7 +16,7 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::{MatView, f32_slice, gemm_into, storage_f32};
+use super::{MatView, f32_slice, gemm_into, runs_on, with_f32_values};
 use crate::model::error::{ModelError, Result};
 
 /// Query rows per scratch block.
@@ -66,9 +66,9 @@ pub fn causal_attention(
         .apply_op3(&k.contiguous()?, &v.contiguous()?, op)?)
 }
 
-/// Whether [`causal_attention`] runs for a model in `dtype` on `device`.
+/// Whether [`causal_attention`] and [`cached_attention`] run for a model in `dtype` on `device`.
 pub fn applies(dtype: DType, device: &Device) -> bool {
-    device.is_cpu() && dtype == DType::F32
+    runs_on(dtype, device)
 }
 
 /// Attention of a packed decoding step over each sequence's KV cache (no backward). `q`
@@ -98,9 +98,6 @@ pub fn cached_attention(
             caches.len()
         )));
     }
-    let q = q.contiguous()?;
-    let (q_s, q_l) = q.storage_and_layout();
-    let q_vals = storage_f32(&q_s, q_l, "cached_attention q")?;
     let guards: Vec<_> = caches
         .iter()
         .map(|(k, v)| (k.storage_and_layout(), v.storage_and_layout()))
@@ -118,7 +115,33 @@ pub fn cached_attention(
         }
         views.push((k, v));
     }
-    let blocks: Vec<Vec<f32>> = (0..segs.len() * h)
+    let blocks = with_f32_values([q], ["cached_attention q"], |[q]| {
+        cached_blocks(q, &views, segs, (h, n, d), scale)
+    })?;
+    drop(guards);
+    // Scatter the (seq, head) blocks into token-major rows: (N, H, D).
+    let mut out = vec![0f32; n * h * d];
+    for (task, block) in blocks.iter().enumerate() {
+        let (seq, head) = (task / h, task % h);
+        let off = segs[seq].0;
+        for (i, row) in block.chunks(d).enumerate() {
+            let at = ((off + i) * h + head) * d;
+            out[at..at + d].copy_from_slice(row);
+        }
+    }
+    Ok(Tensor::from_vec(out, (1, n, h * d), q.device())?)
+}
+
+/// The attention output of every (sequence, head) of a decoding step, `len × D` each, in
+/// (sequence, head) order; `q` holds the step's queries `(H, N, D)` row-major.
+fn cached_blocks(
+    q: &[f32],
+    views: &[(CacheView, CacheView)],
+    segs: &[(usize, usize)],
+    (h, n, d): (usize, usize, usize),
+    scale: f32,
+) -> Vec<Vec<f32>> {
+    (0..segs.len() * h)
         .into_par_iter()
         .map(|task| {
             let (seq, head) = (task / h, task % h);
@@ -127,7 +150,7 @@ pub fn cached_attention(
             let kv_head = head / (h / k.kv_heads);
             let (k, v) = (k.head(kv_head, d), v.head(kv_head, d));
             let past = k.len() / d - len;
-            let q_rows = &q_vals[(head * n + off) * d..(head * n + off + len) * d];
+            let q_rows = &q[(head * n + off) * d..(head * n + off + len) * d];
             let mut out = vec![0f32; len * d];
             let mut p = vec![0f32; BLOCK_ROWS.min(len) * (past + len)];
             for r0 in (0..len).step_by(BLOCK_ROWS) {
@@ -145,19 +168,7 @@ pub fn cached_attention(
             }
             out
         })
-        .collect();
-    drop(guards);
-    // Scatter the (seq, head) blocks into token-major rows: (N, H, D).
-    let mut out = vec![0f32; n * h * d];
-    for (task, block) in blocks.iter().enumerate() {
-        let (seq, head) = (task / h, task % h);
-        let off = segs[seq].0;
-        for (i, row) in block.chunks(d).enumerate() {
-            let at = ((off + i) * h + head) * d;
-            out[at..at + d].copy_from_slice(row);
-        }
-    }
-    Ok(Tensor::from_vec(out, (1, n, h * d), q.device())?)
+        .collect()
 }
 
 /// One sequence's cached keys or values `(1, KV, T, D)` inside a larger buffer: kv head `h`'s
@@ -422,32 +433,30 @@ impl CustomOp3 for CausalAttention {
         let mut dq = vec![0f32; b * s.heads * size];
         let mut dk = vec![0f32; b * s.kv_heads * size];
         let mut dv = vec![0f32; b * s.kv_heads * size];
-        let (q_t, k_t, v_t) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-        let d_t = grad_res.contiguous()?;
-        let (q_s, q_l) = q_t.storage_and_layout();
-        let (k_s, k_l) = k_t.storage_and_layout();
-        let (v_s, v_l) = v_t.storage_and_layout();
-        let (d_s, d_l) = d_t.storage_and_layout();
-        let q_vals = storage_f32(&q_s, q_l, "causal-attention q")?;
-        let k_vals = storage_f32(&k_s, k_l, "causal-attention k")?;
-        let v_vals = storage_f32(&v_s, v_l, "causal-attention v")?;
-        let d_out = storage_f32(&d_s, d_l, "causal-attention gradient")?;
-        // One task per kv head: it owns that head's dk, dv and the dq of the query heads that
-        // read it, so no two tasks write the same value.
-        dq.par_chunks_mut(g * size)
-            .zip(dk.par_chunks_mut(size))
-            .zip(dv.par_chunks_mut(size))
-            .enumerate()
-            .for_each(|(task, ((dq, dk), dv))| {
-                let (bi, kv) = (task / s.kv_heads, task % s.kv_heads);
-                for (gi, dq) in dq.chunks_mut(size).enumerate() {
-                    let h = kv * g + gi;
-                    let head = self.head(q_vals, k_vals, v_vals, bi, h);
-                    let qi = bi * s.heads + h;
-                    let d_out = &d_out[qi * size..(qi + 1) * size];
-                    self.backward_head(&head, d_out, dq, dk, dv);
-                }
-            });
+        let names = [
+            "causal-attention q",
+            "causal-attention k",
+            "causal-attention v",
+        ];
+        let names = [names[0], names[1], names[2], "causal-attention gradient"];
+        with_f32_values([q, k, v, grad_res], names, |[q, k, v, d_out]| {
+            // One task per kv head: it owns that head's dk, dv and the dq of the query heads
+            // that read it, so no two tasks write the same value.
+            dq.par_chunks_mut(g * size)
+                .zip(dk.par_chunks_mut(size))
+                .zip(dv.par_chunks_mut(size))
+                .enumerate()
+                .for_each(|(task, ((dq, dk), dv))| {
+                    let (bi, kv) = (task / s.kv_heads, task % s.kv_heads);
+                    for (gi, dq) in dq.chunks_mut(size).enumerate() {
+                        let h = kv * g + gi;
+                        let head = self.head(q, k, v, bi, h);
+                        let qi = bi * s.heads + h;
+                        let d_out = &d_out[qi * size..(qi + 1) * size];
+                        self.backward_head(&head, d_out, dq, dk, dv);
+                    }
+                });
+        })?;
         let dev = q.device();
         Ok((
             Some(Tensor::from_vec(dq, q.shape(), dev)?),

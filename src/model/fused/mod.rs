@@ -25,11 +25,16 @@ pub use rms_norm::rms_norm;
 pub use rope::rope;
 pub use swiglu::swiglu;
 
-use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
+use candle_core::{CpuStorage, DType, Device, Layout, Storage, Tensor};
 
-/// Whether a tensor is on the CPU in f32, the one case the kernels here cover.
+/// Whether values of `dtype` on `device` are f32 on the CPU, the one case the kernels here cover.
+fn runs_on(dtype: DType, device: &Device) -> bool {
+    device.is_cpu() && dtype == DType::F32
+}
+
+/// [`runs_on`] for a tensor.
 fn covers(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32
+    runs_on(t.dtype(), t.device())
 }
 
 /// The contiguous f32 slice of a storage, or an error naming `what`.
@@ -47,13 +52,30 @@ fn u32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Resu
     }
 }
 
-/// The f32 values of a tensor's storage, for backward passes that read their saved inputs and
-/// the upstream gradient (which must be contiguous: see `contiguous()`).
-fn storage_f32<'a>(s: &'a Storage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    match s {
-        Storage::Cpu(cpu) => f32_slice(cpu, l, what),
-        _ => candle_core::bail!("{what}: expected a CPU tensor"),
+/// Runs `f` on the f32 values of CPU tensors, each in row-major order (made contiguous first):
+/// how the backward passes read their saved inputs and the upstream gradient without copying
+/// them out. `names` name each tensor in errors.
+fn with_f32_values<const N: usize, R>(
+    tensors: [&Tensor; N],
+    names: [&str; N],
+    f: impl FnOnce([&[f32]; N]) -> R,
+) -> candle_core::Result<R> {
+    let contiguous = tensors
+        .iter()
+        .map(|t| t.contiguous())
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let guards: Vec<_> = contiguous.iter().map(|t| t.storage_and_layout()).collect();
+    let mut values = Vec::with_capacity(N);
+    for ((storage, layout), name) in guards.iter().zip(names) {
+        values.push(match &**storage {
+            Storage::Cpu(cpu) => f32_slice(cpu, layout, name)?,
+            _ => candle_core::bail!("{name}: expected a CPU tensor"),
+        });
     }
+    let Ok(values) = <[&[f32]; N]>::try_from(values) else {
+        unreachable!("one slice per tensor");
+    };
+    Ok(f(values))
 }
 
 /// A strided f32 matrix inside a slice: element `(r, c)` is `data[r * row_stride + c *

@@ -8,7 +8,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{covers, f32_slice, storage_f32};
+use super::{covers, f32_slice, with_f32_values};
 use crate::model::error::{ModelError, Result};
 
 /// Rows per task of the backward; a fixed count, so the weight gradient's partial sums are
@@ -49,6 +49,45 @@ impl RmsNorm {
     }
 }
 
+impl RmsNorm {
+    /// `(dx, dw)` for rows `xs` with scale `w` and upstream gradient `dy`:
+    /// `dx = r·(w⊙dy − x·r²·mean(w⊙dy⊙x))`, `dw = Σ_rows dy⊙x·r`, `r = 1/rms(x)`.
+    fn gradients(&self, xs: &[f32], w: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let hidden = w.len();
+        let mut dx = vec![0f32; xs.len()];
+        let partial_dw: Vec<Vec<f32>> = dx
+            .par_chunks_mut(hidden * ROWS_PER_TASK)
+            .zip(xs.par_chunks(hidden * ROWS_PER_TASK))
+            .zip(dy.par_chunks(hidden * ROWS_PER_TASK))
+            .map(|((dx, xs), dy)| {
+                let mut dw = vec![0f32; hidden];
+                for ((dx, x), dy) in dx
+                    .chunks_mut(hidden)
+                    .zip(xs.chunks(hidden))
+                    .zip(dy.chunks(hidden))
+                {
+                    let r = self.inv_rms(x);
+                    let mut dot = 0f32;
+                    for i in 0..hidden {
+                        dot += w[i] * dy[i] * x[i];
+                        dw[i] += dy[i] * x[i] * r;
+                    }
+                    let c = r * r * dot / hidden as f32;
+                    for i in 0..hidden {
+                        dx[i] = r * (w[i] * dy[i] - x[i] * c);
+                    }
+                }
+                dw
+            })
+            .collect();
+        let mut dw = vec![0f32; hidden];
+        for part in &partial_dw {
+            dw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+        }
+        (dx, dw)
+    }
+}
+
 impl CustomOp2 for RmsNorm {
     fn name(&self) -> &'static str {
         "rms-norm"
@@ -82,49 +121,10 @@ impl CustomOp2 for RmsNorm {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (x_t, w_t, d_t) = (
-            x.contiguous()?,
-            weight.contiguous()?,
-            grad_res.contiguous()?,
-        );
-        let (x_s, x_l) = x_t.storage_and_layout();
-        let (w_s, w_l) = w_t.storage_and_layout();
-        let (d_s, d_l) = d_t.storage_and_layout();
-        let xs = storage_f32(&x_s, x_l, "rms-norm x")?;
-        let w = storage_f32(&w_s, w_l, "rms-norm weight")?;
-        let dy = storage_f32(&d_s, d_l, "rms-norm gradient")?;
-        let hidden = w.len();
-        let mut dx = vec![0f32; xs.len()];
-        // dx = r·(w⊙dy − x·r²·mean(w⊙dy⊙x)),  dw = Σ_rows dy⊙x·r,  r = 1/rms(x).
-        let partial_dw: Vec<Vec<f32>> = dx
-            .par_chunks_mut(hidden * ROWS_PER_TASK)
-            .zip(xs.par_chunks(hidden * ROWS_PER_TASK))
-            .zip(dy.par_chunks(hidden * ROWS_PER_TASK))
-            .map(|((dx, xs), dy)| {
-                let mut dw = vec![0f32; hidden];
-                for ((dx, x), dy) in dx
-                    .chunks_mut(hidden)
-                    .zip(xs.chunks(hidden))
-                    .zip(dy.chunks(hidden))
-                {
-                    let r = self.inv_rms(x);
-                    let mut dot = 0f32;
-                    for i in 0..hidden {
-                        dot += w[i] * dy[i] * x[i];
-                        dw[i] += dy[i] * x[i] * r;
-                    }
-                    let c = r * r * dot / hidden as f32;
-                    for i in 0..hidden {
-                        dx[i] = r * (w[i] * dy[i] - x[i] * c);
-                    }
-                }
-                dw
-            })
-            .collect();
-        let mut dw = vec![0f32; hidden];
-        for part in &partial_dw {
-            dw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
-        }
+        let names = ["rms-norm x", "rms-norm weight", "rms-norm gradient"];
+        let (dx, dw) = with_f32_values([x, weight, grad_res], names, |[xs, w, dy]| {
+            self.gradients(xs, w, dy)
+        })?;
         Ok((
             Some(Tensor::from_vec(dx, x.shape(), x.device())?),
             Some(Tensor::from_vec(dw, weight.shape(), weight.device())?),

@@ -8,7 +8,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{covers, f32_slice, storage_f32};
+use super::{covers, f32_slice, with_f32_values};
 use crate::model::error::{ModelError, Result};
 
 /// Values per parallel task.
@@ -72,28 +72,24 @@ impl CustomOp2 for SwiGlu {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (g_t, u_t, d_t) = (gate.contiguous()?, up.contiguous()?, grad_res.contiguous()?);
-        let (g_s, g_l) = g_t.storage_and_layout();
-        let (u_s, u_l) = u_t.storage_and_layout();
-        let (d_s, d_l) = d_t.storage_and_layout();
-        let gate_vals = storage_f32(&g_s, g_l, "swiglu gate")?;
-        let up_vals = storage_f32(&u_s, u_l, "swiglu up")?;
-        let dy = storage_f32(&d_s, d_l, "swiglu gradient")?;
-        let mut d_gate = vec![0f32; gate_vals.len()];
-        let mut d_up = vec![0f32; gate_vals.len()];
-        // d/dg silu(g) = σ(g)·(1 + g·(1 − σ(g))).
-        d_gate
-            .par_chunks_mut(CHUNK)
-            .zip(d_up.par_chunks_mut(CHUNK))
-            .zip(gate_vals.par_chunks(CHUNK))
-            .zip(up_vals.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
-            .for_each(|(((dg, du), gate), (up, dy))| {
-                for i in 0..gate.len() {
-                    let (g, s) = (gate[i], sigmoid(gate[i]));
-                    dg[i] = dy[i] * up[i] * s * (1.0 + g * (1.0 - s));
-                    du[i] = dy[i] * g * s;
-                }
-            });
+        let mut d_gate = vec![0f32; gate.elem_count()];
+        let mut d_up = vec![0f32; gate.elem_count()];
+        let names = ["swiglu gate", "swiglu up", "swiglu gradient"];
+        with_f32_values([gate, up, grad_res], names, |[gate, up, dy]| {
+            // d/dg silu(g) = σ(g)·(1 + g·(1 − σ(g))).
+            d_gate
+                .par_chunks_mut(CHUNK)
+                .zip(d_up.par_chunks_mut(CHUNK))
+                .zip(gate.par_chunks(CHUNK))
+                .zip(up.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
+                .for_each(|(((dg, du), gate), (up, dy))| {
+                    for i in 0..gate.len() {
+                        let (g, s) = (gate[i], sigmoid(gate[i]));
+                        dg[i] = dy[i] * up[i] * s * (1.0 + g * (1.0 - s));
+                        du[i] = dy[i] * g * s;
+                    }
+                });
+        })?;
         Ok((
             Some(Tensor::from_vec(d_gate, gate.shape(), gate.device())?),
             Some(Tensor::from_vec(d_up, up.shape(), up.device())?),
