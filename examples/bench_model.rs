@@ -9,7 +9,7 @@
 //! - `train`: one full fine-tuning step (forward + loss, backward, AdamW with grad-norm clipping)
 //!   on B sequences of L random token ids, with the token-mean cross-entropy loss (the same loss
 //!   transformers computes from `labels`) and, separately, with asl's GRPO loss
-//!   (`grpo_sequence_sum`, which projects only the loss positions
+//!   (`rl::loss::policy_loss` over `selected_logprobs`, which projects only the loss positions
 //!   through the vocabulary). One warm-up step first; the second step is reported.
 //! - `peak_rss`: the process's peak resident set (`VmHWM`) after each phase. Phases run in order
 //!   of growing memory, so the value after the last decode is the decode peak and the final one
@@ -30,9 +30,9 @@ use anyhow::{Context, bail};
 use asl::model::llama::{HfModel, SMOLLM2_DEFAULT_SYSTEM, render_chatml};
 use asl::model::sample::{SamplingParams, SeqRequest, generate};
 use asl::model::train::{
-    GrpoParams, LossPositions, TrainConfig, Trainer, build_batch, grpo_sequence_sum,
-    selected_logprobs, token_logprobs,
+    LossPositions, TrainConfig, Trainer, build_batch, selected_logprobs, token_logprobs,
 };
+use asl::rl::loss::{LossConfig, RoleCounts, TokenBatch, policy_loss, sequence_weight};
 use candle_core::{D, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -207,24 +207,39 @@ fn bench_train(dir: &Path, b: usize, l: usize, grpo: bool) -> anyhow::Result<()>
         // Old log-probs of the current weights (ratio 1, so no token is clipped and every
         // weight gets a gradient), outside the timed step: rollouts record them.
         let old = match &grpo_in {
-            Some((batch, pos, _)) => {
-                Some(selected_logprobs(trainer.model(), batch, pos)?.0.detach())
-            }
+            Some((batch, pos, _)) => Some(
+                selected_logprobs(trainer.model(), batch, pos, 1.0)?
+                    .0
+                    .detach(),
+            ),
             None => None,
         };
         let t0 = Instant::now();
         let loss = match (&grpo_in, &old) {
             (Some((batch, pos, adv)), Some(old)) => {
-                grpo_sequence_sum(
-                    trainer.model(),
-                    batch,
-                    pos,
-                    old,
-                    adv,
-                    None,
-                    &GrpoParams::default(),
-                )?
-                .0
+                let cfg = LossConfig::default();
+                let (logp, entropy) = selected_logprobs(trainer.model(), batch, pos, 1.0)?;
+                let counts = RoleCounts {
+                    weight: 1.0,
+                    sequences: adv.len(),
+                    tokens: pos.flat.len() as u64,
+                };
+                let weights: Vec<f64> = pos
+                    .tokens
+                    .iter()
+                    .map(|&t| sequence_weight(&cfg, &counts, t))
+                    .collect();
+                let tokens = TokenBatch {
+                    logp: &logp,
+                    old_logp: old,
+                    ref_logp: None,
+                    entropy: &entropy,
+                    is_weights: None,
+                    seq: &pos.seq,
+                    advantages: adv,
+                    weights: &weights,
+                };
+                policy_loss(&cfg, &tokens)?.0
             }
             _ => {
                 // Token-mean cross-entropy of every next token, as transformers' `labels`.

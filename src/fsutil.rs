@@ -110,3 +110,28 @@ pub fn remove_stale_tmp(dir: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// Makes `dest` a folder holding the files of `src` (not its subfolders), hard-linked where the
+/// file system allows and copied where it does not, built under a temporary name and renamed
+/// into place when complete. For checkpoints inside a run dir: asl never changes a written file
+/// in place (every write is a new file renamed over the old), so a link is as safe as a copy.
+pub fn link_folder(src: &Path, dest: &Path) -> Result<()> {
+    let tmp = tmp_path_for(dest);
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).at(&tmp)?;
+    }
+    fs::create_dir_all(&tmp).at(&tmp)?;
+    for entry in fs::read_dir(src).at(src)? {
+        let path = entry.at(src)?.path();
+        if path.is_file() && !is_tmp_name(&path) {
+            let to = tmp.join(path.file_name().expect("a file has a name"));
+            if fs::hard_link(&path, &to).is_err() {
+                fs::copy(&path, &to).at(&to)?;
+            }
+        }
+    }
+    if dest.exists() {
+        fs::remove_dir_all(dest).at(dest)?;
+    }
+    fs::rename(&tmp, dest).at(dest)
+}

@@ -254,6 +254,13 @@ fn stage_command(stage: &dyn Stage) -> Command {
                 .value_parser(|s: &str| s.parse::<ShardSpec>())
                 .help("Do part I of N of the stage's work (for job arrays); default 0/1"),
         )
+        .arg(
+            Arg::new("step")
+                .long("step")
+                .value_name("S")
+                .value_parser(clap::value_parser!(u32))
+                .help("Optimizer step of the round (train and apply only); default 1"),
+        )
 }
 
 /// `asl eval` also scores any checkpoint on any QA file, outside a run.
@@ -466,10 +473,14 @@ fn stage_main(stage: &dyn Stage, m: &ArgMatches) -> Result<()> {
         .get_one::<ShardSpec>("shard")
         .copied()
         .unwrap_or(ShardSpec::WHOLE);
-    let (entry, summary) = run_single_stage(run_dir, stage, round, &sets, shard)?;
+    let step = m.get_one::<u32>("step").copied();
+    let (entry, summary) = run_single_stage(run_dir, stage, round, step, &sets, shard)?;
+    let label = match entry.step {
+        0 => entry.stage.clone(),
+        s => format!("{} step {s}/{}", entry.stage, entry.steps),
+    };
     println!(
-        "round {round} {}: done in {:.1}s, {summary}",
-        entry.stage,
+        "round {round} {label}: done in {:.1}s, {summary}",
         entry.wall_s.unwrap_or_default()
     );
     Ok(())

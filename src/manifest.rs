@@ -109,6 +109,13 @@ impl std::fmt::Display for ShardSpec {
 pub struct Entry {
     pub stage: String,
     pub round: u32,
+    /// The optimizer step within the round, for the stages that repeat once per step (`train`,
+    /// `apply`): 1..=`steps`. 0 for every other stage (and not written).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub step: u32,
+    /// How many steps the round had when this entry ran; 0 for a stage that does not step.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub steps: u32,
     pub shard: ShardSpec,
     pub status: Status,
     pub params: Map<String, Value>,
@@ -123,6 +130,10 @@ pub struct Entry {
     pub wall_s: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The pipeline the run was started with, so a single stage run by hand gets the same params.
@@ -206,26 +217,45 @@ impl Manifest {
         Ok(out)
     }
 
-    /// The newest entry of exactly this stage part.
-    pub fn latest_part(&self, stage: &str, round: u32, shard: ShardSpec) -> Option<&Entry> {
+    /// The newest entry of exactly this stage part (`step` 0 for a stage that does not step).
+    pub fn latest_part(
+        &self,
+        stage: &str,
+        round: u32,
+        step: u32,
+        shard: ShardSpec,
+    ) -> Option<&Entry> {
         self.entries
             .iter()
             .rev()
-            .find(|e| e.stage == stage && e.round == round && e.shard == shard)
+            .find(|e| e.stage == stage && e.round == round && e.step == step && e.shard == shard)
     }
 
     /// The newest `done` entry of exactly this stage part. A later failed attempt does not
     /// hide it: outputs are replaced only when complete, so its outputs are still the last good
     /// ones (the hash check proves it).
-    pub fn latest_done_part(&self, stage: &str, round: u32, shard: ShardSpec) -> Option<&Entry> {
+    pub fn latest_done_part(
+        &self,
+        stage: &str,
+        round: u32,
+        step: u32,
+        shard: ShardSpec,
+    ) -> Option<&Entry> {
         self.entries.iter().rev().find(|e| {
-            e.stage == stage && e.round == round && e.shard == shard && e.status == Status::Done
+            e.stage == stage
+                && e.round == round
+                && e.step == step
+                && e.shard == shard
+                && e.status == Status::Done
         })
     }
 
     /// The outputs of a stage whose every part is done, looking back from `round` to the newest
     /// round that has them (setup stages live in round 0). The parts are those of the newest
-    /// done split (`--shard i/n`), merged in shard order.
+    /// done split (`--shard i/n`), merged in shard order. For a stage that repeats once per
+    /// optimizer step, these are the outputs of the round's last step (the step count of the
+    /// newest done entry says which is last), so a step rerun by hand never passes for the
+    /// round's result.
     pub fn done_outputs(&self, stage: &str, round: u32) -> Option<(u32, Vec<FileRecord>)> {
         (0..=round).rev().find_map(|r| {
             let newest = self
@@ -233,19 +263,26 @@ impl Manifest {
                 .iter()
                 .rev()
                 .find(|e| e.stage == stage && e.round == r && e.status == Status::Done)?;
-            let count = newest.shard.count;
-            let parts: Option<Vec<&Entry>> = (0..count)
-                .map(|index| self.latest_done_part(stage, r, ShardSpec { index, count }))
-                .collect();
-            parts.map(|parts| {
-                (
-                    r,
-                    parts
-                        .iter()
-                        .flat_map(|e| e.outputs.iter().cloned())
-                        .collect(),
-                )
-            })
+            let outputs = self.done_step_outputs(stage, r, newest.steps)?;
+            Some((r, outputs))
+        })
+    }
+
+    /// The outputs of one step of a stepped stage in `round` (`step` 0: a stage that does not
+    /// step), when every part of its newest done split is done.
+    pub fn done_step_outputs(&self, stage: &str, round: u32, step: u32) -> Option<Vec<FileRecord>> {
+        let newest = self.entries.iter().rev().find(|e| {
+            e.stage == stage && e.round == round && e.step == step && e.status == Status::Done
+        })?;
+        let count = newest.shard.count;
+        let parts: Option<Vec<&Entry>> = (0..count)
+            .map(|index| self.latest_done_part(stage, round, step, ShardSpec { index, count }))
+            .collect();
+        parts.map(|parts| {
+            parts
+                .iter()
+                .flat_map(|e| e.outputs.iter().cloned())
+                .collect()
         })
     }
 }

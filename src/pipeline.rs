@@ -116,7 +116,27 @@ impl Pipeline {
                     format!("unknown stage (known: {})", stages::known_names()),
                 )
             })?;
-            self.stage_params(stage, sets)?;
+            let params = self.stage_params(stage, sets)?;
+            if stage.name() == "train" {
+                crate::stages::train::optimizer_steps(&params)?;
+            }
+        }
+        if let Some(name) = self.setup.iter().find(|n| stepped(n)) {
+            return Err(Error::stage(
+                name.clone(),
+                "repeats once per optimizer step, so it belongs in `round`, not `setup`",
+            ));
+        }
+        let at: Vec<usize> = (0..self.round.len())
+            .filter(|&i| stepped(&self.round[i]))
+            .collect();
+        if let (Some(first), Some(last)) = (at.first(), at.last())
+            && last - first + 1 != at.len()
+        {
+            return Err(Error::stage(
+                self.round[*first].clone(),
+                "the stepped stages (train, apply) must stand next to each other in `round`",
+            ));
         }
         for key in self.params.keys() {
             if !self.stage_names().any(|n| n == key) {
@@ -228,15 +248,15 @@ pub fn run_pipeline(
     };
     Manifest::update(run_dir, |m| m.pipeline = Some(record))?;
 
-    let plan = pipeline
-        .setup
-        .iter()
-        .map(|s| (0, s))
-        .chain((1..=rounds).flat_map(|r| pipeline.round.iter().map(move |s| (r, s))));
+    let steps = optimizer_steps(&resolved);
+    let mut plan: Vec<(u32, &String, u32)> = pipeline.setup.iter().map(|s| (0, s, 0)).collect();
+    for r in 1..=rounds {
+        plan.extend(round_plan(&pipeline.round, steps).map(|(name, step)| (r, name, step)));
+    }
     let mut ran: BTreeSet<String> = BTreeSet::new();
     let mut reports = Vec::new();
     let mut current_round = 0;
-    for (round, name) in plan {
+    for (round, name, step) in plan {
         if round != current_round {
             close_round(run_dir, current_round, log);
             current_round = round;
@@ -252,9 +272,11 @@ pub fn run_pipeline(
             .any(|u| ran.contains(UpstreamSpec::parse(u).stage));
         let forced = opts.force.iter().any(|f| f == name);
         let seed = stage_seed(seed, name, round);
-        let prepared = prepare(run_dir, stage, round, &params, seed)?;
+        let at = StepAt::new(step, steps);
+        let prepared = prepare(run_dir, stage, round, at, &params, seed)?;
+        let label = at.label(name);
         if !forced && !upstream_ran && prepared.is_up_to_date(run_dir)? {
-            writeln!(log, "round {round} {name}: didn't change, skipping").ok();
+            writeln!(log, "round {round} {label}: didn't change, skipping").ok();
             reports.push(StageReport {
                 round,
                 stage: name.clone(),
@@ -263,11 +285,11 @@ pub fn run_pipeline(
             });
             continue;
         }
-        writeln!(log, "round {round} {name}: running").ok();
+        writeln!(log, "round {round} {label}: running").ok();
         let (entry, summary) = prepared.execute(run_dir, ShardSpec::WHOLE)?;
         writeln!(
             log,
-            "round {round} {name}: done in {:.1}s, {summary}",
+            "round {round} {label}: done in {:.1}s, {summary}",
             entry.wall_s.unwrap_or_default()
         )
         .ok();
@@ -283,6 +305,68 @@ pub fn run_pipeline(
     Ok(reports)
 }
 
+/// The optimizer steps each round takes, from the pipeline's `train` params (1 when it has no
+/// `train`).
+fn optimizer_steps(resolved: &Map<String, Value>) -> u32 {
+    resolved
+        .get("train")
+        .and_then(Value::as_object)
+        .and_then(|p| crate::stages::train::optimizer_steps(p).ok())
+        .unwrap_or(1)
+}
+
+fn stepped(name: &str) -> bool {
+    stages::find(name).is_some_and(|s| s.stepped())
+}
+
+/// A round's stages in the order they run: the stepped stages (`train`, `apply`) form a block
+/// that repeats once per optimizer step, `train` step 1, `apply` step 1, `train` step 2, …
+fn round_plan(names: &[String], steps: u32) -> impl Iterator<Item = (&String, u32)> {
+    let start = names.iter().position(|n| stepped(n)).unwrap_or(names.len());
+    let end = start + names[start..].iter().take_while(|n| stepped(n)).count();
+    let before = names[..start].iter().map(|n| (n, 0));
+    let block = (1..=steps).flat_map(move |s| names[start..end].iter().map(move |n| (n, s)));
+    let after = names[end..].iter().map(|n| (n, 0));
+    before.chain(block).chain(after)
+}
+
+/// Where a stage run sits among a round's optimizer steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepAt {
+    /// 1..=`steps` for a stepped stage, 0 for any other.
+    pub step: u32,
+    pub steps: u32,
+}
+
+impl StepAt {
+    pub const NONE: StepAt = StepAt { step: 0, steps: 0 };
+
+    fn new(step: u32, steps: u32) -> StepAt {
+        if step == 0 {
+            StepAt::NONE
+        } else {
+            StepAt { step, steps }
+        }
+    }
+
+    /// A stepped stage writes into `step-SSS/` under its stage dir.
+    pub fn dir(self, stage_dir: PathBuf) -> PathBuf {
+        if self.step == 0 {
+            stage_dir
+        } else {
+            stage_dir.join(format!("step-{:03}", self.step))
+        }
+    }
+
+    fn label(self, name: &str) -> String {
+        if self.step == 0 {
+            name.to_string()
+        } else {
+            format!("{name} step {}/{}", self.step, self.steps)
+        }
+    }
+}
+
 /// Prints the round table after a round's last stage (round 0 is setup and has none).
 fn close_round(run_dir: &Path, round: u32, log: &mut dyn Write) {
     if round == 0 {
@@ -292,6 +376,11 @@ fn close_round(run_dir: &Path, round: u32, log: &mut dyn Write) {
         Ok(table) => writeln!(log, "{table}").ok(),
         Err(e) => writeln!(log, "round {round}: no round table: {e}").ok(),
     };
+    match crate::report::updates_table(run_dir, round) {
+        Ok(table) if !table.is_empty() => writeln!(log, "{table}").ok(),
+        Ok(_) => None,
+        Err(e) => writeln!(log, "round {round}: no updates table: {e}").ok(),
+    };
 }
 
 /// Runs one stage by hand with the params of the run's pipeline (from the manifest) and any
@@ -300,6 +389,7 @@ pub fn run_single_stage(
     run_dir: &Path,
     stage: &dyn Stage,
     round: u32,
+    step: Option<u32>,
     sets: &[SetOverride],
     shard: ShardSpec,
 ) -> Result<(Entry, String)> {
@@ -313,10 +403,41 @@ pub fn run_single_stage(
     };
     let seed = run_seed(base_seed, sets)?;
     let params = resolve(stage.name(), &stage.params(), table, sets)?;
+    let at = if stage.stepped() {
+        // The step count comes from the run's `train` params, as `asl run` would compute it.
+        let train = crate::stages::train::TrainStage;
+        let train_table = manifest
+            .pipeline
+            .as_ref()
+            .and_then(|p| p.params.get("train"))
+            .and_then(Value::as_object);
+        let train_params = resolve("train", &train.params(), train_table, sets)?;
+        let steps = crate::stages::train::optimizer_steps(&train_params)?;
+        let step = step.unwrap_or(1);
+        if step == 0 || step > steps {
+            return Err(Error::param(
+                "--step",
+                format!("{step} is outside 1..={steps} (this run's optimizer steps per round)"),
+            ));
+        }
+        StepAt::new(step, steps)
+    } else {
+        if step.is_some() {
+            return Err(Error::param(
+                "--step",
+                format!(
+                    "stage `{}` does not repeat per optimizer step (only train and apply do)",
+                    stage.name()
+                ),
+            ));
+        }
+        StepAt::NONE
+    };
     let prepared = prepare(
         run_dir,
         stage,
         round,
+        at,
         &params,
         stage_seed(seed, stage.name(), round),
     )?;
@@ -325,11 +446,14 @@ pub fn run_single_stage(
 
 /// An upstream reference as stages declare it: `stage` (finished in this round or before),
 /// `stage?` (this round's or setup's, when the pipeline has it), `stage@prev?` (from an earlier
-/// round only: the checkpoint a round starts from is the previous round's).
+/// round only: the checkpoint a round starts from is the previous round's), `stage@prev_step?`
+/// (the previous optimizer step of this round, absent at step 1). A stepped stage naming another
+/// stepped stage plainly (`apply` naming `train`) reads the same step.
 pub struct UpstreamSpec<'a> {
     pub stage: &'a str,
     pub optional: bool,
     pub previous_round: bool,
+    pub previous_step: bool,
 }
 
 impl<'a> UpstreamSpec<'a> {
@@ -337,6 +461,10 @@ impl<'a> UpstreamSpec<'a> {
         let (rest, optional) = match key.strip_suffix('?') {
             Some(r) => (r, true),
             None => (key, false),
+        };
+        let (rest, previous_step) = match rest.strip_suffix("@prev_step") {
+            Some(s) => (s, true),
+            None => (rest, false),
         };
         let (stage, previous_round) = match rest.strip_suffix("@prev") {
             Some(s) => (s, true),
@@ -346,6 +474,7 @@ impl<'a> UpstreamSpec<'a> {
             stage,
             optional,
             previous_round,
+            previous_step,
         }
     }
 }
@@ -354,6 +483,7 @@ impl<'a> UpstreamSpec<'a> {
 struct Prepared<'a> {
     stage: &'a dyn Stage,
     round: u32,
+    at: StepAt,
     params: Params,
     seed: u64,
     upstream: Vec<(String, Vec<PathBuf>)>,
@@ -364,6 +494,7 @@ fn prepare<'a>(
     run_dir: &Path,
     stage: &'a dyn Stage,
     round: u32,
+    at: StepAt,
     params: &Params,
     seed: u64,
 ) -> Result<Prepared<'a>> {
@@ -373,7 +504,18 @@ fn prepare<'a>(
     for key in stage.upstream(params) {
         let spec = UpstreamSpec::parse(key);
         let up = spec.stage;
-        let found = if spec.previous_round {
+        let same_step = at.step > 0 && stages::find(up).is_some_and(|u| u.stepped());
+        let found = if spec.previous_step {
+            at.step
+                .checked_sub(1)
+                .filter(|s| *s > 0)
+                .and_then(|s| manifest.done_step_outputs(up, round, s))
+                .map(|outputs| (round, outputs))
+        } else if same_step && !spec.previous_round {
+            manifest
+                .done_step_outputs(up, round, at.step)
+                .map(|outputs| (round, outputs))
+        } else if spec.previous_round {
             round
                 .checked_sub(1)
                 .and_then(|r| manifest.done_outputs(up, r))
@@ -422,6 +564,7 @@ fn prepare<'a>(
     Ok(Prepared {
         stage,
         round,
+        at,
         params: params.clone(),
         seed,
         upstream,
@@ -433,9 +576,12 @@ impl Prepared<'_> {
     /// The cheap checks first (status, params, seed, input hashes), output hashes last.
     fn is_up_to_date(&self, run_dir: &Path) -> Result<bool> {
         let manifest = Manifest::load(run_dir)?;
-        let Some(entry) =
-            manifest.latest_done_part(self.stage.name(), self.round, ShardSpec::WHOLE)
-        else {
+        let Some(entry) = manifest.latest_done_part(
+            self.stage.name(),
+            self.round,
+            self.at.step,
+            ShardSpec::WHOLE,
+        ) else {
             return Ok(false);
         };
         let same_inputs = entry.inputs.len() == self.inputs.len()
@@ -445,6 +591,7 @@ impl Prepared<'_> {
                 .zip(&self.inputs)
                 .all(|(a, b)| a.path == b.path && a.sha256 == b.sha256);
         Ok(entry.asl_version == ASL_VERSION
+            && entry.steps == self.at.steps
             && entry.params == self.params
             && entry.seed == self.seed
             && same_inputs
@@ -453,12 +600,14 @@ impl Prepared<'_> {
 
     fn execute(&self, run_dir: &Path, shard: ShardSpec) -> Result<(Entry, String)> {
         let name = self.stage.name();
-        let out_dir = stage_dir(run_dir, self.round, name);
+        let out_dir = self.at.dir(stage_dir(run_dir, self.round, name));
         std::fs::create_dir_all(&out_dir).at(&out_dir)?;
         remove_stale_tmp(&out_dir)?;
         let mut entry = Entry {
             stage: name.to_string(),
             round: self.round,
+            step: self.at.step,
+            steps: self.at.steps,
             shard,
             status: Status::Running,
             params: self.params.clone(),
@@ -479,6 +628,8 @@ impl Prepared<'_> {
         let ctx = StageContext {
             run_dir,
             round: self.round,
+            step: self.at.step,
+            steps: self.at.steps,
             params: &self.params,
             seed: self.seed,
             shard,

@@ -10,7 +10,7 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use crate::error::Result;
 use crate::manifest::{Manifest, resolve_path};
 use crate::shards::read_kind;
-use crate::shards::rows::{EvalRow, JudgmentRow, RewardRow, TaskRow};
+use crate::shards::rows::{EvalRow, JudgmentRow, RewardRow, StepRow, TaskRow, UpdateRow};
 
 /// Outputs of `stage` in exactly `round`.
 fn outputs(run_dir: &Path, m: &Manifest, stage: &str, round: u32) -> Vec<PathBuf> {
@@ -21,6 +21,81 @@ fn outputs(run_dir: &Path, m: &Manifest, stage: &str, round: u32) -> Vec<PathBuf
             .collect(),
         _ => Vec::new(),
     }
+}
+
+/// Outputs of each optimizer step of a stepped stage (`train`, `apply`) in exactly `round`, in
+/// step order, for the step count of its newest run.
+fn step_outputs(run_dir: &Path, m: &Manifest, stage: &str, round: u32) -> Vec<(u32, Vec<PathBuf>)> {
+    let Some(newest) = m.entries.iter().rev().find(|e| {
+        e.stage == stage && e.round == round && e.status == crate::manifest::Status::Done
+    }) else {
+        return Vec::new();
+    };
+    (1..=newest.steps)
+        .filter_map(|step| {
+            let outs = m.done_step_outputs(stage, round, step)?;
+            Some((
+                step,
+                outs.iter()
+                    .map(|o| resolve_path(run_dir, &o.path))
+                    .collect(),
+            ))
+        })
+        .collect()
+}
+
+/// One row per optimizer step and role of the round: the mean per-sequence loss, ratio, clip
+/// fraction, KL and entropy of the step's sequences (`train`'s updates) and the norm of the
+/// role's summed gradient (`apply`'s steps shard).
+pub fn updates_table(run_dir: &Path, round: u32) -> Result<Table> {
+    let m = Manifest::load(run_dir)?;
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    table.set_header(vec![
+        "step",
+        "role",
+        "seqs",
+        "loss",
+        "ratio",
+        "clip",
+        "KL",
+        "entropy",
+        "grad norm",
+    ]);
+    let norms: Vec<StepRow> = step_outputs(run_dir, &m, "apply", round)
+        .into_iter()
+        .map(|(_, files)| read_kind::<StepRow>(&files))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    for (step, files) in step_outputs(run_dir, &m, "train", round) {
+        let updates: Vec<UpdateRow> = read_kind(&files)?;
+        let mut by_role: BTreeMap<&str, Vec<&UpdateRow>> = BTreeMap::new();
+        for u in &updates {
+            by_role.entry(u.role.as_str()).or_default().push(u);
+        }
+        for (role, rows) in by_role {
+            let avg = |f: fn(&UpdateRow) -> f32| show(mean(rows.iter().map(|u| f64::from(f(u)))));
+            let norm = norms
+                .iter()
+                .find(|n| n.step == step && n.role == role)
+                .map(|n| format!("{:.4}", n.grad_norm))
+                .unwrap_or_else(|| "-".into());
+            table.add_row(vec![
+                step.to_string(),
+                role.to_string(),
+                rows.len().to_string(),
+                avg(|u| u.loss),
+                avg(|u| u.mean_ratio),
+                avg(|u| u.clip_fraction),
+                avg(|u| u.kl),
+                avg(|u| u.entropy),
+                norm,
+            ]);
+        }
+    }
+    Ok(table)
 }
 
 fn mean(xs: impl Iterator<Item = f64>) -> Option<f64> {
@@ -37,7 +112,10 @@ pub fn round_table(run_dir: &Path, round: u32) -> Result<Table> {
     let m = Manifest::load(run_dir)?;
     let tasks: Vec<TaskRow> = read_kind(&outputs(run_dir, &m, "generate", round))?;
     let rewards: Vec<RewardRow> = read_kind(&outputs(run_dir, &m, "reward", round))?;
-    let judgments: Vec<JudgmentRow> = read_kind(&outputs(run_dir, &m, "judge", round))?;
+    // Every GRM verdict of the round: the self-check's (the generator's answers) and the judge's.
+    let mut grm_files = outputs(run_dir, &m, "selfcheck", round);
+    grm_files.extend(outputs(run_dir, &m, "judge", round));
+    let judgments: Vec<JudgmentRow> = read_kind(&grm_files)?;
     let eval: Vec<EvalRow> = read_kind(&outputs(run_dir, &m, "eval", round))?;
 
     let mut table = Table::new();
@@ -161,12 +239,12 @@ pub fn compare_table(run_dirs: &[PathBuf]) -> Result<Table> {
                     .is_none_or(|p| p.params.contains_key(stage))
             };
             // The newest finished run of each stage part is the one whose outputs stand.
-            let mut newest: BTreeMap<(String, String), f64> = BTreeMap::new();
+            let mut newest: BTreeMap<(String, u32, String), f64> = BTreeMap::new();
             for e in m.entries.iter().filter(|e| {
                 e.round == round && e.status == crate::manifest::Status::Done && own(&e.stage)
             }) {
                 newest.insert(
-                    (e.stage.clone(), e.shard.to_string()),
+                    (e.stage.clone(), e.step, e.shard.to_string()),
                     e.wall_s.unwrap_or_default(),
                 );
             }

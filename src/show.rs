@@ -32,6 +32,23 @@ fn files_of(dir: &Path, kind: ShardKind) -> Vec<PathBuf> {
     out
 }
 
+/// A stepped stage (`train`, `apply`) writes into `step-SSS/` folders: show the round's last step.
+fn last_step_dir(dir: PathBuf) -> PathBuf {
+    let mut steps: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
+        })
+        .collect();
+    steps.sort();
+    steps.pop().unwrap_or(dir)
+}
+
 /// The kind `asl show` prints for a stage when none is asked for: the stage's main output.
 fn default_kind(dir: &Path) -> Option<ShardKind> {
     [
@@ -41,6 +58,7 @@ fn default_kind(dir: &Path) -> Option<ShardKind> {
         ShardKind::Trajectories,
         ShardKind::Eval,
         ShardKind::Updates,
+        ShardKind::Steps,
         ShardKind::Qa,
         ShardKind::Corpus,
     ]
@@ -228,7 +246,7 @@ pub fn show(
     kind: Option<&str>,
     row: u64,
 ) -> Result<String> {
-    let dir = stage_dir(run_dir, round, stage);
+    let dir = last_step_dir(stage_dir(run_dir, round, stage));
     if !dir.is_dir() {
         return Err(Error::input(
             &dir,

@@ -193,7 +193,7 @@ pub fn write_plots(
             points: series(&|r| r.em()),
         },
         Curve {
-            label: "GRM accuracy (verification)".into(),
+            label: "GRM accuracy (held-out predictions)".into(),
             color: RGBColor(44, 160, 44),
             points: series(&|r| r.grm_accuracy()),
         },

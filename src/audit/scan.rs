@@ -88,6 +88,12 @@ pub fn discover(run_dir: &Path, notes: &mut Vec<String>) -> Vec<RoundFiles> {
             };
             for path in chosen {
                 let Some(kind) = kind_of(&path) else { continue };
+                // `selfcheck` rewrites `generate`'s tasks with their validity after the check;
+                // the audit counts the tasks once, as written (the check's outcome is in the
+                // reward labels and its judgments are read like the judge's).
+                if kind == ShardKind::Tasks && stage == "selfcheck" {
+                    continue;
+                }
                 match readable(&path, kind) {
                     Ok(()) => files.shards.entry(kind).or_default().push(path),
                     Err(message) => notes.push(format!("{}: {message}; skipped", path.display())),

@@ -95,6 +95,8 @@ impl SyntheticRun {
             completion_ids: vec![2; self.tokens],
             loss_mask: vec![true; self.tokens],
             sampling_logprobs: vec![-1.0; self.tokens],
+            behavior_logprobs: vec![-1.0; self.tokens],
+            temperature: 1.0,
             text: String::new(),
             turns: 1,
             searches: 1,

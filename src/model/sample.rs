@@ -93,8 +93,10 @@ pub struct SeqOutput {
     pub tokens: Vec<u32>,
     /// 1 for sampled tokens, 0 for tool text.
     pub loss_mask: Vec<u8>,
-    /// Log-prob of each sampled token under the model (temperature 1, no
-    /// truncation), as [`crate::model::train::token_logprobs`] computes it;
+    /// Log-prob of each sampled token under the model at the sampling
+    /// temperature (1 when greedy) over the full vocabulary, with no top-k,
+    /// top-p or guide truncation: the distribution the training loss scores
+    /// ([`crate::model::train::selected_logprobs`] at the same temperature);
     /// 0 for tool tokens.
     pub logprobs: Vec<f32>,
     /// Log-prob under the distribution actually sampled from (temperature,
@@ -120,16 +122,16 @@ pub fn seq_seed(run_seed: u64, row_id: u64, attempt: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Picks the next token from `logits`; returns `(token, logprob at
-/// temperature 1, logprob under the sampled distribution)`.
+/// Picks the next token from `logits`; returns `(token, logprob at the
+/// sampling temperature over the full vocabulary, logprob under the sampled
+/// distribution)`.
 pub fn sample_token(
     logits: &[f32],
     params: &SamplingParams,
     rng: &mut ChaCha8Rng,
 ) -> (u32, f32, f32) {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = log_sum_exp(logits);
-    let raw_lp = |i: usize| (logits[i] as f64 - lse) as f32;
+    let raw_lp = |i: usize| full_logprob(logits, i as u32, params);
     if params.greedy || params.temperature <= 0.0 {
         let mut best = 0;
         for (i, &l) in logits.iter().enumerate() {
@@ -219,12 +221,32 @@ fn sample_constrained(
         }
     }
     let (tok, _, slp) = sample_token(&masked, params, rng);
-    (tok, full_logprob(logits, tok), slp)
+    (tok, full_logprob(logits, tok, params), slp)
 }
 
-/// `log softmax(logits)[tok]`.
-fn full_logprob(logits: &[f32], tok: u32) -> f32 {
-    (logits[tok as usize] as f64 - log_sum_exp(logits)) as f32
+/// The temperature log-probs are scored at: the sampling temperature, 1 when greedy.
+pub fn scoring_temperature(params: &SamplingParams) -> f64 {
+    if params.greedy || params.temperature <= 0.0 {
+        1.0
+    } else {
+        params.temperature
+    }
+}
+
+/// `log softmax(logits / T)[tok]` at the [`scoring_temperature`].
+fn full_logprob(logits: &[f32], tok: u32, params: &SamplingParams) -> f32 {
+    let t = scoring_temperature(params);
+    if t == 1.0 {
+        return (logits[tok as usize] as f64 - log_sum_exp(logits)) as f32;
+    }
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max / t
+        + logits
+            .iter()
+            .map(|&l| ((l as f64 - max) / t).exp())
+            .sum::<f64>()
+            .ln();
+    (logits[tok as usize] as f64 / t - lse) as f32
 }
 
 /// `log Σ exp(logits)`, computed stably in f64.
@@ -375,7 +397,7 @@ where
                     let (t, lp, slp) = sample_token(&logits[k], params, &mut row.rng);
                     (t, lp, slp, false)
                 }
-                Some(Next::Force(t)) => (*t, full_logprob(&logits[k], *t), 0.0, true),
+                Some(Next::Force(t)) => (*t, full_logprob(&logits[k], *t, params), 0.0, true),
                 Some(Next::Free { ban }) => {
                     let (t, lp, slp) =
                         sample_constrained(&logits[k], None, ban, params, &mut row.rng);

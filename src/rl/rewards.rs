@@ -46,13 +46,27 @@ pub fn generator_reward(scheme: GeneratorScheme, p: f64) -> f64 {
     }
 }
 
-/// Why a generated task is invalid, if it is (SPEC §2: validity).
+/// Why a generated task is invalid, if it is (SPEC §2: validity): [`format_validity`], then at
+/// least `v_min` of the GRM's verdicts on the generator's own answer saying correct
+/// (`self_correct`). The self-check with its judgment count is [`self_check`].
 pub fn validity(
     question: &str,
     answer: Option<&str>,
     self_correct: usize,
     v_min: usize,
 ) -> Option<String> {
+    format_validity(question, answer).or_else(|| {
+        (self_correct < v_min).then(|| {
+            format!(
+                "the judge accepted the generator's own answer {self_correct} times, fewer than {v_min}"
+            )
+        })
+    })
+}
+
+/// The checks on the text alone: a question of at least 10 characters ending in `?`, and an
+/// answer.
+pub fn format_validity(question: &str, answer: Option<&str>) -> Option<String> {
     let q = question.trim();
     if q.chars().count() < 10 {
         return Some("question shorter than 10 characters".into());
@@ -63,12 +77,77 @@ pub fn validity(
     if answer.is_none_or(|a| a.trim().is_empty()) {
         return Some("no answer".into());
     }
-    if self_correct < v_min {
-        return Some(format!(
-            "the judge accepted the generator's own answer {self_correct} times, fewer than {v_min}"
-        ));
-    }
     None
+}
+
+/// The outcome of the generator's self-check (SPEC §2): the GRM judged the generator's own
+/// answer `judged` times and said correct `correct` times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelfCheck {
+    /// At least `v_min` judgments, at least `v_min` of them correct.
+    Passed,
+    /// Fewer than `v_min` verdicts said correct.
+    Rejected {
+        correct: usize,
+        judged: usize,
+        v_min: usize,
+    },
+    /// Fewer than `v_min` judgments at all: the gate cannot be passed, so the task is invalid
+    /// (it is never lowered to the number of judgments there happen to be).
+    TooFewJudgments { judged: usize, v_min: usize },
+}
+
+/// Start of the invalid reason of a task the self-check rejected.
+pub const SELF_CHECK_REJECTED: &str = "self-check: the judge accepted";
+/// Start of the invalid reason of a task with fewer self-judgments than `v_min`.
+pub const SELF_CHECK_TOO_FEW: &str = "self-check: only";
+
+/// The self-check's decision (see [`SelfCheck`]).
+pub fn self_check(correct: usize, judged: usize, v_min: usize) -> SelfCheck {
+    if judged < v_min {
+        SelfCheck::TooFewJudgments { judged, v_min }
+    } else if correct < v_min {
+        SelfCheck::Rejected {
+            correct,
+            judged,
+            v_min,
+        }
+    } else {
+        SelfCheck::Passed
+    }
+}
+
+impl SelfCheck {
+    /// The task's invalid reason, or `None` when it passed. The reasons start with
+    /// [`SELF_CHECK_REJECTED`] or [`SELF_CHECK_TOO_FEW`], which [`SelfCheck::of_reason`] reads
+    /// back.
+    pub fn reason(&self) -> Option<String> {
+        match *self {
+            SelfCheck::Passed => None,
+            SelfCheck::Rejected {
+                correct,
+                judged,
+                v_min,
+            } => Some(format!(
+                "{SELF_CHECK_REJECTED} the generator's answer {correct} of {judged} times, fewer than v_min = {v_min}"
+            )),
+            SelfCheck::TooFewJudgments { judged, v_min } => Some(format!(
+                "{SELF_CHECK_TOO_FEW} {judged} self-judgments, fewer than v_min = {v_min}"
+            )),
+        }
+    }
+
+    /// Which self-check failure an invalid reason records: `Some("rejected")`,
+    /// `Some("too_few_judgments")`, or `None` for a reason of another kind.
+    pub fn of_reason(reason: &str) -> Option<&'static str> {
+        if reason.starts_with(SELF_CHECK_REJECTED) {
+            Some("rejected")
+        } else if reason.starts_with(SELF_CHECK_TOO_FEW) {
+            Some("too_few_judgments")
+        } else {
+            None
+        }
+    }
 }
 
 /// Format bonus: (share of turns that open with a think block + [a tool was called]) / 4.
@@ -180,6 +259,31 @@ impl std::str::FromStr for LabelMode {
     }
 }
 
+/// The `self` label of one judgment: the majority verdict of the *other* judgments of the same
+/// (question, answer) key, leaving this judgment's own verdict out, so the GRM is never trained
+/// to agree with itself. `key_correct` and `key_votes` count the whole key, this judgment
+/// included (`own_correct` is its verdict). `None`, and the judgment does not train, when no
+/// other judgment of the key exists (a single vote has no independent label) or when the others
+/// tie (no majority to learn).
+pub fn leave_one_out_label(
+    key_correct: usize,
+    key_votes: usize,
+    own_correct: bool,
+) -> Option<bool> {
+    let others = key_votes.checked_sub(1)?;
+    let others_correct = key_correct.checked_sub(usize::from(own_correct))?;
+    majority_label(others_correct, others)
+}
+
+/// The majority of `votes` verdicts of which `correct` said correct: `None` without votes or on
+/// a tie.
+pub fn majority_label(correct: usize, votes: usize) -> Option<bool> {
+    if votes == 0 || correct > votes || 2 * correct == votes {
+        return None;
+    }
+    Some(2 * correct > votes)
+}
+
 /// Class balancing for `self` labels: keep every item of the minority verdict and an equal
 /// number of the majority, chosen by a seeded order (`order_key` per item). Returns the kept
 /// indices in input order.
@@ -193,6 +297,33 @@ pub fn class_balance(verdicts: &[bool], order_key: impl Fn(usize) -> u64) -> Vec
     majority.sort_by_key(|&i| (order_key(i), i));
     majority.truncate(minority.len());
     let mut kept: Vec<usize> = minority.into_iter().chain(majority).collect();
+    kept.sort_unstable();
+    kept
+}
+
+/// [`class_balance`] within each group (the seed balances per question): a group keeps its
+/// minority class and as many of its majority; a group with one class only (no disagreement)
+/// keeps nothing. Returns the kept indices in input order.
+pub fn class_balance_by_group<K: Ord>(
+    labels: &[bool],
+    groups: &[K],
+    order_key: impl Fn(usize) -> u64,
+) -> Vec<usize> {
+    assert_eq!(labels.len(), groups.len(), "one group key per label");
+    let mut members: std::collections::BTreeMap<&K, Vec<usize>> = Default::default();
+    for (i, g) in groups.iter().enumerate() {
+        members.entry(g).or_default().push(i);
+    }
+    let mut kept: Vec<usize> = members
+        .values()
+        .flat_map(|idx| {
+            let sub: Vec<bool> = idx.iter().map(|&i| labels[i]).collect();
+            class_balance(&sub, |k| order_key(idx[k]))
+                .into_iter()
+                .map(|k| idx[k])
+                .collect::<Vec<_>>()
+        })
+        .collect();
     kept.sort_unstable();
     kept
 }
@@ -244,6 +375,78 @@ mod tests {
             validity("Who wrote Hamlet?", Some("Shakespeare"), 4, 4),
             None
         );
+    }
+
+    /// Fewer self-judgments than `v_min` is invalid, never a lowered gate; the reasons read back.
+    #[test]
+    fn self_check_with_too_few_judgments_is_invalid() {
+        assert_eq!(self_check(4, 5, 4), SelfCheck::Passed);
+        let rejected = self_check(3, 5, 4);
+        assert_eq!(
+            rejected,
+            SelfCheck::Rejected {
+                correct: 3,
+                judged: 5,
+                v_min: 4
+            }
+        );
+        // Two judgments, both correct, v_min 4: the old `v_min.min(judged)` passed this task.
+        let too_few = self_check(2, 2, 4);
+        assert_eq!(
+            too_few,
+            SelfCheck::TooFewJudgments {
+                judged: 2,
+                v_min: 4
+            }
+        );
+        assert_eq!(
+            self_check(0, 0, 1),
+            SelfCheck::TooFewJudgments {
+                judged: 0,
+                v_min: 1
+            }
+        );
+        assert_eq!(self_check(0, 0, 0), SelfCheck::Passed);
+        assert_eq!(SelfCheck::Passed.reason(), None);
+        let r = rejected.reason().unwrap();
+        assert_eq!(SelfCheck::of_reason(&r), Some("rejected"), "{r}");
+        let r = too_few.reason().unwrap();
+        assert_eq!(SelfCheck::of_reason(&r), Some("too_few_judgments"), "{r}");
+        assert_eq!(SelfCheck::of_reason("no answer"), None);
+    }
+
+    #[test]
+    fn leave_one_out_labels_never_count_the_own_verdict() {
+        // A single vote: nothing independent, no label (the old rule gave it its own verdict).
+        assert_eq!(leave_one_out_label(1, 1, true), None);
+        assert_eq!(leave_one_out_label(0, 1, false), None);
+        // Two votes that disagree: each is labelled by the other.
+        assert_eq!(leave_one_out_label(1, 2, true), Some(false));
+        assert_eq!(leave_one_out_label(1, 2, false), Some(true));
+        // 2 correct of 3: a correct verdict sees 1 of 2 (a tie, no label), the wrong one sees
+        // 2 of 2 (correct).
+        assert_eq!(leave_one_out_label(2, 3, true), None);
+        assert_eq!(leave_one_out_label(2, 3, false), Some(true));
+        // 3 of 4: a correct verdict sees 2 of 3 → correct; the wrong one 3 of 3 → correct.
+        assert_eq!(leave_one_out_label(3, 4, true), Some(true));
+        assert_eq!(leave_one_out_label(3, 4, false), Some(true));
+        // Counts that cannot be (a correct verdict in a key with none) give no label.
+        assert_eq!(leave_one_out_label(0, 2, true), None);
+    }
+
+    #[test]
+    fn class_balance_is_per_group_and_a_group_without_disagreement_keeps_nothing() {
+        // Question a: 1 correct, 3 wrong → keeps 2; question b: 2 correct, 2 wrong → keeps 4;
+        // question c: 3 correct → keeps nothing. Batch-wide balancing (6 correct, 5 wrong)
+        // would keep question c's labels too.
+        let labels = [
+            true, false, false, false, true, true, false, false, true, true, true,
+        ];
+        let groups = ["a", "a", "a", "a", "b", "b", "b", "b", "c", "c", "c"];
+        let kept = class_balance_by_group(&labels, &groups, |i| i as u64);
+        assert_eq!(kept, vec![0, 1, 4, 5, 6, 7]);
+        let batch = class_balance(&labels, |i| i as u64);
+        assert!(batch.iter().any(|&i| groups[i] == "c"), "{batch:?}");
     }
 
     #[test]

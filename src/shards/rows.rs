@@ -84,7 +84,14 @@ pub struct TrajectoryRow {
     pub prompt_ids: Vec<u32>,
     pub completion_ids: Vec<u32>,
     pub loss_mask: Vec<bool>,
+    /// Log-prob of each completion token at `temperature` over the full vocabulary: the
+    /// distribution the loss scores, so the PPO ratio starts at 1.
     pub sampling_logprobs: Vec<f32>,
+    /// Log-prob under the distribution the token was actually drawn from (top-p, top-k and
+    /// guide masks applied); equal to `sampling_logprobs` when nothing truncated it.
+    pub behavior_logprobs: Vec<f32>,
+    /// The temperature the completion was sampled at (1 for greedy decoding).
+    pub temperature: f32,
     pub text: String,
     pub turns: u32,
     pub searches: u32,
@@ -130,6 +137,10 @@ shard_row!(RewardRow, Rewards);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GradientRow {
+    /// The role whose sequences this part of the gradient comes from: a worker writes one
+    /// gradient per role it trained, already weighted as the loss says, so `apply` sums them
+    /// and still knows each role's gradient norm.
+    pub role: String,
     pub name: String,
     pub shape: Vec<u64>,
     pub values: Vec<f32>,
@@ -151,6 +162,19 @@ pub struct UpdateRow {
     pub tokens: u32,
 }
 shard_row!(UpdateRow, Updates);
+
+/// One optimizer step as `apply` took it: per role (the norm of that role's summed gradient)
+/// and one row `all` (the global norm before clipping, and the learning rate used).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRow {
+    pub step: u32,
+    pub role: String,
+    pub sequences: u32,
+    pub tokens: u64,
+    pub grad_norm: f32,
+    pub lr: f64,
+}
+shard_row!(StepRow, Steps);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalRow {

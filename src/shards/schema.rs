@@ -21,12 +21,13 @@ pub enum ShardKind {
     Rewards,
     Gradients,
     Updates,
+    Steps,
     Eval,
     Embeddings,
 }
 
 impl ShardKind {
-    pub const ALL: [ShardKind; 10] = [
+    pub const ALL: [ShardKind; 11] = [
         ShardKind::Corpus,
         ShardKind::Qa,
         ShardKind::Tasks,
@@ -35,6 +36,7 @@ impl ShardKind {
         ShardKind::Rewards,
         ShardKind::Gradients,
         ShardKind::Updates,
+        ShardKind::Steps,
         ShardKind::Eval,
         ShardKind::Embeddings,
     ];
@@ -49,6 +51,7 @@ impl ShardKind {
             ShardKind::Rewards => "rewards",
             ShardKind::Gradients => "gradients",
             ShardKind::Updates => "updates",
+            ShardKind::Steps => "steps",
             ShardKind::Eval => "eval",
             ShardKind::Embeddings => "embeddings",
         }
@@ -104,6 +107,8 @@ impl ShardKind {
                 list_of("completion_ids", DataType::UInt32),
                 list_of("loss_mask", DataType::Boolean),
                 list_of("sampling_logprobs", DataType::Float32),
+                list_of("behavior_logprobs", DataType::Float32),
+                f32f("temperature"),
                 utf8("text"),
                 u32f("turns"),
                 u32f("searches"),
@@ -140,6 +145,7 @@ impl ShardKind {
                 Field::new("train", DataType::Boolean, false),
             ],
             ShardKind::Gradients => vec![
+                utf8("role"),
                 utf8("name"),
                 list_of("shape", DataType::UInt64),
                 list_of("values", DataType::Float32),
@@ -156,6 +162,14 @@ impl ShardKind {
                 f32f("kl"),
                 f32f("entropy"),
                 u32f("tokens"),
+            ],
+            ShardKind::Steps => vec![
+                u32f("step"),
+                utf8("role"),
+                u32f("sequences"),
+                Field::new("tokens", DataType::UInt64, false),
+                f32f("grad_norm"),
+                Field::new("lr", DataType::Float64, false),
             ],
             ShardKind::Eval => vec![
                 u32f("round"),

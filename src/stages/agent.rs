@@ -9,7 +9,9 @@ use crate::error::{Error, Result};
 use crate::model::guide::Guide;
 use crate::model::llama::{HfModel, render_chatml};
 use crate::model::placement::Placement;
-use crate::model::sample::{FinishReason, SamplingParams, SeqOutput, SeqRequest, generate};
+use crate::model::sample::{
+    FinishReason, SamplingParams, SeqOutput, SeqRequest, generate, scoring_temperature,
+};
 use crate::params::{ParamSpec, Params, ParamsExt};
 use crate::roles::{Message, tags};
 use crate::search::render::render_information;
@@ -21,18 +23,25 @@ use crate::shards::rows::TrajectoryRow;
 /// `apply` when there is one, else the run's `warmup` (when the pipeline has one), else `init`.
 pub const CHECKPOINT_UPSTREAM: [&str; 3] = ["init", "warmup?", "apply@prev?"];
 
-/// The checkpoint folder a stage uses (see [`CHECKPOINT_UPSTREAM`]); `this_round` also accepts
-/// this round's `apply?` (for `eval`, which scores the round's new checkpoint).
+/// The checkpoint folder a stage uses (see [`CHECKPOINT_UPSTREAM`]), also accepting this round's
+/// `apply?` (for `eval`, which scores the round's new checkpoint) and the previous optimizer
+/// step's `apply@prev_step?` (for `train` and `apply` from a round's second step on).
 pub fn checkpoint_dir(ctx: &StageContext, stage: &str) -> Result<PathBuf> {
-    ["apply?", "apply@prev?", "warmup?", "init"]
-        .iter()
-        .find_map(|key| ctx.input_files(key).iter().find(|p| p.is_dir()).cloned())
-        .ok_or_else(|| {
-            Error::stage(
-                stage,
-                "no checkpoint: run `init` first (it is in every pipeline's setup)",
-            )
-        })
+    [
+        "apply?",
+        "apply@prev_step?",
+        "apply@prev?",
+        "warmup?",
+        "init",
+    ]
+    .iter()
+    .find_map(|key| ctx.input_files(key).iter().find(|p| p.is_dir()).cloned())
+    .ok_or_else(|| {
+        Error::stage(
+            stage,
+            "no checkpoint: run `init` first (it is in every pipeline's setup)",
+        )
+    })
 }
 
 /// The `device` parameter of every model stage.
@@ -130,6 +139,8 @@ pub struct Completion {
     pub prompt_ids: Vec<u32>,
     pub out: SeqOutput,
     pub searches: u32,
+    /// The temperature the log-probs were scored at (the sampling temperature, 1 when greedy).
+    pub temperature: f32,
 }
 
 impl Completion {
@@ -152,6 +163,15 @@ impl Completion {
         n.min(self.out.turns)
     }
 
+    /// Log-probs under the distribution each token was drawn from. The sampler reports 0 for a
+    /// greedy pick; there the behaviour is the scored distribution itself.
+    fn behavior_logprobs(&self) -> Vec<f32> {
+        if self.out.sample_logprobs.iter().all(|&l| l == 0.0) {
+            return self.out.logprobs.clone();
+        }
+        self.out.sample_logprobs.clone()
+    }
+
     /// The trajectory row of this completion.
     pub fn row(&self, ids: TrajectoryIds, parsed: Result<String, String>) -> TrajectoryRow {
         let (answer, parse_error) = match parsed {
@@ -168,6 +188,8 @@ impl Completion {
             completion_ids: self.out.tokens.clone(),
             loss_mask: self.out.loss_mask.iter().map(|&m| m == 1).collect(),
             sampling_logprobs: self.out.logprobs.clone(),
+            behavior_logprobs: self.behavior_logprobs(),
+            temperature: self.temperature,
             text: self.out.text.clone(),
             turns: self.out.turns as u32,
             searches: self.searches,
@@ -364,6 +386,7 @@ impl Agent {
                     prompt_ids,
                     out,
                     searches,
+                    temperature: scoring_temperature(&sampling) as f32,
                 });
             }
             bar.inc(chunk.len() as u64);

@@ -1,19 +1,23 @@
-//! Stage `apply`: sums the round's `gradients` shards in path order (a fixed order, so the sum is
-//! the same bytes however the workers were scheduled), divides by the sequences they cover and
-//! takes one AdamW step from the round's starting checkpoint. The result is the next round's
-//! checkpoint: `RUN_DIR/round-NNN/apply/model`, a Hugging Face folder with the optimizer state.
+//! Stage `apply`: one optimizer step. It reads the step's `gradients` shards (one per `train`
+//! worker, each holding one gradient per role, already weighted by the loss's normalisers), sums
+//! each role's parts in path order (a fixed order, so the sum is the same bytes however the
+//! workers were scheduled), adds the roles, and takes one AdamW step from the step's starting
+//! checkpoint: the previous step's `apply`, else the round's. It writes the checkpoint
+//! (`round-NNN/apply/step-SSS/model`, a Hugging Face folder with the optimizer state) and a
+//! `steps` shard with each role's gradient norm; the round's last step is the next round's start.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::agent::{CHECKPOINT_UPSTREAM, checkpoint_dir, device_spec, placement};
-use super::init::copy_folder;
 use super::{Stage, StageContext, StageOutput};
 use crate::error::{Error, Result};
+use crate::fsutil::link_folder;
 use crate::model::llama::load_config;
 use crate::model::train::{NamedGrad, TrainConfig, Trainer, sum_grads};
 use crate::params::{ParamSpec, Params, ParamsExt};
-use crate::shards::rows::GradientRow;
-use crate::shards::{ShardKind, read_rows, shards_of};
+use crate::shards::rows::{GradientRow, StepRow};
+use crate::shards::{ShardKind, read_rows, shard_path, shards_of, write_rows};
 
 pub struct ApplyStage;
 
@@ -23,7 +27,7 @@ impl Stage for ApplyStage {
     }
 
     fn about(&self) -> &'static str {
-        "sum the gradient shards and take one optimizer step: the next round's checkpoint"
+        "sum one step's gradient shards and take the optimizer step: a new checkpoint"
     }
 
     fn params(&self) -> Vec<ParamSpec> {
@@ -45,7 +49,7 @@ impl Stage for ApplyStage {
     }
 
     fn upstream(&self, _params: &Params) -> Vec<&'static str> {
-        let mut up = vec!["train"];
+        let mut up = vec!["train", "apply@prev_step?"];
         up.extend(CHECKPOINT_UPSTREAM);
         up
     }
@@ -54,43 +58,68 @@ impl Stage for ApplyStage {
         Ok(Vec::new())
     }
 
+    fn stepped(&self) -> bool {
+        true
+    }
+
     fn run(&self, ctx: &StageContext) -> Result<StageOutput> {
         let err = |e: crate::model::ModelError| Error::stage("apply", e.to_string());
         let ckpt = checkpoint_dir(ctx, "apply")?;
         let dest = ctx.out_dir.join("model");
+        let steps_path = shard_path(&ctx.out_dir, ShardKind::Steps, 0);
+        let step = ctx.step.max(1);
         let mut files = shards_of(ctx.input_files("train"), ShardKind::Gradients);
         files.sort();
-        let mut parts = Vec::new();
-        let mut sequences = 0u64;
+        // Each role's parts, in path order.
+        let mut parts: BTreeMap<String, (Vec<Vec<NamedGrad>>, u32, u64)> = BTreeMap::new();
         for file in &files {
             let rows: Vec<GradientRow> = read_rows(std::slice::from_ref(file))?;
-            if let Some(first) = rows.first() {
-                sequences += u64::from(first.sequences);
-                parts.push(
+            let mut by_role: BTreeMap<String, Vec<GradientRow>> = BTreeMap::new();
+            for r in rows {
+                by_role.entry(r.role.clone()).or_default().push(r);
+            }
+            for (role, rows) in by_role {
+                let e = parts.entry(role).or_default();
+                e.1 += rows[0].sequences;
+                e.2 += rows[0].tokens;
+                e.0.push(
                     rows.into_iter()
                         .map(|r| NamedGrad {
                             name: r.name,
                             shape: r.shape.iter().map(|&d| d as usize).collect(),
                             values: r.values,
                         })
-                        .collect::<Vec<_>>(),
+                        .collect(),
                 );
             }
         }
-        if sequences == 0 {
-            copy_folder(&ckpt, &dest)?;
+        if parts.is_empty() {
+            link_folder(&ckpt, &dest)?;
+            write_rows::<StepRow>(&steps_path, &[])?;
             return Ok(StageOutput {
-                files: vec![dest],
-                summary: "no gradients this round: checkpoint carried over unchanged".into(),
+                files: vec![dest, steps_path],
+                summary: format!("step {step}: no gradients, checkpoint carried over unchanged"),
             });
         }
-        let mut grads = sum_grads(&parts).map_err(|e| Error::shard(&files[0], e.to_string()))?;
-        let scale = 1.0 / sequences as f32;
-        for g in &mut grads {
-            for v in &mut g.values {
-                *v *= scale;
-            }
+        let mut rows = Vec::new();
+        let mut role_sums = Vec::new();
+        let (mut sequences, mut tokens) = (0u32, 0u64);
+        for (role, (role_parts, n, t)) in &parts {
+            let summed =
+                sum_grads(role_parts).map_err(|e| Error::shard(&files[0], e.to_string()))?;
+            rows.push(StepRow {
+                step,
+                role: role.clone(),
+                sequences: *n,
+                tokens: *t,
+                grad_norm: global_norm(&summed) as f32,
+                lr: 0.0,
+            });
+            sequences += n;
+            tokens += t;
+            role_sums.push(summed);
         }
+        let grads = sum_grads(&role_sums).map_err(|e| Error::shard(&files[0], e.to_string()))?;
         let layers = load_config(&ckpt).map_err(err)?.num_hidden_layers;
         let cfg = TrainConfig {
             lr: ctx.params.f64("lr"),
@@ -106,17 +135,45 @@ impl Stage for ApplyStage {
             .step_with_grads(&grads)
             .map_err(|e| Error::shard(&files[0], e.to_string()))?;
         trainer.save_checkpoint(&dest).map_err(err)?;
+        for r in &mut rows {
+            r.lr = stats.lr;
+        }
+        rows.push(StepRow {
+            step,
+            role: "all".into(),
+            sequences,
+            tokens,
+            grad_norm: stats.grad_norm as f32,
+            lr: stats.lr,
+        });
+        write_rows(&steps_path, &rows)?;
+        let norms: Vec<String> = rows
+            .iter()
+            .filter(|r| r.role != "all")
+            .map(|r| format!("{} {:.4}", r.role, r.grad_norm))
+            .collect();
         Ok(StageOutput {
-            files: vec![dest],
+            files: vec![dest, steps_path],
             summary: format!(
-                "optimizer step {}: {sequences} sequences from {} gradient shards, grad norm {:.4}, lr {:.2e}",
+                "step {step} (optimizer step {}): {sequences} sequences from {} gradient shards, grad norm {:.4} ({}), lr {:.2e}",
                 stats.step,
-                parts.len(),
+                files.len(),
                 stats.grad_norm,
+                norms.join(", "),
                 stats.lr
             ),
         })
     }
+}
+
+/// The L2 norm of a set of gradients.
+fn global_norm(grads: &[NamedGrad]) -> f64 {
+    grads
+        .iter()
+        .flat_map(|g| g.values.iter())
+        .map(|&v| f64::from(v) * f64::from(v))
+        .sum::<f64>()
+        .sqrt()
 }
 
 /// The `train_last_k` the gradients were computed under, read from their tensor names.

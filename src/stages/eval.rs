@@ -1,8 +1,18 @@
 //! Stage `eval`: the round's checkpoint on held-out labelled QA (EM, F1 and SubEM after SQuAD
 //! normalisation, with the policy's format figures: parse rate, search rate, turns, truncation),
-//! the GRM on a verification split (gold answer → correct, another question's answer → wrong),
-//! and the generator's format on corpus topics. Greedy by default, so a checkpoint's score does
-//! not depend on the seed.
+//! the GRM on the task it is trained on, and the generator's format on corpus topics. Greedy by
+//! default, so a checkpoint's score does not depend on the seed.
+//!
+//! GRM accuracy: in training, `judge` shows the GRM a policy attempt, the question and (with
+//! `judge.show_reference`, the default) the reference answer. Eval does the same with the
+//! policy's own held-out predictions: the first `grm_questions` parsable predictions are judged
+//! against the gold answer, shown or not as `judge` showed it, and the label is the `rule` label
+//! (SubEM of the prediction against the gold answers). `grm_reference = "judge"` (the default)
+//! reads `show_reference` from this round's `judge` in the manifest (`judge` is then an upstream,
+//! so its outputs are part of eval's identity); `shown` / `hidden` set it outside a run or
+//! without a judge (no judge: shown, the judge's default). The old check, dev questions with
+//! their gold answer and another question's answer and no reference (`verification` pairs,
+//! the GRM's real-data items), is reported as `verification_*` metrics when `verification > 0`.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +22,7 @@ use super::agent::{
 use super::generate::contains_answer;
 use super::{Stage, StageContext, StageOutput};
 use crate::error::{Error, Result};
+use crate::manifest::{Manifest, Status};
 use crate::model::sample::seq_seed;
 use crate::params::{ParamSpec, Params, ParamsExt};
 use crate::rl::metrics::{exact_match, f1, sub_exact_match};
@@ -36,9 +47,19 @@ impl Stage for EvalStage {
             ParamSpec::new("split", "test", "QA split the policy is scored on"),
             ParamSpec::new("questions", 50, "held-out questions (0: all of the split)"),
             ParamSpec::new(
-                "verification",
+                "grm_questions",
                 20,
-                "dev questions for GRM accuracy (each judged with a gold and a wrong answer)",
+                "held-out predictions the GRM judges against the gold answer (GRM accuracy)",
+            ),
+            ParamSpec::new(
+                "grm_reference",
+                "judge",
+                "show the gold answer when the GRM judges: `judge` (as this round's judge does), `shown` or `hidden`",
+            ),
+            ParamSpec::new(
+                "verification",
+                0,
+                "dev questions judged with their gold and a wrong answer, no reference (verification_* metrics)",
             ),
             ParamSpec::new(
                 "generator_prompts",
@@ -58,6 +79,9 @@ impl Stage for EvalStage {
         }
         up.extend(CHECKPOINT_UPSTREAM);
         up.push("apply?");
+        if params.u64("grm_questions") > 0 && params.str("grm_reference") == "judge" {
+            up.push("judge?");
+        }
         up
     }
 
@@ -81,7 +105,8 @@ impl Stage for EvalStage {
             Vec::new()
         };
         let checkpoint = crate::manifest::record_path(ctx.run_dir, &ckpt);
-        let rows = evaluate(&agent, ctx.params, &qa, &topics, ctx.seed)?
+        let show_reference = grm_show_reference(ctx.params, Some((ctx.run_dir, ctx.round)))?;
+        let rows = evaluate(&agent, ctx.params, &qa, &topics, ctx.seed, show_reference)?
             .into_iter()
             .map(|mut r| {
                 r.round = ctx.round;
@@ -119,14 +144,44 @@ pub fn summary(rows: &[EvalRow]) -> String {
     )
 }
 
-/// Scores `agent` on the `split` questions of `qa`, the GRM on dev verification pairs and the
-/// generator on `topics`. Rows have round 0 and an empty checkpoint; callers fill them in.
+/// Whether the GRM sees the gold answer when eval measures it (`grm_reference`): `judge` reads
+/// `show_reference` from the newest done `judge` of `run`'s round (true when there is none, the
+/// judge's default).
+pub fn grm_show_reference(params: &Params, run: Option<(&Path, u32)>) -> Result<bool> {
+    match params.str("grm_reference") {
+        "shown" => Ok(true),
+        "hidden" => Ok(false),
+        "judge" => {
+            let Some((run_dir, round)) = run else {
+                return Ok(true);
+            };
+            let manifest = Manifest::load(run_dir)?;
+            Ok(manifest
+                .entries
+                .iter()
+                .rev()
+                .find(|e| e.stage == "judge" && e.round == round && e.status == Status::Done)
+                .and_then(|e| e.params.get("show_reference"))
+                .and_then(|v| v.as_bool())
+                .unwrap_or(true))
+        }
+        other => Err(Error::param(
+            "eval.grm_reference",
+            format!("unknown value {other:?} (judge, shown, hidden)"),
+        )),
+    }
+}
+
+/// Scores `agent` on the `split` questions of `qa`, the GRM on its held-out predictions (the gold
+/// answer shown when `show_reference`) and on dev verification pairs, and the generator on
+/// `topics`. Rows have round 0 and an empty checkpoint; callers fill them in.
 pub fn evaluate(
     agent: &Agent,
     params: &Params,
     qa: &[QaRow],
     topics: &[String],
     seed: u64,
+    show_reference: bool,
 ) -> Result<Vec<EvalRow>> {
     let split = params.str("split");
     let mut rows = Vec::new();
@@ -173,6 +228,7 @@ pub fn evaluate(
     let n = outs.len();
     let (mut em, mut f, mut sub, mut parsed, mut searched, mut turns, mut truncated) =
         (0.0, 0.0, 0.0, 0, 0, 0, 0);
+    let mut predictions: Vec<(&QaRow, String)> = Vec::new();
     for (q, c) in held_out.iter().zip(&outs) {
         let p = policy::parse(&c.out.text);
         if let Some(a) = &p.answer {
@@ -180,6 +236,7 @@ pub fn evaluate(
             f += f1(a, &q.answers);
             sub += sub_exact_match(a, &q.answers);
             parsed += 1;
+            predictions.push((*q, a.clone()));
         }
         searched += usize::from(c.searches > 0);
         turns += c.out.turns;
@@ -207,59 +264,77 @@ pub fn evaluate(
         n,
     ));
 
+    predictions.truncate(params.u64("grm_questions") as usize);
+    if !predictions.is_empty() {
+        let items: Vec<GrmItem> = predictions
+            .iter()
+            .map(|(q, a)| GrmItem {
+                question: &q.question,
+                candidate: a.clone(),
+                reference: show_reference.then(|| q.answers[0].clone()),
+                label: sub_exact_match(a, &q.answers) > 0.0,
+                seed: seq_seed(seed, stable_u64(&[&q.id, "grm"]), 0),
+            })
+            .collect();
+        let dataset = format!(
+            "qa:{split} predictions, {}",
+            if show_reference {
+                "reference shown"
+            } else {
+                "no reference"
+            }
+        );
+        let score = judge_items(agent, &items, "eval grm")?;
+        let n = items.len();
+        for (metric, value) in [
+            ("accuracy", score.accuracy),
+            ("balanced_accuracy", score.balanced_accuracy),
+            ("parse_rate", score.parse_rate),
+            ("correct_verdict_rate", score.correct_verdict_rate),
+            ("label_correct_rate", score.label_correct_rate),
+        ] {
+            rows.push(row(&dataset, "grm", metric, value, n));
+        }
+    }
+
     let verification = pick("dev", params.u64("verification") as usize + 1);
-    if verification.len() >= 2 {
+    if params.u64("verification") > 0 && verification.len() >= 2 {
         let mut items = Vec::new();
         for pair in verification.windows(2) {
             let (q, other) = (pair[0], pair[1]);
-            items.push((q, q.answers[0].clone(), true));
+            items.push(GrmItem {
+                question: &q.question,
+                candidate: q.answers[0].clone(),
+                reference: None,
+                label: true,
+                seed: seq_seed(seed, stable_u64(&[&q.id, "true"]), 0),
+            });
             if !q
                 .answers
                 .iter()
                 .any(|a| a.eq_ignore_ascii_case(&other.answers[0]))
             {
-                items.push((q, other.answers[0].clone(), false));
+                items.push(GrmItem {
+                    question: &q.question,
+                    candidate: other.answers[0].clone(),
+                    reference: None,
+                    label: false,
+                    seed: seq_seed(seed, stable_u64(&[&q.id, "false"]), 0),
+                });
             }
         }
-        let requests: Vec<Request> = items
-            .iter()
-            .map(|(q, candidate, gold)| Request {
-                messages: grm::prompt(&q.question, candidate, None),
-                seed: seq_seed(seed, stable_u64(&[&q.id, &gold.to_string()]), 0),
-            })
-            .collect();
-        let outs = agent.run(&requests, "eval grm", Role::Grm)?;
-        let (mut correct, mut parsed, mut said_correct) = (0, 0, 0);
-        for ((_, _, gold), c) in items.iter().zip(&outs) {
-            let v = grm::parse(&c.out.text);
-            parsed += usize::from(v.parsed);
-            let yes = v.verdict == grm::Verdict::Correct;
-            said_correct += usize::from(yes);
-            correct += usize::from(v.parsed && yes == *gold);
-        }
+        let score = judge_items(agent, &items, "eval verification")?;
         let n = items.len();
-        let nf = n as f64;
-        rows.push(row(
-            "qa:dev verification",
-            "grm",
-            "accuracy",
-            correct as f64 / nf,
-            n,
-        ));
-        rows.push(row(
-            "qa:dev verification",
-            "grm",
-            "parse_rate",
-            parsed as f64 / nf,
-            n,
-        ));
-        rows.push(row(
-            "qa:dev verification",
-            "grm",
-            "correct_verdict_rate",
-            said_correct as f64 / nf,
-            n,
-        ));
+        for (metric, value) in [
+            ("verification_accuracy", score.accuracy),
+            ("verification_parse_rate", score.parse_rate),
+            (
+                "verification_correct_verdict_rate",
+                score.correct_verdict_rate,
+            ),
+        ] {
+            rows.push(row("qa:dev verification", "grm", metric, value, n));
+        }
     }
 
     if !topics.is_empty() {
@@ -278,7 +353,7 @@ pub fn evaluate(
                 parsed += 1;
                 let q = g.question.unwrap_or_default();
                 let a = g.answer.unwrap_or_default();
-                let ok = crate::rl::rewards::validity(&q, Some(&a), 0, 0).is_none()
+                let ok = crate::rl::rewards::format_validity(&q, Some(&a)).is_none()
                     && !contains_answer(&q, &a);
                 valid += usize::from(ok);
             }
@@ -311,6 +386,75 @@ pub fn evaluate(
     Ok(rows)
 }
 
+/// One answer for the GRM to judge, with its known label.
+struct GrmItem<'a> {
+    question: &'a str,
+    candidate: String,
+    reference: Option<String>,
+    label: bool,
+    seed: u64,
+}
+
+/// How the GRM did on labelled items.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct GrmScore {
+    /// Share of items whose parsed verdict equals the label (unparsable: wrong).
+    accuracy: f64,
+    /// Mean over the labels present of the share of that label's items judged right, so a
+    /// judge that says `wrong` to everything scores ½, not the share of wrong answers.
+    balanced_accuracy: f64,
+    parse_rate: f64,
+    correct_verdict_rate: f64,
+    label_correct_rate: f64,
+}
+
+fn judge_items(agent: &Agent, items: &[GrmItem], what: &str) -> Result<GrmScore> {
+    let requests: Vec<Request> = items
+        .iter()
+        .map(|it| Request {
+            messages: grm::prompt(it.question, &it.candidate, it.reference.as_deref()),
+            seed: it.seed,
+        })
+        .collect();
+    let outs = agent.run(&requests, what, Role::Grm)?;
+    let verdicts: Vec<(bool, bool)> = outs
+        .iter()
+        .map(|c| {
+            let v = grm::parse(&c.out.text);
+            (v.parsed, v.verdict == grm::Verdict::Correct)
+        })
+        .collect();
+    let labels: Vec<bool> = items.iter().map(|it| it.label).collect();
+    Ok(score(&verdicts, &labels))
+}
+
+/// Scores `(parsed, said correct)` verdicts against `labels`.
+fn score(verdicts: &[(bool, bool)], labels: &[bool]) -> GrmScore {
+    let n = verdicts.len().max(1) as f64;
+    let right = |&((parsed, yes), label): &((bool, bool), bool)| parsed && yes == label;
+    let pairs: Vec<((bool, bool), bool)> = verdicts
+        .iter()
+        .copied()
+        .zip(labels.iter().copied())
+        .collect();
+    let recalls: Vec<f64> = [true, false]
+        .iter()
+        .filter_map(|&class| {
+            let of_class: Vec<_> = pairs.iter().filter(|(_, l)| *l == class).collect();
+            (!of_class.is_empty()).then(|| {
+                of_class.iter().filter(|p| right(p)).count() as f64 / of_class.len() as f64
+            })
+        })
+        .collect();
+    GrmScore {
+        accuracy: pairs.iter().filter(|p| right(p)).count() as f64 / n,
+        balanced_accuracy: recalls.iter().sum::<f64>() / recalls.len().max(1) as f64,
+        parse_rate: verdicts.iter().filter(|(p, _)| *p).count() as f64 / n,
+        correct_verdict_rate: verdicts.iter().filter(|(_, y)| *y).count() as f64 / n,
+        label_correct_rate: labels.iter().filter(|l| **l).count() as f64 / n,
+    }
+}
+
 /// `asl eval --model DIR --qa FILE`: any checkpoint on any labelled QA file, outside a run.
 /// Without a run there is no search index, so the policy answers without the tool unless a
 /// run dir with one is given.
@@ -328,7 +472,8 @@ pub fn evaluate_file(
     // A user's file is scored whole, whatever splits it names.
     params.insert("split".into(), "".into());
     let agent = Agent::open(model_dir, run, &params, "eval")?;
-    let rows = evaluate(&agent, &params, &qa, &[], 0)?;
+    let show_reference = grm_show_reference(&params, run)?;
+    let rows = evaluate(&agent, &params, &qa, &[], 0, show_reference)?;
     Ok(rows
         .into_iter()
         .map(|mut r| {
@@ -341,4 +486,88 @@ pub fn evaluate_file(
             r
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two items labelled correct (one judged right), four labelled wrong (all judged right,
+    /// one of them unparsable and so not right): accuracy 4/6, balanced (½ + ¾) / 2.
+    #[test]
+    fn grm_score_counts_unparsable_as_wrong_and_balances_the_labels() {
+        let verdicts = [
+            (true, true),
+            (true, false),
+            (true, false),
+            (true, false),
+            (true, false),
+            (false, false),
+        ];
+        let labels = [true, true, false, false, false, false];
+        let s = score(&verdicts, &labels);
+        assert!((s.accuracy - 4.0 / 6.0).abs() < 1e-12, "{s:?}");
+        assert!(
+            (s.balanced_accuracy - (0.5 + 0.75) / 2.0).abs() < 1e-12,
+            "{s:?}"
+        );
+        assert!((s.parse_rate - 5.0 / 6.0).abs() < 1e-12);
+        assert!((s.correct_verdict_rate - 1.0 / 6.0).abs() < 1e-12);
+        assert!((s.label_correct_rate - 2.0 / 6.0).abs() < 1e-12);
+        // A judge that says wrong to everything: high accuracy on mostly-wrong answers, ½
+        // balanced.
+        let s = score(&[(true, false); 4], &[false, false, false, true]);
+        assert_eq!((s.accuracy, s.balanced_accuracy), (0.75, 0.5));
+    }
+
+    #[test]
+    fn grm_reference_follows_the_rounds_judge() {
+        let specs = EvalStage.params();
+        let params = |v: &str| {
+            let mut p = crate::params::resolve("eval", &specs, None, &[]).unwrap();
+            p.insert("grm_reference".into(), v.into());
+            p
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let run = Some((dir.path(), 1));
+        assert!(grm_show_reference(&params("shown"), run).unwrap());
+        assert!(!grm_show_reference(&params("hidden"), run).unwrap());
+        // No judge in the run: the judge's default (shown).
+        assert!(grm_show_reference(&params("judge"), run).unwrap());
+        assert!(grm_show_reference(&params("judge"), None).unwrap());
+        let e = grm_show_reference(&params("maybe"), run)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("eval.grm_reference") && !e.contains('\n'), "{e}");
+        // A judge that hid the reference in round 1 (and not in round 2).
+        let entry = |round: u32, show: bool| crate::manifest::Entry {
+            stage: "judge".into(),
+            round,
+            step: 0,
+            steps: 0,
+            shard: crate::manifest::ShardSpec::WHOLE,
+            status: Status::Done,
+            params: [("show_reference".to_string(), serde_json::Value::Bool(show))]
+                .into_iter()
+                .collect(),
+            seed: 0,
+            inputs: vec![],
+            outputs: vec![],
+            asl_version: String::new(),
+            started_at: String::new(),
+            finished_at: None,
+            wall_s: None,
+            error: None,
+        };
+        Manifest::update(dir.path(), |m| {
+            m.entries.push(entry(1, false));
+            m.entries.push(entry(2, true));
+        })
+        .unwrap();
+        assert!(!grm_show_reference(&params("judge"), Some((dir.path(), 1))).unwrap());
+        assert!(grm_show_reference(&params("judge"), Some((dir.path(), 2))).unwrap());
+        // With `judge`, the round's judge is an upstream (its outputs are in eval's identity).
+        assert!(EvalStage.upstream(&params("judge")).contains(&"judge?"));
+        assert!(!EvalStage.upstream(&params("shown")).contains(&"judge?"));
+    }
 }

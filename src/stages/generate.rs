@@ -47,6 +47,11 @@ impl Stage for GenerateStage {
             ),
             ParamSpec::new("tasks", 8, "tasks per round"),
             ParamSpec::new(
+                "resample",
+                true,
+                "with `source = qa`: a different seeded sample of questions each round (false: the same `tasks` questions every round)",
+            ),
+            ParamSpec::new(
                 "depth_from_round",
                 3,
                 "first round whose evolved tasks use the depth template (earlier: width)",
@@ -256,7 +261,9 @@ fn task_seeds(ctx: &StageContext, n: usize) -> Result<Vec<Seed>> {
     Ok(seeds)
 }
 
-/// `n` labelled training questions as tasks, a different seeded sample each round.
+/// `n` labelled training questions as tasks: a different seeded sample each round, or with
+/// `resample = false` the same `n` questions in every round and every run (a fixed set to
+/// watch the training reward on).
 fn labelled_tasks(ctx: &StageContext, n: usize) -> Result<Vec<TaskRow>> {
     let mut rows: Vec<QaRow> = read_rows::<QaRow>(ctx.input_files("qa"))?
         .into_iter()
@@ -268,7 +275,12 @@ fn labelled_tasks(ctx: &StageContext, n: usize) -> Result<Vec<TaskRow>> {
             "source = qa, but the qa stage wrote no train questions",
         ));
     }
-    rows.sort_by_key(|q| stable_u64(&[&ctx.seed.to_string(), &q.id]));
+    let key = if ctx.params.bool("resample") {
+        ctx.seed.to_string()
+    } else {
+        "fixed".to_string()
+    };
+    rows.sort_by_key(|q| stable_u64(&[&key, &q.id]));
     Ok(rows
         .into_iter()
         .cycle()

@@ -63,12 +63,36 @@ impl Stage for InitStage {
             }
             Source::Folder(dir) => {
                 let mut files = Vec::new();
-                for name in ["config.json", "model.safetensors", "tokenizer.json"] {
+                for name in ["config.json", "tokenizer.json"] {
                     let f = dir.join(name);
                     if !f.is_file() {
                         return Err(Error::input(&f, "model folder lacks this file"));
                     }
                     files.push(f);
+                }
+                // One weights file, or the sharded layout (an index and its shards).
+                let single = dir.join("model.safetensors");
+                let index = dir.join("model.safetensors.index.json");
+                if single.is_file() {
+                    files.push(single);
+                } else if index.is_file() {
+                    files.push(index);
+                    let mut shards: Vec<PathBuf> = std::fs::read_dir(&dir)
+                        .at(&dir)?
+                        .flatten()
+                        .map(|e| e.path())
+                        .filter(|p| {
+                            p.extension().is_some_and(|e| e == "safetensors")
+                                && p.file_name().is_some_and(|n| n != "optimizer.safetensors")
+                        })
+                        .collect();
+                    shards.sort();
+                    files.extend(shards);
+                } else {
+                    return Err(Error::input(
+                        &single,
+                        "model folder lacks its weights (model.safetensors or model.safetensors.index.json)",
+                    ));
                 }
                 Ok(files)
             }

@@ -1,7 +1,10 @@
-//! Stage `judge`: the Generative Reward Model judges every policy attempt against the task's
-//! reference, the generator's own answer `self_judgments` times (the validity check), and, from
-//! `real_from_round` on, `real_items` labelled verification pairs (a gold answer and a plausible
-//! wrong one) whose labels are known: the late injection of real data (SPEC §2).
+//! Stage `judge`: the Generative Reward Model judges every policy attempt (with the task's
+//! reference shown when `show_reference`, the default) and, from `real_from_round` on,
+//! `real_items` labelled verification pairs (a gold answer and a plausible wrong one) whose
+//! labels are known: the late injection of real data (SPEC §2). The generator's own answers are
+//! judged before any rollout, by `selfcheck`. `show_reference` is also what `eval` follows when
+//! it measures the GRM (its `grm_reference = "judge"`), so the GRM is measured on the task
+//! it is trained on.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -42,16 +45,11 @@ impl Stage for JudgeStage {
     }
 
     fn about(&self) -> &'static str {
-        "the GRM judges every attempt, the generator's own answers and injected verification data"
+        "the GRM judges every policy attempt and injected verification data"
     }
 
     fn params(&self) -> Vec<ParamSpec> {
         let mut specs = vec![
-            ParamSpec::new(
-                "self_judgments",
-                5,
-                "times the GRM judges the generator's own answer (v)",
-            ),
             ParamSpec::new(
                 "show_reference",
                 true,
@@ -111,27 +109,8 @@ impl Stage for JudgeStage {
                 show_reference,
             });
         }
-        let v = ctx.params.u64("self_judgments") as u32;
-        for task in task_rows.iter().filter(|t| t.valid) {
-            let Some(traj) = &task.generator_trajectory_id else {
-                continue;
-            };
-            for sample in 0..v {
-                items.push(Item {
-                    task_id: task.task_id.clone(),
-                    target: "generator",
-                    target_trajectory_id: traj.clone(),
-                    sample,
-                    question: task.question.clone(),
-                    reference: task.answer.clone(),
-                    candidate: Some(task.answer.clone()),
-                    show_reference: false,
-                });
-            }
-        }
         items.extend(verification_items(ctx)?);
 
-        let agent = Agent::load(ctx, "judge")?;
         let mut requests = Vec::new();
         let mut owned = Vec::new();
         for (i, item) in items.iter().enumerate() {
@@ -152,7 +131,12 @@ impl Stage for JudgeStage {
                 });
             }
         }
-        let completions = agent.run(&requests, "judge", Role::Grm)?;
+        // Nothing to judge (every task failed the self-check, say): no model to load.
+        let completions = if requests.is_empty() {
+            Vec::new()
+        } else {
+            Agent::load(ctx, "judge")?.run(&requests, "judge", Role::Grm)?
+        };
         let mut completions = completions.into_iter().zip(requests.iter().map(|r| r.seed));
         let mut judgments = Vec::with_capacity(owned.len());
         let mut grm_rows = Vec::new();

@@ -15,6 +15,7 @@ pub mod judge;
 pub mod qa;
 pub mod reward;
 pub mod rollout;
+pub mod selfcheck;
 mod sources;
 pub mod train;
 pub mod warmup;
@@ -29,6 +30,9 @@ use crate::params::{ParamSpec, Params};
 pub struct StageContext<'a> {
     pub run_dir: &'a Path,
     pub round: u32,
+    /// The optimizer step (1..=`steps`) of a stage that repeats per step; 0 otherwise.
+    pub step: u32,
+    pub steps: u32,
     pub params: &'a Params,
     /// The stage's own seed, derived from the run seed, the stage name and the round. Per-row
     /// randomness derives from it plus the row id, so it does not depend on how work is split.
@@ -68,6 +72,11 @@ pub trait Stage: Sync {
     /// Files outside the run dir that this stage reads (hashed into its identity).
     fn external_inputs(&self, params: &Params) -> Result<Vec<PathBuf>>;
     fn run(&self, ctx: &StageContext) -> Result<StageOutput>;
+    /// Whether the stage repeats once per optimizer step within a round (`train`, `apply`);
+    /// the runner then runs the round's stepped stages as a block, step after step.
+    fn stepped(&self) -> bool {
+        false
+    }
 }
 
 /// Every stage asl knows, in a round's order.
@@ -80,6 +89,7 @@ pub fn all() -> Vec<&'static dyn Stage> {
         &init::InitStage,
         &warmup::WarmupStage,
         &generate::GenerateStage,
+        &selfcheck::SelfCheckStage,
         &rollout::RolloutStage,
         &judge::JudgeStage,
         &reward::RewardStage,

@@ -5,26 +5,35 @@
 //! - Policy: 1 when the attempt is correct (`verifier`: the GRM's verdict, `rule` exact match
 //!   against the reference, or `majority` agreement with the group's most common answer, R-Zero's
 //!   pseudo-label), plus the format bonus; grouped by task.
-//! - Generator: the scheme's function of the task's solve rate `p` for a valid task, 0 otherwise;
-//!   validity includes the GRM accepting the generator's own answer at least `v_min` times.
-//! - GRM: 1 when its verdict equals the label (`self`: the majority verdict over all judgments of
-//!   the same answer to the same question, class-balanced *(ours: the seed's self labels made
-//!   concrete)*; `rule`: the answer matches the reference; verification items always carry
-//!   their real label).
+//! - Generator: the scheme's function of the task's solve rate `p` for a valid task, plus the
+//!   format bonus; exactly 0 for an invalid task (no bonus either, so an invalid task never
+//!   outranks a valid one). Validity, the GRM's self-check included, is decided upstream: the
+//!   tasks come from `selfcheck` when the round has one (`v_min` lives there), else `generate`.
+//! - GRM: 1 when its verdict equals the label. `self`: the majority verdict of the *other*
+//!   judgments of the same answer to the same question (leave-one-out; a key judged once, or
+//!   whose other verdicts tie, has no label and does not train), class-balanced per question as
+//!   the seed does (a question without disagreement trains no judgment) *(ours: the seed's self
+//!   labels made concrete)*. `rule`: SubEM of the attempt against the reference; the
+//!   generator's self-judgments have no independent reference (the generator's answer *is* the
+//!   reference) and do not train. Verification items always carry their real label.
+//! - Dynamic sampling: a training group whose totals are all equal (decided from max − min) has
+//!   advantages of exactly 0 and is left out of training (`train = false`); the summary counts
+//!   such groups per role.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use super::generate::{tasks, trajectories};
+use super::generate::trajectories;
 use super::judge::VERIFICATION;
+use super::selfcheck;
 use super::{Stage, StageContext, StageOutput};
 use crate::error::{Error, Result};
 use crate::params::{ParamSpec, Params, ParamsExt};
-use crate::rl::advantages::{Scale, group_advantages};
+use crate::rl::advantages::{Scale, advantages};
 use crate::rl::metrics::{exact_match, normalize_answer, sub_exact_match};
 use crate::rl::rewards::{
-    GeneratorScheme, LabelMode, class_balance, format_bonus, generator_reward, grm_reward,
-    repetition_penalties, validity,
+    GeneratorScheme, LabelMode, SelfCheck, class_balance_by_group, format_bonus, generator_reward,
+    grm_reward, leave_one_out_label, majority_label, repetition_penalties,
 };
 use crate::seed::stable_u64;
 use crate::shards::rows::{JudgmentRow, RewardRow, TaskRow, TrajectoryRow};
@@ -45,7 +54,6 @@ pub struct Settings {
     verifier: Verifier,
     scheme: GeneratorScheme,
     labels: LabelMode,
-    v_min: usize,
     bonus: bool,
     repetition_threshold: f64,
     band: (f64, f64),
@@ -75,7 +83,6 @@ pub fn settings(params: &Params) -> Result<Settings> {
             .str("grm_labels")
             .parse()
             .map_err(|e| bad("grm_labels", e))?,
-        v_min: params.u64("v_min") as usize,
         bonus: params.bool("format_bonus"),
         repetition_threshold: params.f64("repetition_threshold"),
         band: (params.f64("solve_rate_min"), params.f64("solve_rate_max")),
@@ -116,12 +123,7 @@ impl Stage for RewardStage {
             ParamSpec::new(
                 "grm_labels",
                 "self",
-                "GRM training labels: `self`, `rule` or `real` (only verification items)",
-            ),
-            ParamSpec::new(
-                "v_min",
-                4,
-                "self-judgments that must accept the generator's answer",
+                "GRM training labels: `self` (leave-one-out majority), `rule` (SubEM) or `real` (only verification items)",
             ),
             ParamSpec::new("format_bonus", true, "add the format bonus to every reward"),
             ParamSpec::new(
@@ -160,9 +162,9 @@ impl Stage for RewardStage {
             .split(',')
             .any(|r| r.trim() == "grm");
         if params.str("verifier") == "grm" || grm_trains {
-            vec!["generate", "rollout", "judge?"]
+            vec!["generate", "selfcheck?", "rollout", "judge?"]
         } else {
-            vec!["generate", "rollout"]
+            vec!["generate", "selfcheck?", "rollout"]
         }
     }
 
@@ -172,12 +174,19 @@ impl Stage for RewardStage {
 
     fn run(&self, ctx: &StageContext) -> Result<StageOutput> {
         let s = settings(ctx.params)?;
-        let task_rows = tasks(ctx.input_files("generate"))?;
+        let task_rows = selfcheck::round_tasks(ctx)?;
         let generator_runs = trajectories(ctx.input_files("generate"))?;
         let attempts = trajectories(ctx.input_files("rollout"))?;
         let judge_files: Vec<PathBuf> = ctx.input_files("judge?").to_vec();
-        let judgments: Vec<JudgmentRow> = read_kind(&judge_files)?;
-        let judge_runs = trajectories(&judge_files)?;
+        // The GRM's judgments of the round: the self-check's and the judge's.
+        let grm_files: Vec<PathBuf> = ctx
+            .input_files("selfcheck?")
+            .iter()
+            .chain(&judge_files)
+            .cloned()
+            .collect();
+        let judgments: Vec<JudgmentRow> = read_kind(&grm_files)?;
+        let judge_runs = trajectories(&grm_files)?;
         if s.verifier == Verifier::Grm && judge_files.is_empty() {
             return Err(Error::stage(
                 "reward",
@@ -207,8 +216,16 @@ pub struct Computed {
     pub rows: Vec<RewardRow>,
     pub tasks: usize,
     pub valid_tasks: usize,
+    /// Tasks the self-check rejected (fewer than `v_min` correct verdicts).
+    pub self_check_rejected: usize,
+    /// Tasks with fewer self-judgments than `v_min` (invalid, never a lowered gate).
+    pub too_few_self_judgments: usize,
     pub solve_rates: Vec<f64>,
-    pub zero_variance_groups: usize,
+    /// Training groups whose totals were all equal, left out of training, per role.
+    pub flat_groups: BTreeMap<String, usize>,
+    /// GRM judgments without a label (`self`: a key judged once, or a tie among the others;
+    /// `rule`: the generator's self-judgments), which do not train.
+    pub unlabelled_judgments: usize,
     pub orphan_judgments: usize,
     pub unjudged_attempts: usize,
     pub unparsable: BTreeMap<String, usize>,
@@ -231,13 +248,30 @@ impl Computed {
             .collect();
         let solve =
             self.solve_rates.iter().fold(0.0, |a, b| a + b) / self.solve_rates.len().max(1) as f64;
+        let flat: Vec<String> = self
+            .flat_groups
+            .iter()
+            .map(|(role, n)| format!("{role} {n}"))
+            .collect();
         let mut s = format!(
-            "{}/{} tasks valid, solve rate {solve:.2}; mean reward: {}; {} zero-variance groups",
+            "{}/{} tasks valid ({} rejected by the self-check, {} with fewer than v_min self-judgments), solve rate {solve:.2}; mean reward: {}; flat groups left out: {}",
             self.valid_tasks,
             self.tasks,
+            self.self_check_rejected,
+            self.too_few_self_judgments,
             roles.join(", "),
-            self.zero_variance_groups
+            if flat.is_empty() {
+                "none".to_string()
+            } else {
+                flat.join(", ")
+            }
         );
+        if self.unlabelled_judgments > 0 {
+            s.push_str(&format!(
+                "; {} GRM judgments without a label (not trained)",
+                self.unlabelled_judgments
+            ));
+        }
         if self.orphan_judgments > 0 {
             s.push_str(&format!(
                 "; {} judgments without a matching trajectory",
@@ -278,7 +312,9 @@ fn bonus_of(s: &Settings, t: Option<&TrajectoryRow>) -> f64 {
     }
 }
 
-/// The rewards of one round (pure: the stage only reads and writes around it).
+/// The rewards of one round (pure: the stage only reads and writes around it). `task_rows` are
+/// the round's tasks with their final validity (the self-check's output when the round has
+/// one); `judgments` and `judge_runs` are every GRM judgment of the round and its trajectory.
 pub fn compute(
     s: &Settings,
     seed: u64,
@@ -299,23 +335,14 @@ pub fn compute(
     let attempt_ids: std::collections::BTreeSet<&str> =
         attempts.iter().map(|a| a.trajectory_id.as_str()).collect();
     let mut policy_verdicts: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
-    let mut self_verdicts: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     let mut orphan_judgments = 0;
-    for j in judgments {
-        let correct = usize::from(j.verdict == "correct");
-        match j.target.as_str() {
-            "policy" if attempt_ids.contains(j.target_trajectory_id.as_str()) => {
-                let e = policy_verdicts.entry(&j.target_trajectory_id).or_default();
-                e.0 += correct;
-                e.1 += 1;
-            }
-            "policy" => orphan_judgments += 1,
-            "generator" => {
-                let e = self_verdicts.entry(&j.task_id).or_default();
-                e.0 += correct;
-                e.1 += 1;
-            }
-            _ => {}
+    for j in judgments.iter().filter(|j| j.target == "policy") {
+        if attempt_ids.contains(j.target_trajectory_id.as_str()) {
+            let e = policy_verdicts.entry(&j.target_trajectory_id).or_default();
+            e.0 += usize::from(j.verdict == "correct");
+            e.1 += 1;
+        } else {
+            orphan_judgments += 1;
         }
     }
     let mut by_task: BTreeMap<&str, Vec<&TrajectoryRow>> = BTreeMap::new();
@@ -327,23 +354,20 @@ pub fn compute(
     let mut unjudged = 0;
     let mut solve_rates = Vec::new();
     let mut valid_tasks = 0;
-    let mut zero_variance = 0;
+    let (mut self_check_rejected, mut too_few_self_judgments) = (0, 0);
 
-    // Validity after the self-check, and the valid questions for R-Zero's repetition penalty.
+    // Validity as decided upstream, and the valid questions for R-Zero's repetition penalty.
     let final_validity: Vec<Option<String>> = task_rows
         .iter()
-        .map(|t| {
-            if !t.valid {
-                return Some(t.invalid_reason.clone().unwrap_or_else(|| "invalid".into()));
-            }
-            match self_verdicts.get(t.task_id.as_str()) {
-                Some(&(correct, n)) if t.template != "labelled" => {
-                    validity(&t.question, Some(&t.answer), correct, s.v_min.min(n))
-                }
-                _ => None,
-            }
-        })
+        .map(|t| (!t.valid).then(|| t.invalid_reason.clone().unwrap_or_else(|| "invalid".into())))
         .collect();
+    for reason in final_validity.iter().flatten() {
+        match SelfCheck::of_reason(reason) {
+            Some("rejected") => self_check_rejected += 1,
+            Some(_) => too_few_self_judgments += 1,
+            None => {}
+        }
+    }
     let valid_questions: Vec<String> = task_rows
         .iter()
         .zip(&final_validity)
@@ -400,7 +424,9 @@ pub fn compute(
         }
         if let Some(gid) = &task.generator_trajectory_id {
             let run = gen_by_id.get(gid.as_str()).copied();
-            let bonus = bonus_of(s, run);
+            // An invalid task earns nothing, format bonus included: a well-formatted invalid
+            // task must never outrank a valid one.
+            let bonus = if valid { bonus_of(s, run) } else { 0.0 };
             rows.push(RewardRow {
                 trajectory_id: gid.clone(),
                 task_id: task.task_id.clone(),
@@ -421,16 +447,9 @@ pub fn compute(
         let labelled = task.template == "labelled";
         let in_band = p >= s.band.0 && p <= s.band.1;
         let policy_trains = trains("policy") && valid && in_band && (labelled || gen_raw > 0.0);
-        let totals: Vec<f64> = group
-            .iter()
-            .zip(&correct)
-            .map(|(a, &c)| f64::from(u8::from(c)) + bonus_of(s, Some(a)))
-            .collect();
-        if group.len() > 1 && totals.iter().all(|t| *t == totals[0]) {
-            zero_variance += 1;
-        }
-        for ((a, &c), total) in group.iter().zip(&correct).zip(&totals) {
+        for (a, &c) in group.iter().zip(&correct) {
             let reward = f64::from(u8::from(c));
+            let total = reward + bonus_of(s, Some(a));
             rows.push(RewardRow {
                 trajectory_id: a.trajectory_id.clone(),
                 task_id: task.task_id.clone(),
@@ -444,7 +463,7 @@ pub fn compute(
                 .into(),
                 reward: reward as f32,
                 format_bonus: (total - reward) as f32,
-                total: *total as f32,
+                total: total as f32,
                 advantage: 0.0,
                 label: Some(if c { "correct" } else { "wrong" }.into()),
                 train: policy_trains,
@@ -452,17 +471,30 @@ pub fn compute(
         }
     }
 
-    rows.extend(grm_rows(s, seed, judgments, &judge_by_id, task_rows));
+    let grm = grm_rows(s, seed, judgments, &judge_by_id, task_rows);
+    let unlabelled_judgments = grm.iter().filter(|r| r.label.is_none()).count();
+    rows.extend(grm);
 
-    // Advantages over the training rows of each group; other rows keep 0.
+    // Advantages over the training rows of each group; other rows keep 0. A flat group (every
+    // total equal) has no learning signal: exactly 0, and out of the step.
     let idx: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].train).collect();
     let totals: Vec<f64> = idx.iter().map(|&i| f64::from(rows[i].total)).collect();
-    let groups: Vec<String> = idx
+    let groups: Vec<(String, String)> = idx
         .iter()
-        .map(|&i| format!("{}/{}", rows[i].role, rows[i].group_id))
+        .map(|&i| (rows[i].role.clone(), rows[i].group_id.clone()))
         .collect();
-    for (&i, a) in idx.iter().zip(group_advantages(&totals, &groups, s.scale)) {
-        rows[i].advantage = a as f32;
+    let adv = advantages(&totals, &groups, s.scale);
+    let mut flat: std::collections::BTreeSet<&(String, String)> = Default::default();
+    for (k, &i) in idx.iter().enumerate() {
+        rows[i].advantage = adv.values[k] as f32;
+        if adv.flat[k] {
+            rows[i].train = false;
+            flat.insert(&groups[k]);
+        }
+    }
+    let mut flat_groups: BTreeMap<String, usize> = BTreeMap::new();
+    for (role, _) in flat {
+        *flat_groups.entry(role.clone()).or_default() += 1;
     }
 
     let mut unparsable = BTreeMap::new();
@@ -482,15 +514,18 @@ pub fn compute(
         rows,
         tasks: task_rows.len(),
         valid_tasks,
+        self_check_rejected,
+        too_few_self_judgments,
         solve_rates,
-        zero_variance_groups: zero_variance,
+        flat_groups,
+        unlabelled_judgments,
         orphan_judgments,
         unjudged_attempts: unjudged,
         unparsable,
     }
 }
 
-/// The GRM's rows: one per judgment the GRM actually ran.
+/// The GRM's rows: one per judgment the GRM actually ran (self-check and judge alike).
 fn grm_rows(
     s: &Settings,
     seed: u64,
@@ -504,7 +539,8 @@ fn grm_rows(
         .iter()
         .filter(|j| judge_by_id.contains_key(j.judge_trajectory_id.as_str()))
         .collect();
-    // Self labels: the majority verdict over every judgment of the same answer to one question.
+    // Self labels: the votes of every parsable judgment of the same answer to one question
+    // (self-check and attempts alike; an unparsable verdict is no opinion and casts no vote).
     let key = |j: &JudgmentRow| {
         format!(
             "{}\u{1f}{}",
@@ -513,7 +549,7 @@ fn grm_rows(
         )
     };
     let mut votes: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    for j in &ran {
+    for j in ran.iter().filter(|j| j.parsed && j.target != VERIFICATION) {
         let e = votes.entry(key(j)).or_default();
         e.0 += usize::from(j.verdict == "correct");
         e.1 += 1;
@@ -527,24 +563,31 @@ fn grm_rows(
             }
             match s.labels {
                 LabelMode::Real => None,
-                LabelMode::Rule => Some(match j.target.as_str() {
-                    "generator" => true,
-                    _ => {
-                        let mut golds = vec![j.reference_answer.clone()];
-                        if let Some(t) = aliases.get(j.task_id.as_str()) {
-                            golds.extend(t.answer_aliases.iter().cloned());
-                        }
-                        sub_exact_match(candidate, &golds) > 0.0
+                // The generator's answer is its own reference: SubEM against it would label
+                // every self-judgment correct by construction and train the GRM to accept the
+                // generator. With no independent reference, self-judgments do not train.
+                LabelMode::Rule if j.target == selfcheck::TARGET => None,
+                LabelMode::Rule => {
+                    let mut golds = vec![j.reference_answer.clone()];
+                    if let Some(t) = aliases.get(j.task_id.as_str()) {
+                        golds.extend(t.answer_aliases.iter().cloned());
                     }
-                }),
+                    Some(sub_exact_match(candidate, &golds) > 0.0)
+                }
                 LabelMode::SelfVerdict => {
-                    let (c, n) = votes[&key(j)];
-                    Some(2 * c > n)
+                    let (c, n) = votes.get(&key(j)).copied().unwrap_or_default();
+                    if j.parsed {
+                        leave_one_out_label(c, n, j.verdict == "correct")
+                    } else {
+                        // It cast no vote: every vote of its key is another judgment's.
+                        majority_label(c, n)
+                    }
                 }
             }
         })
         .collect();
-    // Class balance applies to self labels only; real and rule labels are kept as they are.
+    // Class balance applies to self labels only, per question; real and rule labels are kept
+    // as they are.
     let self_idx: Vec<usize> = (0..ran.len())
         .filter(|&i| {
             s.labels == LabelMode::SelfVerdict
@@ -553,12 +596,15 @@ fn grm_rows(
         })
         .collect();
     let self_labels: Vec<bool> = self_idx.iter().map(|&i| labels[i] == Some(true)).collect();
-    let kept: std::collections::BTreeSet<usize> = class_balance(&self_labels, |k| {
-        stable_u64(&[&seed.to_string(), &ran[self_idx[k]].judgment_id])
-    })
-    .into_iter()
-    .map(|k| self_idx[k])
-    .collect();
+    let questions: Vec<&str> = self_idx.iter().map(|&i| ran[i].task_id.as_str()).collect();
+    let kept: std::collections::BTreeSet<usize> =
+        class_balance_by_group(&self_labels, &questions, |k| {
+            stable_u64(&[&seed.to_string(), &ran[self_idx[k]].judgment_id])
+        })
+        .into_iter()
+        .map(|k| self_idx[k])
+        .collect();
+    let self_idx: std::collections::BTreeSet<usize> = self_idx.into_iter().collect();
     let trains = s.roles.iter().any(|r| r == "grm");
     ran.iter()
         .zip(labels)
@@ -630,7 +676,6 @@ mod tests {
             verifier,
             scheme,
             labels,
-            v_min: 2,
             bonus: false,
             repetition_threshold: 0.5,
             band: (0.0, 1.0),
@@ -666,6 +711,8 @@ mod tests {
             completion_ids: vec![2],
             loss_mask: vec![true],
             sampling_logprobs: vec![-1.0],
+            behavior_logprobs: vec![-1.0],
+            temperature: 1.0,
             text: String::new(),
             turns: 1,
             searches: 0,
@@ -673,6 +720,19 @@ mod tests {
             parsed: answer.is_some(),
             parse_error: answer.is_none().then(|| "no <answer> block".to_string()),
             finish_reason: "stop".into(),
+        }
+    }
+
+    /// A trajectory whose format bonus is 5/12: three turns, two opening with a think block,
+    /// and a search ((2/3 + 1) / 4).
+    fn five_twelfths(id: &str, task: &str, role: &str, answer: Option<&str>) -> TrajectoryRow {
+        TrajectoryRow {
+            text: "<think>a</think><search>q</search><think>b</think><search>r</search>\
+                   so <answer>x</answer>"
+                .into(),
+            turns: 3,
+            searches: 2,
+            ..traj(id, task, role, answer)
         }
     }
 
@@ -699,13 +759,20 @@ mod tests {
         }
     }
 
+    /// The GRM trajectory of every judgment.
+    fn runs_of(judgments: &[JudgmentRow]) -> Vec<TrajectoryRow> {
+        judgments
+            .iter()
+            .map(|j| traj(&j.judge_trajectory_id, &j.task_id, "grm", Some(&j.verdict)))
+            .collect()
+    }
+
     fn row<'a>(c: &'a Computed, id: &str) -> &'a RewardRow {
         c.rows.iter().find(|r| r.trajectory_id == id).unwrap()
     }
 
     /// Task t1: 4 attempts, the GRM accepts 2 → p = ½, entropy ln 2, advantages ±1/(½+ε)·½.
-    /// Task t2: every attempt accepted → p = 1, entropy 0, a zero-variance group (advantages 0,
-    /// not NaN), and no policy training on it.
+    /// Task t2: every attempt accepted → p = 1, entropy 0, and no policy training on it.
     #[test]
     fn asl_entropy_rewards_and_advantages_by_hand() {
         let tasks = vec![
@@ -732,10 +799,9 @@ mod tests {
             }
         }
         judgments.push(judgment("nobody-p0", "t1", "policy", "correct", 0));
-        let runs: Vec<TrajectoryRow> = judgments
-            .iter()
-            .filter(|j| j.target_trajectory_id != "nobody-p0")
-            .map(|j| traj(&j.judge_trajectory_id, &j.task_id, "grm", Some(&j.verdict)))
+        let runs: Vec<TrajectoryRow> = runs_of(&judgments)
+            .into_iter()
+            .filter(|t| !t.trajectory_id.starts_with("nobody"))
             .collect();
         let s = settings(Verifier::Grm, GeneratorScheme::Entropy, LabelMode::Rule);
         let c = compute(&s, 1, &tasks, &gens, &attempts, &judgments, &runs);
@@ -755,7 +821,7 @@ mod tests {
         }
         // Generator group: rewards ln 2 and 0 → ±1 after normalisation.
         assert!(row(&c, "t1-g").advantage > 0.99 && row(&c, "t2-g").advantage < -0.99);
-        assert_eq!(c.zero_variance_groups, 1);
+        assert!(c.flat_groups.is_empty(), "{:?}", c.flat_groups);
         assert_eq!(c.orphan_judgments, 1);
         assert_eq!(c.valid_tasks, 2);
         assert!(c.rows.iter().all(|r| r.advantage.is_finite()));
@@ -765,35 +831,255 @@ mod tests {
         assert_eq!(row(&c, "t1-p0-j0").reward, 1.0);
     }
 
+    /// `rule` labels: the generator's self-judgments have no independent reference, so they get
+    /// no label and do not train (SubEM against its own answer would say correct every time);
+    /// attempts' judgments keep their SubEM label.
     #[test]
-    fn self_check_invalidates_and_every_reward_equal_gives_zero_advantages() {
+    fn rule_labels_leave_the_generators_self_judgments_out() {
         let tasks = vec![task("t1", "What is the capital of France?", "Paris")];
         let gens = vec![traj("t1-g", "t1", "generator", Some("q"))];
-        let attempts: Vec<TrajectoryRow> = (0..3)
-            .map(|k| traj(&format!("t1-p{k}"), "t1", "policy", None))
-            .collect();
-        // The GRM accepts the generator's own answer once, v_min is 2: invalid.
+        let attempts = vec![
+            traj("t1-p0", "t1", "policy", Some("Paris")),
+            traj("t1-p1", "t1", "policy", Some("Lyon")),
+        ];
+        let mut lyon = judgment("t1-p1", "t1", "policy", "correct", 0);
+        lyon.candidate_answer = Some("Lyon".into());
         let judgments = vec![
             judgment("t1-g", "t1", "generator", "correct", 0),
             judgment("t1-g", "t1", "generator", "wrong", 1),
+            judgment("t1-p0", "t1", "policy", "correct", 0),
+            lyon,
         ];
-        let s = settings(
+        let s = settings(Verifier::Grm, GeneratorScheme::Entropy, LabelMode::Rule);
+        let c = compute(
+            &s,
+            1,
+            &tasks,
+            &gens,
+            &attempts,
+            &judgments,
+            &runs_of(&judgments),
+        );
+        for id in ["t1-g-j0", "t1-g-j1"] {
+            let r = row(&c, id);
+            assert_eq!(
+                (r.label.as_deref(), r.train, r.reward),
+                (None, false, 0.0),
+                "{id}"
+            );
+        }
+        assert_eq!(row(&c, "t1-p0-j0").label.as_deref(), Some("correct"));
+        assert_eq!(row(&c, "t1-p1-j0").label.as_deref(), Some("wrong"));
+        assert_eq!(row(&c, "t1-p1-j0").reward, 0.0);
+        assert!(row(&c, "t1-p0-j0").train && row(&c, "t1-p1-j0").train);
+        assert_eq!(c.unlabelled_judgments, 2);
+    }
+
+    /// `self` labels are leave-one-out: the generator's answer "Paris" judged correct, correct,
+    /// wrong by the self-check and correct on one attempt → key (t1, paris) has 3 of 4 correct:
+    /// each correct verdict sees 2 of 3 others correct (label correct, reward 1), the wrong one
+    /// 3 of 3 (label correct, reward 0). The attempt answering "Lyon" is judged once: a single
+    /// vote has no label and does not train (the old rule labelled it with its own verdict).
+    #[test]
+    fn self_labels_are_leave_one_out_and_a_single_vote_does_not_train() {
+        let tasks = vec![task("t1", "What is the capital of France?", "Paris")];
+        let gens = vec![traj("t1-g", "t1", "generator", Some("q"))];
+        let attempts = vec![
+            traj("t1-p0", "t1", "policy", Some("Paris")),
+            traj("t1-p1", "t1", "policy", Some("Lyon")),
+        ];
+        let mut lyon = judgment("t1-p1", "t1", "policy", "correct", 0);
+        lyon.candidate_answer = Some("Lyon".into());
+        let judgments = vec![
+            judgment("t1-g", "t1", "generator", "correct", 0),
+            judgment("t1-g", "t1", "generator", "correct", 1),
+            judgment("t1-g", "t1", "generator", "wrong", 2),
+            judgment("t1-p0", "t1", "policy", "correct", 0),
+            lyon,
+        ];
+        let mut s = settings(
             Verifier::Grm,
             GeneratorScheme::Entropy,
             LabelMode::SelfVerdict,
         );
-        let c = compute(&s, 1, &tasks, &gens, &attempts, &judgments, &[]);
-        let g = row(&c, "t1-g");
-        assert_eq!(g.reward, 0.0);
-        assert!(
-            g.label
-                .as_deref()
-                .unwrap()
-                .starts_with("invalid: the judge accepted")
+        s.roles = vec!["grm".into()];
+        let c = compute(
+            &s,
+            1,
+            &tasks,
+            &gens,
+            &attempts,
+            &judgments,
+            &runs_of(&judgments),
         );
-        assert_eq!(c.valid_tasks, 0);
-        assert!(c.rows.iter().all(|r| r.advantage == 0.0));
-        assert_eq!(c.unparsable["policy"], 3);
+        for id in ["t1-g-j0", "t1-g-j1", "t1-p0-j0"] {
+            let r = row(&c, id);
+            assert_eq!(
+                (r.label.as_deref(), r.reward),
+                (Some("correct"), 1.0),
+                "{id}"
+            );
+        }
+        let wrong = row(&c, "t1-g-j2");
+        assert_eq!(
+            (wrong.label.as_deref(), wrong.reward),
+            (Some("correct"), 0.0)
+        );
+        let single = row(&c, "t1-p1-j0");
+        assert_eq!((single.label.as_deref(), single.train), (None, false));
+        assert_eq!(c.unlabelled_judgments, 1);
+        // Per-question balance: question t1 has 4 labels, all correct → no disagreement, so
+        // nothing of it trains (the seed drops such questions).
+        assert!(c.rows.iter().filter(|r| r.role == "grm").all(|r| !r.train));
+    }
+
+    /// Balancing is per question: question a has labels correct ×3 / wrong ×1 → its wrong one
+    /// and one correct train; question b's labels are all correct → none trains, even though
+    /// batch-wide balancing (3 + 3 correct against 1 wrong) could have kept one of b's.
+    #[test]
+    fn self_labels_are_class_balanced_per_question() {
+        let tasks = vec![
+            task("a", "What is the capital of France?", "Paris"),
+            task("b", "Which river flows through Rome?", "Tiber"),
+        ];
+        // Question a: answer "Paris" judged c, c, c → LOO labels c, c, c (each sees 2 of 2
+        // correct); answer "Lyon" judged w, w, c → the two w's see 1 w + 1 c (a tie: no
+        // label), the c sees w, w → label wrong. (All of a's correct labels have correct
+        // verdicts, so the two rows it keeps earn 1 and 0: not a flat group.)
+        let mut judgments = Vec::new();
+        for k in 0..3 {
+            judgments.push(judgment("a-g", "a", "generator", "correct", k));
+        }
+        for (k, v) in ["wrong", "wrong", "correct"].iter().enumerate() {
+            let mut j = judgment(&format!("a-p{k}"), "a", "policy", v, 0);
+            j.candidate_answer = Some("Lyon".into());
+            judgments.push(j);
+        }
+        for k in 0..3 {
+            let mut j = judgment("b-g", "b", "generator", "correct", k);
+            j.candidate_answer = Some("Tiber".into());
+            judgments.push(j);
+        }
+        let attempts: Vec<TrajectoryRow> = (0..3)
+            .map(|k| traj(&format!("a-p{k}"), "a", "policy", Some("Lyon")))
+            .collect();
+        let mut s = settings(
+            Verifier::Grm,
+            GeneratorScheme::Entropy,
+            LabelMode::SelfVerdict,
+        );
+        s.roles = vec!["grm".into()];
+        let c = compute(
+            &s,
+            9,
+            &tasks,
+            &[],
+            &attempts,
+            &judgments,
+            &runs_of(&judgments),
+        );
+        let label = |id: &str| row(&c, id).label.clone();
+        assert_eq!(label("a-p2-j0").as_deref(), Some("wrong"));
+        assert_eq!((label("a-p0-j0"), label("a-p1-j0")), (None, None));
+        let trained: Vec<&str> = c
+            .rows
+            .iter()
+            .filter(|r| r.train)
+            .map(|r| r.trajectory_id.as_str())
+            .collect();
+        // Question a: its wrong label (a-p2) and one of its three correct labels.
+        assert_eq!(trained.len(), 2, "{trained:?}");
+        assert!(trained.contains(&"a-p2-j0"));
+        assert!(trained.iter().all(|id| id.starts_with("a-")), "{trained:?}");
+    }
+
+    /// An invalid task (here: the self-check rejected it upstream, or it had too few
+    /// self-judgments) earns exactly 0, format bonus included, and the summary counts both kinds.
+    #[test]
+    fn invalid_tasks_get_no_format_bonus_and_self_check_failures_are_counted() {
+        use crate::rl::rewards::{SelfCheck, self_check};
+        let mut rejected = task("t1", "What is the capital of France?", "Paris");
+        rejected.valid = false;
+        rejected.invalid_reason = self_check(1, 3, 2).reason();
+        let mut few = task("t2", "Which river flows through Rome?", "Tiber");
+        few.valid = false;
+        few.invalid_reason = self_check(1, 1, 2).reason();
+        let ok = task("t3", "Who wrote the novel Dune?", "Frank Herbert");
+        let tasks = vec![rejected, few, ok];
+        let gens: Vec<TrajectoryRow> = ["t1", "t2", "t3"]
+            .iter()
+            .map(|t| five_twelfths(&format!("{t}-g"), t, "generator", Some("q")))
+            .collect();
+        let mut s = settings(Verifier::Rule, GeneratorScheme::Entropy, LabelMode::Rule);
+        s.bonus = true;
+        let c = compute(&s, 1, &tasks, &gens, &[], &[], &[]);
+        for id in ["t1-g", "t2-g"] {
+            let r = row(&c, id);
+            assert_eq!(
+                (
+                    r.reward.to_bits(),
+                    r.format_bonus.to_bits(),
+                    r.total.to_bits()
+                ),
+                (0, 0, 0),
+                "{id}: {r:?}"
+            );
+            assert!(
+                r.label
+                    .as_deref()
+                    .unwrap()
+                    .starts_with("invalid: self-check")
+            );
+        }
+        // The valid task keeps its bonus (and its entropy, 0 with no attempts).
+        assert!((row(&c, "t3-g").total - 5.0 / 12.0).abs() < 1e-6);
+        assert!(row(&c, "t3-g").total > row(&c, "t1-g").total);
+        assert_eq!((c.self_check_rejected, c.too_few_self_judgments), (1, 1));
+        assert_eq!(c.valid_tasks, 1);
+        assert!(
+            c.summary()
+                .contains("1 rejected by the self-check, 1 with fewer than v_min"),
+            "{}",
+            c.summary()
+        );
+        assert!(matches!(
+            self_check(1, 1, 2),
+            SelfCheck::TooFewJudgments { .. }
+        ));
+    }
+
+    /// Eight attempts that all earn 0 + a format bonus of 5/12: a flat group (decided from
+    /// max − min; the float residue case is `rl::advantages`' test). Its advantages are exactly
+    /// 0 under every scale, it leaves training, and the summary counts it per role.
+    #[test]
+    fn a_flat_group_of_eight_five_twelfths_is_exactly_zero_and_left_out() {
+        let mut t = task("t1", "What is the capital of France?", "Paris");
+        t.template = "labelled".into();
+        t.generator_trajectory_id = None;
+        let mut u = task("t2", "Which river flows through Rome?", "Tiber");
+        u.template = "labelled".into();
+        u.generator_trajectory_id = None;
+        let mut attempts: Vec<TrajectoryRow> = (0..8)
+            .map(|k| five_twelfths(&format!("t1-p{k}"), "t1", "policy", Some("Lyon")))
+            .collect();
+        attempts.push(traj("t2-p0", "t2", "policy", Some("Tiber")));
+        attempts.push(traj("t2-p1", "t2", "policy", Some("Po")));
+        let mut s = settings(Verifier::Rule, GeneratorScheme::Entropy, LabelMode::Rule);
+        s.bonus = true;
+        s.roles = vec!["policy".into()];
+        for scale in [Scale::Group, Scale::Batch, Scale::None] {
+            s.scale = scale;
+            let c = compute(&s, 1, &[t.clone(), u.clone()], &[], &attempts, &[], &[]);
+            for k in 0..8 {
+                let r = row(&c, &format!("t1-p{k}"));
+                assert!((f64::from(r.total) - 5.0 / 12.0).abs() < 1e-6);
+                assert_eq!(r.advantage.to_bits(), 0, "{scale:?}: {r:?}");
+                assert!(!r.train, "a flat group is left out of training");
+            }
+            assert!(row(&c, "t2-p0").train && row(&c, "t2-p0").advantage > 0.0);
+            assert_eq!(c.flat_groups.get("policy"), Some(&1), "{scale:?}");
+            assert!(c.summary().contains("flat groups left out: policy 1"));
+        }
     }
 
     #[test]
@@ -832,5 +1118,6 @@ mod tests {
         assert_eq!(row(&c, "t1-p0").reward, 1.0);
         assert_eq!(row(&c, "t1-p3").reward, 0.0);
         assert_eq!(row(&c, "t1-g").reward, 0.0);
+        assert_eq!(c.unparsable["policy"], 1);
     }
 }

@@ -1,28 +1,44 @@
-//! Stage `train`: one data-parallel GRPO worker. It turns its part of the round's training
-//! trajectories (every role whose rewards say `train`, non-zero advantage) into a `gradients`
-//! shard, the summed gradient of the per-sequence losses, and an `updates` shard of per-sequence
-//! statistics. `apply` sums the workers' shards and takes the optimizer step, so
-//! `asl train --shard i/n` can run as a job array.
+//! Stage `train`: one data-parallel GRPO worker for one optimizer step. A round's training rows
+//! (every role whose rewards say `train`, non-zero advantage) are split into `steps_per_round`
+//! mini-batches, and the split is made again for each of `epochs` passes, so a round takes
+//! `steps_per_round × epochs` optimizer steps; `train` and `apply` run once per step (the runner
+//! repeats them as a block, `asl train --step S` runs one by hand). Step `S` turns its
+//! mini-batch's sequences owned by this worker (`--shard i/n`) into a `gradients` shard, one
+//! gradient per role already weighted as the loss says ([`crate::rl::loss`]), and an `updates`
+//! shard of per-sequence statistics; `apply` sums the workers' shards and takes the step.
+//!
+//! Every worker reads the same reward rows, so every worker knows the whole mini-batch and its
+//! per-role counts, and the loss normalisers are the mini-batch's, whatever the worker count.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use candle_core::Tensor;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
 
 use super::agent::{CHECKPOINT_UPSTREAM, checkpoint_dir, device_spec, placement};
 use super::generate::trajectories;
 use super::{Stage, StageContext, StageOutput};
 use crate::error::{Error, Result};
+use crate::model::fused::target_logprobs;
 use crate::model::llama::Model;
 use crate::model::train::{
-    GrpoParams, LossPositions, NamedGrad, TrainConfig, Trainer, build_batch, grpo_sequence_sum,
+    LossPositions, NamedGrad, TrainConfig, Trainer, build_batch, selected_logits,
     selected_logprobs, sum_grads,
 };
 use crate::params::{ParamSpec, Params, ParamsExt};
+use crate::rl::loss::{
+    LossConfig, LossType, RoleCounts, TokenBatch, entropy_of_logits, policy_loss, sequence_weight,
+};
+use crate::seed::derive_seed;
 use crate::shards::rows::{GradientRow, RewardRow, TrajectoryRow, UpdateRow};
 use crate::shards::{ShardKind, read_rows, shard_path, write_rows};
 
 pub struct TrainStage;
+
+/// The roles that can train, in the order their gradients are written and summed.
+const ROLES: [&str; 3] = ["generator", "grm", "policy"];
 
 /// `train_last_k` as the trainer takes it: 0 means every tensor.
 pub fn last_k(params: &Params) -> Option<usize> {
@@ -41,24 +57,185 @@ pub fn training_sequence(t: &TrajectoryRow) -> (Vec<u32>, Vec<u32>, Vec<u8>) {
     )
 }
 
+/// The train stage's parameters, checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub steps_per_round: u32,
+    pub epochs: u32,
+    pub loss: LossConfig,
+    /// Cap of the truncated importance weight `min(π_T / μ, cap)` that corrects for sampling
+    /// from a truncated distribution (top-p, guide masks); 0 turns the correction off.
+    pub truncation_is_cap: f64,
+    pub micro_batch: usize,
+    /// `w_ρ` per role.
+    pub weights: BTreeMap<&'static str, f64>,
+}
+
+fn non_negative_int(params: &Params, key: &str) -> Result<u64> {
+    let v = params.get(key);
+    v.and_then(serde_json::Value::as_u64).ok_or_else(|| {
+        Error::param(
+            format!("train.{key}"),
+            format!(
+                "expected a non-negative integer, got {}",
+                v.map_or("nothing".to_string(), |v| v.to_string())
+            ),
+        )
+    })
+}
+
+fn number_at_least(params: &Params, key: &str, min: f64) -> Result<f64> {
+    let x = params.f64(key);
+    if x.is_finite() && x >= min {
+        Ok(x)
+    } else {
+        Err(Error::param(
+            format!("train.{key}"),
+            format!("{x} is out of range (a number >= {min})"),
+        ))
+    }
+}
+
+pub fn settings(params: &Params) -> Result<Settings> {
+    let positive = |key: &str| -> Result<u32> {
+        let n = non_negative_int(params, key)?;
+        u32::try_from(n).ok().filter(|n| *n >= 1).ok_or_else(|| {
+            Error::param(
+                format!("train.{key}"),
+                format!("{n} is out of range (1..=100000)"),
+            )
+        })
+    };
+    let steps_per_round = positive("steps_per_round")?;
+    let epochs = positive("epochs")?;
+    if u64::from(steps_per_round) * u64::from(epochs) > 100_000 {
+        return Err(Error::param(
+            "train.steps_per_round",
+            "steps_per_round × epochs is above 100000",
+        ));
+    }
+    let loss_type: LossType = params
+        .str("loss_type")
+        .parse()
+        .map_err(|e: String| Error::param("train.loss_type", e))?;
+    let eps_low = number_at_least(params, "clip_eps", 0.0)?;
+    let eps_high = match params.f64("clip_eps_high") {
+        x if x < 0.0 => eps_low,
+        _ => number_at_least(params, "clip_eps_high", 0.0)?,
+    };
+    let max_len = positive("max_completion_length")?;
+    let mut weights = BTreeMap::new();
+    for role in ROLES {
+        weights.insert(
+            role,
+            number_at_least(params, &format!("{role}_weight"), 0.0)?,
+        );
+    }
+    Ok(Settings {
+        steps_per_round,
+        epochs,
+        loss: LossConfig {
+            loss_type,
+            eps_low,
+            eps_high,
+            beta: number_at_least(params, "kl_beta", 0.0)?,
+            entropy_coef: number_at_least(params, "entropy_coef", 0.0)?,
+            max_completion_length: max_len as usize,
+        },
+        truncation_is_cap: number_at_least(params, "truncation_is_cap", 0.0)?,
+        micro_batch: positive("micro_batch")? as usize,
+        weights,
+    })
+}
+
+/// Optimizer steps per round: `steps_per_round × epochs`.
+pub fn optimizer_steps(params: &Params) -> Result<u32> {
+    let s = settings(params)?;
+    Ok(s.steps_per_round * s.epochs)
+}
+
+/// The reward rows of step `step` (1-based) of a round: each role's training rows, shuffled
+/// once per epoch with a seed of the epoch and role, cut into `steps_per_round` near-equal
+/// mini-batches; the step takes mini-batch `(step − 1) mod K` of epoch `(step − 1) / K`.
+pub fn minibatch<'a>(
+    rows: &[&'a RewardRow],
+    s: &Settings,
+    seed: u64,
+    step: u32,
+) -> Vec<&'a RewardRow> {
+    let k = s.steps_per_round as usize;
+    let index = (step as usize - 1) % k;
+    let epoch = (step as usize - 1) / k;
+    let mut out = Vec::new();
+    for role in ROLES {
+        let mut mine: Vec<&RewardRow> = rows.iter().copied().filter(|r| r.role == role).collect();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(derive_seed(
+            seed,
+            &format!("minibatches/epoch-{epoch}/{role}"),
+        ));
+        mine.shuffle(&mut rng);
+        let n = mine.len();
+        out.extend_from_slice(&mine[index * n / k..(index + 1) * n / k]);
+    }
+    out
+}
+
 impl Stage for TrainStage {
     fn name(&self) -> &'static str {
         "train"
     }
 
     fn about(&self) -> &'static str {
-        "GRPO gradients of this round's rewarded trajectories (one worker per --shard)"
+        "GRPO gradients of one optimizer step's mini-batch (one worker per --shard)"
     }
 
     fn params(&self) -> Vec<ParamSpec> {
         vec![
             device_spec(),
-            ParamSpec::new("clip_eps", 0.2, "PPO clip range ε"),
+            ParamSpec::new(
+                "steps_per_round",
+                1,
+                "mini-batches the round's training rows are cut into, one optimizer step each (TRL's steps_per_generation)",
+            ),
+            ParamSpec::new(
+                "epochs",
+                1,
+                "passes over the round's rows (TRL's num_iterations, verl's ppo_epochs)",
+            ),
+            ParamSpec::new(
+                "loss_type",
+                "grpo",
+                "`grpo` (token mean per sequence), `token_mean` (DAPO) or `dr_grpo`",
+            ),
+            ParamSpec::new("clip_eps", 0.2, "PPO clip range ε (the lower bound 1 − ε)"),
+            ParamSpec::new(
+                "clip_eps_high",
+                -1.0,
+                "upper clip range (DAPO's clip-higher, e.g. 0.28); negative: the same as clip_eps",
+            ),
             ParamSpec::new(
                 "kl_beta",
                 0.0,
-                "weight of the k3 KL to the `init` checkpoint (0: none)",
+                "weight of the k3 KL (clamped as verl's low_var_kl) to the checkpoint RL starts from: the warm-up's, else init's (0: none)",
             ),
+            ParamSpec::new("entropy_coef", 0.0, "weight of the entropy bonus (0: none)"),
+            ParamSpec::new(
+                "max_completion_length",
+                512,
+                "dr_grpo's constant normaliser L_max (tokens)",
+            ),
+            ParamSpec::new(
+                "truncation_is_cap",
+                2.0,
+                "cap of the importance weight correcting for top-p / guided sampling (0: off)",
+            ),
+            ParamSpec::new("policy_weight", 1.0, "weight of the policy's mean loss"),
+            ParamSpec::new(
+                "generator_weight",
+                1.0,
+                "weight of the generator's mean loss",
+            ),
+            ParamSpec::new("grm_weight", 1.0, "weight of the GRM's mean loss"),
             ParamSpec::new("micro_batch", 4, "sequences per forward/backward pass"),
             ParamSpec::new(
                 "train_last_k",
@@ -69,7 +246,13 @@ impl Stage for TrainStage {
     }
 
     fn upstream(&self, _params: &Params) -> Vec<&'static str> {
-        let mut up = vec!["reward", "generate", "rollout", "judge?"];
+        let mut up = vec![
+            "reward",
+            "generate",
+            "rollout",
+            "judge?",
+            "apply@prev_step?",
+        ];
         up.extend(CHECKPOINT_UPSTREAM);
         up
     }
@@ -78,37 +261,94 @@ impl Stage for TrainStage {
         Ok(Vec::new())
     }
 
+    fn stepped(&self) -> bool {
+        true
+    }
+
     fn run(&self, ctx: &StageContext) -> Result<StageOutput> {
         let err = |e: crate::model::ModelError| Error::stage("train", e.to_string());
+        let s = settings(ctx.params)?;
+        let (step, steps) = match ctx.step {
+            0 => (1, 1),
+            n => (n, ctx.steps),
+        };
+        if steps != s.steps_per_round * s.epochs {
+            return Err(Error::stage(
+                "train",
+                format!(
+                    "step {step} of {steps}, but steps_per_round × epochs is {}",
+                    s.steps_per_round * s.epochs
+                ),
+            ));
+        }
         let rewards: Vec<RewardRow> = read_rows(ctx.input_files("reward"))?;
         let mut by_id: BTreeMap<String, TrajectoryRow> = BTreeMap::new();
-        for key in ["generate", "rollout", "judge?"] {
+        for key in ["generate", "selfcheck?", "rollout", "judge?"] {
             for t in trajectories(ctx.input_files(key))? {
                 by_id.insert(t.trajectory_id.clone(), t);
             }
         }
         let mut missing = 0;
-        let selected: Vec<(&RewardRow, &TrajectoryRow)> = rewards
+        let eligible: Vec<&RewardRow> = rewards
             .iter()
             .filter(|r| r.train && r.advantage != 0.0)
-            .enumerate()
-            .filter(|(i, _)| ctx.shard.owns(*i))
-            .filter_map(|(_, r)| match by_id.get(&r.trajectory_id) {
-                Some(t) if !t.completion_ids.is_empty() => Some((r, t)),
+            .filter(|r| match by_id.get(&r.trajectory_id) {
+                Some(t) if t.loss_mask.iter().any(|&m| m) => true,
                 _ => {
                     missing += 1;
-                    None
+                    false
                 }
             })
             .collect();
+        if !eligible.is_empty() && eligible.len() < s.steps_per_round as usize {
+            return Err(Error::param(
+                "train.steps_per_round",
+                format!(
+                    "{} is more than the round's {} training rows: lower it",
+                    s.steps_per_round,
+                    eligible.len()
+                ),
+            ));
+        }
+        let batch = minibatch(&eligible, &s, ctx.seed, step);
+        // Per-role counts over the whole mini-batch: the loss's normalisers.
+        let mut counts: BTreeMap<&str, RoleCounts> = BTreeMap::new();
+        for r in &batch {
+            let c = counts.entry(r.role.as_str()).or_insert(RoleCounts {
+                weight: s.weights.get(r.role.as_str()).copied().unwrap_or(1.0),
+                ..RoleCounts::default()
+            });
+            c.sequences += 1;
+            c.tokens += by_id[&r.trajectory_id]
+                .loss_mask
+                .iter()
+                .filter(|&&m| m)
+                .count() as u64;
+        }
+        let mut mine: Vec<(&RewardRow, &TrajectoryRow)> = batch
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| ctx.shard.owns(*i))
+            .map(|(_, r)| (*r, &by_id[&r.trajectory_id]))
+            .collect();
+        // Micro-batches hold one role at one temperature, so each role's gradient stays apart.
+        mine.sort_by(|a, b| {
+            (a.0.role.as_str(), a.1.temperature.to_bits())
+                .cmp(&(b.0.role.as_str(), b.1.temperature.to_bits()))
+        });
         let grad_path = shard_path(&ctx.out_dir, ShardKind::Gradients, ctx.shard.index);
         let updates_path = shard_path(&ctx.out_dir, ShardKind::Updates, ctx.shard.index);
-        if selected.is_empty() {
+        if mine.is_empty() {
             write_rows::<GradientRow>(&grad_path, &[])?;
             write_rows::<UpdateRow>(&updates_path, &[])?;
+            let summary = if eligible.is_empty() {
+                "no trajectory with a non-zero advantage: nothing to train".to_string()
+            } else {
+                format!("step {step}/{steps}: no sequence of this step's mini-batch in this part")
+            };
             return Ok(StageOutput {
                 files: vec![grad_path, updates_path],
-                summary: "no trajectory with a non-zero advantage: nothing to train".into(),
+                summary,
             });
         }
         let ckpt = checkpoint_dir(ctx, "train")?;
@@ -118,112 +358,150 @@ impl Stage for TrainStage {
         };
         let device = placement(ctx.params, "train")?.device;
         let trainer = Trainer::load(&ckpt, &device, cfg).map_err(err)?;
-        let beta = ctx.params.f64("kl_beta");
-        let reference = if beta > 0.0 {
-            let init = ctx
-                .input_files("init")
-                .first()
+        let reference = if s.loss.beta > 0.0 {
+            // KL to the checkpoint RL starts from: the warm-up's output, else init's.
+            let start = ["warmup?", "init"]
+                .iter()
+                .find_map(|k| ctx.input_files(k).iter().find(|p| p.is_dir()).cloned())
                 .ok_or_else(|| Error::stage("train", "kl_beta > 0 needs the `init` checkpoint"))?;
-            Some(Model::load(init, &device).map_err(err)?)
+            Some(Model::load(&start, &device).map_err(err)?)
         } else {
             None
         };
-        let eps = ctx.params.f64("clip_eps");
-        let grpo = GrpoParams {
-            eps_low: eps,
-            eps_high: eps,
-            beta,
-        };
         let pad = trainer.model().config().pad_token_id.unwrap_or(0);
-        let micro = ctx.params.u64("micro_batch").max(1) as usize;
-        let step = trainer.steps_done() as u32 + 1;
-        let bar = crate::progress::bar(selected.len() as u64, "train");
-        let mut total: Option<Vec<NamedGrad>> = None;
-        let mut updates = Vec::with_capacity(selected.len());
-        let mut tokens = 0u64;
-        for chunk in selected.chunks(micro) {
+        let bar = crate::progress::bar(mine.len() as u64, "train");
+        let mut per_role: BTreeMap<&str, (Vec<NamedGrad>, u32, u64)> = BTreeMap::new();
+        let mut updates = Vec::with_capacity(mine.len());
+        let mut start = 0;
+        while start < mine.len() {
+            let (role, temp) = (mine[start].0.role.as_str(), mine[start].1.temperature);
+            let mut end = start + 1;
+            while end < mine.len()
+                && end - start < s.micro_batch
+                && mine[end].0.role == role
+                && mine[end].1.temperature.to_bits() == temp.to_bits()
+            {
+                end += 1;
+            }
+            let chunk = &mine[start..end];
+            start = end;
             let seqs: Vec<_> = chunk.iter().map(|(_, t)| training_sequence(t)).collect();
             let batch = build_batch(&seqs, pad, &device).map_err(err)?;
             let pos = LossPositions::of(&batch).map_err(err)?;
             let l = batch.input_ids.dim(1).map_err(|e| err(e.into()))?;
-            // The sampler's log-prob of each loss token, in LossPositions order.
+            // The sampler's log-probs of each loss token, in LossPositions order.
+            let at = |s: usize, f: u32| f as usize - s * (l - 1) + 1 - chunk[s].1.prompt_ids.len();
             let old: Vec<f32> = pos
                 .flat
                 .iter()
                 .zip(&pos.seq)
-                .map(|(&f, &s)| {
-                    let t = chunk[s].1;
-                    let completion_index = f as usize - s * (l - 1) + 1 - t.prompt_ids.len();
-                    t.sampling_logprobs[completion_index]
-                })
+                .map(|(&f, &s)| chunk[s].1.sampling_logprobs[at(s, f)])
                 .collect();
-            let old = Tensor::from_vec(old, pos.flat.len(), &device).map_err(|e| err(e.into()))?;
-            let adv: Vec<f32> = chunk.iter().map(|(r, _)| r.advantage).collect();
-            let ref_logp = match &reference {
-                Some(m) => Some(selected_logprobs(m, &batch, &pos).map_err(err)?.0.detach()),
+            let is_weights: Option<Vec<f32>> = (s.truncation_is_cap > 0.0).then(|| {
+                pos.flat
+                    .iter()
+                    .zip(&pos.seq)
+                    .zip(&old)
+                    .map(|((&f, &s_), &o)| {
+                        let behaviour = chunk[s_].1.behavior_logprobs[at(s_, f)];
+                        ((o - behaviour).exp()).min(s.truncation_is_cap as f32)
+                    })
+                    .collect()
+            });
+            let n = pos.flat.len();
+            let old = Tensor::from_vec(old, n, &device).map_err(|e| err(e.into()))?;
+            let is_weights = match is_weights {
+                Some(w) => Some(Tensor::from_vec(w, n, &device).map_err(|e| err(e.into()))?),
                 None => None,
             };
-            let (loss, stats) = grpo_sequence_sum(
-                trainer.model(),
-                &batch,
-                &pos,
-                &old,
-                &adv,
-                ref_logp.as_ref(),
-                &grpo,
+            let temperature = f64::from(temp);
+            let (logp, entropy) = if s.loss.entropy_coef > 0.0 {
+                let logits =
+                    selected_logits(trainer.model(), &batch, &pos, temperature).map_err(err)?;
+                let targets =
+                    Tensor::from_slice(&pos.targets, n, &device).map_err(|e| err(e.into()))?;
+                let (logp, _) = target_logprobs(&logits, &targets).map_err(err)?;
+                (logp, entropy_of_logits(&logits).map_err(err)?)
+            } else {
+                selected_logprobs(trainer.model(), &batch, &pos, temperature).map_err(err)?
+            };
+            let ref_logp = match &reference {
+                Some(m) => Some(
+                    selected_logprobs(m, &batch, &pos, temperature)
+                        .map_err(err)?
+                        .0
+                        .detach(),
+                ),
+                None => None,
+            };
+            let role_counts = counts[role];
+            let weights: Vec<f64> = pos
+                .tokens
+                .iter()
+                .map(|&t| sequence_weight(&s.loss, &role_counts, t))
+                .collect();
+            let advantages: Vec<f32> = chunk.iter().map(|(r, _)| r.advantage).collect();
+            let (loss, stats) = policy_loss(
+                &s.loss,
+                &TokenBatch {
+                    logp: &logp,
+                    old_logp: &old,
+                    ref_logp: ref_logp.as_ref(),
+                    entropy: &entropy,
+                    is_weights: is_weights.as_ref(),
+                    seq: &pos.seq,
+                    advantages: &advantages,
+                    weights: &weights,
+                },
             )
             .map_err(err)?;
             let grads = trainer.backward(&loss).map_err(err)?;
             let named = trainer.export_grads(&grads).map_err(err)?;
-            drop((grads, loss));
+            drop((grads, loss, logp, entropy));
             crate::memory::release_free_memory_if_large();
-            total = Some(match total {
-                None => named,
-                Some(acc) => sum_grads(&[acc, named]).map_err(err)?,
-            });
-            for ((r, _), s) in chunk.iter().zip(stats) {
-                tokens += u64::from(s.tokens);
+            let key = ROLES
+                .iter()
+                .find(|r| **r == role)
+                .copied()
+                .unwrap_or("policy");
+            let entry = per_role.entry(key).or_insert((Vec::new(), 0, 0));
+            entry.0 = if entry.0.is_empty() {
+                named
+            } else {
+                sum_grads(&[std::mem::take(&mut entry.0), named]).map_err(err)?
+            };
+            entry.1 += chunk.len() as u32;
+            for ((r, _), st) in chunk.iter().zip(stats) {
+                entry.2 += u64::from(st.tokens);
                 updates.push(UpdateRow {
                     trajectory_id: r.trajectory_id.clone(),
                     role: r.role.clone(),
                     step,
-                    loss: s.loss,
-                    mean_ratio: s.mean_ratio,
-                    clip_fraction: s.clip_fraction,
-                    kl: s.kl,
-                    entropy: s.entropy,
-                    tokens: s.tokens,
+                    loss: st.loss,
+                    mean_ratio: st.mean_ratio,
+                    clip_fraction: st.clip_fraction,
+                    kl: st.kl,
+                    entropy: st.entropy,
+                    tokens: st.tokens,
                 });
             }
             bar.inc(chunk.len() as u64);
         }
         bar.finish_and_clear();
-        let sequences = selected.len() as u32;
-        let rows: Vec<GradientRow> = total
-            .unwrap_or_default()
-            .into_iter()
-            .map(|g| GradientRow {
+        let mut rows = Vec::new();
+        for (role, (grads, sequences, tokens)) in per_role {
+            rows.extend(grads.into_iter().map(|g| GradientRow {
+                role: role.to_string(),
                 name: g.name,
                 shape: g.shape.iter().map(|&d| d as u64).collect(),
                 values: g.values,
                 sequences,
                 tokens,
-            })
-            .collect();
-        let tensors = rows.len();
+            }));
+        }
         write_rows(&grad_path, &rows)?;
         write_rows(&updates_path, &updates)?;
-        let mut per_role: BTreeMap<&str, usize> = BTreeMap::new();
-        for (r, _) in &selected {
-            *per_role.entry(r.role.as_str()).or_default() += 1;
-        }
-        let roles: Vec<String> = per_role.iter().map(|(r, n)| format!("{r} {n}")).collect();
-        let mean_loss =
-            updates.iter().map(|u| f64::from(u.loss)).sum::<f64>() / updates.len() as f64;
-        let mut summary = format!(
-            "{sequences} sequences ({}), {tokens} loss tokens, mean loss {mean_loss:.4}; gradients of {tensors} tensors",
-            roles.join(", ")
-        );
+        let mut summary = format!("step {step}/{steps}: {}", role_summary(&updates));
         if missing > 0 {
             summary.push_str(&format!("; {missing} rewards without a trajectory skipped"));
         }
@@ -232,6 +510,31 @@ impl Stage for TrainStage {
             summary,
         })
     }
+}
+
+/// Per role: sequences, mean loss, mean ratio and clip fraction of this worker's part.
+fn role_summary(updates: &[UpdateRow]) -> String {
+    let mut by_role: BTreeMap<&str, (usize, f64, f64, f64)> = BTreeMap::new();
+    for u in updates {
+        let e = by_role.entry(u.role.as_str()).or_default();
+        e.0 += 1;
+        e.1 += f64::from(u.loss);
+        e.2 += f64::from(u.mean_ratio);
+        e.3 += f64::from(u.clip_fraction);
+    }
+    by_role
+        .iter()
+        .map(|(role, (n, loss, ratio, clip))| {
+            let n_f = *n as f64;
+            format!(
+                "{role} {n} seqs loss {:.4} ratio {:.3} clip {:.3}",
+                loss / n_f,
+                ratio / n_f,
+                clip / n_f
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -300,6 +603,8 @@ mod tests {
                 completion_ids: o.tokens.clone(),
                 loss_mask: o.loss_mask.iter().map(|&m| m == 1).collect(),
                 sampling_logprobs: o.logprobs.clone(),
+                behavior_logprobs: o.logprobs.clone(),
+                temperature: 1.0,
                 text: o.text.clone(),
                 turns: 1,
                 searches: 0,
@@ -338,6 +643,8 @@ mod tests {
         let ctx = StageContext {
             run_dir: run,
             round: 1,
+            step: 1,
+            steps: 1,
             params: &train_params,
             seed: 0,
             shard: ShardSpec::WHOLE,
@@ -345,9 +652,13 @@ mod tests {
             out_dir: run.join("round-001/train"),
         };
         let out = TrainStage.run(&ctx).unwrap();
-        assert!(out.summary.starts_with("4 sequences"), "{}", out.summary);
+        assert!(
+            out.summary.starts_with("step 1/1: policy 4 seqs"),
+            "{}",
+            out.summary
+        );
         let grads: Vec<GradientRow> = read_rows(&out.files[..1]).unwrap();
-        assert!(grads.iter().all(|g| g.sequences == 4));
+        assert!(grads.iter().all(|g| g.sequences == 4 && g.role == "policy"));
         assert!(grads.iter().any(|g| g.values.iter().any(|v| *v != 0.0)));
         let updates: Vec<UpdateRow> = read_rows(&out.files[1..]).unwrap();
         assert_eq!(updates.len(), 4);

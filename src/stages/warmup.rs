@@ -269,6 +269,8 @@ impl Stage for WarmupStage {
                 seed: 0,
                 prompt_ids,
                 sampling_logprobs: vec![0.0; completion.len()],
+                behavior_logprobs: vec![0.0; completion.len()],
+                temperature: 1.0,
                 completion_ids: completion,
                 loss_mask: mask,
                 text: d.text(),
@@ -317,7 +319,8 @@ impl Stage for WarmupStage {
                     .collect();
                 let weights = candle_core::Tensor::from_vec(weights, pos.seq.len(), &device)
                     .map_err(|e| err(e.into()))?;
-                let (logp, _) = selected_logprobs(trainer.model(), &batch, &pos).map_err(err)?;
+                let (logp, _) =
+                    selected_logprobs(trainer.model(), &batch, &pos, 1.0).map_err(err)?;
                 let loss = (logp * weights)
                     .and_then(|x| x.sum_all())
                     .and_then(|x| x.neg())

@@ -11,3 +11,4 @@ mod rounds;
 mod runner;
 mod search_assets;
 mod shards;
+mod steps;

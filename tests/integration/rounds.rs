@@ -11,8 +11,15 @@ use asl::manifest::{Manifest, Status};
 use crate::common::*;
 
 const SMOKE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/smoke.toml");
-const ROUND_STAGES: [&str; 7] = [
-    "generate", "rollout", "judge", "reward", "train", "apply", "eval",
+const ROUND_STAGES: [&str; 8] = [
+    "generate",
+    "selfcheck",
+    "rollout",
+    "judge",
+    "reward",
+    "train",
+    "apply",
+    "eval",
 ];
 
 fn run_smoke(assets: &Path, run_dir: &Path, extra: &[&str]) -> std::process::Output {
@@ -29,22 +36,23 @@ fn run_smoke(assets: &Path, run_dir: &Path, extra: &[&str]) -> std::process::Out
     )
 }
 
-/// Every shard's hash plus every checkpoint file's, by relative path.
+/// Every shard's hash plus every checkpoint file's (any folder named `model`, the per-step
+/// checkpoints under `apply/step-SSS/` included), by relative path.
 fn everything_written(run_dir: &Path) -> std::collections::BTreeMap<String, String> {
     let mut all = shard_hashes(run_dir);
-    for round in 0..=2 {
-        for stage in ["init", "warmup", "apply"] {
-            let dir: PathBuf = run_dir.join(format!("round-{round:03}/{stage}/model"));
-            if let Ok(entries) = std::fs::read_dir(&dir) {
-                for e in entries {
-                    let p = e.unwrap().path();
-                    let rel = p
-                        .strip_prefix(run_dir)
-                        .unwrap()
-                        .to_string_lossy()
-                        .into_owned();
-                    all.insert(rel, asl::manifest::hash_file(&p).unwrap());
-                }
+    let mut stack: Vec<PathBuf> = vec![run_dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if dir.file_name().is_some_and(|n| n == "model") {
+                let rel = p
+                    .strip_prefix(run_dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                all.insert(rel, asl::manifest::hash_file(&p).unwrap());
             }
         }
     }
@@ -71,6 +79,23 @@ fn smoke_runs_two_rounds_of_every_stage_and_reruns_are_no_ops() {
                 stdout(&out)
             );
         }
+    }
+    // The self-check ran before the rollout: only tasks that passed it were attempted.
+    for round in 1..=2 {
+        let dir = |stage: &str| rd.join(format!("round-{round:03}/{stage}"));
+        let checked: Vec<asl::shards::rows::TaskRow> =
+            asl::shards::read_rows(&[dir("selfcheck").join("tasks-00000.parquet")]).unwrap();
+        let attempts: Vec<asl::shards::rows::TrajectoryRow> =
+            asl::shards::read_rows(&[dir("rollout").join("trajectories-00000.parquet")]).unwrap();
+        let valid: std::collections::BTreeSet<&str> = checked
+            .iter()
+            .filter(|t| t.valid)
+            .map(|t| t.task_id.as_str())
+            .collect();
+        assert!(
+            attempts.iter().all(|a| valid.contains(a.task_id.as_str())),
+            "round {round}: an attempt at a task that failed the self-check"
+        );
     }
     let status = asl(&["status", "--run-dir", rd.to_str().unwrap()]);
     assert_ok(&status);

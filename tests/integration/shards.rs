@@ -194,6 +194,8 @@ fn every_row_type_round_trips_through_a_shard() {
         completion_ids: vec![4, 5],
         loss_mask: vec![true, false],
         sampling_logprobs: vec![-0.5, 0.0],
+        behavior_logprobs: vec![-0.4, 0.0],
+        temperature: 0.7,
         text: "<answer>x</answer>".into(),
         turns: 1,
         searches: 0,
@@ -230,6 +232,7 @@ fn every_row_type_round_trips_through_a_shard() {
         train: true,
     }]);
     check(vec![GradientRow {
+        role: "policy".into(),
         name: "model.norm.weight".into(),
         shape: vec![2, 3],
         values: vec![0.5; 6],
@@ -246,6 +249,14 @@ fn every_row_type_round_trips_through_a_shard() {
         kl: 0.01,
         entropy: 2.0,
         tokens: 12,
+    }]);
+    check(vec![StepRow {
+        step: 2,
+        role: "all".into(),
+        sequences: 8,
+        tokens: 400,
+        grad_norm: 0.7,
+        lr: 1e-5,
     }]);
     check(vec![EvalRow {
         round: 1,
