@@ -3,12 +3,11 @@
 //! with its PyTorch implementation of TRL's `GRPOTrainer._compute_loss`.
 //!
 //! It computes the loss exactly as `stages::train` does, through the same functions: the batch
-//! split into micro-batches (`build_batch`, `LossPositions`), the log-probs of the loss tokens at
-//! the sampling temperature (`selected_logprobs`, or `selected_logits` + `target_logprobs` +
-//! `entropy_of_logits` when an entropy bonus is on), the reference's log-probs the same way, the
-//! old log-probs gathered per loss token, `sequence_weight` over the `RoleCounts` of the whole
-//! batch (one role, weight 1), `policy_loss`, `Trainer::backward`, `Trainer::export_grads`, and
-//! the micro-batches' gradients added with `sum_grads`. Every weight is trainable
+//! split into micro-batches (`build_batch`, `LossPositions`), the old log-probs gathered per loss
+//! token, `rl::loss::micro_batch_loss` (the function `train` calls: log-probs at the sampling
+//! temperature, the reference's, `sequence_weight` over the `RoleCounts` of the whole batch with
+//! one role of weight 1, `policy_loss`), `Trainer::backward`, `Trainer::export_grads`, and the
+//! micro-batches' gradients added with `sum_grads`. Every weight is trainable
 //! (`train_last_k` None).
 //!
 //! Input: a JSON spec (written by `grpo_parity_torch.py prepare`):
@@ -32,16 +31,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail, ensure};
-use asl::model::fused::target_logprobs;
 use asl::model::llama::Model;
-use asl::model::train::{
-    LossPositions, NamedGrad, TrainConfig, Trainer, build_batch, selected_logits,
-    selected_logprobs, sum_grads,
-};
-use asl::rl::loss::{
-    LossConfig, LossType, RoleCounts, SeqStats, TokenBatch, entropy_of_logits, policy_loss,
-    sequence_weight,
-};
+use asl::model::train::{LossPositions, NamedGrad, TrainConfig, Trainer, build_batch, sum_grads};
+use asl::rl::loss::{LossConfig, LossType, MicroBatch, RoleCounts, SeqStats, micro_batch_loss};
 use candle_core::{Device, Tensor};
 use serde::Deserialize;
 use serde_json::json;
@@ -150,39 +142,19 @@ fn run_case(
             Some(w) => Some(Tensor::from_vec(per_token(w), n, device)?),
             None => None,
         };
-        let (logp, entropy) = if cfg.entropy_coef > 0.0 {
-            let logits = selected_logits(trainer.model(), &batch, &pos, case.temperature)?;
-            let targets = Tensor::from_slice(&pos.targets, n, device)?;
-            let (logp, _) = target_logprobs(&logits, &targets)?;
-            (logp, entropy_of_logits(&logits)?)
-        } else {
-            selected_logprobs(trainer.model(), &batch, &pos, case.temperature)?
-        };
-        let ref_logp = match reference {
-            Some(m) if cfg.beta > 0.0 => Some(
-                selected_logprobs(m, &batch, &pos, case.temperature)?
-                    .0
-                    .detach(),
-            ),
-            _ => None,
-        };
-        let weights: Vec<f64> = pos
-            .tokens
-            .iter()
-            .map(|&t| sequence_weight(&cfg, &counts, t))
-            .collect();
         let advantages: Vec<f32> = chunk.iter().map(|s| s.advantage).collect();
-        let (loss, st) = policy_loss(
+        let (loss, st) = micro_batch_loss(
             &cfg,
-            &TokenBatch {
-                logp: &logp,
+            trainer.model(),
+            reference,
+            &MicroBatch {
+                batch: &batch,
+                pos: &pos,
+                temperature: case.temperature,
                 old_logp: &old,
-                ref_logp: ref_logp.as_ref(),
-                entropy: &entropy,
                 is_weights: is_weights.as_ref(),
-                seq: &pos.seq,
                 advantages: &advantages,
-                weights: &weights,
+                counts: &counts,
             },
         )?;
         loss_sum += f64::from(loss.to_scalar::<f32>()?);

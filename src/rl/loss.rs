@@ -22,6 +22,9 @@
 use candle_core::{D, DType, Tensor};
 
 use crate::model::ModelError;
+use crate::model::fused::target_logprobs;
+use crate::model::llama::Model;
+use crate::model::train::{LossPositions, SeqBatch, selected_logits, selected_logprobs};
 
 type Result<T> = std::result::Result<T, ModelError>;
 
@@ -255,6 +258,68 @@ pub fn policy_loss(cfg: &LossConfig, b: &TokenBatch) -> Result<(Tensor, Vec<SeqS
         })
         .collect();
     Ok((total, stats))
+}
+
+/// One micro-batch of one role sampled at one temperature, as the trainer holds it.
+pub struct MicroBatch<'a> {
+    pub batch: &'a SeqBatch,
+    pub pos: &'a LossPositions,
+    /// The temperature the sequences were sampled at; the loss scores the same distribution.
+    pub temperature: f64,
+    /// Sampling-time log-probs `(N,)` over `pos`.
+    pub old_logp: &'a Tensor,
+    pub is_weights: Option<&'a Tensor>,
+    /// One advantage per sequence.
+    pub advantages: &'a [f32],
+    /// The role's counts over the whole mini-batch (the loss's normalisers).
+    pub counts: &'a RoleCounts,
+}
+
+/// The loss of a micro-batch under `model`: log-probs at the sampling temperature (with a
+/// differentiable entropy when the bonus is on), the reference's log-probs when `beta > 0`, each
+/// sequence's [`sequence_weight`], then [`policy_loss`]. `train` and the parity check both call
+/// this, so the check measures what training runs.
+pub fn micro_batch_loss(
+    cfg: &LossConfig,
+    model: &Model,
+    reference: Option<&Model>,
+    mb: &MicroBatch,
+) -> Result<(Tensor, Vec<SeqStats>)> {
+    let (logp, entropy) = if cfg.entropy_coef > 0.0 {
+        let logits = selected_logits(model, mb.batch, mb.pos, mb.temperature)?;
+        let targets = Tensor::from_slice(&mb.pos.targets, mb.pos.targets.len(), logits.device())?;
+        let (logp, _) = target_logprobs(&logits, &targets)?;
+        (logp, entropy_of_logits(&logits)?)
+    } else {
+        selected_logprobs(model, mb.batch, mb.pos, mb.temperature)?
+    };
+    let ref_logp = match reference {
+        Some(m) if cfg.beta > 0.0 => Some(
+            selected_logprobs(m, mb.batch, mb.pos, mb.temperature)?
+                .0
+                .detach(),
+        ),
+        _ => None,
+    };
+    let weights: Vec<f64> = mb
+        .pos
+        .tokens
+        .iter()
+        .map(|&t| sequence_weight(cfg, mb.counts, t))
+        .collect();
+    policy_loss(
+        cfg,
+        &TokenBatch {
+            logp: &logp,
+            old_logp: mb.old_logp,
+            ref_logp: ref_logp.as_ref(),
+            entropy: &entropy,
+            is_weights: mb.is_weights,
+            seq: &mb.pos.seq,
+            advantages: mb.advantages,
+            weights: &weights,
+        },
+    )
 }
 
 #[cfg(test)]

@@ -21,16 +21,10 @@ use super::agent::{CHECKPOINT_UPSTREAM, checkpoint_dir, device_spec, placement};
 use super::generate::trajectories;
 use super::{Stage, StageContext, StageOutput};
 use crate::error::{Error, Result};
-use crate::model::fused::target_logprobs;
 use crate::model::llama::Model;
-use crate::model::train::{
-    LossPositions, NamedGrad, TrainConfig, Trainer, build_batch, selected_logits,
-    selected_logprobs, sum_grads,
-};
+use crate::model::train::{LossPositions, NamedGrad, TrainConfig, Trainer, build_batch, sum_grads};
 use crate::params::{ParamSpec, Params, ParamsExt};
-use crate::rl::loss::{
-    LossConfig, LossType, RoleCounts, TokenBatch, entropy_of_logits, policy_loss, sequence_weight,
-};
+use crate::rl::loss::{LossConfig, LossType, MicroBatch, RoleCounts, micro_batch_loss};
 use crate::seed::derive_seed;
 use crate::shards::rows::{GradientRow, RewardRow, TrajectoryRow, UpdateRow};
 use crate::shards::{ShardKind, read_rows, shard_path, write_rows};
@@ -414,50 +408,25 @@ impl Stage for TrainStage {
                 Some(w) => Some(Tensor::from_vec(w, n, &device).map_err(|e| err(e.into()))?),
                 None => None,
             };
-            let temperature = f64::from(temp);
-            let (logp, entropy) = if s.loss.entropy_coef > 0.0 {
-                let logits =
-                    selected_logits(trainer.model(), &batch, &pos, temperature).map_err(err)?;
-                let targets =
-                    Tensor::from_slice(&pos.targets, n, &device).map_err(|e| err(e.into()))?;
-                let (logp, _) = target_logprobs(&logits, &targets).map_err(err)?;
-                (logp, entropy_of_logits(&logits).map_err(err)?)
-            } else {
-                selected_logprobs(trainer.model(), &batch, &pos, temperature).map_err(err)?
-            };
-            let ref_logp = match &reference {
-                Some(m) => Some(
-                    selected_logprobs(m, &batch, &pos, temperature)
-                        .map_err(err)?
-                        .0
-                        .detach(),
-                ),
-                None => None,
-            };
-            let role_counts = counts[role];
-            let weights: Vec<f64> = pos
-                .tokens
-                .iter()
-                .map(|&t| sequence_weight(&s.loss, &role_counts, t))
-                .collect();
             let advantages: Vec<f32> = chunk.iter().map(|(r, _)| r.advantage).collect();
-            let (loss, stats) = policy_loss(
+            let (loss, stats) = micro_batch_loss(
                 &s.loss,
-                &TokenBatch {
-                    logp: &logp,
+                trainer.model(),
+                reference.as_ref(),
+                &MicroBatch {
+                    batch: &batch,
+                    pos: &pos,
+                    temperature: f64::from(temp),
                     old_logp: &old,
-                    ref_logp: ref_logp.as_ref(),
-                    entropy: &entropy,
                     is_weights: is_weights.as_ref(),
-                    seq: &pos.seq,
                     advantages: &advantages,
-                    weights: &weights,
+                    counts: &counts[role],
                 },
             )
             .map_err(err)?;
             let grads = trainer.backward(&loss).map_err(err)?;
             let named = trainer.export_grads(&grads).map_err(err)?;
-            drop((grads, loss, logp, entropy));
+            drop((grads, loss));
             crate::memory::release_free_memory_if_large();
             let key = ROLES
                 .iter()
