@@ -5,6 +5,7 @@
 //! The binary (`src/main.rs`) is argument parsing and glue over this library.
 
 pub mod audit;
+pub mod compare;
 pub mod error;
 pub mod fsutil;
 pub mod manifest;
@@ -15,6 +16,7 @@ pub mod pipeline;
 pub mod process;
 pub mod progress;
 pub mod report;
+pub mod retention;
 pub mod rl;
 pub mod roles;
 pub mod search;

@@ -286,8 +286,55 @@ fn eval_command(cmd: Command) -> Command {
             .value_parser(clap::value_parser!(PathBuf))
             .help("Labelled QA (JSONL or Parquet with question and answers) for --model"),
     )
+    .arg(
+        Arg::new("out")
+            .long("out")
+            .value_name("DIR")
+            .requires("model")
+            .value_parser(clap::value_parser!(PathBuf))
+            .help("With --model: also write the eval and eval_items shards into DIR (for `asl eval compare --evals`)"),
+    )
+    .subcommand_negates_reqs(true)
+    .args_conflicts_with_subcommands(true)
+    .subcommand(
+        Command::new("compare")
+            .about("Paired comparison of two evals: ΔEM and GRM accuracy with a bootstrap 95% interval and McNemar's exact p")
+            .arg(
+                Arg::new("run-dir")
+                    .long("run-dir")
+                    .value_name("DIR")
+                    .requires("rounds")
+                    .value_parser(clap::value_parser!(PathBuf)),
+            )
+            .arg(
+                Arg::new("rounds")
+                    .long("rounds")
+                    .num_args(2)
+                    .value_names(["A", "B"])
+                    .requires("run-dir")
+                    .value_parser(clap::value_parser!(u32))
+                    .help("Two rounds of --run-dir whose evals to compare"),
+            )
+            .arg(
+                Arg::new("evals")
+                    .long("evals")
+                    .num_args(2)
+                    .value_names(["DIR_A", "DIR_B"])
+                    .conflicts_with("rounds")
+                    .value_parser(clap::value_parser!(PathBuf))
+                    .help("Two folders written by `asl eval --model … --out DIR`"),
+            )
+            .group(
+                clap::ArgGroup::new("which")
+                    .args(["rounds", "evals"])
+                    .required(true),
+            )
+            .after_help(
+                "Examples:\n  asl eval compare --run-dir runs/default --rounds 1 10\n  asl eval compare --evals evals/start evals/end",
+            ),
+    )
     .after_long_help(
-        "Examples:\n  asl eval --run-dir runs/default --round 2\n  asl eval --model runs/default/round-002/apply/model --qa data/qa/sample.jsonl",
+        "Examples:\n  asl eval --run-dir runs/default --round 2\n  asl eval --model runs/default/round-002/apply/model --qa data/qa/sample.jsonl --out evals/r2\n  asl eval compare --run-dir runs/default --rounds 1 2",
     )
 }
 
@@ -460,13 +507,17 @@ fn stage_main(stage: &dyn Stage, m: &ArgMatches) -> Result<()> {
         .get_many::<SetOverride>("set")
         .map(|v| v.cloned().collect())
         .unwrap_or_default();
+    if let Some(("compare", c)) = m.subcommand() {
+        return eval_compare_main(c);
+    }
     if stage.name() == "eval"
         && let (Some(model), Some(qa)) = (m.get_one::<PathBuf>("model"), m.get_one::<PathBuf>("qa"))
     {
         let run = m
             .get_one::<PathBuf>("run-dir")
             .map(|d| (d.as_path(), round));
-        return eval_file_main(stage, model, qa, run, &sets);
+        let out = m.get_one::<PathBuf>("out").map(PathBuf::as_path);
+        return eval_file_main(stage, model, qa, run, out, &sets);
     }
     let run_dir: &PathBuf = m.get_one("run-dir").expect("required without --model");
     let shard = m
@@ -486,19 +537,55 @@ fn stage_main(stage: &dyn Stage, m: &ArgMatches) -> Result<()> {
     Ok(())
 }
 
+fn eval_compare_main(m: &ArgMatches) -> Result<()> {
+    use asl::compare::{Side, compare, table};
+    let rounds: Vec<u32> = m
+        .get_many::<u32>("rounds")
+        .map(|v| v.copied().collect())
+        .unwrap_or_default();
+    let evals: Vec<&PathBuf> = m
+        .get_many::<PathBuf>("evals")
+        .map(|v| v.collect())
+        .unwrap_or_default();
+    let (a, b) = match (m.get_one::<PathBuf>("run-dir"), rounds.as_slice()) {
+        (Some(run_dir), [a, b]) => (
+            Side::Round { run_dir, round: *a },
+            Side::Round { run_dir, round: *b },
+        ),
+        _ => match evals.as_slice() {
+            [a, b] => (Side::Folder(a), Side::Folder(b)),
+            _ => anyhow::bail!(
+                "asl eval compare needs --run-dir DIR --rounds A B, or --evals DIR_A DIR_B"
+            ),
+        },
+    };
+    let rows = compare(&a, &b)?;
+    println!("{}", table(&a, &b, &rows));
+    Ok(())
+}
+
 fn eval_file_main(
     stage: &dyn Stage,
     model: &Path,
     qa: &Path,
     run: Option<(&Path, u32)>,
+    out: Option<&Path>,
     sets: &[SetOverride],
 ) -> Result<()> {
     let params = asl::params::resolve("eval", &stage.params(), None, sets)?;
-    let rows = asl::stages::eval::evaluate_file(model, qa, run, &params)?;
+    stage.check(&params)?;
+    let evaluation = asl::stages::eval::evaluate_file(model, qa, run, &params)?;
+    if let Some(dir) = out {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+        for f in evaluation.write(dir, 0)? {
+            eprintln!("wrote {}", f.display());
+        }
+    }
+    let rows = &evaluation.metrics;
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
     table.set_header(vec!["dataset", "role", "metric", "value", "n"]);
-    for r in &rows {
+    for r in rows {
         table.add_row(vec![
             r.dataset.clone(),
             r.role.clone(),

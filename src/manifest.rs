@@ -38,6 +38,10 @@ impl std::fmt::Display for Status {
     }
 }
 
+fn first_version() -> u32 {
+    1
+}
+
 /// A file or directory a stage read or wrote, identified by its content hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileRecord {
@@ -123,6 +127,11 @@ pub struct Entry {
     pub inputs: Vec<FileRecord>,
     pub outputs: Vec<FileRecord>,
     pub asl_version: String,
+    /// The stage's semantic version when it ran (`Stage::version`): a stage whose output
+    /// would change bumps it, and entries of an older version are rerun. Entries from before
+    /// the field read as 1.
+    #[serde(default = "first_version")]
+    pub stage_version: u32,
     pub started_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
@@ -153,6 +162,23 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<PipelineRecord>,
     pub entries: Vec<Entry>,
+    /// Outputs deleted by checkpoint retention (`retention.rs`). Their entries stay `done`, so
+    /// a pruned output never makes `asl run` rerun its stage; a stage that needs one as input
+    /// fails with a line that says so.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pruned: Vec<Pruned>,
+}
+
+/// One output removed by retention.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pruned {
+    /// As recorded in the entry's outputs.
+    pub path: String,
+    pub stage: String,
+    pub round: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub step: u32,
+    pub pruned_at: String,
 }
 
 impl Default for Manifest {
@@ -161,6 +187,7 @@ impl Default for Manifest {
             schema_version: SCHEMA_VERSION,
             pipeline: None,
             entries: Vec::new(),
+            pruned: Vec::new(),
         }
     }
 }
@@ -215,6 +242,11 @@ impl Manifest {
         let out = change(&mut manifest);
         manifest.save(run_dir)?;
         Ok(out)
+    }
+
+    /// Whether retention removed this recorded output.
+    pub fn is_pruned(&self, recorded: &str) -> bool {
+        self.pruned.iter().any(|p| p.path == recorded)
     }
 
     /// The newest entry of exactly this stage part (`step` 0 for a stage that does not step).
@@ -360,9 +392,10 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Records a file or directory, with its row count when it is a Parquet shard.
+/// Records a file or directory, with its row count when it is a Parquet shard. Hashes come
+/// from the run's hash cache where a file is unchanged.
 pub fn file_record(run_dir: &Path, path: &Path) -> Result<FileRecord> {
-    let (sha256, files) = hash_path(path)?;
+    let (sha256, files) = HashCache::with(run_dir, |cache| cache.hash_path(path))?;
     let rows = if path.extension().is_some_and(|e| e == "parquet") {
         Some(crate::shards::count_rows(path)?)
     } else {
@@ -376,13 +409,176 @@ pub fn file_record(run_dir: &Path, path: &Path) -> Result<FileRecord> {
     })
 }
 
-/// Whether every recorded output is present with its recorded hash.
-pub fn outputs_intact(run_dir: &Path, outputs: &[FileRecord]) -> bool {
-    outputs
-        .iter()
-        .all(|o| hash_path(&resolve_path(run_dir, &o.path)).is_ok_and(|(sha, _)| sha == o.sha256))
+/// Whether every recorded output is present with its recorded hash (through the hash cache:
+/// a file whose size, mtime and inode are unchanged is not read again), or was removed by
+/// retention (`pruned` says which).
+pub fn outputs_intact(run_dir: &Path, outputs: &[FileRecord], pruned: &[Pruned]) -> bool {
+    HashCache::with(run_dir, |cache| {
+        outputs.iter().all(|o| {
+            pruned.iter().any(|p| p.path == o.path)
+                || cache
+                    .hash_path(&resolve_path(run_dir, &o.path))
+                    .is_ok_and(|(sha, _)| sha == o.sha256)
+        })
+    })
+}
+
+/// `RUN_DIR/.hash-cache.json`: the SHA-256 of each file a run has hashed, with the size, mtime
+/// (nanoseconds) and inode it had then. A file whose three are unchanged is not read again, so
+/// resuming a long run re-hashes only what changed; any write changes the mtime (and a
+/// replacement by rename the inode), so a changed file is still caught. The cache is only ever
+/// a shortcut: a missing or unreadable cache file means hashing everything again, and two
+/// processes saving at once lose entries, never correctness.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct HashCache {
+    files: std::collections::BTreeMap<String, CachedHash>,
+    #[serde(skip)]
+    changed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct CachedHash {
+    size: u64,
+    mtime_ns: u64,
+    inode: u64,
+    sha256: String,
+}
+
+pub const HASH_CACHE_FILE: &str = ".hash-cache.json";
+
+impl HashCache {
+    /// Runs `f` with the run dir's cache, loaded from disk, and saves it when `f` added to it.
+    pub fn with<T>(run_dir: &Path, f: impl FnOnce(&mut HashCache) -> T) -> T {
+        let path = run_dir.join(HASH_CACHE_FILE);
+        let mut cache: HashCache = fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let out = f(&mut cache);
+        if cache.changed
+            && run_dir.is_dir()
+            && let Ok(bytes) = serde_json::to_vec(&cache)
+        {
+            // A cache that cannot be saved costs time on the next run, nothing else.
+            let _ = write_atomic(&path, &bytes);
+        }
+        out
+    }
+
+    /// As [`hash_path`], reading only files whose size, mtime or inode changed.
+    pub fn hash_path(&mut self, path: &Path) -> Result<(String, Option<u64>)> {
+        let meta = fs::metadata(path).at(path)?;
+        if !meta.is_dir() {
+            return Ok((self.hash_file(path, &meta)?, None));
+        }
+        let mut files = Vec::new();
+        collect_files(path, path, &mut files)?;
+        files.sort();
+        let mut hasher = Sha256::new();
+        for rel in &files {
+            let file = path.join(rel);
+            let meta = fs::metadata(&file).at(&file)?;
+            let digest = self.hash_file(&file, &meta)?;
+            hasher.update(rel.as_bytes());
+            hasher.update(b"\0");
+            hasher.update(digest.as_bytes());
+            hasher.update(b"\n");
+        }
+        Ok((hex(&hasher.finalize()), Some(files.len() as u64)))
+    }
+
+    fn hash_file(&mut self, path: &Path, meta: &fs::Metadata) -> Result<String> {
+        let key = fs::canonicalize(path)
+            .unwrap_or_else(|_| path.to_path_buf())
+            .to_string_lossy()
+            .into_owned();
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(meta);
+        #[cfg(not(unix))]
+        let inode = 0;
+        let stamp = |sha256: String| CachedHash {
+            size: meta.len(),
+            mtime_ns,
+            inode,
+            sha256,
+        };
+        if let Some(c) = self.files.get(&key)
+            && *c == stamp(c.sha256.clone())
+            && mtime_ns != 0
+        {
+            return Ok(c.sha256.clone());
+        }
+        let sha = hash_file(path)?;
+        self.files.insert(key, stamp(sha.clone()));
+        self.changed = true;
+        Ok(sha)
+    }
 }
 
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cache answers for an unchanged file without reading it, and a rewrite of the same
+    /// size (new mtime or inode) is hashed again.
+    #[test]
+    fn hash_cache_reuses_unchanged_files_and_catches_changed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path();
+        let file = run.join("shard.parquet.bin");
+        fs::write(&file, b"first").unwrap();
+        let first = HashCache::with(run, |c| c.hash_path(&file).unwrap().0);
+        assert_eq!(first, hash_file(&file).unwrap());
+        assert!(run.join(HASH_CACHE_FILE).is_file());
+
+        // Poison the cached digest: an unchanged file is answered from the cache.
+        let text = fs::read_to_string(run.join(HASH_CACHE_FILE)).unwrap();
+        fs::write(
+            run.join(HASH_CACHE_FILE),
+            text.replace(&first, &"0".repeat(64)),
+        )
+        .unwrap();
+        let cached = HashCache::with(run, |c| c.hash_path(&file).unwrap().0);
+        assert_eq!(cached, "0".repeat(64));
+
+        // Same size, new content (written through a new file and renamed: new inode and mtime).
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        write_atomic(&file, b"secon").unwrap();
+        let second = HashCache::with(run, |c| c.hash_path(&file).unwrap().0);
+        assert_eq!(second, hash_file(&file).unwrap());
+        assert_ne!(second, first);
+
+        // A folder hashes to the same digest with and without the cache.
+        let sub = run.join("model");
+        fs::create_dir_all(&sub).unwrap();
+        fs::write(sub.join("a"), b"a").unwrap();
+        fs::write(sub.join("b"), b"b").unwrap();
+        let direct = hash_path(&sub).unwrap();
+        assert_eq!(HashCache::with(run, |c| c.hash_path(&sub).unwrap()), direct);
+        assert_eq!(HashCache::with(run, |c| c.hash_path(&sub).unwrap()), direct);
+        // outputs_intact goes through the cache and still sees a change.
+        let record = file_record(run, &sub).unwrap();
+        assert!(outputs_intact(run, std::slice::from_ref(&record), &[]));
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        fs::write(sub.join("b"), b"c").unwrap();
+        assert!(!outputs_intact(run, std::slice::from_ref(&record), &[]));
+        // A pruned output counts as intact.
+        let pruned = Pruned {
+            path: record.path.clone(),
+            stage: "apply".into(),
+            round: 1,
+            step: 0,
+            pruned_at: String::new(),
+        };
+        assert!(outputs_intact(run, &[record], &[pruned]));
+    }
 }

@@ -59,21 +59,23 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn load(path: &Path) -> Result<Pipeline> {
-        let text = std::fs::read_to_string(path).at(path)?;
         let perr = |message: String| Error::Pipeline {
             path: path.to_path_buf(),
             message,
         };
-        let file: PipelineFile = toml::from_str(&text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
-                .unwrap_or(0);
-            perr(format!(
-                "line {line}: {}",
-                e.message().lines().next().unwrap_or("TOML error")
-            ))
-        })?;
+        let merged = read_with_parents(path, &mut Vec::new())?;
+        let file: PipelineFile =
+            toml::Value::Table(merged)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    perr(
+                        e.message()
+                            .lines()
+                            .next()
+                            .unwrap_or("TOML error")
+                            .to_string(),
+                    )
+                })?;
         let mut params = Map::new();
         for (stage, table) in file.params {
             let toml::Value::Table(table) = table else {
@@ -116,10 +118,7 @@ impl Pipeline {
                     format!("unknown stage (known: {})", stages::known_names()),
                 )
             })?;
-            let params = self.stage_params(stage, sets)?;
-            if stage.name() == "train" {
-                crate::stages::train::optimizer_steps(&params)?;
-            }
+            stage.check(&self.stage_params(stage, sets)?)?;
         }
         if let Some(name) = self.setup.iter().find(|n| stepped(n)) {
             return Err(Error::stage(
@@ -170,6 +169,73 @@ impl Pipeline {
     pub fn stage_params(&self, stage: &dyn Stage, sets: &[SetOverride]) -> Result<Params> {
         let table = self.params.get(stage.name()).and_then(Value::as_object);
         resolve(stage.name(), &stage.params(), table, sets)
+    }
+}
+
+/// A pipeline file's table with the file it `extends` (a path relative to it) merged under it:
+/// tables merge key by key, the child's value wins, arrays and other values are replaced whole.
+/// `name` and `description` are the child's own (a child without a name is named after its
+/// file). `chain` holds the files being read, so a cycle is refused.
+fn read_with_parents(path: &Path, chain: &mut Vec<PathBuf>) -> Result<toml::Table> {
+    let perr = |message: String| Error::Pipeline {
+        path: path.to_path_buf(),
+        message,
+    };
+    let canonical = std::fs::canonicalize(path).at(path)?;
+    if chain.contains(&canonical) {
+        let names: Vec<String> = chain
+            .iter()
+            .chain(std::iter::once(&canonical))
+            .map(|p| p.display().to_string())
+            .collect();
+        return Err(perr(format!(
+            "`extends` makes a cycle: {}",
+            names.join(" -> ")
+        )));
+    }
+    chain.push(canonical);
+    let text = std::fs::read_to_string(path).at(path)?;
+    let mut table: toml::Table = toml::from_str(&text).map_err(|e: toml::de::Error| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
+            .unwrap_or(0);
+        perr(format!(
+            "line {line}: {}",
+            e.message().lines().next().unwrap_or("TOML error")
+        ))
+    })?;
+    let Some(parent) = table.remove("extends") else {
+        chain.pop();
+        return Ok(table);
+    };
+    let toml::Value::String(parent) = parent else {
+        return Err(perr("`extends` must be a file name (a string)".into()));
+    };
+    let parent_path = path.parent().unwrap_or(Path::new(".")).join(&parent);
+    if !parent_path.is_file() {
+        return Err(perr(format!(
+            "extends {parent:?}: no such file ({})",
+            parent_path.display()
+        )));
+    }
+    let mut base = read_with_parents(&parent_path, chain)?;
+    chain.pop();
+    base.remove("name");
+    base.remove("description");
+    merge_tables(&mut base, table);
+    Ok(base)
+}
+
+/// Merges `over` into `base`: tables key by key, anything else replaced.
+fn merge_tables(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge_tables(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
     }
 }
 
@@ -256,9 +322,13 @@ pub fn run_pipeline(
     let mut ran: BTreeSet<String> = BTreeSet::new();
     let mut reports = Vec::new();
     let mut current_round = 0;
+    let retention = match resolved.get("apply").and_then(Value::as_object) {
+        Some(apply) => crate::retention::Retention::from_params(apply)?,
+        None => None,
+    };
     for (round, name, step) in plan {
         if round != current_round {
-            close_round(run_dir, current_round, log);
+            close_round(run_dir, current_round, retention.as_ref(), log)?;
             current_round = round;
         }
         let stage = stages::find(name).expect("validated");
@@ -266,6 +336,10 @@ pub fn run_pipeline(
             .as_object()
             .cloned()
             .expect("params are objects");
+        if !stage.runs_in_round(&params, round, rounds) {
+            writeln!(log, "round {round} {name}: not this round").ok();
+            continue;
+        }
         let upstream_ran = stage
             .upstream(&params)
             .iter()
@@ -301,7 +375,7 @@ pub fn run_pipeline(
             summary,
         });
     }
-    close_round(run_dir, current_round, log);
+    close_round(run_dir, current_round, retention.as_ref(), log)?;
     Ok(reports)
 }
 
@@ -367,10 +441,16 @@ impl StepAt {
     }
 }
 
-/// Prints the round table after a round's last stage (round 0 is setup and has none).
-fn close_round(run_dir: &Path, round: u32, log: &mut dyn Write) {
+/// After a round's last stage: prints the round table (round 0 is setup and has none), then
+/// applies checkpoint retention.
+fn close_round(
+    run_dir: &Path,
+    round: u32,
+    retention: Option<&crate::retention::Retention>,
+    log: &mut dyn Write,
+) -> Result<()> {
     if round == 0 {
-        return;
+        return Ok(());
     }
     match crate::report::round_table(run_dir, round) {
         Ok(table) => writeln!(log, "{table}").ok(),
@@ -381,6 +461,19 @@ fn close_round(run_dir: &Path, round: u32, log: &mut dyn Write) {
         Ok(_) => None,
         Err(e) => writeln!(log, "round {round}: no updates table: {e}").ok(),
     };
+    if let Some(r) = retention {
+        let pruned = crate::retention::prune(run_dir, round, r)?;
+        if !pruned.is_empty() {
+            writeln!(
+                log,
+                "round {round}: retention removed {} checkpoint and gradient outputs (apply.keep_checkpoints = {})",
+                pruned.len(),
+                r.keep_last
+            )
+            .ok();
+        }
+    }
+    Ok(())
 }
 
 /// Runs one stage by hand with the params of the run's pipeline (from the manifest) and any
@@ -403,6 +496,7 @@ pub fn run_single_stage(
     };
     let seed = run_seed(base_seed, sets)?;
     let params = resolve(stage.name(), &stage.params(), table, sets)?;
+    stage.check(&params)?;
     let at = if stage.stepped() {
         // The step count comes from the run's `train` params, as `asl run` would compute it.
         let train = crate::stages::train::TrainStage;
@@ -488,6 +582,9 @@ struct Prepared<'a> {
     seed: u64,
     upstream: Vec<(String, Vec<PathBuf>)>,
     inputs: Vec<FileRecord>,
+    /// Inputs that retention removed: fine for the up-to-date check (their hashes are
+    /// recorded), fatal for a run.
+    pruned_inputs: Vec<String>,
 }
 
 fn prepare<'a>(
@@ -501,6 +598,7 @@ fn prepare<'a>(
     let manifest = Manifest::load(run_dir)?;
     let mut upstream = Vec::new();
     let mut inputs = Vec::new();
+    let mut pruned_inputs = Vec::new();
     for key in stage.upstream(params) {
         let spec = UpstreamSpec::parse(key);
         let up = spec.stage;
@@ -544,6 +642,10 @@ fn prepare<'a>(
         let mut files = Vec::with_capacity(outputs.len());
         for output in &outputs {
             let file = resolve_path(run_dir, &output.path);
+            if !file.exists() && manifest.is_pruned(&output.path) {
+                pruned_inputs.push(format!("{} (an output of `{up}`)", output.path));
+                continue;
+            }
             if !file.exists() {
                 return Err(Error::Manifest {
                     path: Manifest::path(run_dir),
@@ -569,6 +671,7 @@ fn prepare<'a>(
         seed,
         upstream,
         inputs,
+        pruned_inputs,
     })
 }
 
@@ -591,15 +694,24 @@ impl Prepared<'_> {
                 .zip(&self.inputs)
                 .all(|(a, b)| a.path == b.path && a.sha256 == b.sha256);
         Ok(entry.asl_version == ASL_VERSION
+            && entry.stage_version == self.stage.version()
             && entry.steps == self.at.steps
             && entry.params == self.params
             && entry.seed == self.seed
             && same_inputs
-            && outputs_intact(run_dir, &entry.outputs))
+            && outputs_intact(run_dir, &entry.outputs, &manifest.pruned))
     }
 
     fn execute(&self, run_dir: &Path, shard: ShardSpec) -> Result<(Entry, String)> {
         let name = self.stage.name();
+        if let Some(first) = self.pruned_inputs.first() {
+            return Err(Error::stage(
+                name,
+                format!(
+                    "needs {first}, which checkpoint retention deleted (apply.keep_checkpoints); raise keep_checkpoints, or rerun from a round whose checkpoint is kept"
+                ),
+            ));
+        }
         let out_dir = self.at.dir(stage_dir(run_dir, self.round, name));
         std::fs::create_dir_all(&out_dir).at(&out_dir)?;
         remove_stale_tmp(&out_dir)?;
@@ -615,6 +727,7 @@ impl Prepared<'_> {
             inputs: self.inputs.clone(),
             outputs: Vec::new(),
             asl_version: ASL_VERSION.to_string(),
+            stage_version: self.stage.version(),
             started_at: now_rfc3339(),
             finished_at: None,
             wall_s: None,
@@ -663,5 +776,97 @@ impl Prepared<'_> {
         let recorded = entry.clone();
         Manifest::update(run_dir, move |m| m.entries[index] = recorded)?;
         outcome.map(|summary| (entry, summary))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// A child's tables merge into its parent's key by key (the child wins, arrays are
+    /// replaced whole), through two levels; name and description stay the child's own.
+    #[test]
+    fn extends_deep_merges_and_the_child_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "base.toml",
+            "name = \"base\"\ndescription = \"the base\"\nseed = 3\nrounds = 2\nsetup = [\"corpus\", \"qa\"]\n[params.corpus]\nsource = \"builtin\"\nmax_docs = 50\n[params.qa]\nsource = \"corpus\"\n",
+        );
+        write(
+            dir.path(),
+            "mid.toml",
+            "extends = \"base.toml\"\nrounds = 5\n[params.corpus]\nmax_docs = 20\n",
+        );
+        let child = write(
+            dir.path(),
+            "child.toml",
+            "extends = \"mid.toml\"\nsetup = [\"corpus\"]\n[params.qa]\nmax_rows = 9\n",
+        );
+        let p = Pipeline::load(&child).unwrap();
+        assert_eq!(p.name, "child");
+        assert_eq!(p.description, None);
+        assert_eq!((p.seed, p.rounds), (3, 5));
+        assert_eq!(p.setup, ["corpus"]);
+        assert_eq!(p.params["corpus"]["max_docs"], 20);
+        assert_eq!(p.params["corpus"]["source"], "builtin");
+        assert_eq!(p.params["qa"]["source"], "corpus");
+        assert_eq!(p.params["qa"]["max_rows"], 9);
+    }
+
+    #[test]
+    fn extends_refuses_cycles_and_missing_parents_in_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.toml", "extends = \"b.toml\"\n");
+        let b = write(dir.path(), "b.toml", "extends = \"a.toml\"\n");
+        let e = Pipeline::load(&b).unwrap_err().to_string();
+        assert!(
+            e.contains("cycle") && e.contains("a.toml") && !e.contains('\n'),
+            "{e}"
+        );
+        let c = write(dir.path(), "c.toml", "extends = \"nope.toml\"\n");
+        let e = Pipeline::load(&c).unwrap_err().to_string();
+        assert!(e.contains("nope.toml") && e.contains("no such file"), "{e}");
+        let d = write(dir.path(), "d.toml", "extends = 3\n");
+        let e = Pipeline::load(&d).unwrap_err().to_string();
+        assert!(e.contains("extends") && e.contains("string"), "{e}");
+    }
+
+    /// The shipped ablations are the default plus what they ablate, nothing else.
+    #[test]
+    fn shipped_ablations_differ_from_the_default_only_in_what_they_ablate() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+        let base = Pipeline::load(&dir.join("default.toml")).unwrap();
+        let frozen = Pipeline::load(&dir.join("asl-frozen-grm.toml")).unwrap();
+        let inject = Pipeline::load(&dir.join("asl-real-inject.toml")).unwrap();
+        for p in [&frozen, &inject] {
+            assert_eq!(
+                (p.seed, p.rounds, &p.setup, &p.round),
+                (base.seed, base.rounds, &base.setup, &base.round)
+            );
+        }
+        let mut expected = base.params.clone();
+        expected
+            .entry("reward")
+            .or_insert_with(|| Value::Object(Map::new()))
+            .as_object_mut()
+            .unwrap()
+            .insert("train_roles".into(), "policy,generator".into());
+        assert_eq!(frozen.params, expected);
+        let mut expected = base.params.clone();
+        let judge = expected["judge"].as_object_mut().unwrap();
+        judge.insert("real_items".into(), 4.into());
+        judge.insert("real_from_round".into(), 2.into());
+        expected["eval"]
+            .as_object_mut()
+            .unwrap()
+            .insert("verification".into(), 6.into());
+        assert_eq!(inject.params, expected);
     }
 }

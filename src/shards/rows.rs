@@ -188,6 +188,38 @@ pub struct EvalRow {
 }
 shard_row!(EvalRow, Eval);
 
+/// One scored item of an eval: a policy's answer to one held-out question (one row per sample),
+/// or one GRM verdict on a labelled answer. `correct` is what a paired comparison counts: EM > 0
+/// for the policy, the verdict equal to the label for the GRM (an unparsable verdict is wrong).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalItemRow {
+    pub round: u32,
+    pub checkpoint: String,
+    pub dataset: String,
+    pub role: String,
+    pub item_id: String,
+    pub sample: u32,
+    pub seed: u64,
+    pub question: String,
+    pub references: Vec<String>,
+    /// The answer the GRM judged (GRM rows only).
+    pub candidate: Option<String>,
+    /// The policy's parsed answer, or the GRM's verdict (`correct` / `wrong`); none when the
+    /// output did not parse.
+    pub prediction: Option<String>,
+    /// The GRM item's label (the candidate is right); none for policy rows.
+    pub label: Option<bool>,
+    pub parsed: bool,
+    pub correct: bool,
+    pub em: f64,
+    pub f1: f64,
+    pub subem: f64,
+    pub searches: u32,
+    pub turns: u32,
+    pub truncated: bool,
+}
+shard_row!(EvalItemRow, EvalItems);
+
 pub fn corpus_batch(rows: &[CorpusRow]) -> RecordBatch {
     to_batch(rows)
 }

@@ -23,11 +23,12 @@ pub enum ShardKind {
     Updates,
     Steps,
     Eval,
+    EvalItems,
     Embeddings,
 }
 
 impl ShardKind {
-    pub const ALL: [ShardKind; 11] = [
+    pub const ALL: [ShardKind; 12] = [
         ShardKind::Corpus,
         ShardKind::Qa,
         ShardKind::Tasks,
@@ -38,6 +39,7 @@ impl ShardKind {
         ShardKind::Updates,
         ShardKind::Steps,
         ShardKind::Eval,
+        ShardKind::EvalItems,
         ShardKind::Embeddings,
     ];
 
@@ -53,6 +55,7 @@ impl ShardKind {
             ShardKind::Updates => "updates",
             ShardKind::Steps => "steps",
             ShardKind::Eval => "eval",
+            ShardKind::EvalItems => "eval_items",
             ShardKind::Embeddings => "embeddings",
         }
     }
@@ -179,6 +182,28 @@ impl ShardKind {
                 utf8("metric"),
                 Field::new("value", DataType::Float64, false),
                 Field::new("count", DataType::UInt64, false),
+            ],
+            ShardKind::EvalItems => vec![
+                u32f("round"),
+                utf8("checkpoint"),
+                utf8("dataset"),
+                utf8("role"),
+                utf8("item_id"),
+                u32f("sample"),
+                Field::new("seed", DataType::UInt64, false),
+                utf8("question"),
+                list_utf8("references"),
+                utf8_null("candidate"),
+                utf8_null("prediction"),
+                Field::new("label", DataType::Boolean, true),
+                Field::new("parsed", DataType::Boolean, false),
+                Field::new("correct", DataType::Boolean, false),
+                Field::new("em", DataType::Float64, false),
+                Field::new("f1", DataType::Float64, false),
+                Field::new("subem", DataType::Float64, false),
+                u32f("searches"),
+                u32f("turns"),
+                Field::new("truncated", DataType::Boolean, false),
             ],
             ShardKind::Embeddings => vec![
                 utf8("doc_id"),

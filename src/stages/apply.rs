@@ -45,7 +45,21 @@ impl Stage for ApplyStage {
                 0,
                 "linear learning-rate warm-up over this many steps",
             ),
+            ParamSpec::new(
+                "keep_checkpoints",
+                0,
+                "`asl run` keeps the last K rounds' checkpoints and deletes older ones (0: keep all; docs/rounds.md)",
+            ),
+            ParamSpec::new(
+                "keep_every",
+                0,
+                "with keep_checkpoints: also keep every Nth round's checkpoint (0: none)",
+            ),
         ]
+    }
+
+    fn check(&self, params: &Params) -> Result<()> {
+        crate::retention::Retention::from_params(params).map(|_| ())
     }
 
     fn upstream(&self, _params: &Params) -> Vec<&'static str> {

@@ -14,6 +14,7 @@
 //! their gold answer and another question's answer and no reference (`verification` pairs,
 //! the GRM's real-data items), is reported as `verification_*` metrics when `verification > 0`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::agent::{
@@ -28,7 +29,7 @@ use crate::params::{ParamSpec, Params, ParamsExt};
 use crate::rl::metrics::{exact_match, f1, sub_exact_match};
 use crate::roles::{generator, grm, policy};
 use crate::seed::stable_u64;
-use crate::shards::rows::{CorpusRow, EvalRow, QaRow};
+use crate::shards::rows::{CorpusRow, EvalItemRow, EvalRow, QaRow};
 use crate::shards::{ShardKind, read_rows, shard_path, write_rows};
 
 pub struct EvalStage;
@@ -46,6 +47,16 @@ impl Stage for EvalStage {
         let mut specs = vec![
             ParamSpec::new("split", "test", "QA split the policy is scored on"),
             ParamSpec::new("questions", 50, "held-out questions (0: all of the split)"),
+            ParamSpec::new(
+                "samples",
+                1,
+                "answers per question: EM etc. are their mean (mean@n), pass@n is reported above 1 (needs temperature > 0)",
+            ),
+            ParamSpec::new(
+                "every",
+                1,
+                "score every Nth round and always the last round of `asl run` (1: every round)",
+            ),
             ParamSpec::new(
                 "grm_questions",
                 20,
@@ -89,7 +100,29 @@ impl Stage for EvalStage {
         Ok(Vec::new())
     }
 
+    fn check(&self, params: &Params) -> Result<()> {
+        let samples = at_least_one(params, "samples")?;
+        at_least_one(params, "every")?;
+        if samples > 1 && params.f64("temperature") <= 0.0 {
+            return Err(Error::param(
+                "eval.samples",
+                format!("{samples} samples need eval.temperature > 0 (greedy gives one answer)"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn runs_in_round(&self, params: &Params, round: u32, last: u32) -> bool {
+        let every = params
+            .get("every")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(1)
+            .max(1);
+        round == last || u64::from(round) % every == 0
+    }
+
     fn run(&self, ctx: &StageContext) -> Result<StageOutput> {
+        self.check(ctx.params)?;
         let ckpt = checkpoint_dir(ctx, "eval")?;
         let agent = Agent::load(ctx, "eval")?;
         let qa: Vec<QaRow> = read_rows(ctx.input_files("qa"))?;
@@ -106,21 +139,29 @@ impl Stage for EvalStage {
         };
         let checkpoint = crate::manifest::record_path(ctx.run_dir, &ckpt);
         let show_reference = grm_show_reference(ctx.params, Some((ctx.run_dir, ctx.round)))?;
-        let rows = evaluate(&agent, ctx.params, &qa, &topics, ctx.seed, show_reference)?
-            .into_iter()
-            .map(|mut r| {
-                r.round = ctx.round;
-                r.checkpoint = checkpoint.clone();
-                r
-            })
-            .collect::<Vec<_>>();
-        let out = shard_path(&ctx.out_dir, ShardKind::Eval, ctx.shard.index);
-        write_rows(&out, &rows)?;
+        let evaluation = evaluate(&agent, ctx.params, &qa, &topics, ctx.seed, show_reference)?
+            .stamped(ctx.round, &checkpoint);
         Ok(StageOutput {
-            files: vec![out],
-            summary: summary(&rows),
+            files: evaluation.write(&ctx.out_dir, ctx.shard.index)?,
+            summary: summary(&evaluation.metrics),
         })
     }
+}
+
+/// An integer param of eval that must be 1 or more.
+fn at_least_one(params: &Params, key: &str) -> Result<u64> {
+    let v = params.get(key);
+    v.and_then(|v| v.as_u64())
+        .filter(|n| (1..=100_000).contains(n))
+        .ok_or_else(|| {
+            Error::param(
+                format!("eval.{key}"),
+                format!(
+                    "expected an integer in 1..=100000, got {}",
+                    v.map_or("nothing".to_string(), |v| v.to_string())
+                ),
+            )
+        })
 }
 
 /// The one-line summary of eval rows: the headline metrics.
@@ -172,9 +213,41 @@ pub fn grm_show_reference(params: &Params, run: Option<(&Path, u32)>) -> Result<
     }
 }
 
-/// Scores `agent` on the `split` questions of `qa`, the GRM on its held-out predictions (the gold
-/// answer shown when `show_reference`) and on dev verification pairs, and the generator on
-/// `topics`. Rows have round 0 and an empty checkpoint; callers fill them in.
+/// What an eval measured: one row per metric and one per scored item.
+#[derive(Debug, Clone, Default)]
+pub struct Evaluation {
+    pub metrics: Vec<EvalRow>,
+    pub items: Vec<EvalItemRow>,
+}
+
+impl Evaluation {
+    /// Stamps every row with the round and checkpoint it measured.
+    fn stamped(mut self, round: u32, checkpoint: &str) -> Evaluation {
+        for r in &mut self.metrics {
+            r.round = round;
+            r.checkpoint = checkpoint.to_string();
+        }
+        for r in &mut self.items {
+            r.round = round;
+            r.checkpoint = checkpoint.to_string();
+        }
+        self
+    }
+
+    /// Writes the metric and item shards of part `index` into `dir`.
+    pub fn write(&self, dir: &Path, index: u32) -> Result<Vec<PathBuf>> {
+        let metrics = shard_path(dir, ShardKind::Eval, index);
+        write_rows(&metrics, &self.metrics)?;
+        let items = shard_path(dir, ShardKind::EvalItems, index);
+        write_rows(&items, &self.items)?;
+        Ok(vec![metrics, items])
+    }
+}
+
+/// Scores `agent` on the `split` questions of `qa` (`samples` per question), the GRM on its
+/// held-out predictions (the gold answer shown when `show_reference`) and on dev verification
+/// pairs, and the generator on `topics`. Rows have round 0 and an empty checkpoint; callers
+/// stamp them.
 pub fn evaluate(
     agent: &Agent,
     params: &Params,
@@ -182,9 +255,10 @@ pub fn evaluate(
     topics: &[String],
     seed: u64,
     show_reference: bool,
-) -> Result<Vec<EvalRow>> {
+) -> Result<Evaluation> {
     let split = params.str("split");
     let mut rows = Vec::new();
+    let mut items: Vec<EvalItemRow> = Vec::new();
     let row = |dataset: &str, role: &str, metric: &str, value: f64, count: usize| EvalRow {
         round: 0,
         checkpoint: String::new(),
@@ -213,63 +287,70 @@ pub fn evaluate(
             format!("no labelled questions in split {split:?}"),
         ));
     }
+    let samples = params.u64("samples") as u32;
     let requests: Vec<Request> = held_out
         .iter()
-        .map(|q| Request {
-            messages: if agent.has_search() {
-                policy::prompt(&q.question)
-            } else {
-                policy::prompt_without_tools(&q.question)
-            },
-            seed: seq_seed(seed, stable_u64(&[&q.id]), 0),
+        .flat_map(|q| {
+            (0..samples).map(|s| Request {
+                messages: if agent.has_search() {
+                    policy::prompt(&q.question)
+                } else {
+                    policy::prompt_without_tools(&q.question)
+                },
+                seed: seq_seed(seed, stable_u64(&[&q.id]), u64::from(s)),
+            })
         })
         .collect();
     let outs = agent.run(&requests, "eval policy", Role::Policy)?;
-    let n = outs.len();
-    let (mut em, mut f, mut sub, mut parsed, mut searched, mut turns, mut truncated) =
-        (0.0, 0.0, 0.0, 0, 0, 0, 0);
-    let mut predictions: Vec<(&QaRow, String)> = Vec::new();
-    for (q, c) in held_out.iter().zip(&outs) {
-        let p = policy::parse(&c.out.text);
-        if let Some(a) = &p.answer {
-            em += exact_match(a, &q.answers);
-            f += f1(a, &q.answers);
-            sub += sub_exact_match(a, &q.answers);
-            parsed += 1;
-            predictions.push((*q, a.clone()));
-        }
-        searched += usize::from(c.searches > 0);
-        turns += c.out.turns;
-        truncated += usize::from(c.truncated());
-    }
     let dataset = format!("qa:{split}");
-    let nf = n as f64;
-    rows.push(row(&dataset, "policy", "em", em / nf, n));
-    rows.push(row(&dataset, "policy", "f1", f / nf, n));
-    rows.push(row(&dataset, "policy", "subem", sub / nf, n));
-    rows.push(row(&dataset, "policy", "parse_rate", parsed as f64 / nf, n));
-    rows.push(row(
-        &dataset,
-        "policy",
-        "search_rate",
-        searched as f64 / nf,
-        n,
-    ));
-    rows.push(row(&dataset, "policy", "mean_turns", turns as f64 / nf, n));
-    rows.push(row(
-        &dataset,
-        "policy",
-        "truncation_rate",
-        truncated as f64 / nf,
-        n,
-    ));
+    let mut predictions: Vec<(&QaRow, String)> = Vec::new();
+    for (i, c) in outs.iter().enumerate() {
+        let q = held_out[i / samples as usize];
+        let sample = (i % samples as usize) as u32;
+        let p = policy::parse(&c.out.text);
+        let (em, f, sub) = match &p.answer {
+            Some(a) => (
+                exact_match(a, &q.answers),
+                f1(a, &q.answers),
+                sub_exact_match(a, &q.answers),
+            ),
+            None => (0.0, 0.0, 0.0),
+        };
+        if let (Some(a), 0) = (&p.answer, sample) {
+            predictions.push((q, a.clone()));
+        }
+        items.push(EvalItemRow {
+            round: 0,
+            checkpoint: String::new(),
+            dataset: dataset.clone(),
+            role: "policy".into(),
+            item_id: q.id.clone(),
+            sample,
+            seed: requests[i].seed,
+            question: q.question.clone(),
+            references: q.answers.clone(),
+            candidate: None,
+            prediction: p.answer.clone(),
+            label: None,
+            parsed: p.answer.is_some(),
+            correct: em > 0.0,
+            em,
+            f1: f,
+            subem: sub,
+            searches: c.searches,
+            turns: c.out.turns as u32,
+            truncated: c.truncated(),
+        });
+    }
+    rows.extend(policy_metrics(&items, &dataset, samples));
 
     predictions.truncate(params.u64("grm_questions") as usize);
     if !predictions.is_empty() {
-        let items: Vec<GrmItem> = predictions
+        let judged: Vec<GrmItem> = predictions
             .iter()
             .map(|(q, a)| GrmItem {
-                question: &q.question,
+                question: q,
+                item_id: q.id.clone(),
                 candidate: a.clone(),
                 reference: show_reference.then(|| q.answers[0].clone()),
                 label: sub_exact_match(a, &q.answers) > 0.0,
@@ -284,8 +365,9 @@ pub fn evaluate(
                 "no reference"
             }
         );
-        let score = judge_items(agent, &items, "eval grm")?;
-        let n = items.len();
+        let judged = judge_items(agent, &judged, "eval grm", &dataset)?;
+        let score = score(&judged);
+        let n = judged.len();
         for (metric, value) in [
             ("accuracy", score.accuracy),
             ("balanced_accuracy", score.balanced_accuracy),
@@ -295,15 +377,17 @@ pub fn evaluate(
         ] {
             rows.push(row(&dataset, "grm", metric, value, n));
         }
+        items.extend(judged);
     }
 
     let verification = pick("dev", params.u64("verification") as usize + 1);
     if params.u64("verification") > 0 && verification.len() >= 2 {
-        let mut items = Vec::new();
+        let mut pairs = Vec::new();
         for pair in verification.windows(2) {
             let (q, other) = (pair[0], pair[1]);
-            items.push(GrmItem {
-                question: &q.question,
+            pairs.push(GrmItem {
+                question: q,
+                item_id: format!("{}:true", q.id),
                 candidate: q.answers[0].clone(),
                 reference: None,
                 label: true,
@@ -314,8 +398,9 @@ pub fn evaluate(
                 .iter()
                 .any(|a| a.eq_ignore_ascii_case(&other.answers[0]))
             {
-                items.push(GrmItem {
-                    question: &q.question,
+                pairs.push(GrmItem {
+                    question: q,
+                    item_id: format!("{}:false", q.id),
                     candidate: other.answers[0].clone(),
                     reference: None,
                     label: false,
@@ -323,8 +408,10 @@ pub fn evaluate(
                 });
             }
         }
-        let score = judge_items(agent, &items, "eval verification")?;
-        let n = items.len();
+        let dataset = "qa:dev verification";
+        let judged = judge_items(agent, &pairs, "eval verification", dataset)?;
+        let score = score(&judged);
+        let n = judged.len();
         for (metric, value) in [
             ("verification_accuracy", score.accuracy),
             ("verification_parse_rate", score.parse_rate),
@@ -333,8 +420,9 @@ pub fn evaluate(
                 score.correct_verdict_rate,
             ),
         ] {
-            rows.push(row("qa:dev verification", "grm", metric, value, n));
+            rows.push(row(dataset, "grm", metric, value, n));
         }
+        items.extend(judged);
     }
 
     if !topics.is_empty() {
@@ -383,16 +471,116 @@ pub fn evaluate(
             n,
         ));
     }
-    Ok(rows)
+    Ok(Evaluation {
+        metrics: rows,
+        items,
+    })
 }
 
 /// One answer for the GRM to judge, with its known label.
 struct GrmItem<'a> {
-    question: &'a str,
+    question: &'a QaRow,
+    item_id: String,
     candidate: String,
     reference: Option<String>,
     label: bool,
     seed: u64,
+}
+
+/// The policy's metrics over its item rows: means over every sample (mean@n with `samples`
+/// above 1), and pass@n (a question counts when any sample is an exact match).
+fn policy_metrics(items: &[EvalItemRow], dataset: &str, samples: u32) -> Vec<EvalRow> {
+    let n = items.len();
+    let nf = n.max(1) as f64;
+    let mean = |f: &dyn Fn(&EvalItemRow) -> f64| items.iter().map(f).sum::<f64>() / nf;
+    let row = |metric: &str, value: f64, count: usize| EvalRow {
+        round: 0,
+        checkpoint: String::new(),
+        dataset: dataset.to_string(),
+        role: "policy".into(),
+        metric: metric.into(),
+        value,
+        count: count as u64,
+    };
+    let mut rows = vec![
+        row("em", mean(&|r| r.em), n),
+        row("f1", mean(&|r| r.f1), n),
+        row("subem", mean(&|r| r.subem), n),
+        row("parse_rate", mean(&|r| f64::from(u8::from(r.parsed))), n),
+        row(
+            "search_rate",
+            mean(&|r| f64::from(u8::from(r.searches > 0))),
+            n,
+        ),
+        row("mean_turns", mean(&|r| f64::from(r.turns)), n),
+        row(
+            "truncation_rate",
+            mean(&|r| f64::from(u8::from(r.truncated))),
+            n,
+        ),
+    ];
+    if samples > 1 {
+        let mut solved: BTreeMap<&str, bool> = BTreeMap::new();
+        for r in items {
+            *solved.entry(r.item_id.as_str()).or_default() |= r.correct;
+        }
+        let questions = solved.len();
+        let pass = solved.values().filter(|s| **s).count() as f64 / questions.max(1) as f64;
+        rows.push(row(&format!("pass@{samples}"), pass, questions));
+    }
+    rows
+}
+
+/// The GRM's verdicts on `items`, as item rows of `dataset`.
+fn judge_items(
+    agent: &Agent,
+    items: &[GrmItem],
+    what: &str,
+    dataset: &str,
+) -> Result<Vec<EvalItemRow>> {
+    let requests: Vec<Request> = items
+        .iter()
+        .map(|it| Request {
+            messages: grm::prompt(
+                &it.question.question,
+                &it.candidate,
+                it.reference.as_deref(),
+            ),
+            seed: it.seed,
+        })
+        .collect();
+    let outs = agent.run(&requests, what, Role::Grm)?;
+    Ok(items
+        .iter()
+        .zip(&outs)
+        .map(|(it, c)| {
+            let v = grm::parse(&c.out.text);
+            let correct = v.parsed && (v.verdict == grm::Verdict::Correct) == it.label;
+            let score = f64::from(u8::from(correct));
+            EvalItemRow {
+                round: 0,
+                checkpoint: String::new(),
+                dataset: dataset.to_string(),
+                role: "grm".into(),
+                item_id: it.item_id.clone(),
+                sample: 0,
+                seed: it.seed,
+                question: it.question.question.clone(),
+                references: it.question.answers.clone(),
+                candidate: Some(it.candidate.clone()),
+                prediction: v.parsed.then(|| v.verdict.name().to_string()),
+                label: Some(it.label),
+                parsed: v.parsed,
+                correct,
+                em: score,
+                f1: score,
+                subem: score,
+                searches: c.searches,
+                turns: c.out.turns as u32,
+                truncated: c.truncated(),
+            }
+        })
+        .collect())
 }
 
 /// How the GRM did on labelled items.
@@ -408,50 +596,29 @@ struct GrmScore {
     label_correct_rate: f64,
 }
 
-fn judge_items(agent: &Agent, items: &[GrmItem], what: &str) -> Result<GrmScore> {
-    let requests: Vec<Request> = items
-        .iter()
-        .map(|it| Request {
-            messages: grm::prompt(it.question, &it.candidate, it.reference.as_deref()),
-            seed: it.seed,
-        })
-        .collect();
-    let outs = agent.run(&requests, what, Role::Grm)?;
-    let verdicts: Vec<(bool, bool)> = outs
-        .iter()
-        .map(|c| {
-            let v = grm::parse(&c.out.text);
-            (v.parsed, v.verdict == grm::Verdict::Correct)
-        })
-        .collect();
-    let labels: Vec<bool> = items.iter().map(|it| it.label).collect();
-    Ok(score(&verdicts, &labels))
-}
-
-/// Scores `(parsed, said correct)` verdicts against `labels`.
-fn score(verdicts: &[(bool, bool)], labels: &[bool]) -> GrmScore {
-    let n = verdicts.len().max(1) as f64;
-    let right = |&((parsed, yes), label): &((bool, bool), bool)| parsed && yes == label;
-    let pairs: Vec<((bool, bool), bool)> = verdicts
-        .iter()
-        .copied()
-        .zip(labels.iter().copied())
-        .collect();
+/// Scores GRM item rows (`correct`: verdict parsed and equal to the label).
+fn score(items: &[EvalItemRow]) -> GrmScore {
+    let n = items.len().max(1) as f64;
+    let label = |r: &EvalItemRow| r.label == Some(true);
     let recalls: Vec<f64> = [true, false]
         .iter()
         .filter_map(|&class| {
-            let of_class: Vec<_> = pairs.iter().filter(|(_, l)| *l == class).collect();
+            let of_class: Vec<_> = items.iter().filter(|r| label(r) == class).collect();
             (!of_class.is_empty()).then(|| {
-                of_class.iter().filter(|p| right(p)).count() as f64 / of_class.len() as f64
+                of_class.iter().filter(|r| r.correct).count() as f64 / of_class.len() as f64
             })
         })
         .collect();
     GrmScore {
-        accuracy: pairs.iter().filter(|p| right(p)).count() as f64 / n,
+        accuracy: items.iter().filter(|r| r.correct).count() as f64 / n,
         balanced_accuracy: recalls.iter().sum::<f64>() / recalls.len().max(1) as f64,
-        parse_rate: verdicts.iter().filter(|(p, _)| *p).count() as f64 / n,
-        correct_verdict_rate: verdicts.iter().filter(|(_, y)| *y).count() as f64 / n,
-        label_correct_rate: labels.iter().filter(|l| **l).count() as f64 / n,
+        parse_rate: items.iter().filter(|r| r.parsed).count() as f64 / n,
+        correct_verdict_rate: items
+            .iter()
+            .filter(|r| r.prediction.as_deref() == Some("correct"))
+            .count() as f64
+            / n,
+        label_correct_rate: items.iter().filter(|r| label(r)).count() as f64 / n,
     }
 }
 
@@ -463,7 +630,7 @@ pub fn evaluate_file(
     qa_file: &Path,
     run: Option<(&Path, u32)>,
     params: &Params,
-) -> Result<Vec<EvalRow>> {
+) -> Result<Evaluation> {
     let qa = super::qa::read_qa_file(qa_file)?;
     let mut params = params.clone();
     if run.is_none() {
@@ -473,39 +640,66 @@ pub fn evaluate_file(
     params.insert("split".into(), "".into());
     let agent = Agent::open(model_dir, run, &params, "eval")?;
     let show_reference = grm_show_reference(&params, run)?;
-    let rows = evaluate(&agent, &params, &qa, &[], 0, show_reference)?;
-    Ok(rows
-        .into_iter()
-        .map(|mut r| {
-            r.checkpoint = model_dir.to_string_lossy().into_owned();
-            r.dataset = if r.role == "policy" {
-                qa_file.display().to_string()
-            } else {
-                r.dataset
-            };
-            r
-        })
-        .collect())
+    let mut evaluation = evaluate(&agent, &params, &qa, &[], 0, show_reference)?
+        .stamped(0, &model_dir.to_string_lossy());
+    for r in &mut evaluation.metrics {
+        if r.role == "policy" {
+            r.dataset = qa_file.display().to_string();
+        }
+    }
+    for r in &mut evaluation.items {
+        if r.role == "policy" {
+            r.dataset = qa_file.display().to_string();
+        }
+    }
+    Ok(evaluation)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A GRM item row with a verdict (`None`: unparsable) and a label.
+    fn judged(verdict: Option<bool>, label: bool) -> EvalItemRow {
+        let parsed = verdict.is_some();
+        let correct = verdict == Some(label);
+        EvalItemRow {
+            round: 0,
+            checkpoint: String::new(),
+            dataset: "d".into(),
+            role: "grm".into(),
+            item_id: "q".into(),
+            sample: 0,
+            seed: 0,
+            question: "q?".into(),
+            references: vec!["a".into()],
+            candidate: Some("a".into()),
+            prediction: verdict.map(|v| if v { "correct" } else { "wrong" }.to_string()),
+            label: Some(label),
+            parsed,
+            correct,
+            em: f64::from(u8::from(correct)),
+            f1: f64::from(u8::from(correct)),
+            subem: f64::from(u8::from(correct)),
+            searches: 0,
+            turns: 1,
+            truncated: false,
+        }
+    }
+
     /// Two items labelled correct (one judged right), four labelled wrong (all judged right,
     /// one of them unparsable and so not right): accuracy 4/6, balanced (½ + ¾) / 2.
     #[test]
     fn grm_score_counts_unparsable_as_wrong_and_balances_the_labels() {
-        let verdicts = [
-            (true, true),
-            (true, false),
-            (true, false),
-            (true, false),
-            (true, false),
-            (false, false),
+        let items = [
+            judged(Some(true), true),
+            judged(Some(false), true),
+            judged(Some(false), false),
+            judged(Some(false), false),
+            judged(Some(false), false),
+            judged(None, false),
         ];
-        let labels = [true, true, false, false, false, false];
-        let s = score(&verdicts, &labels);
+        let s = score(&items);
         assert!((s.accuracy - 4.0 / 6.0).abs() < 1e-12, "{s:?}");
         assert!(
             (s.balanced_accuracy - (0.5 + 0.75) / 2.0).abs() < 1e-12,
@@ -516,8 +710,67 @@ mod tests {
         assert!((s.label_correct_rate - 2.0 / 6.0).abs() < 1e-12);
         // A judge that says wrong to everything: high accuracy on mostly-wrong answers, ½
         // balanced.
-        let s = score(&[(true, false); 4], &[false, false, false, true]);
+        let mut items: Vec<_> = (0..3).map(|_| judged(Some(false), false)).collect();
+        items.push(judged(Some(false), true));
+        let s = score(&items);
         assert_eq!((s.accuracy, s.balanced_accuracy), (0.75, 0.5));
+    }
+
+    /// Policy metrics are means over every sample; pass@n counts a question once when any of
+    /// its samples is right.
+    #[test]
+    fn policy_metrics_average_samples_and_count_pass_at_n() {
+        let item = |id: &str, em: f64| EvalItemRow {
+            role: "policy".into(),
+            item_id: id.into(),
+            label: None,
+            candidate: None,
+            correct: em > 0.0,
+            em,
+            f1: em,
+            subem: em,
+            ..judged(Some(true), true)
+        };
+        let items = [
+            item("a", 1.0),
+            item("a", 0.0),
+            item("b", 0.0),
+            item("b", 0.0),
+            item("c", 1.0),
+            item("c", 1.0),
+        ];
+        let rows = policy_metrics(&items, "qa:test", 2);
+        let get = |m: &str| rows.iter().find(|r| r.metric == m).unwrap();
+        assert_eq!((get("em").value, get("em").count), (0.5, 6));
+        assert_eq!((get("pass@2").value, get("pass@2").count), (2.0 / 3.0, 3));
+        assert!(
+            policy_metrics(&items, "qa:test", 1)
+                .iter()
+                .all(|r| !r.metric.starts_with("pass@"))
+        );
+    }
+
+    #[test]
+    fn every_skips_rounds_but_never_the_last() {
+        let specs = EvalStage.params();
+        let mut p = crate::params::resolve("eval", &specs, None, &[]).unwrap();
+        p.insert("every".into(), 3.into());
+        let runs: Vec<u32> = (1..=7)
+            .filter(|&r| EvalStage.runs_in_round(&p, r, 7))
+            .collect();
+        assert_eq!(runs, vec![3, 6, 7]);
+        p.insert("every".into(), 0.into());
+        let e = EvalStage.check(&p).unwrap_err().to_string();
+        assert!(e.contains("eval.every") && !e.contains('\n'), "{e}");
+        p.insert("every".into(), 1.into());
+        p.insert("samples".into(), 4.into());
+        let e = EvalStage.check(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("eval.samples") && e.contains("temperature"),
+            "{e}"
+        );
+        p.insert("temperature".into(), 1.0.into());
+        EvalStage.check(&p).unwrap();
     }
 
     #[test]
@@ -554,6 +807,7 @@ mod tests {
             inputs: vec![],
             outputs: vec![],
             asl_version: String::new(),
+            stage_version: 1,
             started_at: String::new(),
             finished_at: None,
             wall_s: None,

@@ -77,6 +77,23 @@ pub trait Stage: Sync {
     fn stepped(&self) -> bool {
         false
     }
+    /// The version of what the stage computes. Bump it when a change to the stage (or to a
+    /// formula it uses, such as a reward constant in `rl/`) would change its outputs for the
+    /// same inputs, params and seed: `asl run` then reruns the stage and what reads it, instead
+    /// of calling the old outputs up to date.
+    fn version(&self) -> u32 {
+        1
+    }
+    /// Checks the resolved params before any stage of a run starts: a bad value is one line
+    /// naming `stage.key` and what is allowed.
+    fn check(&self, _params: &Params) -> Result<()> {
+        Ok(())
+    }
+    /// Whether `asl run` runs the stage in `round` of a run whose last round is `last` (eval
+    /// skips rounds with `every`).
+    fn runs_in_round(&self, _params: &Params, _round: u32, _last: u32) -> bool {
+        true
+    }
 }
 
 /// Every stage asl knows, in a round's order.

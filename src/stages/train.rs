@@ -259,6 +259,10 @@ impl Stage for TrainStage {
         true
     }
 
+    fn check(&self, params: &Params) -> Result<()> {
+        settings(params).map(|_| ())
+    }
+
     fn run(&self, ctx: &StageContext) -> Result<StageOutput> {
         let err = |e: crate::model::ModelError| Error::stage("train", e.to_string());
         let s = settings(ctx.params)?;

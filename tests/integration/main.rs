@@ -7,6 +7,7 @@ mod common;
 mod crash;
 mod model_cli;
 mod readers;
+mod retention;
 mod rounds;
 mod runner;
 mod search_assets;

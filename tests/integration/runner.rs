@@ -90,6 +90,35 @@ fn a_changed_input_file_reruns_the_stage() {
     assert_eq!(ran_stages(&out), ["round 0 qa"]);
 }
 
+/// A stage whose semantics changed (its `Stage::version` is newer than the one an entry
+/// records, as after a reward constant is edited and the version bumped) reruns; a stage that
+/// does not read it (qa, from its own file here) is still skipped. What reads a rerun stage
+/// reruns after it, as with `--force`.
+#[test]
+fn an_older_stage_version_reruns_the_stage_and_what_follows() {
+    let fx = Fixture::new(50);
+    let rd = fx.run_dir("run");
+    assert_ok(&fx.run(&rd, &[]));
+    let path = rd.join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    for e in m["entries"].as_array_mut().unwrap() {
+        assert_eq!(
+            e["stage_version"], 1,
+            "every entry records its stage's version"
+        );
+        if e["stage"] == "corpus" {
+            e["stage_version"] = 0.into();
+        }
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(&m).unwrap()).unwrap();
+    let out = fx.run(&rd, &[]);
+    assert_ok(&out);
+    assert_eq!(ran_stages(&out), ["round 0 corpus"]);
+    let again = fx.run(&rd, &[]);
+    assert!(ran_stages(&again).is_empty(), "{}", stdout(&again));
+}
+
 #[test]
 fn a_single_stage_runs_by_hand_and_status_shows_it() {
     let fx = Fixture::new(50);

@@ -267,6 +267,41 @@ fn every_row_type_round_trips_through_a_shard() {
         value: 0.25,
         count: 100,
     }]);
+    let policy = EvalItemRow {
+        round: 2,
+        checkpoint: "round-002/apply/step-004/model".into(),
+        dataset: "qa:test".into(),
+        role: "policy".into(),
+        item_id: "q7".into(),
+        sample: 1,
+        seed: 42,
+        question: "Who?".into(),
+        references: vec!["Ada".into(), "Ada Lovelace".into()],
+        candidate: None,
+        prediction: Some("Ada".into()),
+        label: None,
+        parsed: true,
+        correct: true,
+        em: 1.0,
+        f1: 1.0,
+        subem: 1.0,
+        searches: 2,
+        turns: 3,
+        truncated: false,
+    };
+    let grm = EvalItemRow {
+        role: "grm".into(),
+        candidate: Some("Babbage".into()),
+        prediction: None,
+        label: Some(false),
+        parsed: false,
+        correct: false,
+        em: 0.0,
+        f1: 0.0,
+        subem: 0.0,
+        ..policy.clone()
+    };
+    check(vec![policy, grm]);
 }
 
 #[test]
