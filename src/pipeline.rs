@@ -63,7 +63,8 @@ impl Pipeline {
             path: path.to_path_buf(),
             message,
         };
-        let merged = read_with_parents(path, &mut Vec::new())?;
+        let mut merged = read_with_parents(path, &mut Vec::new())?;
+        drop_unused_inherited_params(path, &mut merged);
         let file: PipelineFile =
             toml::Value::Table(merged)
                 .try_into()
@@ -225,6 +226,27 @@ fn read_with_parents(path: &Path, chain: &mut Vec<PathBuf>) -> Result<toml::Tabl
     base.remove("description");
     merge_tables(&mut base, table);
     Ok(base)
+}
+
+/// A parent's `[params.<stage>]` for a stage the merged pipeline does not run (a baseline that
+/// extends the default without its judge, say) is dropped; the file's own tables are kept, so a
+/// typo in them is still refused by `validate`.
+fn drop_unused_inherited_params(path: &Path, merged: &mut toml::Table) {
+    let own: BTreeSet<String> = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| toml::from_str::<toml::Table>(&t).ok())
+        .and_then(|t| t.get("params").and_then(|p| p.as_table()).cloned())
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default();
+    let stages: BTreeSet<String> = ["setup", "round"]
+        .iter()
+        .filter_map(|k| merged.get(*k).and_then(|v| v.as_array()))
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    if let Some(toml::Value::Table(params)) = merged.get_mut("params") {
+        params.retain(|stage, _| stages.contains(stage) || own.contains(stage));
+    }
 }
 
 /// Merges `over` into `base`: tables key by key, anything else replaced.
@@ -797,7 +819,7 @@ mod tests {
         write(
             dir.path(),
             "base.toml",
-            "name = \"base\"\ndescription = \"the base\"\nseed = 3\nrounds = 2\nsetup = [\"corpus\", \"qa\"]\n[params.corpus]\nsource = \"builtin\"\nmax_docs = 50\n[params.qa]\nsource = \"corpus\"\n",
+            "name = \"base\"\ndescription = \"the base\"\nseed = 3\nrounds = 2\nsetup = [\"corpus\", \"qa\", \"index\"]\n[params.corpus]\nsource = \"builtin\"\nmax_docs = 50\n[params.qa]\nsource = \"corpus\"\n",
         );
         write(
             dir.path(),
@@ -807,17 +829,33 @@ mod tests {
         let child = write(
             dir.path(),
             "child.toml",
-            "extends = \"mid.toml\"\nsetup = [\"corpus\"]\n[params.qa]\nmax_rows = 9\n",
+            "extends = \"mid.toml\"\nsetup = [\"corpus\", \"qa\"]\n[params.qa]\nmax_rows = 9\n",
         );
         let p = Pipeline::load(&child).unwrap();
         assert_eq!(p.name, "child");
         assert_eq!(p.description, None);
         assert_eq!((p.seed, p.rounds), (3, 5));
-        assert_eq!(p.setup, ["corpus"]);
+        assert_eq!(p.setup, ["corpus", "qa"]);
         assert_eq!(p.params["corpus"]["max_docs"], 20);
         assert_eq!(p.params["corpus"]["source"], "builtin");
         assert_eq!(p.params["qa"]["source"], "corpus");
         assert_eq!(p.params["qa"]["max_rows"], 9);
+        // The parent's params of a stage the child does not run are dropped; the child's own
+        // params of such a stage are refused.
+        let only_corpus = write(
+            dir.path(),
+            "only-corpus.toml",
+            "extends = \"mid.toml\"\nsetup = [\"corpus\"]\n",
+        );
+        let p = Pipeline::load(&only_corpus).unwrap();
+        assert!(!p.params.contains_key("qa"));
+        let typo = write(
+            dir.path(),
+            "typo.toml",
+            "extends = \"mid.toml\"\nsetup = [\"corpus\"]\n[params.judge]\nx = 1\n",
+        );
+        let e = Pipeline::load(&typo).unwrap_err().to_string();
+        assert!(e.contains("params.judge"), "{e}");
     }
 
     #[test]
