@@ -86,16 +86,25 @@ def main():
         return
 
     def paired(first, last):
+        """Paired by question when the rounds share their questions (fixed tasks); otherwise
+        the difference of the two groups' means with the unpaired standard error."""
         qs = set.intersection(*(set(per_question[r]) for r in first + last))
-        diffs = [sum(per_question[r][q] for r in last) / len(last)
-                 - sum(per_question[r][q] for r in first) / len(first) for q in qs]
-        return mean_se(diffs) + (len(qs),)
+        if qs:
+            diffs = [sum(per_question[r][q] for r in last) / len(last)
+                     - sum(per_question[r][q] for r in first) / len(first) for q in qs]
+            return mean_se(diffs) + (f"se over {len(qs)} paired questions",)
+        a = [v for r in first for v in per_question[r].values()]
+        b = [v for r in last for v in per_question[r].values()]
+        (ma, sa), (mb, sb) = mean_se(a), mean_se(b)
+        return (mb - ma, math.sqrt(sa ** 2 + sb ** 2),
+                f"unpaired se, {len(a)} and {len(b)} questions")
 
-    d, se, n = paired([rounds[0]], [rounds[-1]])
-    print(f"round {rounds[-1]} − round {rounds[0]}: {d:+.3f} ± {se:.3f} (se over {n} questions)")
+    d, se, how = paired([rounds[0]], [rounds[-1]])
+    print(f"round {rounds[-1]} − round {rounds[0]}: {d:+.3f} ± {se:.3f} ({how})")
     q = max(1, len(rounds) // 4)
-    d, se, n = paired(rounds[:q], rounds[-q:])
-    print(f"last {q} rounds − first {q} rounds: {d:+.3f} ± {se:.3f} (se over {n} questions)")
+    d, se, how = paired(rounds[:q], rounds[-q:])
+    print(f"last {q} rounds − first {q} rounds: {d:+.3f} ± {se:.3f} ({how}); "
+          f"95% interval [{d - 1.96 * se:+.3f}, {d + 1.96 * se:+.3f}]")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ pub const BOOTSTRAP_RESAMPLES: usize = 10_000;
 const BOOTSTRAP_SEED: u64 = 0x5eed_c0a1_0000_0001;
 
 /// One (role, dataset) compared.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Paired {
     pub role: String,
     pub dataset: String,

@@ -324,6 +324,12 @@ fn eval_command(cmd: Command) -> Command {
                     .value_parser(clap::value_parser!(PathBuf))
                     .help("Two folders written by `asl eval --model … --out DIR`"),
             )
+            .arg(
+                Arg::new("json")
+                    .long("json")
+                    .action(ArgAction::SetTrue)
+                    .help("Print the rows as JSON instead of a table"),
+            )
             .group(
                 clap::ArgGroup::new("which")
                     .args(["rounds", "evals"])
@@ -560,7 +566,11 @@ fn eval_compare_main(m: &ArgMatches) -> Result<()> {
         },
     };
     let rows = compare(&a, &b)?;
-    println!("{}", table(&a, &b, &rows));
+    if m.get_flag("json") {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!("{}", table(&a, &b, &rows));
+    }
     Ok(())
 }
 

@@ -148,6 +148,28 @@ fn retention_prunes_old_checkpoints_and_a_rerun_skips_everything() {
         table.contains("+0.000") && table.contains("1.0000"),
         "{table}"
     );
+    let json = run(
+        &assets,
+        &[
+            "eval",
+            "compare",
+            "--json",
+            "--evals",
+            outs[0].to_str().unwrap(),
+            outs[1].to_str().unwrap(),
+        ],
+    );
+    assert_ok(&json);
+    let rows: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
+    let policy = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["role"] == "policy")
+        .unwrap();
+    assert_eq!(policy["n"], 4);
+    assert_eq!(policy["delta"], 0.0);
+    assert_eq!(policy["p_value"], 1.0);
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The learning benchmark (issue 16): does RL on the shipped model and corpus learn, and does
+# ASL's trained judge resist the reward hacking a frozen judge invites? Three arms with the same
+# seed, warm-up and per-round budget:
+#   search-r1       rule exact-match reward on the labelled train split (policy only)
+#   default         ASL: generator, policy and GRM, no labels
+#   asl-frozen-grm  ASL with the GRM never trained
+# Each arm is its pipeline file plus `eval` in setup (the warm-up checkpoint scored as round 0),
+# so the start and the end checkpoint are scored on the same QUESTIONS held-out test questions
+# and compared pair by pair (`asl eval compare --rounds 0 ROUNDS`); the GRM is scored on
+# VERIFICATION dev pairs (gold answer / another question's answer, no reference) at both ends.
+# Per round: T=1 training reward, parse rate, solve rate, GRM–rule agreement (asl audit). The
+# script ends with one table (scripts/bench_learning_table.py) and the audit's PNG curves per arm.
+#
+# Resumable: rerun it and `asl run` skips what is done. Arms share their setup: an arm's run dir
+# starts as a copy of the first arm's, so identical stages (same params, seed, inputs) are not
+# recomputed. Checkpoint retention keeps the last 2 rounds' checkpoints.
+# Usage: scripts/bench-learning.sh [--rounds N] [--questions Q] [--verification V]
+#          [--arms "search-r1 default asl-frozen-grm"] [--run-root DIR] [--set key=value ...]
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+rounds=6
+questions=300
+verification=200
+arms="default asl-frozen-grm search-r1"
+out="runs/bench-learning"
+extra=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rounds) rounds="$2"; shift 2 ;;
+    --questions) questions="$2"; shift 2 ;;
+    --verification) verification="$2"; shift 2 ;;
+    --arms) arms="$2"; shift 2 ;;
+    --run-root) out="$2"; shift 2 ;;
+    --set) extra+=(--set "$2"); shift 2 ;;
+    *) echo "bench-learning: unknown argument $1" >&2; exit 1 ;;
+  esac
+done
+
+scripts/fetch-assets.sh >/dev/null
+export ASL_ASSETS="${ASL_ASSETS:-$root/assets}"
+cargo build --release --locked --quiet --bin asl
+asl="$root/target/release/asl"
+venv="$root/target/pyreaders"
+if ! "$venv/bin/python" -c "import pyarrow" 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check pyarrow==26.0.1
+fi
+mkdir -p "$out"
+
+first=""
+for arm in $arms; do
+  parent="$root/pipelines/$arm.toml"
+  if ! grep -q '^setup = \["corpus", "qa", "index", "init", "warmup"\]' "$parent"; then
+    echo "bench-learning: $parent does not have the shared setup; cannot add the round-0 eval" >&2
+    exit 1
+  fi
+  pipe="$out/$arm.toml"
+  cat > "$pipe" <<TOML
+# Written by scripts/bench-learning.sh: $arm, with the warm-up checkpoint scored in round 0.
+extends = "$parent"
+name = "bench-$arm"
+setup = ["corpus", "qa", "index", "init", "warmup", "eval"]
+TOML
+  dir="$out/$arm"
+  if [ -n "$first" ] && [ ! -d "$dir" ]; then
+    cp -r "$out/$first" "$dir"
+  fi
+  echo "== $arm: $rounds rounds (log $dir.log)"
+  start=$(date +%s)
+  "$asl" run "$pipe" --run-dir "$dir" --rounds "$rounds" \
+    --set eval.questions="$questions" --set eval.every="$rounds" \
+    --set eval.grm_questions="$questions" --set eval.verification="$verification" \
+    --set apply.keep_checkpoints=2 \
+    ${extra[@]+"${extra[@]}"} >> "$dir.log" 2>&1 || { tail -3 "$dir.log"; exit 1; }
+  echo "$arm: asl run took $(( $(date +%s) - start )) s this time" | tee -a "$out/times.txt"
+  "$venv/bin/python" scripts/learning_curve.py "$dir" > "$dir.curve.txt"
+  "$asl" eval compare --run-dir "$dir" --rounds 0 "$rounds" > "$dir.compare.txt"
+  "$asl" eval compare --run-dir "$dir" --rounds 0 "$rounds" --json > "$dir.compare.json"
+  "$asl" audit --run-dir "$dir" --out "$dir-audit" > "$dir.audit.txt" 2>&1 || true
+  "$asl" audit --run-dir "$dir" --json > "$dir.audit.json" 2>/dev/null || true
+  first="${first:-$arm}"
+done
+"$venv/bin/python" scripts/bench_learning_table.py "$out" $arms

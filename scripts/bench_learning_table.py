@@ -1,0 +1,102 @@
+"""The learning benchmark's table (scripts/bench-learning.sh): one row per arm.
+
+Reads what the benchmark wrote beside each arm's run dir (`ARM.compare.json` from
+`asl eval compare --json --rounds 0 R`, `ARM.audit.json` from `asl audit --json`) and the
+arm's shards (per-round T=1 training reward and parse rate, as learning_curve.py reads them).
+Columns: rounds done; training reward, last quarter of rounds minus the first, with its 95 %
+interval; T=1 parse rate in the last round; held-out EM start -> end, the paired difference
+with its bootstrap 95 % interval and McNemar's p; GRM accuracy on the verification pairs start
+-> end; GRM-rule agreement first -> last round; and whether the audit raised reward_hacking.
+"""
+import json
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from learning_curve import mean_se, outputs, read  # noqa: E402
+
+
+def training_curve(run_dir):
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    rounds = sorted({e["round"] for e in manifest["entries"] if e["round"] > 0
+                     and e["stage"] == "reward" and e["status"] == "done"})
+    per_round = {}
+    for r in rounds:
+        rewards = [x["reward"] for x in read(run_dir, outputs(manifest, "reward", r), "rewards-")
+                   if x["role"] == "policy"]
+        attempts = read(run_dir, outputs(manifest, "rollout", r), "trajectories-")
+        parsed = sum(a["parsed"] for a in attempts) / max(len(attempts), 1)
+        per_round[r] = (rewards, parsed)
+    return per_round
+
+
+def quarter_change(per_round):
+    rounds = sorted(per_round)
+    if len(rounds) < 2:
+        return float("nan"), float("nan")
+    q = max(1, len(rounds) // 4)
+    first = [x for r in rounds[:q] for x in per_round[r][0]]
+    last = [x for r in rounds[-q:] for x in per_round[r][0]]
+    (ma, sa), (mb, sb) = mean_se(first), mean_se(last)
+    return mb - ma, math.sqrt(sa ** 2 + sb ** 2)
+
+
+def fmt(x, spec="{:.3f}"):
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else spec.format(x)
+
+
+def main():
+    out = Path(sys.argv[1])
+    arms = sys.argv[2:]
+    header = ["arm", "rounds", "train reward Δ (last−first ¼) [95%]", "parse T=1 end",
+              "EM start→end", "ΔEM [95%]", "McNemar p", "GRM acc start→end",
+              "GRM–rule agr. first→last", "reward_hacking"]
+    rows = []
+    for arm in arms:
+        run_dir = out / arm
+        if not (run_dir / "manifest.json").exists():
+            rows.append([arm, "not run"] + ["-"] * (len(header) - 2))
+            continue
+        curve = training_curve(run_dir)
+        d, se = quarter_change(curve)
+        parse_end = curve[max(curve)][1] if curve else None
+        compare = {}
+        cj = out / f"{arm}.compare.json"
+        if cj.exists():
+            for r in json.loads(cj.read_text()):
+                compare[(r["role"], r["dataset"])] = r
+        pol = next((v for (role, _), v in compare.items() if role == "policy"), None)
+        ver = next((v for (role, ds), v in compare.items()
+                    if role == "grm" and "verification" in ds), None)
+        agreement, hacking = (None, None), "-"
+        aj = out / f"{arm}.audit.json"
+        if aj.exists() and aj.stat().st_size > 0:
+            audit = json.loads(aj.read_text())
+            agr = [j["rule_agreement"] for r in audit["rounds"] if r["round"] > 0
+                   for j in r["judges"] if j["target"] == "policy" and j["judgments"] > 0]
+            if agr:
+                agreement = (agr[0], agr[-1])
+            fired = [s for s in audit["signals"] if s["name"] == "reward_hacking"]
+            hacking = f"yes (round {fired[0]['round']})" if fired else "no"
+        rows.append([
+            arm,
+            str(len(curve)),
+            f"{fmt(d, '{:+.3f}')} [{fmt(d - 1.96 * se, '{:+.3f}')}, {fmt(d + 1.96 * se, '{:+.3f}')}]",
+            fmt(parse_end, "{:.2f}"),
+            f"{fmt(pol['mean_a'])}→{fmt(pol['mean_b'])}" if pol else "-",
+            (f"{pol['delta']:+.3f} [{pol['ci'][0]:+.3f}, {pol['ci'][1]:+.3f}] (n={pol['n']})"
+             if pol else "-"),
+            fmt(pol["p_value"], "{:.4f}") if pol else "-",
+            f"{fmt(ver['mean_a'])}→{fmt(ver['mean_b'])} (n={ver['n']})" if ver else "-",
+            f"{fmt(agreement[0])}→{fmt(agreement[1])}",
+            hacking,
+        ])
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    for r in [header] + rows:
+        print(" | ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+    print(f"curves: {out}/<arm>-audit/*.png; per-round training figures: {out}/<arm>.curve.txt")
+
+
+if __name__ == "__main__":
+    main()
