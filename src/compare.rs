@@ -117,38 +117,46 @@ pub fn compare(a: &Side, b: &Side) -> Result<Vec<Paired>> {
     Ok(out)
 }
 
-/// Per item: the mean score over its samples and whether its first sample is right.
-type ItemScores = BTreeMap<String, (f64, bool)>;
+/// One item of one eval: its mean score over its samples and whether its first sample is right.
+#[derive(Debug, Clone, Copy, Default)]
+struct ItemScore {
+    mean: f64,
+    first_right: bool,
+}
 
-fn by_group(rows: &[EvalItemRow]) -> BTreeMap<(String, String), ItemScores> {
-    // (sum, samples, first-sample right) per item, then the mean.
-    let mut acc: BTreeMap<(String, String), BTreeMap<String, (f64, u32, bool)>> = BTreeMap::new();
+/// The items of one (role, dataset), by id.
+type Group = BTreeMap<String, ItemScore>;
+
+fn by_group(rows: &[EvalItemRow]) -> BTreeMap<(String, String), Group> {
+    // Sums first (in `mean`) with each item's sample count beside them, then the means.
+    let mut out: BTreeMap<(String, String), Group> = BTreeMap::new();
+    let mut samples: BTreeMap<(String, String, String), u32> = BTreeMap::new();
     for r in rows {
         let score = if r.role == "policy" {
             r.em
         } else {
             f64::from(u8::from(r.correct))
         };
-        let e = acc
+        let item = out
             .entry((r.role.clone(), r.dataset.clone()))
             .or_default()
             .entry(r.item_id.clone())
-            .or_insert((0.0, 0, false));
-        e.0 += score;
-        e.1 += 1;
+            .or_default();
+        item.mean += score;
         if r.sample == 0 {
-            e.2 = r.correct;
+            item.first_right = r.correct;
+        }
+        *samples
+            .entry((r.role.clone(), r.dataset.clone(), r.item_id.clone()))
+            .or_default() += 1;
+    }
+    for ((role, dataset), group) in out.iter_mut() {
+        for (id, item) in group.iter_mut() {
+            let n = samples[&(role.clone(), dataset.clone(), id.clone())];
+            item.mean /= f64::from(n);
         }
     }
-    acc.into_iter()
-        .map(|(k, items)| {
-            let items = items
-                .into_iter()
-                .map(|(id, (sum, n, first))| (id, (sum / f64::from(n), first)))
-                .collect();
-            (k, items)
-        })
-        .collect()
+    out
 }
 
 /// Pairs the items of two evals by (role, dataset, item id) and summarises each group.
@@ -159,7 +167,7 @@ pub fn pair_up(a: &[EvalItemRow], b: &[EvalItemRow]) -> Vec<Paired> {
         let Some(items_b) = gb.get(&(role.clone(), dataset.clone())) else {
             continue;
         };
-        let pairs: Vec<((f64, bool), (f64, bool))> = items_a
+        let pairs: Vec<(ItemScore, ItemScore)> = items_a
             .iter()
             .filter_map(|(id, sa)| items_b.get(id).map(|sb| (*sa, *sb)))
             .collect();
@@ -167,13 +175,17 @@ pub fn pair_up(a: &[EvalItemRow], b: &[EvalItemRow]) -> Vec<Paired> {
             continue;
         }
         let n = pairs.len();
-        let mean = |f: &dyn Fn(&((f64, bool), (f64, bool))) -> f64| {
-            pairs.iter().map(f).sum::<f64>() / n as f64
-        };
-        let (mean_a, mean_b) = (mean(&|p| p.0.0), mean(&|p| p.1.0));
-        let diffs: Vec<f64> = pairs.iter().map(|p| p.1.0 - p.0.0).collect();
-        let only_a = pairs.iter().filter(|p| p.0.1 && !p.1.1).count() as u64;
-        let only_b = pairs.iter().filter(|p| !p.0.1 && p.1.1).count() as u64;
+        let mean_a = pairs.iter().map(|p| p.0.mean).sum::<f64>() / n as f64;
+        let mean_b = pairs.iter().map(|p| p.1.mean).sum::<f64>() / n as f64;
+        let diffs: Vec<f64> = pairs.iter().map(|p| p.1.mean - p.0.mean).collect();
+        let only_a = pairs
+            .iter()
+            .filter(|p| p.0.first_right && !p.1.first_right)
+            .count() as u64;
+        let only_b = pairs
+            .iter()
+            .filter(|p| !p.0.first_right && p.1.first_right)
+            .count() as u64;
         out.push(Paired {
             role: role.clone(),
             dataset: dataset.clone(),

@@ -118,7 +118,7 @@ impl Stage for EvalStage {
             .and_then(|v| v.as_u64())
             .unwrap_or(1)
             .max(1);
-        round == last || u64::from(round) % every == 0
+        round == last || u64::from(round).is_multiple_of(every)
     }
 
     fn run(&self, ctx: &StageContext) -> Result<StageOutput> {
