@@ -447,20 +447,33 @@ struct CachedHash {
 pub const HASH_CACHE_FILE: &str = ".hash-cache.json";
 
 impl HashCache {
-    /// Runs `f` with the run dir's cache, loaded from disk, and saves it when `f` added to it.
+    /// Runs `f` with the run dir's cache and saves it when `f` added to it. The cache is read
+    /// from disk once per process and run dir (a resumed run checks thousands of outputs), and
+    /// kept in memory while the process works on the same run dir.
     pub fn with<T>(run_dir: &Path, f: impl FnOnce(&mut HashCache) -> T) -> T {
+        static MEMO: std::sync::Mutex<Option<(PathBuf, HashCache)>> = std::sync::Mutex::new(None);
         let path = run_dir.join(HASH_CACHE_FILE);
-        let mut cache: HashCache = fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        let out = f(&mut cache);
+        let mut memo = MEMO
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (_, cache) = match memo.take() {
+            Some((dir, cache)) if dir == run_dir => memo.insert((dir, cache)),
+            _ => {
+                let cache: HashCache = fs::read(&path)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default();
+                memo.insert((run_dir.to_path_buf(), cache))
+            }
+        };
+        let out = f(cache);
         if cache.changed
             && run_dir.is_dir()
-            && let Ok(bytes) = serde_json::to_vec(&cache)
+            && let Ok(bytes) = serde_json::to_vec(&*cache)
         {
             // A cache that cannot be saved costs time on the next run, nothing else.
             let _ = write_atomic(&path, &bytes);
+            cache.changed = false;
         }
         out
     }
@@ -547,6 +560,10 @@ mod tests {
             text.replace(&first, &"0".repeat(64)),
         )
         .unwrap();
+        // The process keeps one run dir's cache in memory: touch another run dir so this one's
+        // is read from disk again.
+        let other = tempfile::tempdir().unwrap();
+        HashCache::with(other.path(), |_| ());
         let cached = HashCache::with(run, |c| c.hash_path(&file).unwrap().0);
         assert_eq!(cached, "0".repeat(64));
 

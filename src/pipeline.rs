@@ -344,14 +344,29 @@ pub fn run_pipeline(
     let mut ran: BTreeSet<String> = BTreeSet::new();
     let mut reports = Vec::new();
     let mut current_round = 0;
+    // Whether a stage of the current round ran (a round that was all skipped prints no table).
+    let mut round_ran = false;
+    // Loaded once and again only after something changed it, so resuming a run of hundreds of
+    // rounds does not parse the manifest once per stage.
+    let mut manifest = Manifest::load(run_dir)?;
     let retention = match resolved.get("apply").and_then(Value::as_object) {
         Some(apply) => crate::retention::Retention::from_params(apply)?,
         None => None,
     };
     for (round, name, step) in plan {
         if round != current_round {
-            close_round(run_dir, current_round, retention.as_ref(), log)?;
+            if close_round(
+                run_dir,
+                &manifest,
+                current_round,
+                round_ran,
+                retention.as_ref(),
+                log,
+            )? {
+                manifest = Manifest::load(run_dir)?;
+            }
             current_round = round;
+            round_ran = false;
         }
         let stage = stages::find(name).expect("validated");
         let params = resolved[name.as_str()]
@@ -369,9 +384,9 @@ pub fn run_pipeline(
         let forced = opts.force.iter().any(|f| f == name);
         let seed = stage_seed(seed, name, round);
         let at = StepAt::new(step, steps);
-        let prepared = prepare(run_dir, stage, round, at, &params, seed)?;
+        let prepared = prepare(&manifest, run_dir, stage, round, at, &params, seed)?;
         let label = at.label(name);
-        if !forced && !upstream_ran && prepared.is_up_to_date(run_dir)? {
+        if !forced && !upstream_ran && prepared.is_up_to_date(&manifest, run_dir)? {
             writeln!(log, "round {round} {label}: didn't change, skipping").ok();
             reports.push(StageReport {
                 round,
@@ -382,7 +397,10 @@ pub fn run_pipeline(
             continue;
         }
         writeln!(log, "round {round} {label}: running").ok();
-        let (entry, summary) = prepared.execute(run_dir, ShardSpec::WHOLE)?;
+        round_ran = true;
+        let executed = prepared.execute(run_dir, ShardSpec::WHOLE);
+        manifest = Manifest::load(run_dir)?;
+        let (entry, summary) = executed?;
         writeln!(
             log,
             "round {round} {label}: done in {:.1}s, {summary}",
@@ -397,7 +415,14 @@ pub fn run_pipeline(
             summary,
         });
     }
-    close_round(run_dir, current_round, retention.as_ref(), log)?;
+    close_round(
+        run_dir,
+        &manifest,
+        current_round,
+        round_ran,
+        retention.as_ref(),
+        log,
+    )?;
     Ok(reports)
 }
 
@@ -463,28 +488,35 @@ impl StepAt {
     }
 }
 
-/// After a round's last stage: prints the round table (round 0 is setup and has none), then
-/// applies checkpoint retention.
+/// After a round's last stage: prints the round table when a stage of the round ran (round 0
+/// is setup and has none), then applies checkpoint retention. Returns whether it changed the
+/// manifest.
 fn close_round(
     run_dir: &Path,
+    manifest: &Manifest,
     round: u32,
+    ran: bool,
     retention: Option<&crate::retention::Retention>,
     log: &mut dyn Write,
-) -> Result<()> {
+) -> Result<bool> {
     if round == 0 {
-        return Ok(());
+        return Ok(false);
     }
-    match crate::report::round_table(run_dir, round) {
-        Ok(table) => writeln!(log, "{table}").ok(),
-        Err(e) => writeln!(log, "round {round}: no round table: {e}").ok(),
-    };
-    match crate::report::updates_table(run_dir, round) {
-        Ok(table) if !table.is_empty() => writeln!(log, "{table}").ok(),
-        Ok(_) => None,
-        Err(e) => writeln!(log, "round {round}: no updates table: {e}").ok(),
-    };
+    if ran {
+        match crate::report::round_table(run_dir, round) {
+            Ok(table) => writeln!(log, "{table}").ok(),
+            Err(e) => writeln!(log, "round {round}: no round table: {e}").ok(),
+        };
+        match crate::report::updates_table(run_dir, round) {
+            Ok(table) if !table.is_empty() => writeln!(log, "{table}").ok(),
+            Ok(_) => None,
+            Err(e) => writeln!(log, "round {round}: no updates table: {e}").ok(),
+        };
+    }
+    let mut changed = false;
     if let Some(r) = retention {
-        let pruned = crate::retention::prune(run_dir, round, r)?;
+        let pruned = crate::retention::prune(run_dir, manifest, round, r)?;
+        changed = !pruned.is_empty();
         if !pruned.is_empty() {
             writeln!(
                 log,
@@ -495,7 +527,7 @@ fn close_round(
             .ok();
         }
     }
-    Ok(())
+    Ok(changed)
 }
 
 /// Runs one stage by hand with the params of the run's pipeline (from the manifest) and any
@@ -550,6 +582,7 @@ pub fn run_single_stage(
         StepAt::NONE
     };
     let prepared = prepare(
+        &manifest,
         run_dir,
         stage,
         round,
@@ -610,6 +643,7 @@ struct Prepared<'a> {
 }
 
 fn prepare<'a>(
+    manifest: &Manifest,
     run_dir: &Path,
     stage: &'a dyn Stage,
     round: u32,
@@ -617,7 +651,6 @@ fn prepare<'a>(
     params: &Params,
     seed: u64,
 ) -> Result<Prepared<'a>> {
-    let manifest = Manifest::load(run_dir)?;
     let mut upstream = Vec::new();
     let mut inputs = Vec::new();
     let mut pruned_inputs = Vec::new();
@@ -699,8 +732,7 @@ fn prepare<'a>(
 
 impl Prepared<'_> {
     /// The cheap checks first (status, params, seed, input hashes), output hashes last.
-    fn is_up_to_date(&self, run_dir: &Path) -> Result<bool> {
-        let manifest = Manifest::load(run_dir)?;
+    fn is_up_to_date(&self, manifest: &Manifest, run_dir: &Path) -> Result<bool> {
         let Some(entry) = manifest.latest_done_part(
             self.stage.name(),
             self.round,

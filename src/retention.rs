@@ -64,39 +64,19 @@ impl Retention {
 }
 
 /// Prunes what `retention` lets go once round `closed` is done, and returns what it removed.
-pub fn prune(run_dir: &Path, closed: u32, retention: &Retention) -> Result<Vec<Pruned>> {
+/// `seen` is the caller's copy of the manifest: most calls (every round of a resumed run) find
+/// nothing new in it, and then neither the lock is taken nor the manifest rewritten.
+pub fn prune(
+    run_dir: &Path,
+    seen: &Manifest,
+    closed: u32,
+    retention: &Retention,
+) -> Result<Vec<Pruned>> {
+    if choose(seen, closed, retention).is_empty() {
+        return Ok(Vec::new());
+    }
     Manifest::update(run_dir, |m| -> Result<Vec<Pruned>> {
-        let already: BTreeSet<String> = m.pruned.iter().map(|p| p.path.clone()).collect();
-        let mut chosen: Vec<Pruned> = Vec::new();
-        let mut seen = BTreeSet::new();
-        for e in &m.entries {
-            if e.status != Status::Done || e.round == 0 || e.round > closed {
-                continue;
-            }
-            let drop_checkpoint =
-                e.stage == "apply" && (!retention.keeps(e.round, closed) || e.step < e.steps);
-            let gradients = format!("{}-", ShardKind::Gradients.name());
-            for o in &e.outputs {
-                let is_checkpoint = o.files.is_some();
-                let is_gradients = e.stage == "train"
-                    && Path::new(&o.path)
-                        .file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with(&gradients));
-                if !((drop_checkpoint && is_checkpoint) || is_gradients)
-                    || already.contains(&o.path)
-                    || !seen.insert(o.path.clone())
-                {
-                    continue;
-                }
-                chosen.push(Pruned {
-                    path: o.path.clone(),
-                    stage: e.stage.clone(),
-                    round: e.round,
-                    step: e.step,
-                    pruned_at: now_rfc3339(),
-                });
-            }
-        }
+        let chosen = choose(m, closed, retention);
         for p in &chosen {
             let path = resolve_path(run_dir, &p.path);
             if path.is_dir() {
@@ -109,6 +89,42 @@ pub fn prune(run_dir: &Path, closed: u32, retention: &Retention) -> Result<Vec<P
         }
         Ok(chosen)
     })?
+}
+
+/// What retention removes once round `closed` is done and is not removed yet.
+fn choose(m: &Manifest, closed: u32, retention: &Retention) -> Vec<Pruned> {
+    let already: BTreeSet<String> = m.pruned.iter().map(|p| p.path.clone()).collect();
+    let mut chosen: Vec<Pruned> = Vec::new();
+    let mut seen = BTreeSet::new();
+    for e in &m.entries {
+        if e.status != Status::Done || e.round == 0 || e.round > closed {
+            continue;
+        }
+        let drop_checkpoint =
+            e.stage == "apply" && (!retention.keeps(e.round, closed) || e.step < e.steps);
+        let gradients = format!("{}-", ShardKind::Gradients.name());
+        for o in &e.outputs {
+            let is_checkpoint = o.files.is_some();
+            let is_gradients = e.stage == "train"
+                && Path::new(&o.path)
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&gradients));
+            if !((drop_checkpoint && is_checkpoint) || is_gradients)
+                || already.contains(&o.path)
+                || !seen.insert(o.path.clone())
+            {
+                continue;
+            }
+            chosen.push(Pruned {
+                path: o.path.clone(),
+                stage: e.stage.clone(),
+                round: e.round,
+                step: e.step,
+                pruned_at: now_rfc3339(),
+            });
+        }
+    }
+    chosen
 }
 
 #[cfg(test)]
