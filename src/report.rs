@@ -121,6 +121,8 @@ pub fn round_table(run_dir: &Path, round: u32) -> Result<Table> {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
     table.set_header(vec![format!("round {round}"), "value".to_string()]);
+    // Labelled tasks (Search-R1) have no generator and no self-check: nothing to count.
+    let generator_rows = rewards.iter().any(|r| r.role == "generator");
     let valid_after_check = rewards
         .iter()
         .filter(|r| r.role == "generator" && r.label.as_deref() == Some("valid"))
@@ -128,10 +130,14 @@ pub fn round_table(run_dir: &Path, round: u32) -> Result<Table> {
     table.add_row(vec![
         "tasks written / valid".to_string(),
         format!(
-            "{} / {} ({} after self-check)",
+            "{} / {}{}",
             tasks.len(),
             tasks.iter().filter(|t| t.valid).count(),
-            valid_after_check
+            if generator_rows {
+                format!(" ({valid_after_check} after self-check)")
+            } else {
+                String::new()
+            }
         ),
     ]);
     let mut per_task: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
