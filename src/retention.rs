@@ -58,7 +58,7 @@ impl Retention {
 
     /// Whether round `round`'s checkpoint is kept once round `closed` is done.
     pub fn keeps(&self, round: u32, closed: u32) -> bool {
-        round + self.keep_last > closed
+        round.saturating_add(self.keep_last) > closed
             || (self.keep_every > 0 && round.is_multiple_of(self.keep_every))
     }
 }
