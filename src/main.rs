@@ -340,7 +340,7 @@ fn eval_command(cmd: Command) -> Command {
             ),
     )
     .after_long_help(
-        "Examples:\n  asl eval --run-dir runs/default --round 2\n  asl eval --model runs/default/round-002/apply/model --qa data/qa/sample.jsonl --out evals/r2\n  asl eval compare --run-dir runs/default --rounds 1 2",
+        "Examples:\n  asl eval --run-dir runs/default --round 2\n  asl eval --model runs/default/round-002/apply/step-004/model --qa data/qa/sample.jsonl --out evals/r2\n  asl eval compare --run-dir runs/default --rounds 1 2",
     )
 }
 
