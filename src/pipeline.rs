@@ -63,8 +63,7 @@ impl Pipeline {
             path: path.to_path_buf(),
             message,
         };
-        let mut merged = read_with_parents(path, &mut Vec::new())?;
-        drop_unused_inherited_params(path, &mut merged);
+        let merged = read_with_parents(path, &mut Vec::new())?;
         let file: PipelineFile =
             toml::Value::Table(merged)
                 .try_into()
@@ -224,20 +223,24 @@ fn read_with_parents(path: &Path, chain: &mut Vec<PathBuf>) -> Result<toml::Tabl
     chain.pop();
     base.remove("name");
     base.remove("description");
+    let own: BTreeSet<String> = table
+        .get("params")
+        .and_then(|p| p.as_table())
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default();
     merge_tables(&mut base, table);
+    if chain.is_empty() {
+        // Only the file being loaded decides which stages run; an intermediate file's choice
+        // may be undone by its child.
+        drop_unused_inherited_params(&own, &mut base);
+    }
     Ok(base)
 }
 
 /// A parent's `[params.<stage>]` for a stage the merged pipeline does not run (a baseline that
 /// extends the default without its judge, say) is dropped; the file's own tables are kept, so a
 /// typo in them is still refused by `validate`.
-fn drop_unused_inherited_params(path: &Path, merged: &mut toml::Table) {
-    let own: BTreeSet<String> = std::fs::read_to_string(path)
-        .ok()
-        .and_then(|t| toml::from_str::<toml::Table>(&t).ok())
-        .and_then(|t| t.get("params").and_then(|p| p.as_table()).cloned())
-        .map(|p| p.keys().cloned().collect())
-        .unwrap_or_default();
+fn drop_unused_inherited_params(own: &BTreeSet<String>, merged: &mut toml::Table) {
     let stages: BTreeSet<String> = ["setup", "round"]
         .iter()
         .filter_map(|k| merged.get(*k).and_then(|v| v.as_array()))

@@ -96,13 +96,13 @@ fn choose(m: &Manifest, closed: u32, retention: &Retention) -> Vec<Pruned> {
     let already: BTreeSet<String> = m.pruned.iter().map(|p| p.path.clone()).collect();
     let mut chosen: Vec<Pruned> = Vec::new();
     let mut seen = BTreeSet::new();
+    let gradients = format!("{}-", ShardKind::Gradients.name());
     for e in &m.entries {
         if e.status != Status::Done || e.round == 0 || e.round > closed {
             continue;
         }
         let drop_checkpoint =
             e.stage == "apply" && (!retention.keeps(e.round, closed) || e.step < e.steps);
-        let gradients = format!("{}-", ShardKind::Gradients.name());
         for o in &e.outputs {
             let is_checkpoint = o.files.is_some();
             let is_gradients = e.stage == "train"
