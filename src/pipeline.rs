@@ -942,4 +942,34 @@ mod tests {
             .insert("verification".into(), 6.into());
         assert_eq!(inject.params, expected);
     }
+
+    /// The shipped baselines extend the default: the same seed, setup (one shared warm-up
+    /// checkpoint), optimiser and eval, so a comparison differs only in tasks, rollouts and reward.
+    #[test]
+    fn shipped_baselines_share_the_defaults_setup_training_and_eval() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+        let base = Pipeline::load(&dir.join("default.toml")).unwrap();
+        for name in ["search-r1", "r-zero", "absolute-zero"] {
+            let p = Pipeline::load(&dir.join(format!("{name}.toml"))).unwrap();
+            p.validate(&[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(p.name, name);
+            assert_eq!(
+                (p.seed, p.rounds, &p.setup),
+                (base.seed, base.rounds, &base.setup)
+            );
+            for stage in ["corpus", "qa", "init", "warmup", "apply", "eval"] {
+                assert_eq!(
+                    p.params.get(stage),
+                    base.params.get(stage),
+                    "{name}: {stage}"
+                );
+            }
+            let mut train = base.params["train"].clone();
+            if name == "search-r1" {
+                train["kl_beta"] = 0.001.into();
+            }
+            assert_eq!(p.params["train"], train, "{name}: train");
+            assert!(!p.params.contains_key("judge") && !p.params.contains_key("selfcheck"));
+        }
+    }
 }
