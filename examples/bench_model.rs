@@ -4,7 +4,7 @@
 //!
 //! Prints one JSON object per line:
 //! - `decode`: batch B of the same chat prompt, greedy, end-of-sequence and stop strings off, so
-//!   every sequence decodes exactly N new tokens through `asl::model::sample::generate` (the
+//!   every sequence decodes exactly N new tokens through `asl::model::generate::generate` (the
 //!   path rollouts use; prefill included). tokens/s = B·N / wall time.
 //! - `train`: one full fine-tuning step (forward + loss, backward, AdamW with grad-norm clipping)
 //!   on B sequences of L random token ids, with the token-mean cross-entropy loss (the same loss
@@ -27,8 +27,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use asl::model::generate::generate;
 use asl::model::llama::{HfModel, SMOLLM2_DEFAULT_SYSTEM, render_chatml};
-use asl::model::sample::{SamplingParams, SeqRequest, generate};
+use asl::model::sample::{SamplingParams, SeqRequest};
 use asl::model::train::{
     LossPositions, TrainConfig, Trainer, build_batch, selected_logprobs, token_logprobs,
 };
@@ -149,7 +150,10 @@ fn bench_decode(hf: &HfModel, batch: usize, new_tokens: usize) -> anyhow::Result
             seed: i as u64,
         })
         .collect();
-    let params = greedy(new_tokens, vec![], vec![]);
+    // Every row prefills its own copy of the prompt, as transformers does with a batch: this
+    // measures the runtime, not prefix sharing (scripts/bench-rollout.sh measures that).
+    let mut params = greedy(new_tokens, vec![], vec![]);
+    params.batching.share_prefix = false;
     let started = Instant::now();
     let out = generate(&hf.model, &hf.tokenizer, &reqs, &params, |_, _| None)?;
     let secs = started.elapsed().as_secs_f64();

@@ -619,7 +619,7 @@ fn print_status(run_dir: &Path) -> Result<()> {
 }
 
 fn model_main(command: ModelCommand) -> Result<()> {
-    use asl::model::{gguf, llama, sample, tiny};
+    use asl::model::{generate, gguf, llama, sample, tiny};
     match command {
         ModelCommand::ImportGguf { gguf, out_dir } => {
             let report = gguf::import_gguf(&gguf, &out_dir)?;
@@ -697,7 +697,8 @@ fn model_main(command: ModelCommand) -> Result<()> {
                 prompt_ids: ids,
                 seed,
             };
-            let out = sample::generate(&hf.model, &hf.tokenizer, &[request], &params, |_, _| None)?;
+            let out =
+                generate::generate(&hf.model, &hf.tokenizer, &[request], &params, |_, _| None)?;
             println!("{}", out[0].text.trim_end_matches("<|im_end|>").trim());
         }
     }

@@ -7,12 +7,14 @@
 //! - [`placement`]: the device and dtype a model runs in.
 //! - [`gguf`]: GGUF → HF folder conversion (dequantize, rename, tokenizer).
 //! - [`tiny`]: deterministic random tiny models.
-//! - [`sample`]: batched generation with stop strings and tool turns.
+//! - [`sample`]: sampling one token, the settings and results of generation.
+//! - [`generate`]: batched generation: continuous batching, prefix sharing, stop strings, tool turns.
 //! - [`fused`]: CPU kernels with their own backward: log-probs, causal attention, RMSNorm.
 //! - [`train`]: per-token log-probs, GRPO loss, AdamW steps, checkpoints.
 
 pub mod error;
 pub mod fused;
+pub mod generate;
 pub mod gguf;
 pub mod guide;
 pub mod io;
@@ -142,6 +144,30 @@ pub(crate) mod test_util {
         if !dir.join("config.json").exists() {
             let tc = super::tiny::TinyConfig {
                 seed,
+                ..Default::default()
+            };
+            super::tiny::init_tiny(&dir, &tok, &tc).ok()?;
+        }
+        Some(dir)
+    }
+
+    /// A random model folder as wide as SmolLM2-135M (hidden 576, 9 heads over 3 kv heads,
+    /// MLP 1536) but 2 layers deep. At these widths candle's CPU matmul computes each row the
+    /// same way for any number of rows above one, as at SmolLM2's, so tests can compare
+    /// outputs bit for bit across batch shapes; at the tiny model's widths the gemm crate
+    /// switches kernels with the row count.
+    pub fn wide_tiny_model(seed: u64) -> Option<PathBuf> {
+        static LOCK: Mutex<()> = Mutex::new(());
+        let tok = tokenizer_json()?;
+        let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = scratch().join(format!("wide-tiny-{seed}"));
+        if !dir.join("config.json").exists() {
+            let tc = super::tiny::TinyConfig {
+                seed,
+                hidden: 576,
+                heads: 9,
+                kv_heads: 3,
+                intermediate: 1536,
                 ..Default::default()
             };
             super::tiny::init_tiny(&dir, &tok, &tc).ok()?;

@@ -1,16 +1,17 @@
 //! What the model-driven stages share: the checkpoint a round starts from, sampling and search
-//! parameters, and one loop that runs a role's prompts through the model with the search tool,
-//! in fixed-size batches under a progress bar.
+//! parameters, and one call that runs a role's prompts through the model with the search tool
+//! (continuous batching, shared prompt prefixes; [`crate::model::generate`]) under a progress bar.
 
 use std::path::{Path, PathBuf};
 
 use super::StageContext;
 use crate::error::{Error, Result};
+use crate::model::generate::{Batching, GenStats, generate_with};
 use crate::model::guide::Guide;
 use crate::model::llama::{HfModel, render_chatml};
 use crate::model::placement::Placement;
 use crate::model::sample::{
-    FinishReason, SamplingParams, SeqOutput, SeqRequest, generate, scoring_temperature,
+    FinishReason, SamplingParams, SeqOutput, SeqRequest, scoring_temperature,
 };
 use crate::params::{ParamSpec, Params, ParamsExt};
 use crate::roles::{Message, tags};
@@ -91,6 +92,16 @@ pub fn sampling_specs(max_new_tokens: u64, max_turns: u64, temperature: f64) -> 
             "model turns per sequence; each turn but the last may end in a search",
         ),
         ParamSpec::new("batch_size", 8, "sequences decoded together"),
+        ParamSpec::new(
+            "continuous",
+            true,
+            "continuous batching: a finished sequence's slot takes the next prompt at once (false: each batch runs until its last sequence ends)",
+        ),
+        ParamSpec::new(
+            "share_prefix",
+            true,
+            "prompts that begin like an earlier prompt copy its cached keys and values (outputs unchanged)",
+        ),
         ParamSpec::new(
             "search_mode",
             "bm25",
@@ -226,9 +237,10 @@ pub struct Agent {
     search_k: usize,
     mode: SearchMode,
     sampling: SamplingParams,
-    batch_size: usize,
     guided: Option<usize>,
     min_searches: usize,
+    /// Tokens and seconds spent by this agent's calls so far.
+    spent: std::cell::Cell<(GenStats, f64)>,
 }
 
 impl Agent {
@@ -278,6 +290,11 @@ impl Agent {
             eos_ids: hf.model.config().eos_ids(),
             max_turns: params.u64("max_turns").max(1) as usize,
             guide: None,
+            batching: Batching {
+                batch_size: params.u64("batch_size").max(1) as usize,
+                continuous: params.bool("continuous"),
+                share_prefix: params.bool("share_prefix"),
+            },
         };
         Ok(Agent {
             hf,
@@ -285,11 +302,11 @@ impl Agent {
             search_k: params.u64("search_k").max(1) as usize,
             mode: mode.unwrap_or(SearchMode::Bm25),
             sampling,
-            batch_size: params.u64("batch_size").max(1) as usize,
             guided: params
                 .bool("guided")
                 .then(|| params.u64("think_tokens") as usize),
             min_searches: 0,
+            spent: Default::default(),
         })
     }
 
@@ -349,50 +366,69 @@ impl Agent {
         sampling
     }
 
-    /// Runs every request to completion with the search tool, `batch_size` at a time.
+    /// Runs every request to completion with the search tool (see [`Batching`]).
     pub fn run(&self, requests: &[Request], what: &str, role: Role) -> Result<Vec<Completion>> {
+        Ok(self.run_with_stats(requests, what, role)?.0)
+    }
+
+    /// [`Agent::run`], with what the call cost in tokens and steps.
+    pub fn run_with_stats(
+        &self,
+        requests: &[Request],
+        what: &str,
+        role: Role,
+    ) -> Result<(Vec<Completion>, GenStats)> {
         let sampling = self.sampling_for(role);
-        let bar = crate::progress::bar(requests.len() as u64, what);
-        let mut done = Vec::with_capacity(requests.len());
-        for chunk in requests.chunks(self.batch_size) {
-            let mut prompts = Vec::with_capacity(chunk.len());
-            let mut seqs = Vec::with_capacity(chunk.len());
-            for r in chunk {
-                let ids = self.encode(&r.messages)?;
-                seqs.push(SeqRequest {
-                    prompt_ids: ids.clone(),
-                    seed: r.seed,
-                });
-                prompts.push(ids);
-            }
-            let mut searches = vec![0u32; chunk.len()];
-            let outs = generate(
-                &self.hf.model,
-                &self.hf.tokenizer,
-                &seqs,
-                &sampling,
-                |i, text| {
-                    let env = self.env.as_ref()?;
-                    if !text.trim_end().ends_with("</search>") {
-                        return None;
-                    }
-                    searches[i] += 1;
-                    Some(self.tool_text(env, text))
-                },
-            )
-            .map_err(|e| Error::stage(what, e.to_string()))?;
-            for ((prompt_ids, out), searches) in prompts.into_iter().zip(outs).zip(searches) {
-                done.push(Completion {
-                    prompt_ids,
-                    out,
-                    searches,
-                    temperature: scoring_temperature(&sampling) as f32,
-                });
-            }
-            bar.inc(chunk.len() as u64);
+        let mut seqs = Vec::with_capacity(requests.len());
+        for r in requests {
+            seqs.push(SeqRequest {
+                prompt_ids: self.encode(&r.messages)?,
+                seed: r.seed,
+            });
         }
+        let bar = crate::progress::bar(requests.len() as u64, what);
+        let started = std::time::Instant::now();
+        let mut searches = vec![0u32; requests.len()];
+        let generation = generate_with(
+            &self.hf.model,
+            &self.hf.tokenizer,
+            &seqs,
+            &sampling,
+            |i, text| {
+                let env = self.env.as_ref()?;
+                if !text.trim_end().ends_with("</search>") {
+                    return None;
+                }
+                searches[i] += 1;
+                Some(self.tool_text(env, text))
+            },
+            |_| bar.inc(1),
+        )
+        .map_err(|e| Error::stage(what, e.to_string()))?;
         bar.finish_and_clear();
-        Ok(done)
+        let (mut stats, mut secs) = self.spent.get();
+        stats += generation.stats;
+        secs += started.elapsed().as_secs_f64();
+        self.spent.set((stats, secs));
+        let temperature = scoring_temperature(&sampling) as f32;
+        let done = seqs
+            .into_iter()
+            .zip(generation.outputs)
+            .zip(searches)
+            .map(|((seq, out), searches)| Completion {
+                prompt_ids: seq.prompt_ids,
+                out,
+                searches,
+                temperature,
+            })
+            .collect();
+        Ok((done, generation.stats))
+    }
+
+    /// What this agent's calls cost so far, as one summary clause ([`GenStats::describe`]).
+    pub fn spent(&self) -> String {
+        let (stats, secs) = self.spent.get();
+        stats.describe(secs)
     }
 
     /// The `<information>` block answering the last `<search>` of `text`.

@@ -132,10 +132,12 @@ impl Stage for JudgeStage {
             }
         }
         // Nothing to judge (every task failed the self-check, say): no model to load.
-        let completions = if requests.is_empty() {
-            Vec::new()
+        let (completions, spent) = if requests.is_empty() {
+            (Vec::new(), None)
         } else {
-            Agent::load(ctx, "judge")?.run(&requests, "judge", Role::Grm)?
+            let agent = Agent::load(ctx, "judge")?;
+            let completions = agent.run(&requests, "judge", Role::Grm)?;
+            (completions, Some(agent.spent()))
         };
         let mut completions = completions.into_iter().zip(requests.iter().map(|r| r.seed));
         let mut judgments = Vec::with_capacity(owned.len());
@@ -209,6 +211,9 @@ impl Stage for JudgeStage {
             summary.push_str(&format!(
                 "; {orphans} attempts without a matching task skipped"
             ));
+        }
+        if let Some(spent) = spent {
+            summary.push_str(&format!("; {spent}"));
         }
         Ok(crate::stages::StageOutput {
             files: vec![judgments_path, traj_path],

@@ -135,6 +135,9 @@ impl Stage for RolloutStage {
             let list: Vec<String> = errors.iter().map(|(r, k)| format!("{k}× {r}")).collect();
             summary.push_str(&format!("; unparsable: {}", list.join(", ")));
         }
+        if let Some(agent) = &agent {
+            summary.push_str(&format!("; {}", agent.spent()));
+        }
         Ok(StageOutput {
             files: vec![out],
             summary,

@@ -514,8 +514,9 @@ fn role_summary(updates: &[UpdateRow]) -> String {
 mod tests {
     use super::*;
     use crate::manifest::ShardSpec;
+    use crate::model::generate::generate;
     use crate::model::llama::HfModel;
-    use crate::model::sample::{SamplingParams, SeqRequest, generate};
+    use crate::model::sample::{SamplingParams, SeqRequest};
     use crate::model::test_util::tiny_model;
     use crate::model::train::token_logprobs;
     use crate::params::resolve;

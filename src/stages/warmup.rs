@@ -224,6 +224,8 @@ impl Stage for WarmupStage {
             ("max_new_tokens", serde_json::json!(1)),
             ("max_turns", serde_json::json!(1)),
             ("batch_size", serde_json::json!(1)),
+            ("continuous", serde_json::json!(true)),
+            ("share_prefix", serde_json::json!(true)),
             ("guided", serde_json::json!(false)),
             ("think_tokens", serde_json::json!(0)),
         ] {

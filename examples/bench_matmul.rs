@@ -1,0 +1,60 @@
+//! The matmul roof of this machine for `scripts/bench-rollout.sh`: GFLOP/s of candle's CPU
+//! matmul (the one the model runs) at SmolLM2-135M's projection shapes, in f32 and bf16, for a
+//! decode-sized and a prefill-sized batch of rows. Prints one JSON object per line:
+//! `{"bench": "matmul", "dtype", "m", "k", "n", "gflops"}` (best of `--repeats`).
+//!
+//! cargo run --release --example bench_matmul -- [--rows 32,512] [--repeats 5]
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Module, Tensor};
+use serde_json::json;
+
+asl::use_jemalloc!();
+
+fn main() -> anyhow::Result<()> {
+    let mut rows = vec![32usize, 512];
+    let mut repeats = 5usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--rows" => {
+                rows = args
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?
+            }
+            "--repeats" => repeats = args.next().unwrap_or_default().parse()?,
+            other => anyhow::bail!("bench_matmul: unknown argument {other}"),
+        }
+    }
+    // (in, out) of SmolLM2-135M's projections: q/o (576 -> 576), MLP up/gate and down.
+    let shapes = [(576usize, 576usize), (576, 1536), (1536, 576)];
+    let dev = Device::Cpu;
+    for dtype in [DType::F32, DType::BF16] {
+        for &m in &rows {
+            for &(k, n) in &shapes {
+                let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?.to_dtype(dtype)?;
+                let w = Tensor::randn(0f32, 0.05, (n, k), &dev)?.to_dtype(dtype)?;
+                let linear = candle_nn::Linear::new(w, None);
+                linear.forward(&x)?; // warm-up
+                let mut best = f64::INFINITY;
+                for _ in 0..repeats {
+                    let t = Instant::now();
+                    let y = linear.forward(&x)?;
+                    y.dims();
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                let gflops = 2.0 * (m * k * n) as f64 / best / 1e9;
+                println!(
+                    "{}",
+                    json!({"bench": "matmul", "dtype": format!("{dtype:?}").to_lowercase(),
+                           "m": m, "k": k, "n": n, "gflops": gflops})
+                );
+            }
+        }
+    }
+    Ok(())
+}
