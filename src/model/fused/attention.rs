@@ -19,8 +19,11 @@ use rayon::prelude::*;
 use super::{MatView, f32_slice, gemm_into, runs_on, with_f32_values};
 use crate::model::error::{ModelError, Result};
 
-/// Query rows per scratch block.
-const BLOCK_ROWS: usize = 64;
+/// Query rows per scratch block. A chunk's blocks start at its first token, so a prompt
+/// prefilled from a cache cut at a multiple of this computes every query in the same block
+/// shape as a prefill from position 0: bit for bit the same keys, values and logits
+/// ([`crate::model::generate`] cuts shared prefixes there).
+pub const BLOCK_ROWS: usize = 64;
 
 /// Attention of q `(B, H, L, D)` over k, v `(B, KV, L, D)` (`H` a multiple of `KV`; query head
 /// `h` reads kv head `h / (H / KV)`), scores scaled by `scale`; returns `(B, H, L, D)`.
