@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Rollout benchmark (issue 17): the default pipeline's round-1 `rollout` and `judge`, on the same
-# tasks and checkpoint, through the old sampling path and the new one, in the same run:
-#   old   static batches of 8, every prompt prefilled in full  (continuous=false share_prefix=false)
-#   new   continuous batching, shared prompt prefixes, batch BATCH (default 32)
+# tasks and checkpoint, through the old sampling schedule, the new one and the steps between, in
+# the same run:
+#   old    static batches of 8, every prompt prefilled in full (the schedule before issue 17)
+#   cont8  continuous batching, batch 8, no prefix sharing
+#   wide   continuous batching, batch BATCH (default 32), no prefix sharing
+#   new    continuous batching, batch BATCH, shared prompt prefixes (the default now)
 # For each it reports the model (sampled), tool and prompt tokens, the tokens that went through
 # the model, wall time, sampled and processed tokens/s, and the share of the machine's matmul
 # roof: processed tokens x linear-layer FLOPs per token / wall time / the best candle matmul
@@ -12,13 +15,13 @@
 # BASE_RUN is a run dir of pipelines/default.toml with round 1 done (scripts/run-default.sh makes
 # one); its first round is run into it when missing. Each path works on a hard-linked copy
 # (stages write new files and rename them, so BASE_RUN is never changed).
-# Usage: scripts/bench-rollout.sh [BASE_RUN] [--batch N] [--paths "old new"] [--out DIR]
+# Usage: scripts/bench-rollout.sh [BASE_RUN] [--batch N] [--paths "old cont8 wide new"] [--out DIR]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 base="runs/default"
 batch=32
-paths="old new"
+paths="old cont8 wide new"
 out="runs/bench-rollout"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -44,8 +47,10 @@ mkdir -p "$out"
 settings() {
   case "$1" in
     old) echo "batch_size=8 continuous=false share_prefix=false" ;;
+    cont8) echo "batch_size=8 continuous=true share_prefix=false" ;;
+    wide) echo "batch_size=$batch continuous=true share_prefix=false" ;;
     new) echo "batch_size=$batch continuous=true share_prefix=true" ;;
-    *) echo "bench-rollout: unknown path $1 (old, new)" >&2; exit 1 ;;
+    *) echo "bench-rollout: unknown path $1 (old, cont8, wide, new)" >&2; exit 1 ;;
   esac
 }
 
@@ -108,11 +113,14 @@ for r in rows:
     print(f"| {r['stage']} | {r['path']} | {r['secs']:.1f} | {r['sampled']} | {r['tool']} | "
           f"{r['prompt']} ({r['shared']}) | {r['processed']} | {r['sampled'] / r['secs']:.1f} | "
           f"{r['processed'] / r['secs']:.0f} | {share:.0f} % | {r['outputs']} |")
+print()
 for stage in ("rollout", "judge"):
-    o, n = by.get((stage, "old")), by.get((stage, "new"))
-    if o and n:
-        same = "identical" if o["outputs"] == n["outputs"] else "DIFFERENT"
-        print(f"\n{stage}: new path {o['secs'] / n['secs']:.2f}x faster than old; outputs {same}")
+    o = by.get((stage, "old"))
+    for path in ("cont8", "wide", "new"):
+        n = by.get((stage, path))
+        if o and n:
+            same = "identical" if o["outputs"] == n["outputs"] else "DIFFERENT"
+            print(f"{stage}: {path} {o['secs'] / n['secs']:.2f}x as fast as old; outputs {same}")
 o = [by.get((s, "old")) for s in ("rollout", "judge")]
 n = [by.get((s, "new")) for s in ("rollout", "judge")]
 if all(o) and all(n):

@@ -91,7 +91,11 @@ pub fn sampling_specs(max_new_tokens: u64, max_turns: u64, temperature: f64) -> 
             max_turns,
             "model turns per sequence; each turn but the last may end in a search",
         ),
-        ParamSpec::new("batch_size", 8, "sequences decoded together"),
+        ParamSpec::new(
+            "batch_size",
+            32,
+            "sequences decoded together (continuous batching keeps the batch full)",
+        ),
         ParamSpec::new(
             "continuous",
             true,
