@@ -137,18 +137,11 @@ pub(crate) mod test_util {
 
     /// A tiny random model folder (2 layers, hidden 64) for `seed`.
     pub fn tiny_model(seed: u64) -> Option<PathBuf> {
-        static LOCK: Mutex<()> = Mutex::new(());
-        let tok = tokenizer_json()?;
-        let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        let dir = scratch().join(format!("tiny-{seed}"));
-        if !dir.join("config.json").exists() {
-            let tc = super::tiny::TinyConfig {
-                seed,
-                ..Default::default()
-            };
-            super::tiny::init_tiny(&dir, &tok, &tc).ok()?;
-        }
-        Some(dir)
+        let tc = super::tiny::TinyConfig {
+            seed,
+            ..Default::default()
+        };
+        random_model(&format!("tiny-{seed}"), &tc)
     }
 
     /// A random model folder as wide as SmolLM2-135M (hidden 576, 9 heads over 3 kv heads,
@@ -157,20 +150,25 @@ pub(crate) mod test_util {
     /// outputs bit for bit across batch shapes; at the tiny model's widths the gemm crate
     /// switches kernels with the row count.
     pub fn wide_tiny_model(seed: u64) -> Option<PathBuf> {
+        let tc = super::tiny::TinyConfig {
+            seed,
+            hidden: 576,
+            heads: 9,
+            kv_heads: 3,
+            intermediate: 1536,
+            ..Default::default()
+        };
+        random_model(&format!("wide-tiny-{seed}"), &tc)
+    }
+
+    /// The random model `tc` in the scratch folder `name`, made once per process.
+    fn random_model(name: &str, tc: &super::tiny::TinyConfig) -> Option<PathBuf> {
         static LOCK: Mutex<()> = Mutex::new(());
         let tok = tokenizer_json()?;
         let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        let dir = scratch().join(format!("wide-tiny-{seed}"));
+        let dir = scratch().join(name);
         if !dir.join("config.json").exists() {
-            let tc = super::tiny::TinyConfig {
-                seed,
-                hidden: 576,
-                heads: 9,
-                kv_heads: 3,
-                intermediate: 1536,
-                ..Default::default()
-            };
-            super::tiny::init_tiny(&dir, &tok, &tc).ok()?;
+            super::tiny::init_tiny(&dir, &tok, tc).ok()?;
         }
         Some(dir)
     }
