@@ -52,7 +52,19 @@ mkdir -p "$out"
 first=""
 for arm in $arms; do
   parent="$root/pipelines/$arm.toml"
-  if ! grep -q '^setup = \["corpus", "qa", "index", "init", "warmup"\]' "$parent"; then
+  # The setup list, from the file or the file it extends (python3's tomllib).
+  setup=$(python3 - "$parent" <<'PY'
+import os, sys, tomllib
+path = sys.argv[1]
+while True:
+    t = tomllib.load(open(path, "rb"))
+    if "setup" in t or "extends" not in t:
+        print(t.get("setup"))
+        break
+    path = os.path.join(os.path.dirname(path), t["extends"])
+PY
+)
+  if [ "$setup" != "['corpus', 'qa', 'index', 'init', 'warmup']" ]; then
     echo "bench-learning: $parent does not have the shared setup; cannot add the round-0 eval" >&2
     exit 1
   fi
