@@ -5,7 +5,8 @@ Reads what the benchmark wrote beside each arm's run dir (`ARM.compare.json` fro
 arm's shards (per-round T=1 training reward and parse rate, as learning_curve.py reads them).
 Columns: rounds done; training reward, last quarter of rounds minus the first, with its 95 %
 interval; T=1 parse rate in the last round; held-out EM start -> end, the paired difference
-with its bootstrap 95 % interval and McNemar's p; GRM accuracy on the verification pairs start
+with its bootstrap 95 % interval and McNemar's p, on the corpus-built test questions and on the
+human-written FanOutQA sub-questions the corpus answers; GRM accuracy on the verification pairs start
 -> end; GRM-rule agreement first -> last round; and whether the audit raised reward_hacking.
 """
 import json
@@ -50,7 +51,8 @@ def main():
     out = Path(sys.argv[1])
     arms = sys.argv[2:]
     header = ["arm", "rounds", "train reward Δ (last−first ¼) [95%]", "parse T=1 end",
-              "EM start→end", "ΔEM [95%]", "McNemar p", "GRM acc start→end",
+              "EM start→end", "ΔEM [95%]", "McNemar p",
+              "FanOutQA EM start→end", "FanOutQA ΔEM [95%]", "p", "GRM acc start→end",
               "GRM–rule agr. first→last", "reward_hacking"]
     rows = []
     for arm in arms:
@@ -66,7 +68,9 @@ def main():
         if cj.exists():
             for r in json.loads(cj.read_text()):
                 compare[(r["role"], r["dataset"])] = r
-        pol = next((v for (role, _), v in compare.items() if role == "policy"), None)
+        pol = compare.get(("policy", "qa:test")) or next(
+            (v for (role, _), v in compare.items() if role == "policy"), None)
+        fan = compare.get(("policy", "qa:fanoutqa"))
         ver = next((v for (role, ds), v in compare.items()
                     if role == "grm" and "verification" in ds), None)
         agreement, hacking = (None, None), "-"
@@ -88,6 +92,10 @@ def main():
             (f"{pol['delta']:+.3f} [{pol['ci'][0]:+.3f}, {pol['ci'][1]:+.3f}] (n={pol['n']})"
              if pol else "-"),
             fmt(pol["p_value"], "{:.4f}") if pol else "-",
+            f"{fmt(fan['mean_a'])}→{fmt(fan['mean_b'])}" if fan else "-",
+            (f"{fan['delta']:+.3f} [{fan['ci'][0]:+.3f}, {fan['ci'][1]:+.3f}] (n={fan['n']})"
+             if fan else "-"),
+            fmt(fan["p_value"], "{:.4f}") if fan else "-",
             f"{fmt(ver['mean_a'])}→{fmt(ver['mean_b'])} (n={ver['n']})" if ver else "-",
             f"{fmt(agreement[0])}→{fmt(agreement[1])}",
             hacking,

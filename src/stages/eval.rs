@@ -45,8 +45,16 @@ impl Stage for EvalStage {
 
     fn params(&self) -> Vec<ParamSpec> {
         let mut specs = vec![
-            ParamSpec::new("split", "test", "QA split the policy is scored on"),
-            ParamSpec::new("questions", 50, "held-out questions (0: all of the split)"),
+            ParamSpec::new(
+                "split",
+                "test",
+                "QA split the policy is scored on; a comma list (`test,fanoutqa`) scores each as its own dataset, the GRM on the first",
+            ),
+            ParamSpec::new(
+                "questions",
+                50,
+                "held-out questions per split (0: all of the split)",
+            ),
             ParamSpec::new(
                 "samples",
                 1,
@@ -280,17 +288,30 @@ pub fn evaluate(
         v
     };
 
-    let held_out = pick(split, params.u64("questions") as usize);
-    if held_out.is_empty() {
-        return Err(Error::stage(
-            "eval",
-            format!("no labelled questions in split {split:?}"),
-        ));
+    // Each named split is its own dataset; one agent call serves them all (one queue).
+    let mut splits: Vec<&str> = split
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if splits.is_empty() {
+        splits.push(""); // every split
+    }
+    let mut held_out: Vec<(&str, &QaRow)> = Vec::new();
+    for split in &splits {
+        let questions = pick(split, params.u64("questions") as usize);
+        if questions.is_empty() {
+            return Err(Error::stage(
+                "eval",
+                format!("no labelled questions in split {split:?}"),
+            ));
+        }
+        held_out.extend(questions.into_iter().map(|q| (*split, q)));
     }
     let samples = params.u64("samples") as u32;
     let requests: Vec<Request> = held_out
         .iter()
-        .flat_map(|q| {
+        .flat_map(|(_, q)| {
             (0..samples).map(|s| Request {
                 messages: if agent.has_search() {
                     policy::prompt(&q.question)
@@ -302,10 +323,10 @@ pub fn evaluate(
         })
         .collect();
     let outs = agent.run(&requests, "eval policy", Role::Policy)?;
-    let dataset = format!("qa:{split}");
+    let first_split = splits[0];
     let mut predictions: Vec<(&QaRow, String)> = Vec::new();
     for (i, c) in outs.iter().enumerate() {
-        let q = held_out[i / samples as usize];
+        let (split, q) = held_out[i / samples as usize];
         let sample = (i % samples as usize) as u32;
         let p = policy::parse(&c.out.text);
         let (em, f, sub) = match &p.answer {
@@ -316,13 +337,13 @@ pub fn evaluate(
             ),
             None => (0.0, 0.0, 0.0),
         };
-        if let (Some(a), 0) = (&p.answer, sample) {
+        if let (Some(a), 0, true) = (&p.answer, sample, split == first_split) {
             predictions.push((q, a.clone()));
         }
         items.push(EvalItemRow {
             round: 0,
             checkpoint: String::new(),
-            dataset: dataset.clone(),
+            dataset: format!("qa:{split}"),
             role: "policy".into(),
             item_id: q.id.clone(),
             sample,
@@ -342,7 +363,16 @@ pub fn evaluate(
             truncated: c.truncated(),
         });
     }
-    rows.extend(policy_metrics(&items, &dataset, samples));
+    for split in &splits {
+        let dataset = format!("qa:{split}");
+        let of_split: Vec<EvalItemRow> = items
+            .iter()
+            .filter(|r| r.dataset == dataset)
+            .cloned()
+            .collect();
+        rows.extend(policy_metrics(&of_split, &dataset, samples));
+    }
+    let split = first_split;
 
     predictions.truncate(params.u64("grm_questions") as usize);
     if !predictions.is_empty() {

@@ -14,6 +14,7 @@ use super::sources::{Record, open_records, text_field};
 use super::{Stage, StageContext, StageOutput, assets_dir};
 use crate::error::{Error, Result};
 use crate::params::{ParamSpec, Params, ParamsExt};
+use crate::rl::metrics::normalize_answer;
 use crate::search::WikiArticle;
 use crate::search::qa::build_qa;
 use crate::seed::split_for;
@@ -23,6 +24,8 @@ use crate::shards::{ShardKind, ShardWriter, shard_path};
 
 const BATCH_ROWS: usize = 4096;
 pub const BUILTIN_FANOUTQA: &str = "fanoutqa/data/fanout-final-dev.json";
+/// The split of `extra = fanoutqa` rows: scored by eval when named, never trained on.
+pub const FANOUTQA_SPLIT: &str = "fanoutqa";
 
 pub struct QaStage;
 
@@ -55,11 +58,16 @@ impl Stage for QaStage {
                 "split for rows of a user file that carry none",
             ),
             ParamSpec::new("max_rows", 0, "import only the first N questions (0: all)"),
+            ParamSpec::new(
+                "extra",
+                "",
+                "`fanoutqa`: also import the FanOutQA sub-questions whose answer the corpus holds (their evidence article is in the corpus and contains the answer) as split `fanoutqa`, for eval only (`eval.split = \"test,fanoutqa\"`); empty: none",
+            ),
         ]
     }
 
     fn upstream(&self, params: &Params) -> Vec<&'static str> {
-        if params.str("source") == "corpus" {
+        if params.str("source") == "corpus" || params.str("extra") == "fanoutqa" {
             vec!["corpus"]
         } else {
             Vec::new()
@@ -67,19 +75,24 @@ impl Stage for QaStage {
     }
 
     fn external_inputs(&self, params: &Params) -> Result<Vec<PathBuf>> {
-        if params.str("source") == "corpus" {
-            return Ok(Vec::new());
+        let mut paths = Vec::new();
+        match params.str("extra") {
+            "" => {}
+            "fanoutqa" => paths.push(assets_dir().join(BUILTIN_FANOUTQA)),
+            other => {
+                return Err(Error::param(
+                    "qa.extra",
+                    format!("unknown value {other:?} (`fanoutqa` or empty)"),
+                ));
+            }
         }
-        let path = source_path(params);
-        if !path.is_file() {
-            let hint = if params.str("source") == "fanoutqa" {
-                " (run scripts/fetch-assets.sh, or set ASL_ASSETS)"
-            } else {
-                ""
-            };
-            return Err(Error::input(&path, format!("QA source not found{hint}")));
+        if params.str("source") != "corpus" {
+            paths.insert(0, source_path(params));
         }
-        Ok(vec![path])
+        for path in &paths {
+            check_source(params, path)?;
+        }
+        Ok(paths)
     }
 
     fn run(&self, ctx: &StageContext) -> Result<StageOutput> {
@@ -105,15 +118,23 @@ impl Stage for QaStage {
                 }))
             }
         };
-        let max_rows = ctx.params.u64("max_rows") as usize;
+        let max_rows = match ctx.params.u64("max_rows") as usize {
+            0 => usize::MAX,
+            n => n,
+        };
+        let extra = match ctx.params.str("extra") {
+            "fanoutqa" => fanoutqa_held_by_corpus(
+                &assets_dir().join(BUILTIN_FANOUTQA),
+                ctx.input_files("corpus"),
+            )?,
+            _ => Vec::new(),
+        };
+        let rows = rows.take(max_rows).chain(extra.into_iter().map(Ok));
         let out = shard_path(&ctx.out_dir, ShardKind::Qa, ctx.shard.index);
         let mut writer = ShardWriter::create(&out, ShardKind::Qa)?;
         let mut batch = Vec::with_capacity(BATCH_ROWS);
         let mut splits = std::collections::BTreeMap::<String, u64>::new();
         for (i, row) in rows.enumerate() {
-            if max_rows > 0 && i >= max_rows {
-                break;
-            }
             let row = row?;
             if !ctx.shard.owns(i) {
                 continue;
@@ -138,6 +159,54 @@ impl Stage for QaStage {
             summary: format!("{rows} questions ({})", by_split.join(", ")),
         })
     }
+}
+
+/// A QA source file that must exist before the stage runs.
+fn check_source(params: &Params, path: &std::path::Path) -> Result<()> {
+    if path.is_file() {
+        return Ok(());
+    }
+    let builtin = params.str("source") == "fanoutqa" || params.str("extra") == "fanoutqa";
+    let hint = if builtin && path.ends_with(BUILTIN_FANOUTQA) {
+        " (run scripts/fetch-assets.sh, or set ASL_ASSETS)"
+    } else {
+        ""
+    };
+    Err(Error::input(path, format!("QA source not found{hint}")))
+}
+
+/// FanOutQA's human-written sub-questions whose answer the corpus holds: the sub-question's
+/// evidence article is in the corpus (by title, any case) and its text contains an answer after
+/// SQuAD normalisation, on word boundaries. They get split `fanoutqa`, so neither `generate`
+/// (train) nor eval's verification (dev) ever reads them.
+fn fanoutqa_held_by_corpus(path: &std::path::Path, corpus_files: &[PathBuf]) -> Result<Vec<QaRow>> {
+    let texts: std::collections::HashMap<String, String> = read_rows::<CorpusRow>(corpus_files)?
+        .into_iter()
+        .map(|r| {
+            (
+                r.title.to_lowercase(),
+                format!(" {} ", normalize_answer(&r.text)),
+            )
+        })
+        .collect();
+    let mut rows = fanoutqa_rows(path)?;
+    rows.retain(|q| {
+        let Some(text) = q
+            .source_doc_id
+            .as_ref()
+            .and_then(|t| texts.get(&t.to_lowercase()))
+        else {
+            return false;
+        };
+        q.answers.iter().any(|a| {
+            let a = normalize_answer(a);
+            !a.is_empty() && text.contains(&format!(" {a} "))
+        })
+    });
+    for q in &mut rows {
+        q.split = FANOUTQA_SPLIT.to_string();
+    }
+    Ok(rows)
 }
 
 /// Single-hop questions built deterministically from the corpus passages (`search::qa`).
@@ -308,6 +377,49 @@ mod tests {
 
     fn record(v: Value) -> Record {
         v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn fanoutqa_extra_keeps_only_sub_questions_the_corpus_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let corpus = dir.path().join("corpus.parquet");
+        let article = |title: &str, text: &str| CorpusRow {
+            doc_id: title.to_lowercase(),
+            title: title.into(),
+            text: text.into(),
+            topic: None,
+            description: None,
+        };
+        crate::shards::write_rows(
+            &corpus,
+            &[
+                article("Asia", "Asia is the largest continent, east of Europe."),
+                article(
+                    "Busan",
+                    "Busan is a port city; the Asian camellias bloom there.",
+                ),
+            ],
+        )
+        .unwrap();
+        let node = |id: &str, q: &str, a: &str, title: &str| json!({"id": id, "question": q, "answer": a, "evidence": {"title": title}});
+        let fanout = dir.path().join("fanout.json");
+        std::fs::write(
+            &fanout,
+            json!([{"id": "root", "question": "Multi?", "answer": ["x"], "decomposition": [
+                node("kept", "Find the largest continent", "The Asia", "asia"),
+                node("absent", "What is the symbol flower of Busan?", "Camellia", "Busan"),
+                node("partial", "Which continent lies east of Busan?", "Asia", "Busan"),
+                node("elsewhere", "Where is Kyoto?", "Japan", "Kyoto"),
+            ]}])
+            .to_string(),
+        )
+        .unwrap();
+        let rows = fanoutqa_held_by_corpus(&fanout, &[corpus]).unwrap();
+        // "Camellia" is in the Busan article only inside "camellias"; "Asia" only inside "Asian".
+        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["fanoutqa-kept"]);
+        assert_eq!(rows[0].split, FANOUTQA_SPLIT);
+        assert_eq!(rows[0].source, "fanoutqa");
     }
 
     #[test]

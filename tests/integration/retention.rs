@@ -40,6 +40,9 @@ fn retention_prunes_old_checkpoints_and_a_rerun_skips_everything() {
         "apply.keep_checkpoints=1",
         "--set",
         "eval.every=2",
+        // Two splits: each is its own dataset in the eval and in the comparison.
+        "--set",
+        "eval.split=test,dev",
     ];
     let first = run(&assets, &args);
     assert_ok(&first);
@@ -95,6 +98,10 @@ fn retention_prunes_old_checkpoints_and_a_rerun_skips_everything() {
     let table = stdout(&cmp);
     assert!(
         table.contains("policy EM") && table.contains("McNemar p"),
+        "{table}"
+    );
+    assert!(
+        table.contains("qa:test") && table.contains("qa:dev"),
         "{table}"
     );
     // A round without an eval is one clear line.
