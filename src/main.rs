@@ -673,24 +673,14 @@ fn model_main(command: ModelCommand) -> Result<()> {
         } => {
             let placement = asl::model::placement::Placement::parse(&device, &dtype)?;
             let hf = llama::HfModel::load_on(&model, &placement)?;
-            let prompt = llama::render_chatml(
-                &[("user", text.as_str())],
-                Some(llama::SMOLLM2_DEFAULT_SYSTEM),
-                true,
-            );
-            let ids = hf
-                .tokenizer
-                .encode(prompt, false)
-                .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?
-                .get_ids()
-                .to_vec();
+            let ids = hf.encode_chat(&[("user", text.as_str())])?;
             let params = sample::SamplingParams {
                 temperature,
                 greedy,
                 top_p: 0.95,
                 max_new_tokens,
-                stop_strings: vec!["<|im_end|>".into()],
-                eos_ids: hf.model.config().eos_ids(),
+                stop_strings: vec![hf.chat.end_of_turn().to_string()],
+                eos_ids: hf.eos_ids().to_vec(),
                 ..Default::default()
             };
             let request = sample::SeqRequest {

@@ -29,6 +29,10 @@ pub enum ModelError {
     Tokenize(String),
     #[error("unsupported model config: {0}")]
     Unsupported(String),
+    #[error("{}: unsupported model: {msg}", path.display())]
+    UnsupportedFile { path: PathBuf, msg: String },
+    #[error("{}: chat template: {msg}", path.display())]
+    ChatTemplate { path: PathBuf, msg: String },
     #[error("{}: missing or mis-shaped weight: {msg}", path.display())]
     Weights { path: PathBuf, msg: String },
     #[error("invalid argument: {0}")]

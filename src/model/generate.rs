@@ -1002,14 +1002,16 @@ mod tests {
         };
         let model = Model::load(&dir, &Device::Cpu).unwrap();
         let tok = load_tokenizer(&dir).unwrap();
-        let prompt = crate::model::llama::render_chatml(
-            &[(
-                "user",
-                "Write a short story about a robot learning to paint.",
-            )],
-            Some(crate::model::llama::SMOLLM2_DEFAULT_SYSTEM),
-            true,
-        );
+        let prompt = crate::model::chat::ChatTemplate::load(&dir)
+            .unwrap()
+            .render_pairs(
+                &[(
+                    "user",
+                    "Write a short story about a robot learning to paint.",
+                )],
+                true,
+            )
+            .unwrap();
         let ids = tok
             .encode(prompt.as_str(), false)
             .unwrap()

@@ -23,7 +23,7 @@ use super::io::{StagingDir, save_safetensors, write_json};
 use super::llama::{Config, EosTokenId};
 
 /// SmolLM2's ChatML chat template (used when the GGUF carries none).
-pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+pub use super::chat::CHATML_TEMPLATE;
 
 /// What [`import_gguf`] did.
 #[derive(Debug, Clone)]
@@ -152,7 +152,8 @@ pub fn config_from_gguf(path: &Path, ct: &gguf_file::Content) -> Result<Config> 
         rope_scaling: None,
         attention_bias: false,
         mlp_bias: false,
-        torch_dtype: "float32".into(),
+        torch_dtype: Some("float32".into()),
+        ..Config::default()
     };
     cfg.validate()?;
     if let Some(rd) = m.opt_u32("llama.rope.dimension_count")

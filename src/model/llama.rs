@@ -28,6 +28,7 @@ use std::sync::Arc;
 use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Init, Linear, VarBuilder};
 
+use super::chat::ChatTemplate;
 use super::error::{ModelError, Result};
 use super::fused;
 use super::io::{load_safetensors_dir_as, read_json};
@@ -70,12 +71,70 @@ fn default_max_pos() -> usize {
 fn default_act() -> String {
     "silu".to_string()
 }
-fn default_dtype() -> String {
-    "float32".to_string()
+
+/// The decoder families asl computes, by `model_type`. They share this file: they differ only
+/// in projection biases, a per-head RMSNorm on q and k, and how RoPE frequencies are scaled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Llama 1–3.x, SmolLM, Mistral-style dense llama folders (`attention_bias`, `mlp_bias`).
+    Llama,
+    /// Qwen2 / Qwen2.5: biases on q, k and v (not o).
+    Qwen2,
+    /// Qwen3 (dense): RMSNorm over each head of q and k before RoPE; `head_dim` of its own.
+    Qwen3,
 }
 
-/// Model hyper-parameters with HF `config.json` field names.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+/// The `model_type`s [`Family::of`] accepts, for error messages.
+pub const SUPPORTED_MODEL_TYPES: &str = "llama, qwen2, qwen3";
+
+impl Family {
+    pub fn of(model_type: &str) -> Option<Family> {
+        match model_type {
+            "llama" => Some(Family::Llama),
+            "qwen2" => Some(Family::Qwen2),
+            "qwen3" => Some(Family::Qwen3),
+            _ => None,
+        }
+    }
+}
+
+/// How RoPE's frequencies are scaled (`rope_scaling` in transformers 4, `rope_parameters` in 5).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    /// Plain RoPE (`rope_type = "default"` or none).
+    Default,
+    /// Positions divided by `factor` (every frequency divided by it).
+    Linear { factor: f64 },
+    /// Llama 3.1's: long wavelengths divided by `factor`, short ones kept, a smooth ramp between.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+}
+
+/// `config.json` fields of other families that change the math: a folder that sets one is
+/// refused rather than computed wrong (their `model_type` usually refuses it first).
+const MATH_FIELDS_NOT_UNDERSTOOD: [&str; 12] = [
+    "attn_logit_softcapping",
+    "final_logit_softcapping",
+    "query_pre_attn_scalar",
+    "partial_rotary_factor",
+    "num_experts",
+    "num_local_experts",
+    "moe_intermediate_size",
+    "embedding_multiplier",
+    "residual_multiplier",
+    "attention_multiplier",
+    "logits_scaling",
+    "no_rope_layers",
+];
+
+/// Model hyper-parameters with HF `config.json` field names, as `transformers` 4 and 5 write
+/// them (5 says `dtype` for `torch_dtype` and keeps RoPE settings in `rope_parameters`). Fields
+/// not named here are kept in `extra` and written back unchanged with a checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Config {
     #[serde(default = "default_architectures")]
     pub architectures: Vec<String>,
@@ -107,15 +166,29 @@ pub struct Config {
     pub pad_token_id: Option<u32>,
     #[serde(default = "default_act")]
     pub hidden_act: String,
-    /// Only `null` is supported.
+    /// transformers 4's RoPE scaling: `null`, or `{"rope_type" (or "type"), "factor", …}`.
     #[serde(default)]
     pub rope_scaling: Option<serde_json::Value>,
+    /// transformers 5's RoPE settings: `{"rope_theta", "rope_type", "factor", …}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_parameters: Option<serde_json::Value>,
+    /// Biases on q, k, v and o (Llama, Qwen3). Qwen2 has q, k, v biases whatever this says.
     #[serde(default)]
     pub attention_bias: bool,
     #[serde(default)]
     pub mlp_bias: bool,
-    #[serde(default = "default_dtype")]
-    pub torch_dtype: String,
+    /// Qwen's sliding-window attention: refused when on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub use_sliding_window: bool,
+    /// transformers 5's per-layer attention kinds: every one must be `full_attention`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_types: Option<Vec<String>>,
+    /// transformers 4's name; 5 writes `dtype` (kept in `extra`). Informational only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub torch_dtype: Option<String>,
+    /// Every other field, kept so a checkpoint's `config.json` says what its source said.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Config {
@@ -138,20 +211,124 @@ impl Config {
             .unwrap_or_default()
     }
 
+    /// The family of `model_type` (validated configs always have one).
+    pub fn family(&self) -> Family {
+        Family::of(&self.model_type).unwrap_or(Family::Llama)
+    }
+
+    /// Whether q, k and v have biases; o has one only with `attention_bias` (Qwen2 never).
+    fn qkv_bias(&self) -> bool {
+        self.family() == Family::Qwen2 || self.attention_bias
+    }
+
+    fn o_bias(&self) -> bool {
+        self.family() != Family::Qwen2 && self.attention_bias
+    }
+
+    /// RoPE's base and scaling, from `rope_parameters` (transformers 5) or `rope_theta` and
+    /// `rope_scaling` (4). Kinds that depend on the sequence length (`dynamic`, `yarn`,
+    /// `longrope`) are refused.
+    pub fn rope(&self) -> Result<(f64, RopeScaling)> {
+        let bad = |m: String| Err(ModelError::Unsupported(m));
+        let (theta, params) = match &self.rope_parameters {
+            Some(p) if !p.is_null() => (
+                p.get("rope_theta")
+                    .and_then(|v| v.as_f64())
+                    .unwrap_or(self.rope_theta),
+                Some(p),
+            ),
+            _ => (
+                self.rope_theta,
+                self.rope_scaling.as_ref().filter(|v| !v.is_null()),
+            ),
+        };
+        let Some(p) = params else {
+            return Ok((theta, RopeScaling::Default));
+        };
+        if !p.is_object() {
+            return bad(format!("rope_scaling {p} is not an object"));
+        }
+        let kind = p
+            .get("rope_type")
+            .or_else(|| p.get("type"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("default");
+        let num = |key: &str| -> Result<f64> {
+            match p.get(key).and_then(|v| v.as_f64()) {
+                Some(x) if x.is_finite() && x > 0.0 => Ok(x),
+                _ => Err(ModelError::Unsupported(format!(
+                    "rope type {kind:?} needs a positive number `{key}`"
+                ))),
+            }
+        };
+        let scaling = match kind {
+            "default" => RopeScaling::Default,
+            "linear" => RopeScaling::Linear {
+                factor: num("factor")?,
+            },
+            "llama3" => RopeScaling::Llama3 {
+                factor: num("factor")?,
+                low_freq_factor: num("low_freq_factor")?,
+                high_freq_factor: num("high_freq_factor")?,
+                original_max_position_embeddings: num("original_max_position_embeddings")?,
+            },
+            other => {
+                return bad(format!(
+                    "rope type {other:?} (supported: default, linear, llama3)"
+                ));
+            }
+        };
+        if let RopeScaling::Llama3 {
+            low_freq_factor,
+            high_freq_factor,
+            ..
+        } = scaling
+            && high_freq_factor <= low_freq_factor
+        {
+            return bad("llama3 rope: high_freq_factor must exceed low_freq_factor".into());
+        }
+        Ok((theta, scaling))
+    }
+
     /// Refuses configurations this implementation does not compute exactly.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(ModelError::Unsupported(m));
-        if self.model_type != "llama" {
-            return bad(format!("model_type {:?} (only \"llama\")", self.model_type));
+        if Family::of(&self.model_type).is_none() {
+            return bad(format!(
+                "model_type {:?} (supported: {SUPPORTED_MODEL_TYPES})",
+                self.model_type
+            ));
         }
         if self.hidden_act != "silu" {
             return bad(format!("hidden_act {:?} (only \"silu\")", self.hidden_act));
         }
-        if matches!(&self.rope_scaling, Some(v) if !v.is_null()) {
-            return bad("rope_scaling is set (only plain RoPE is supported)".into());
+        self.rope()?;
+        if self.use_sliding_window {
+            return bad(
+                "use_sliding_window = true (sliding-window attention is not supported)".into(),
+            );
         }
-        if self.attention_bias || self.mlp_bias {
-            return bad("attention_bias/mlp_bias (only bias-free projections)".into());
+        if let Some(kind) = self
+            .layer_types
+            .iter()
+            .flatten()
+            .find(|k| k.as_str() != "full_attention")
+        {
+            return bad(format!(
+                "layer_types has {kind:?} (only full_attention layers are supported)"
+            ));
+        }
+        for key in MATH_FIELDS_NOT_UNDERSTOOD {
+            match self.extra.get(key) {
+                None | Some(serde_json::Value::Null) => {}
+                Some(serde_json::Value::Number(n))
+                    if key == "partial_rotary_factor" && n.as_f64() == Some(1.0) => {}
+                Some(v) => {
+                    return bad(format!(
+                        "{key} = {v} changes the model's math and is not supported"
+                    ));
+                }
+            }
         }
         if self.hidden_size == 0
             || self.intermediate_size == 0
@@ -203,8 +380,11 @@ impl RotaryEmbedding {
     /// Tables in `dtype` (computed in f32).
     pub fn new(cfg: &Config, dtype: DType, device: &Device) -> Result<Self> {
         let hd = cfg.head_dim();
+        let (theta, scaling) = cfg.rope()?;
         let inv_freq: Vec<f32> = (0..hd / 2)
-            .map(|i| (1.0 / cfg.rope_theta.powf(2.0 * i as f64 / hd as f64)) as f32)
+            .map(|i| {
+                scaled_frequency(1.0 / theta.powf(2.0 * i as f64 / hd as f64), &scaling) as f32
+            })
             .collect();
         let max = cfg.max_position_embeddings;
         let inv_freq = Tensor::from_vec(inv_freq, (1, hd / 2), device)?;
@@ -258,6 +438,42 @@ impl RotaryEmbedding {
     }
 }
 
+/// One RoPE frequency after `scaling` (transformers' `_compute_*_parameters`, in f64).
+fn scaled_frequency(inv_freq: f64, scaling: &RopeScaling) -> f64 {
+    match *scaling {
+        RopeScaling::Default => inv_freq,
+        RopeScaling::Linear { factor } => inv_freq / factor,
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings: old_len,
+        } => {
+            let wavelen = 2.0 * std::f64::consts::PI / inv_freq;
+            let (low_wavelen, high_wavelen) =
+                (old_len / low_freq_factor, old_len / high_freq_factor);
+            if wavelen < high_wavelen {
+                inv_freq
+            } else if wavelen > low_wavelen {
+                inv_freq / factor
+            } else {
+                let smooth =
+                    (old_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                (1.0 - smooth) * inv_freq / factor + smooth * inv_freq
+            }
+        }
+    }
+}
+
+/// A linear layer of `i` → `o`, with a bias when `bias`.
+fn projection(i: usize, o: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
+    Ok(if bias {
+        candle_nn::linear(i, o, vb)?
+    } else {
+        candle_nn::linear_no_bias(i, o, vb)?
+    })
+}
+
 /// RMSNorm with a learned scale (`weight`).
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
@@ -302,11 +518,11 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let (h, i, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
         Ok(Self {
-            gate_proj: candle_nn::linear_no_bias(h, i, vb.pp("gate_proj"))?,
-            up_proj: candle_nn::linear_no_bias(h, i, vb.pp("up_proj"))?,
-            down_proj: candle_nn::linear_no_bias(i, h, vb.pp("down_proj"))?,
+            gate_proj: projection(h, i, bias, vb.pp("gate_proj"))?,
+            up_proj: projection(h, i, bias, vb.pp("up_proj"))?,
+            down_proj: projection(i, h, bias, vb.pp("down_proj"))?,
         })
     }
 
@@ -351,6 +567,9 @@ pub struct Attention {
     k_proj: Linear,
     v_proj: Linear,
     o_proj: Linear,
+    /// Qwen3's RMSNorm over each head of q and of k (before RoPE).
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
@@ -360,11 +579,20 @@ impl Attention {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim());
         let (nh, nkv) = (cfg.num_attention_heads, cfg.kv_heads());
+        let (qkv_bias, o_bias) = (cfg.qkv_bias(), cfg.o_bias());
+        let head_norm = |name: &str| -> Result<Option<RmsNorm>> {
+            match cfg.family() {
+                Family::Qwen3 => Ok(Some(RmsNorm::new(hd, cfg.rms_norm_eps, vb.pp(name))?)),
+                Family::Llama | Family::Qwen2 => Ok(None),
+            }
+        };
         Ok(Self {
-            q_proj: candle_nn::linear_no_bias(h, nh * hd, vb.pp("q_proj"))?,
-            k_proj: candle_nn::linear_no_bias(h, nkv * hd, vb.pp("k_proj"))?,
-            v_proj: candle_nn::linear_no_bias(h, nkv * hd, vb.pp("v_proj"))?,
-            o_proj: candle_nn::linear_no_bias(nh * hd, h, vb.pp("o_proj"))?,
+            q_proj: projection(h, nh * hd, qkv_bias, vb.pp("q_proj"))?,
+            k_proj: projection(h, nkv * hd, qkv_bias, vb.pp("k_proj"))?,
+            v_proj: projection(h, nkv * hd, qkv_bias, vb.pp("v_proj"))?,
+            o_proj: projection(nh * hd, h, o_bias, vb.pp("o_proj"))?,
+            q_norm: head_norm("q_norm")?,
+            k_norm: head_norm("k_norm")?,
             num_heads: nh,
             num_kv_heads: nkv,
             head_dim: hd,
@@ -381,13 +609,21 @@ impl Attention {
     fn qkv(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, l, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        // (B, L, H*D) -> (B, L, H, D) -> (B, H, L, D)
-        let q = linear(&self.q_proj, x)?
-            .reshape((b, l, nh, hd))?
-            .transpose(1, 2)?;
-        let k = linear(&self.k_proj, x)?
-            .reshape((b, l, nkv, hd))?
-            .transpose(1, 2)?;
+        // (B, L, H*D) -> (B, L, H, D) [-> per-head norm] -> (B, H, L, D)
+        let head_norm = |t: Tensor, norm: &Option<RmsNorm>| match norm {
+            Some(n) => n.forward(&t),
+            None => Ok(t),
+        };
+        let q = head_norm(
+            linear(&self.q_proj, x)?.reshape((b, l, nh, hd))?,
+            &self.q_norm,
+        )?
+        .transpose(1, 2)?;
+        let k = head_norm(
+            linear(&self.k_proj, x)?.reshape((b, l, nkv, hd))?,
+            &self.k_norm,
+        )?
+        .transpose(1, 2)?;
         let v = linear(&self.v_proj, x)?
             .reshape((b, l, nkv, hd))?
             .transpose(1, 2)?
@@ -855,8 +1091,12 @@ fn weights_error(dir: &Path, e: ModelError) -> ModelError {
 
 /// Reads `dir/config.json`.
 pub fn load_config(dir: &Path) -> Result<Config> {
-    let cfg: Config = read_json(&dir.join("config.json"), "model config.json")?;
-    cfg.validate()?;
+    let path = dir.join("config.json");
+    let cfg: Config = read_json(&path, "model config.json")?;
+    cfg.validate().map_err(|e| match e {
+        ModelError::Unsupported(msg) => ModelError::UnsupportedFile { path, msg },
+        other => other,
+    })?;
     Ok(cfg)
 }
 
@@ -875,55 +1115,12 @@ pub fn load_tokenizer(dir: &Path) -> Result<tokenizers::Tokenizer> {
     })
 }
 
-/// The `chat_template` of `dir/tokenizer_config.json`, if any.
-pub fn load_chat_template(dir: &Path) -> Result<Option<String>> {
-    let path = dir.join("tokenizer_config.json");
-    if !path.exists() {
-        return Ok(None);
-    }
-    let v: serde_json::Value = read_json(&path, "tokenizer_config.json")?;
-    Ok(v.get("chat_template")
-        .and_then(|t| t.as_str())
-        .map(str::to_string))
-}
-
-/// Default system prompt SmolLM2's template inserts when none is given.
-pub const SMOLLM2_DEFAULT_SYSTEM: &str =
-    "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
-
-/// Renders messages `(role, content)` in ChatML, as SmolLM2's template does:
-/// a default system turn is prepended when the first message is not
-/// `system` and `default_system` is given; `add_generation_prompt` appends
-/// `<|im_start|>assistant\n`.
-pub fn render_chatml(
-    messages: &[(&str, &str)],
-    default_system: Option<&str>,
-    add_generation_prompt: bool,
-) -> String {
-    let mut s = String::new();
-    if let Some(sys) = default_system
-        && messages.first().map(|m| m.0) != Some("system")
-    {
-        s.push_str(&format!(
-            "<|im_start|>system
-{sys}<|im_end|>
-"
-        ));
-    }
-    for (role, content) in messages {
-        s.push_str(&format!("<|im_start|>{role}\n{content}<|im_end|>\n"));
-    }
-    if add_generation_prompt {
-        s.push_str("<|im_start|>assistant\n");
-    }
-    s
-}
-
 /// A loaded HF folder: model, tokenizer and chat template.
 pub struct HfModel {
     pub model: Model,
     pub tokenizer: tokenizers::Tokenizer,
-    pub chat_template: Option<String>,
+    pub chat: ChatTemplate,
+    eos_ids: Vec<u32>,
 }
 
 impl HfModel {
@@ -934,11 +1131,54 @@ impl HfModel {
 
     /// [`HfModel::load`] with the model in `placement`'s device and dtype.
     pub fn load_on(dir: &Path, placement: &Placement) -> Result<Self> {
+        let model = Model::load_on(dir, placement)?;
+        let mut eos_ids = model.config().eos_ids();
+        for id in generation_eos_ids(dir)? {
+            if !eos_ids.contains(&id) {
+                eos_ids.push(id);
+            }
+        }
         Ok(Self {
-            model: Model::load_on(dir, placement)?,
+            model,
             tokenizer: load_tokenizer(dir)?,
-            chat_template: load_chat_template(dir)?,
+            chat: ChatTemplate::load(dir)?,
+            eos_ids,
         })
+    }
+
+    /// Token ids that end a sequence: `eos_token_id` of `config.json` and of
+    /// `generation_config.json` (Llama 3 and Qwen list their end-of-turn tokens there).
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos_ids
+    }
+
+    /// `(role, content)` messages as prompt token ids, rendered by the folder's chat template
+    /// with the assistant header at the end.
+    pub fn encode_chat(&self, messages: &[(&str, &str)]) -> Result<Vec<u32>> {
+        let text = self.chat.render_pairs(messages, true)?;
+        let enc = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| ModelError::Tokenize(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+}
+
+/// `eos_token_id` of `dir/generation_config.json` (one id or a list), if the file has one.
+fn generation_eos_ids(dir: &Path) -> Result<Vec<u32>> {
+    let path = dir.join("generation_config.json");
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let v: serde_json::Value = read_json(&path, "generation_config.json")?;
+    match v.get("eos_token_id") {
+        None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+        Some(e) => serde_json::from_value::<EosTokenId>(e.clone())
+            .map(|e| e.ids())
+            .map_err(|_| ModelError::UnsupportedFile {
+                path,
+                msg: format!("eos_token_id {e} is neither an id nor a list of ids"),
+            }),
     }
 }
 
@@ -1117,13 +1357,14 @@ mod tests {
     fn refuses_unsupported_config() {
         let Some(dir) = tiny_model(7) else { return };
         let mut cfg = load_config(&dir).unwrap();
-        cfg.rope_scaling = Some(serde_json::json!({"type": "linear", "factor": 2.0}));
+        // Dynamic NTK scaling depends on the sequence length: refused, not approximated.
+        cfg.rope_scaling = Some(serde_json::json!({"type": "dynamic", "factor": 2.0}));
         let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
         let err = Model::new(&cfg, vb)
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(err.contains("rope_scaling"), "{err}");
+        assert!(err.contains("\"dynamic\""), "{err}");
     }
 
     #[test]
@@ -1144,15 +1385,6 @@ mod tests {
             "{err}"
         );
         std::fs::remove_dir_all(&tmp).unwrap();
-    }
-
-    #[test]
-    fn chatml_rendering() {
-        let s = render_chatml(&[("user", "Hi")], Some(SMOLLM2_DEFAULT_SYSTEM), true);
-        assert_eq!(
-            s,
-            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
-        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! - [`fused`]: CPU kernels with their own backward: log-probs, causal attention, RMSNorm.
 //! - [`train`]: per-token log-probs, GRPO loss, AdamW steps, checkpoints.
 
+pub mod chat;
 pub mod error;
 pub mod fused;
 pub mod generate;
@@ -19,6 +20,8 @@ pub mod gguf;
 pub mod guide;
 pub mod io;
 pub mod llama;
+#[cfg(test)]
+mod parity;
 pub mod placement;
 pub mod sample;
 pub mod tiny;

@@ -61,7 +61,8 @@ pub fn tiny_config(tc: &TinyConfig, vocab_size: usize) -> Config {
         rope_scaling: None,
         attention_bias: false,
         mlp_bias: false,
-        torch_dtype: "float32".into(),
+        torch_dtype: Some("float32".into()),
+        ..Config::default()
     }
 }
 

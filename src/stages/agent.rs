@@ -8,7 +8,7 @@ use super::StageContext;
 use crate::error::{Error, Result};
 use crate::model::generate::{Batching, GenStats, generate_with};
 use crate::model::guide::Guide;
-use crate::model::llama::{HfModel, render_chatml};
+use crate::model::llama::HfModel;
 use crate::model::placement::Placement;
 use crate::model::sample::{
     FinishReason, SamplingParams, SeqOutput, SeqRequest, scoring_temperature,
@@ -280,7 +280,7 @@ impl Agent {
             _ => None,
         };
         let temperature = params.f64("temperature");
-        let mut stop_strings = vec!["</answer>".to_string(), "<|im_end|>".to_string()];
+        let mut stop_strings = vec!["</answer>".to_string(), hf.chat.end_of_turn().to_string()];
         if env.is_some() {
             stop_strings.insert(0, "</search>".to_string());
         }
@@ -291,7 +291,7 @@ impl Agent {
             greedy: temperature <= 0.0,
             max_new_tokens: params.u64("max_new_tokens") as usize,
             stop_strings,
-            eos_ids: hf.model.config().eos_ids(),
+            eos_ids: hf.eos_ids().to_vec(),
             max_turns: params.u64("max_turns").max(1) as usize,
             guide: None,
             batching: Batching {
@@ -333,6 +333,11 @@ impl Agent {
         self.mode
     }
 
+    /// The text that closes an assistant turn in the model's chat format.
+    pub fn end_of_turn(&self) -> &str {
+        self.hf.chat.end_of_turn()
+    }
+
     pub fn tokenizer(&self) -> &tokenizers::Tokenizer {
         &self.hf.tokenizer
     }
@@ -343,13 +348,9 @@ impl Agent {
             .iter()
             .map(|m| (m.role, m.content.as_str()))
             .collect();
-        let text = render_chatml(&pairs, None, true);
-        let enc = self
-            .hf
-            .tokenizer
-            .encode(text, false)
-            .map_err(|e| Error::stage("tokenizer", e.to_string()))?;
-        Ok(enc.get_ids().to_vec())
+        self.hf
+            .encode_chat(&pairs)
+            .map_err(|e| Error::stage("prompt", e.to_string()))
     }
 
     /// The sampling settings of `role`: its guide when decoding is guided.

@@ -44,11 +44,13 @@ impl Demo {
 }
 
 /// Builds the demonstrations from labelled corpus QA (train split) and the search tool.
-/// `search(query)` returns the rendered `<information>` body.
+/// `search(query)` returns the rendered `<information>` body; `end_of_turn` closes each answer
+/// (the model's chat format: `<|im_end|>` in ChatML).
 pub fn build_demos(
     qa: &[QaRow],
     counts: [usize; 3],
     seed: u64,
+    end_of_turn: &str,
     mut search: impl FnMut(&str) -> String,
 ) -> (Vec<Demo>, usize) {
     let mut rows: Vec<&QaRow> = qa
@@ -82,7 +84,7 @@ pub fn build_demos(
                 ),
                 (format!("\n\n<information>{info}</information>\n\n"), false),
                 (
-                    format!("<think>The documents say it is {answer}.</think>\n<answer>{answer}</answer><|im_end|>"),
+                    format!("<think>The documents say it is {answer}.</think>\n<answer>{answer}</answer>{end_of_turn}"),
                     true,
                 ),
             ],
@@ -104,7 +106,7 @@ pub fn build_demos(
                 (format!("\n\n<information>{info}</information>\n\n"), false),
                 (
                     format!(
-                        "<think>I can ask about this.</think>\n<question>{}</question>\n<answer>{}</answer><|im_end|>",
+                        "<think>I can ask about this.</think>\n<question>{}</question>\n<answer>{}</answer>{end_of_turn}",
                         q.question.trim(),
                         q.answers[0]
                     ),
@@ -133,7 +135,7 @@ pub fn build_demos(
             messages: grm::prompt(&q.question, candidate, Some(&q.answers[0])),
             pieces: vec![(
                 format!(
-                    "<think>{thought}</think>\n<answer>conclusion: {verdict}</answer><|im_end|>"
+                    "<think>{thought}</think>\n<answer>conclusion: {verdict}</answer>{end_of_turn}"
                 ),
                 true,
             )],
@@ -240,13 +242,19 @@ impl Stage for WarmupStage {
             ctx.params.u64("generator_examples") as usize,
             ctx.params.u64("grm_examples") as usize,
         ];
-        let (demos, ungrounded) = build_demos(&qa, counts, ctx.seed, |query| match env {
-            Some(env) => env
-                .search(query, k, mode)
-                .map(|hits| render_information(&hits))
-                .unwrap_or_else(|e| format!("Search failed: {e}")),
-            None => "No results.".to_string(),
-        });
+        let (demos, ungrounded) = build_demos(
+            &qa,
+            counts,
+            ctx.seed,
+            agent.end_of_turn(),
+            |query| match env {
+                Some(env) => env
+                    .search(query, k, mode)
+                    .map(|hits| render_information(&hits))
+                    .unwrap_or_else(|e| format!("Search failed: {e}")),
+                None => "No results.".to_string(),
+            },
+        );
         if demos.is_empty() {
             return Err(Error::stage("warmup", "no demonstrations could be built"));
         }
@@ -391,7 +399,7 @@ mod tests {
             })
             .collect();
         // The search finds the answer for even questions only.
-        let (demos, ungrounded) = build_demos(&rows, [3, 2, 2], 1, |query| {
+        let (demos, ungrounded) = build_demos(&rows, [3, 2, 2], 1, "<|im_end|>", |query| {
             let n: usize = query
                 .split_whitespace()
                 .find_map(|w| w.trim_end_matches('?').parse().ok())
