@@ -388,7 +388,7 @@ def build(name, spec, seed):
     ids = {t: tok.token_to_id(t) for t in spec["specials"]}
     eos = [ids[t] for t in spec["eos"]]
     config = getattr(transformers, spec["cls"])(
-        vocab_size=VOCAB, num_hidden_layers=2, max_position_embeddings=256, rms_norm_eps=1e-6,
+        vocab_size=VOCAB, num_hidden_layers=2, max_position_embeddings=4096, rms_norm_eps=1e-6,
         bos_token_id=ids.get(spec["bos"]), eos_token_id=eos if len(eos) > 1 else eos[0],
         **spec["kwargs"])
     torch.manual_seed(seed)

@@ -42,3 +42,57 @@ fn init_tiny_then_chat_and_a_missing_model_is_named() {
     let out = asl(&["model", "chat", "--model", tiny.to_str().unwrap(), "hi"]);
     assert_one_line_error(&out, &["model.safetensors"]);
 }
+
+/// Each family's parity fixture (tests/fixtures/parity, made by transformers) chats greedily
+/// through its own chat template and runs a `smoke` round end to end: warm-up, every role,
+/// training and eval on Qwen2, Qwen3 and Llama 3 weights and formats.
+#[test]
+fn every_family_fixture_chats_and_runs_a_smoke_round() {
+    let Some(assets) = shipped_assets() else {
+        return;
+    };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    for family in ["llama3", "qwen2", "qwen3"] {
+        let model = root.join("tests/fixtures/parity").join(family);
+        let model = model.to_str().unwrap();
+        let chat = asl(&[
+            "model",
+            "chat",
+            "--model",
+            model,
+            "--greedy",
+            "--max-new-tokens",
+            "8",
+            "Who directed the film?",
+        ]);
+        assert_ok(&chat);
+        let rd = dir.path().join(family);
+        let out = asl_with_env(
+            &[
+                "run",
+                root.join("pipelines/smoke.toml").to_str().unwrap(),
+                "--run-dir",
+                rd.to_str().unwrap(),
+                "--rounds",
+                "1",
+                "--set",
+                &format!("init.model={model}"),
+            ],
+            &[
+                ("ASL_ASSETS", assets.to_str().unwrap()),
+                ("RAYON_NUM_THREADS", "1"),
+            ],
+        );
+        assert_ok(&out);
+        let manifest = asl::manifest::Manifest::load(&rd).unwrap();
+        for stage in ["warmup", "rollout", "judge", "train", "apply", "eval"] {
+            let round = u32::from(stage != "warmup");
+            assert!(
+                manifest.done_outputs(stage, round).is_some(),
+                "{family}: {stage} not done\n{}",
+                stdout(&out)
+            );
+        }
+    }
+}
