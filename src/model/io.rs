@@ -90,13 +90,88 @@ fn load_safetensors_file_as(
     device: &Device,
     dtype: DType,
 ) -> Result<HashMap<String, Tensor>> {
-    let ts = candle_core::safetensors::load(file, device).map_err(|e| ModelError::Safetensors {
+    use std::io::{Read, Seek, SeekFrom};
+    let bad = |msg: String| ModelError::Safetensors {
         path: file.to_path_buf(),
-        msg: e.to_string(),
-    })?;
-    ts.into_iter()
-        .map(|(name, t)| Ok((name, t.to_dtype(dtype)?)))
-        .collect()
+        msg,
+    };
+    let io = |e: std::io::Error| ModelError::io(file, e);
+    let mut f = std::fs::File::open(file).map_err(io)?;
+    let size = f.metadata().map_err(io)?.len();
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|_| bad("shorter than its 8-byte header length".into()))?;
+    let header_len = u64::from_le_bytes(len);
+    if header_len > MAX_HEADER_BYTES || header_len > size - 8 {
+        return Err(bad(format!(
+            "header of {header_len} bytes in a file of {size} (at most {MAX_HEADER_BYTES})"
+        )));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    f.read_exact(&mut header).map_err(io)?;
+    let entries: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("header is not JSON: {e}")))?;
+    let data_start = 8 + header_len;
+    let mut out = HashMap::with_capacity(entries.len());
+    let mut bytes = Vec::new();
+    for (name, entry) in entries {
+        if name == "__metadata__" {
+            continue;
+        }
+        let info: TensorInfo =
+            serde_json::from_value(entry).map_err(|e| bad(format!("tensor {name}: {e}")))?;
+        let stored = candle_dtype(&info.dtype).ok_or_else(|| {
+            bad(format!(
+                "tensor {name}: dtype {} is not supported",
+                info.dtype
+            ))
+        })?;
+        let [start, end] = info.data_offsets;
+        let elems = info
+            .shape
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+        let expected = elems.and_then(|n| n.checked_mul(stored.size_in_bytes() as u64));
+        if end < start || data_start + end > size || expected != Some(end - start) {
+            return Err(bad(format!(
+                "tensor {name}: offsets {start}..{end} do not hold shape {:?} of {} in a file of {size} bytes",
+                info.shape, info.dtype
+            )));
+        }
+        // One tensor's bytes at a time, converted on arrival: a load holds the model once, in
+        // the requested dtype, plus the tensor being read.
+        bytes.resize((end - start) as usize, 0);
+        f.seek(SeekFrom::Start(data_start + start)).map_err(io)?;
+        f.read_exact(&mut bytes).map_err(io)?;
+        let t = Tensor::from_raw_buffer(&bytes, stored, &info.shape, device)?.to_dtype(dtype)?;
+        out.insert(name, t);
+    }
+    Ok(out)
+}
+
+/// The largest safetensors header read (the format's own limit is 100 MB).
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// One entry of a safetensors header.
+#[derive(serde::Deserialize)]
+struct TensorInfo {
+    dtype: String,
+    shape: Vec<usize>,
+    data_offsets: [u64; 2],
+}
+
+/// The candle dtype of a safetensors dtype name, for the dtypes checkpoints use.
+fn candle_dtype(name: &str) -> Option<DType> {
+    Some(match name {
+        "F32" => DType::F32,
+        "F16" => DType::F16,
+        "BF16" => DType::BF16,
+        "F64" => DType::F64,
+        "I64" => DType::I64,
+        "U32" => DType::U32,
+        "U8" => DType::U8,
+        _ => return None,
+    })
 }
 
 /// Writes tensors (converted to f32) as one safetensors file with the
@@ -187,5 +262,76 @@ impl Drop for StagingDir {
         if !self.published {
             let _ = std::fs::remove_dir_all(&self.tmp);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors file from a header and data bytes.
+    fn file(dir: &Path, header: &str, data: &[u8]) -> PathBuf {
+        let path = dir.join(format!("t{}.safetensors", header.len()));
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(data);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn reads_each_tensor_in_the_requested_dtype_and_refuses_bad_headers() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let ok = file(
+            dir.path(),
+            r#"{"__metadata__":{"format":"pt"},"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+            &data,
+        );
+        let t = load_safetensors_file_as(&ok, &Device::Cpu, DType::BF16).unwrap();
+        assert_eq!(t["w"].dtype(), DType::BF16);
+        assert_eq!(
+            t["w"]
+                .to_dtype(DType::F32)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            [1.5, -2.0]
+        );
+        for (header, what) in [
+            (
+                r#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,8]}}"#,
+                "shape",
+            ),
+            (
+                r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,800]}}"#,
+                "offsets",
+            ),
+            (
+                r#"{"w":{"dtype":"F8_E4M3","shape":[8],"data_offsets":[0,8]}}"#,
+                "dtype",
+            ),
+            (r#"{"w":[1,2]}"#, "tensor w"),
+            ("not json", "JSON"),
+        ] {
+            let path = file(dir.path(), header, &data);
+            let e = load_safetensors_file_as(&path, &Device::Cpu, DType::F32)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(what) && e.contains(&*path.to_string_lossy()),
+                "{e}"
+            );
+        }
+        // A header length larger than the file is refused before anything is allocated.
+        let huge = dir.path().join("huge.safetensors");
+        std::fs::write(&huge, u64::MAX.to_le_bytes()).unwrap();
+        let e = load_safetensors_file_as(&huge, &Device::Cpu, DType::F32)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("header of"), "{e}");
     }
 }
