@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use asl::model::generate::generate;
-use asl::model::llama::{HfModel, SMOLLM2_DEFAULT_SYSTEM, render_chatml};
+use asl::model::llama::HfModel;
 use asl::model::sample::{SamplingParams, SeqRequest};
 use asl::model::train::{
     LossPositions, TrainConfig, Trainer, build_batch, selected_logprobs, token_logprobs,
@@ -118,8 +118,7 @@ fn emit(v: serde_json::Value) {
 }
 
 fn chat_ids(hf: &HfModel, text: &str) -> anyhow::Result<Vec<u32>> {
-    let prompt = render_chatml(&[("user", text)], Some(SMOLLM2_DEFAULT_SYSTEM), true);
-    encode(hf, &prompt)
+    Ok(hf.encode_chat(&[("user", text)])?)
 }
 
 fn encode(hf: &HfModel, text: &str) -> anyhow::Result<Vec<u32>> {

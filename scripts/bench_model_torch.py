@@ -45,7 +45,7 @@ def emit(**kv):
 
 
 def chatml(text):
-    """The same prompt text asl's render_chatml builds."""
+    """The same prompt text asl renders with the folder's ChatML template."""
     return (f"<|im_start|>system\n{DEFAULT_SYSTEM}<|im_end|>\n"
             f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n")
 
