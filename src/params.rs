@@ -87,7 +87,7 @@ pub fn toml_to_json(value: toml::Value) -> Value {
 /// Defaults, then the pipeline's values, then `--set` overrides; unknown keys and values of the
 /// wrong type are refused with the key named.
 /// Stage parameters a `--set key=value` without a stage sets in every stage that declares them.
-pub const RUN_WIDE_KEYS: [&str; 2] = ["device", "dtype"];
+pub const RUN_WIDE_KEYS: [&str; 3] = ["device", "dtype", "tool_format"];
 
 pub fn resolve(
     stage: &str,

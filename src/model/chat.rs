@@ -166,6 +166,41 @@ impl ChatTemplate {
         &self.end_of_turn
     }
 
+    /// The text around a tool result, as the template renders a `tool` message after an
+    /// assistant call and opens the next assistant turn: `(before, after)`. When the template
+    /// does not wrap the result in `<result_tag>` itself (ChatML), the wrap is added inside.
+    pub fn tool_turn(&self, result_tag: &str) -> Result<(String, String)> {
+        const CALL: &str = "ASL-TOOL-CALL-PROBE";
+        const BODY: &str = "ASL-TOOL-RESULT-PROBE";
+        let messages = [
+            json!({"role": "system", "content": "s"}),
+            json!({"role": "user", "content": "u"}),
+            json!({"role": "assistant", "content": CALL}),
+            json!({"role": "tool", "content": BODY}),
+        ];
+        let text = self.render(&messages, None, true)?;
+        let split = text.rfind(CALL).and_then(|at| {
+            let rest = &text[at + CALL.len()..];
+            let body = rest.find(BODY)?;
+            Some((
+                rest[..body].to_string(),
+                rest[body + BODY.len()..].to_string(),
+            ))
+        });
+        let Some((mut before, mut after)) = split else {
+            return Err(ModelError::ChatTemplate {
+                path: self.source.clone(),
+                msg: "it renders no tool message after an assistant turn".into(),
+            });
+        };
+        let open = format!("<{result_tag}>");
+        if !before.trim_end().ends_with(&open) {
+            before.push_str(&format!("{open}\n"));
+            after.insert_str(0, &format!("\n</{result_tag}>"));
+        }
+        Ok((before, after))
+    }
+
     /// Renders a user turn with the generation prompt and the same conversation with an
     /// assistant answer; what follows the answer, up to the first line break, closes a turn.
     /// Falls back to `eos_token` when the template does not show an answer that way.
@@ -307,6 +342,19 @@ mod tests {
         assert_eq!(
             t.render_pairs(&[("user", "Hi")], true).unwrap(),
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn a_tool_turn_is_what_the_template_puts_around_a_tool_message() {
+        // ChatML renders a `tool` turn without tags: the response wrap is added inside it.
+        let (before, after) = template(CHATML_TEMPLATE)
+            .tool_turn("tool_response")
+            .unwrap();
+        assert_eq!(before, "<|im_end|>\n<|im_start|>tool\n<tool_response>\n");
+        assert_eq!(
+            after,
+            "\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
         );
     }
 

@@ -116,6 +116,25 @@ impl Guide {
         self
     }
 
+    /// Tool calls written as `open` `prefix` query `terminator` `close` (the `qwen` format's
+    /// `<tool_call>` JSON); the model may close the call itself, the terminator is forced only
+    /// when the query's budget runs out.
+    pub fn with_tool_call(
+        mut self,
+        open: &str,
+        prefix: &str,
+        close: &str,
+        terminator: &str,
+    ) -> Guide {
+        for a in self.actions.iter_mut().filter(|a| a.tool) {
+            a.open = open.to_string();
+            a.prefix = prefix.to_string();
+            a.close = close.to_string();
+            a.terminator = terminator.to_string();
+        }
+        self
+    }
+
     /// Requires `n` tool calls before a final action: a role meant to explore (the generator
     /// reading the corpus before it writes a task) does not skip straight to its answer. The
     /// requirement lapses when no tool turn or too little budget is left, so the format still

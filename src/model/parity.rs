@@ -256,6 +256,18 @@ fn chat_templates_render_what_transformers_renders() {
             let ids = hf.tokenizer.encode(text, false).unwrap().get_ids().to_vec();
             assert_eq!(ids, c.ids, "{name} conversation {i}: token ids");
         }
+        // Qwen's own templates wrap a tool result in <tool_response> in a user turn.
+        if name != "llama3" {
+            let (before, after) = hf.chat.tool_turn("tool_response").unwrap();
+            assert_eq!(
+                before, "<|im_end|>\n<|im_start|>user\n<tool_response>\n",
+                "{name}"
+            );
+            assert_eq!(
+                after, "\n</tool_response><|im_end|>\n<|im_start|>assistant\n",
+                "{name}"
+            );
+        }
         // Stop ids: config.json's and generation_config.json's.
         let eos = super::llama::load_config(&dir).unwrap().eos_ids();
         assert!(eos.iter().all(|id| hf.eos_ids().contains(id)), "{name}");

@@ -2,6 +2,7 @@
 //! task with a HARDER / EASIER instruction under the *width* or *depth* curriculum template; and
 //! the parsing of its output into a question and its reference answer.
 
+use super::tool::{self, ToolFormat};
 use super::{Message, tags};
 
 pub const SYSTEM: &str =
@@ -31,18 +32,26 @@ impl Template {
     }
 }
 
-const FORMAT: &str = "You may think inside <think> and </think> and search with <search> query \
-</search>; results come back between <information> and </information>. Finish with the question \
-inside <question> and </question>, then its answer, a short entity of a few words, inside <answer> \
-and </answer>. The question must end with a question mark and must not contain its answer.";
+/// The format instructions, with search calls in `tools`' format.
+fn format(tools: ToolFormat) -> String {
+    format!(
+        "You may think inside <think> and </think> and search with {}; results come back between \
+{}. Finish with the question inside <question> and </question>, then its answer, a short entity \
+of a few words, inside <answer> and </answer>. The question must end with a question mark and \
+must not contain its answer.",
+        tools.call_example(),
+        tools.results_example()
+    )
+}
 
 /// A first-round prompt from a topic seed.
-pub fn seed_prompt(topic: &str) -> Vec<Message> {
+pub fn seed_prompt(topic: &str, tools: ToolFormat) -> Vec<Message> {
     vec![
         Message::system(SYSTEM),
         Message::user(format!(
-            "Write one factual question about {} that can be answered by searching Wikipedia. {FORMAT}",
-            topic.trim()
+            "Write one factual question about {} that can be answered by searching Wikipedia. {}",
+            topic.trim(),
+            format(tools)
         )),
     ]
 }
@@ -53,6 +62,7 @@ pub fn evolve_prompt(
     answer: &str,
     direction: Direction,
     template: Template,
+    tools: ToolFormat,
 ) -> Vec<Message> {
     let instruction = match (direction, template) {
         (Direction::Harder, Template::Width) => {
@@ -71,9 +81,10 @@ pub fn evolve_prompt(
     vec![
         Message::system(SYSTEM),
         Message::user(format!(
-            "Previous question: {}\nIts answer: {}\n{instruction} {FORMAT}",
+            "Previous question: {}\nIts answer: {}\n{instruction} {}",
             question.trim(),
-            answer.trim()
+            answer.trim(),
+            format(tools)
         )),
     ]
 }
@@ -87,7 +98,7 @@ pub struct GeneratorOutput {
 
 /// Parses the PG's output: the last `<question>` and the `<answer>` after it, outside tool text.
 pub fn parse(completion: &str) -> GeneratorOutput {
-    let own = tags::without_blocks(completion, "information");
+    let own = tool::own_text(completion);
     let questions = tags::blocks(&own, "question");
     let Some(question) = questions.last().map(|q| q.trim().to_string()) else {
         return GeneratorOutput {
@@ -154,14 +165,22 @@ mod tests {
 
     #[test]
     fn prompts_carry_the_instruction() {
-        let p = evolve_prompt("Q?", "A", Direction::Harder, Template::Depth);
-        assert!(p[1].content.contains("adding one reasoning step"));
-        assert!(
-            seed_prompt("a river")
-                .last()
-                .unwrap()
-                .content
-                .contains("a river")
+        let p = evolve_prompt(
+            "Q?",
+            "A",
+            Direction::Harder,
+            Template::Depth,
+            ToolFormat::Tags,
         );
+        assert!(p[1].content.contains("adding one reasoning step"));
+        let tags = &seed_prompt("a river", ToolFormat::Tags)[1].content;
+        assert!(tags.contains("a river"));
+        // The tags wording is the one the shipped model was warmed up on.
+        assert!(tags.contains(
+            "search with <search> query </search>; results come back between <information> and \
+</information>. Finish"
+        ));
+        let qwen = &seed_prompt("a river", ToolFormat::Qwen)[1].content;
+        assert!(qwen.contains("<tool_call>") && qwen.contains("<tool_response>"));
     }
 }

@@ -2,12 +2,18 @@
 //! confuse "incorrect" with "correct" (the seed's substring check does); anything unparsable is
 //! `wrong`, with the reason kept.
 
+use super::tool::{self, ToolFormat};
 use super::{Message, tags};
 
 pub const SYSTEM: &str = "You are a careful judge of answers to factual questions.";
 
 /// The judge's prompt; the reference answer is shown only when `reference` is given.
-pub fn prompt(question: &str, candidate: &str, reference: Option<&str>) -> Vec<Message> {
+pub fn prompt(
+    question: &str,
+    candidate: &str,
+    reference: Option<&str>,
+    tools: ToolFormat,
+) -> Vec<Message> {
     let reference = reference
         .map(|r| format!("Reference answer: {}\n", r.trim()))
         .unwrap_or_default();
@@ -15,10 +21,11 @@ pub fn prompt(question: &str, candidate: &str, reference: Option<&str>) -> Vec<M
         Message::system(SYSTEM),
         Message::user(format!(
             "Question: {}\n{reference}Candidate answer: {}\nDecide whether the candidate answer is \
-correct. You may think inside <think> and </think> and search with <search> query </search>. End \
+correct. You may think inside <think> and </think> and search with {}. End \
 with <answer>conclusion: correct</answer> or <answer>conclusion: wrong</answer>.",
             question.trim(),
-            candidate.trim()
+            candidate.trim(),
+            tools.call_example()
         )),
     ]
 }
@@ -48,7 +55,7 @@ pub struct GrmOutput {
 /// Parses the last `<answer>` block outside tool text. Words are compared whole, so
 /// "incorrect", "not correct" and "correctly wrong" never read as `correct`.
 pub fn parse(completion: &str) -> GrmOutput {
-    let own = tags::without_blocks(completion, "information");
+    let own = tool::own_text(completion);
     let Some(block) = tags::blocks(&own, "answer").last().copied() else {
         return unparsed("no <answer> block");
     };
@@ -111,10 +118,14 @@ mod tests {
     #[test]
     fn the_reference_is_shown_only_when_asked() {
         assert!(
-            prompt("Q?", "A", Some("R"))[1]
+            prompt("Q?", "A", Some("R"), ToolFormat::Tags)[1]
                 .content
                 .contains("Reference answer: R")
         );
-        assert!(!prompt("Q?", "A", None)[1].content.contains("Reference"));
+        assert!(
+            !prompt("Q?", "A", None, ToolFormat::Tags)[1]
+                .content
+                .contains("Reference")
+        );
     }
 }

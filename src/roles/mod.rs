@@ -6,6 +6,7 @@ pub mod generator;
 pub mod grm;
 pub mod policy;
 pub mod tags;
+pub mod tool;
 
 /// One chat message; rendering into a model's chat template is the model runtime's job.
 #[derive(Debug, Clone, PartialEq, Eq)]

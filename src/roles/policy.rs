@@ -4,20 +4,23 @@
 //! (the environment answers in `<information>…</information>`), end with exactly one
 //! `<answer>…</answer>`.
 
+use super::tool::{self, ToolFormat};
 use super::{Message, tags};
 
 pub const SYSTEM: &str =
     "You are a research assistant that answers questions with a search engine.";
 
-/// The policy's chat prompt for one question.
-pub fn prompt(question: &str) -> Vec<Message> {
+/// The policy's chat prompt for one question, with search calls in `tools`' format.
+pub fn prompt(question: &str, tools: ToolFormat) -> Vec<Message> {
     let user = format!(
         "Answer the given question. You must conduct reasoning inside <think> and </think> first \
 every time you get new information. After reasoning, if you find you lack some knowledge, you \
-can call a search engine by <search> query </search> and it will return the top searched results \
-between <information> and </information>. You can search as many times as you want. If you find \
+can call a search engine by {} and it will return the top searched results \
+between {}. You can search as many times as you want. If you find \
 no further external knowledge needed, you can directly provide the answer inside <answer> and \
 </answer>, without detailed illustrations. For example, <answer> Beijing </answer>. Question: {}",
+        tools.call_example(),
+        tools.results_example(),
         question.trim()
     );
     vec![Message::system(SYSTEM), Message::user(user)]
@@ -45,13 +48,10 @@ pub struct PolicyOutput {
     pub error: Option<String>,
 }
 
-/// Parses a whole rollout (model text with the tool's `<information>` blocks in it).
+/// Parses a whole rollout (model text with the tool's results in it, in either format).
 pub fn parse(completion: &str) -> PolicyOutput {
-    let own = tags::without_blocks(completion, "information");
-    let searches: Vec<String> = tags::blocks(&own, "search")
-        .into_iter()
-        .map(|q| q.trim().to_string())
-        .collect();
+    let own = tool::own_text(completion);
+    let searches = tool::queries(&own);
     let answers = tags::blocks(&own, "answer");
     let error = match (answers.len(), tags::count_open(&own, "answer")) {
         (0, 0) => Some("no <answer> block".to_string()),

@@ -14,6 +14,7 @@ use crate::model::sample::{
     FinishReason, SamplingParams, SeqOutput, SeqRequest, scoring_temperature,
 };
 use crate::params::{ParamSpec, Params, ParamsExt};
+use crate::roles::tool::{self, TOOL_FORMATS, ToolFormat};
 use crate::roles::{Message, tags};
 use crate::search::render::render_information;
 use crate::search::run::open_env;
@@ -92,6 +93,11 @@ pub fn sampling_specs(max_new_tokens: u64, max_turns: u64, temperature: f64) -> 
             "model turns per sequence; each turn but the last may end in a search",
         ),
         ParamSpec::new(
+            "tool_format",
+            "tags",
+            "how the model calls search: `tags` (<search> … </search>, results in <information>) or `qwen` (<tool_call> JSON, results in a <tool_response> turn rendered by the chat template); set it run-wide with --set tool_format=…",
+        ),
+        ParamSpec::new(
             "batch_size",
             32,
             "sequences decoded together (continuous batching keeps the batch full)",
@@ -134,6 +140,17 @@ pub enum Role {
 }
 
 /// The search stages a model stage reads, by its `search_mode`.
+/// The `tool_format` of a stage's params.
+pub fn tool_format(params: &Params) -> Result<ToolFormat> {
+    let name = params.str("tool_format");
+    ToolFormat::parse(name).ok_or_else(|| {
+        Error::param(
+            "tool_format",
+            format!("unknown tool format {name:?} ({TOOL_FORMATS})"),
+        )
+    })
+}
+
 pub fn search_upstream(params: &Params) -> Vec<&'static str> {
     match params.str("search_mode") {
         "none" => vec![],
@@ -243,6 +260,9 @@ pub struct Agent {
     sampling: SamplingParams,
     guided: Option<usize>,
     min_searches: usize,
+    tools: ToolFormat,
+    /// The text around a search result (see [`Agent::tool_result`]).
+    result_wrap: (String, String),
     /// Tokens and seconds spent by this agent's calls so far.
     spent: std::cell::Cell<(GenStats, f64)>,
 }
@@ -279,10 +299,21 @@ impl Agent {
             (Some(m), Some((run_dir, round))) => Some(open_env(run_dir, round, m)?),
             _ => None,
         };
+        let tools = tool_format(params)?;
+        let result_wrap = match tools {
+            ToolFormat::Tags => (
+                "\n\n<information>".to_string(),
+                "</information>\n\n".to_string(),
+            ),
+            ToolFormat::Qwen => hf
+                .chat
+                .tool_turn(tools.result_tag())
+                .map_err(|e| Error::stage(stage, format!("tool_format = qwen: {e}")))?,
+        };
         let temperature = params.f64("temperature");
         let mut stop_strings = vec!["</answer>".to_string(), hf.chat.end_of_turn().to_string()];
         if env.is_some() {
-            stop_strings.insert(0, "</search>".to_string());
+            stop_strings.insert(0, tools.call_close().to_string());
         }
         let sampling = SamplingParams {
             temperature,
@@ -310,6 +341,8 @@ impl Agent {
                 .bool("guided")
                 .then(|| params.u64("think_tokens") as usize),
             min_searches: 0,
+            tools,
+            result_wrap,
             spent: Default::default(),
         })
     }
@@ -331,6 +364,11 @@ impl Agent {
 
     pub fn search_mode(&self) -> SearchMode {
         self.mode
+    }
+
+    /// How this agent's model calls the search tool.
+    pub fn tool_format(&self) -> ToolFormat {
+        self.tools
     }
 
     /// The text that closes an assistant turn in the model's chat format.
@@ -363,7 +401,13 @@ impl Agent {
                 Role::Grm => Guide::grm(think, 24),
             };
             if self.env.is_some() {
-                guide.with_min_tool_calls(self.min_searches)
+                let (prefix, terminator) = self.tools.guided_call();
+                guide.with_min_tool_calls(self.min_searches).with_tool_call(
+                    &format!("<{}>", self.tools.call_tag()),
+                    prefix,
+                    self.tools.call_close(),
+                    terminator,
+                )
             } else {
                 guide.without_tools()
             }
@@ -401,7 +445,7 @@ impl Agent {
             &sampling,
             |i, text| {
                 let env = self.env.as_ref()?;
-                if !text.trim_end().ends_with("</search>") {
+                if !text.trim_end().ends_with(self.tools.call_close()) {
                     return None;
                 }
                 searches[i] += 1;
@@ -438,11 +482,8 @@ impl Agent {
 
     /// The `<information>` block answering the last `<search>` of `text`.
     fn tool_text(&self, env: &SearchEnv, text: &str) -> String {
-        let own = tags::after_last_block(text, "information");
-        let query = tags::blocks(own, "search")
-            .last()
-            .map(|q| q.trim().to_string())
-            .unwrap_or_default();
+        let own = tags::after_last_block(text, self.tools.result_tag());
+        let query = tool::queries(own).pop().unwrap_or_default();
         let body = if query.is_empty() {
             "The search query was empty.".to_string()
         } else {
@@ -452,7 +493,14 @@ impl Agent {
                 Err(e) => format!("Search failed: {e}"),
             }
         };
-        format!("\n\n<information>{body}</information>\n\n")
+        self.tool_result(&body)
+    }
+
+    /// A search result as the model reads it after its call: `<information>` in the `tags`
+    /// format; with `qwen`, the tool turn the chat template renders, with the result in
+    /// `<tool_response>` (the template's own, or added when it has none).
+    pub fn tool_result(&self, body: &str) -> String {
+        format!("{}{body}{}", self.result_wrap.0, self.result_wrap.1)
     }
 }
 

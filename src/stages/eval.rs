@@ -314,7 +314,7 @@ pub fn evaluate(
         .flat_map(|(_, q)| {
             (0..samples).map(|s| Request {
                 messages: if agent.has_search() {
-                    policy::prompt(&q.question)
+                    policy::prompt(&q.question, agent.tool_format())
                 } else {
                     policy::prompt_without_tools(&q.question)
                 },
@@ -459,7 +459,7 @@ pub fn evaluate(
         let requests: Vec<Request> = topics
             .iter()
             .map(|t| Request {
-                messages: generator::seed_prompt(t),
+                messages: generator::seed_prompt(t, agent.tool_format()),
                 seed: seq_seed(seed, stable_u64(&["eval-topic", t]), 0),
             })
             .collect();
@@ -575,6 +575,7 @@ fn judge_items(
                 &it.question.question,
                 &it.candidate,
                 it.reference.as_deref(),
+                agent.tool_format(),
             ),
             seed: it.seed,
         })

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use super::agent::{
     Agent, CHECKPOINT_UPSTREAM, Request, Role, TrajectoryIds, sampling_specs, search_upstream,
+    tool_format,
 };
 use super::{Stage, StageContext, StageOutput};
 use crate::error::{Error, Result};
@@ -111,16 +112,21 @@ impl Stage for GenerateStage {
             Agent::load(ctx, "generate")?.require_searches(ctx.params.u64("min_searches") as usize);
         let mut ids = Vec::new();
         let mut requests = Vec::new();
+        let tools = tool_format(ctx.params)?;
         for (i, seed) in seeds.iter().enumerate() {
             if !ctx.shard.owns(i) {
                 continue;
             }
             let task_id = format!("r{:03}-t{i:05}", ctx.round);
             let messages = match (&seed.parent, &seed.topic) {
-                (Some((parent, dir)), _) => {
-                    generator::evolve_prompt(&parent.question, &parent.answer, *dir, template)
-                }
-                (None, Some(topic)) => generator::seed_prompt(topic),
+                (Some((parent, dir)), _) => generator::evolve_prompt(
+                    &parent.question,
+                    &parent.answer,
+                    *dir,
+                    template,
+                    tools,
+                ),
+                (None, Some(topic)) => generator::seed_prompt(topic, tools),
                 (None, None) => unreachable!("every seed has a topic or a parent"),
             };
             let seed_value = seq_seed(ctx.seed, stable_u64(&[&task_id]), 0);

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use super::agent::{
     Agent, CHECKPOINT_UPSTREAM, Request, Role, TrajectoryIds, sampling_specs, search_upstream,
+    tool_format,
 };
 use super::generate::{tasks, trajectories};
 use super::{Stage, StageContext, StageOutput};
@@ -112,6 +113,7 @@ impl Stage for JudgeStage {
         items.extend(verification_items(ctx)?);
 
         let mut requests = Vec::new();
+        let tools = tool_format(ctx.params)?;
         let mut owned = Vec::new();
         for (i, item) in items.iter().enumerate() {
             if !ctx.shard.owns(i) {
@@ -126,7 +128,7 @@ impl Stage for JudgeStage {
                     u64::from(item.sample),
                 );
                 requests.push(Request {
-                    messages: grm::prompt(&item.question, candidate, reference),
+                    messages: grm::prompt(&item.question, candidate, reference, tools),
                     seed,
                 });
             }

@@ -300,7 +300,8 @@ impl Computed {
 fn bonus_of(s: &Settings, t: Option<&TrajectoryRow>) -> f64 {
     match (s.bonus, t) {
         (true, Some(t)) => {
-            let own = crate::roles::tags::without_blocks(&t.text, "information");
+            // Turns end at a tool call, in either format.
+            let own = crate::roles::tool::own_text(&t.text).replace("</tool_call>", "</search>");
             let think = own
                 .split("</search>")
                 .filter(|turn| turn.trim_start().starts_with("<think>"))

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use super::agent::{
     Agent, CHECKPOINT_UPSTREAM, Request, Role, TrajectoryIds, sampling_specs, search_upstream,
+    tool_format,
 };
 use super::selfcheck::round_tasks;
 use super::{Stage, StageContext, StageOutput};
@@ -76,7 +77,7 @@ impl Stage for RolloutStage {
             for attempt in 0..m {
                 let seed = seq_seed(ctx.seed, stable_u64(&[&task.task_id]), attempt as u64);
                 let messages = if has_search {
-                    policy::prompt(&task.question)
+                    policy::prompt(&task.question, tool_format(ctx.params)?)
                 } else {
                     policy::prompt_without_tools(&task.question)
                 };

@@ -19,6 +19,7 @@ use std::path::PathBuf;
 
 use super::agent::{
     Agent, CHECKPOINT_UPSTREAM, Request, Role, TrajectoryIds, sampling_specs, search_upstream,
+    tool_format,
 };
 use super::generate::tasks;
 use super::{Stage, StageContext, StageOutput};
@@ -92,11 +93,12 @@ impl Stage for SelfCheckStage {
             .collect();
         let mut requests = Vec::new();
         let mut items: Vec<(&TaskRow, &str, u32)> = Vec::new();
+        let tools = tool_format(ctx.params)?;
         for task in owned.iter().filter(|t| needs_check(t)) {
             let traj = task.generator_trajectory_id.as_deref().unwrap_or_default();
             for sample in 0..v as u32 {
                 requests.push(Request {
-                    messages: grm::prompt(&task.question, &task.answer, None),
+                    messages: grm::prompt(&task.question, &task.answer, None, tools),
                     seed: seq_seed(ctx.seed, stable_u64(&[traj]), u64::from(sample)),
                 });
                 items.push((task, traj, sample));

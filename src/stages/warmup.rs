@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::model::train::{LossPositions, TrainConfig, Trainer, build_batch, selected_logprobs};
 use crate::params::{ParamSpec, Params, ParamsExt};
 use crate::rl::metrics::{normalize_answer, sub_exact_match};
+use crate::roles::tool::ToolFormat;
 use crate::roles::{Message, generator, grm, policy};
 use crate::search::SearchEnv;
 use crate::search::render::render_information;
@@ -44,14 +45,17 @@ impl Demo {
 }
 
 /// Builds the demonstrations from labelled corpus QA (train split) and the search tool.
-/// `search(query)` returns the rendered `<information>` body; `end_of_turn` closes each answer
+/// `search(query)` returns the rendered result body and `wrap(body)` the text the model reads
+/// after its call; calls are written in `tools`' format and `end_of_turn` closes each answer
 /// (the model's chat format: `<|im_end|>` in ChatML).
 pub fn build_demos(
     qa: &[QaRow],
     counts: [usize; 3],
     seed: u64,
+    tools: ToolFormat,
     end_of_turn: &str,
     mut search: impl FnMut(&str) -> String,
+    wrap: impl Fn(&str) -> String,
 ) -> (Vec<Demo>, usize) {
     let mut rows: Vec<&QaRow> = qa
         .iter()
@@ -76,13 +80,13 @@ pub fn build_demos(
         demos.push(Demo {
             id: format!("warmup-policy-{}", q.id),
             role: Role::Policy,
-            messages: policy::prompt(&q.question),
+            messages: policy::prompt(&q.question, tools),
             pieces: vec![
                 (
-                    format!("<think>I should search for this.</think>\n<search>{}</search>", q.question.trim()),
+                    format!("<think>I should search for this.</think>\n{}", tools.call(q.question.trim())),
                     true,
                 ),
-                (format!("\n\n<information>{info}</information>\n\n"), false),
+                (wrap(&info), false),
                 (
                     format!("<think>The documents say it is {answer}.</think>\n<answer>{answer}</answer>{end_of_turn}"),
                     true,
@@ -97,13 +101,13 @@ pub fn build_demos(
         demos.push(Demo {
             id: format!("warmup-generator-{}", q.id),
             role: Role::Generator,
-            messages: generator::seed_prompt(&title),
+            messages: generator::seed_prompt(&title, tools),
             pieces: vec![
                 (
-                    format!("<think>I should look up {title}.</think>\n<search>{title}</search>"),
+                    format!("<think>I should look up {title}.</think>\n{}", tools.call(&title)),
                     true,
                 ),
-                (format!("\n\n<information>{info}</information>\n\n"), false),
+                (wrap(&info), false),
                 (
                     format!(
                         "<think>I can ask about this.</think>\n<question>{}</question>\n<answer>{}</answer>{end_of_turn}",
@@ -132,7 +136,7 @@ pub fn build_demos(
         demos.push(Demo {
             id: format!("warmup-grm-{}-{i}", q.id),
             role: Role::Grm,
-            messages: grm::prompt(&q.question, candidate, Some(&q.answers[0])),
+            messages: grm::prompt(&q.question, candidate, Some(&q.answers[0]), tools),
             pieces: vec![(
                 format!(
                     "<think>{thought}</think>\n<answer>conclusion: {verdict}</answer>{end_of_turn}"
@@ -195,7 +199,7 @@ impl Stage for WarmupStage {
         specs.extend(
             sampling_specs(0, 1, 0.0)
                 .into_iter()
-                .filter(|s| matches!(s.key, "search_mode" | "search_k")),
+                .filter(|s| matches!(s.key, "search_mode" | "search_k" | "tool_format")),
         );
         specs
     }
@@ -246,6 +250,7 @@ impl Stage for WarmupStage {
             &qa,
             counts,
             ctx.seed,
+            agent.tool_format(),
             agent.end_of_turn(),
             |query| match env {
                 Some(env) => env
@@ -254,6 +259,7 @@ impl Stage for WarmupStage {
                     .unwrap_or_else(|e| format!("Search failed: {e}")),
                 None => "No results.".to_string(),
             },
+            |body| agent.tool_result(body),
         );
         if demos.is_empty() {
             return Err(Error::stage("warmup", "no demonstrations could be built"));
@@ -399,17 +405,26 @@ mod tests {
             })
             .collect();
         // The search finds the answer for even questions only.
-        let (demos, ungrounded) = build_demos(&rows, [3, 2, 2], 1, "<|im_end|>", |query| {
-            let n: usize = query
-                .split_whitespace()
-                .find_map(|w| w.trim_end_matches('?').parse().ok())
-                .unwrap_or(1);
-            if n.is_multiple_of(2) {
-                format!("Doc 1 (Title: City {n}) It was founded by Founder {n}.")
-            } else {
-                "Doc 1 (Title: Elsewhere) Nothing here.".into()
-            }
-        });
+        let wrap = |body: &str| format!("\n\n<information>{body}</information>\n\n");
+        let (demos, ungrounded) = build_demos(
+            &rows,
+            [3, 2, 2],
+            1,
+            ToolFormat::Tags,
+            "<|im_end|>",
+            |query| {
+                let n: usize = query
+                    .split_whitespace()
+                    .find_map(|w| w.trim_end_matches('?').parse().ok())
+                    .unwrap_or(1);
+                if n.is_multiple_of(2) {
+                    format!("Doc 1 (Title: City {n}) It was founded by Founder {n}.")
+                } else {
+                    "Doc 1 (Title: Elsewhere) Nothing here.".into()
+                }
+            },
+            wrap,
+        );
         let by = |r: Role| demos.iter().filter(|d| d.role == r).collect::<Vec<_>>();
         assert_eq!(by(Role::Policy).len(), 3);
         assert!(ungrounded > 0);

@@ -53,7 +53,12 @@ fn every_family_fixture_chats_and_runs_a_smoke_round() {
     };
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
-    for family in ["llama3", "qwen2", "qwen3"] {
+    for (family, tools) in [
+        ("llama3", "tags"),
+        ("qwen2", "tags"),
+        ("qwen3", "tags"),
+        ("qwen2", "qwen"),
+    ] {
         let model = root.join("tests/fixtures/parity").join(family);
         let model = model.to_str().unwrap();
         let chat = asl(&[
@@ -67,7 +72,7 @@ fn every_family_fixture_chats_and_runs_a_smoke_round() {
             "Who directed the film?",
         ]);
         assert_ok(&chat);
-        let rd = dir.path().join(family);
+        let rd = dir.path().join(format!("{family}-{tools}"));
         let out = asl_with_env(
             &[
                 "run",
@@ -78,6 +83,8 @@ fn every_family_fixture_chats_and_runs_a_smoke_round() {
                 "1",
                 "--set",
                 &format!("init.model={model}"),
+                "--set",
+                &format!("tool_format={tools}"),
             ],
             &[
                 ("ASL_ASSETS", assets.to_str().unwrap()),
@@ -94,5 +101,19 @@ fn every_family_fixture_chats_and_runs_a_smoke_round() {
                 stdout(&out)
             );
         }
+        // The generator must search first: its calls and the results are in the chosen format.
+        let generated: Vec<asl::shards::rows::TrajectoryRow> =
+            asl::shards::read_rows(&[rd.join("round-001/generate/trajectories-00000.parquet")])
+                .unwrap();
+        let (call, result) = match tools {
+            "qwen" => ("</tool_call>", "<tool_response>"),
+            _ => ("</search>", "<information>"),
+        };
+        assert!(
+            generated
+                .iter()
+                .any(|t| t.text.contains(call) && t.text.contains(result)),
+            "{family} {tools}: no call in the generator's text"
+        );
     }
 }
