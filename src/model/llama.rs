@@ -1138,10 +1138,13 @@ impl HfModel {
                 eos_ids.push(id);
             }
         }
+        let tokenizer = load_tokenizer(dir)?;
+        let chat = ChatTemplate::load(dir)?;
+        check_template_tokens(dir, &chat, &tokenizer)?;
         Ok(Self {
             model,
-            tokenizer: load_tokenizer(dir)?,
-            chat: ChatTemplate::load(dir)?,
+            tokenizer,
+            chat,
             eos_ids,
         })
     }
@@ -1162,6 +1165,35 @@ impl HfModel {
             .map_err(|e| ModelError::Tokenize(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
+}
+
+/// Refuses a chat template that writes special tokens (`<|…|>`, the end of a turn) the
+/// tokenizer does not have: they would be split into ordinary pieces and the model would never
+/// see its turn markers.
+fn check_template_tokens(
+    dir: &Path,
+    chat: &ChatTemplate,
+    tokenizer: &tokenizers::Tokenizer,
+) -> Result<()> {
+    let text = chat.render_pairs(&[("system", "s"), ("user", "u"), ("assistant", "a")], true)?;
+    let mut names: Vec<&str> = text
+        .match_indices("<|")
+        .filter_map(|(at, _)| text[at..].find("|>").map(|end| &text[at..at + end + 2]))
+        .filter(|t| !t[2..t.len() - 2].contains(char::is_whitespace))
+        .collect();
+    names.push(chat.end_of_turn());
+    for name in names {
+        if tokenizer.token_to_id(name).is_none() {
+            return Err(ModelError::Tokenizer {
+                path: dir.join("tokenizer.json"),
+                msg: format!(
+                    "no token {name:?}, which the chat template ({}) writes",
+                    chat.source().display()
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// `eos_token_id` of `dir/generation_config.json` (one id or a list), if the file has one.

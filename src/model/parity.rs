@@ -217,6 +217,23 @@ fn what_is_not_computed_exactly_is_refused_with_the_file_and_the_reason() {
     assert!(load_error(yarn.path()).contains("\"yarn\""));
     let softcap = edited("llama3", |c| c["final_logit_softcapping"] = 30.0.into());
     assert!(load_error(softcap.path()).contains("final_logit_softcapping"));
+    // A template whose turn markers the tokenizer lacks.
+    let odd = edited("qwen2", |_| {});
+    for f in ["tokenizer_config.json", "generation_config.json"] {
+        std::fs::copy(fixture("qwen2").join(f), odd.path().join(f)).unwrap();
+    }
+    let template = std::fs::read_to_string(odd.path().join("tokenizer_config.json"))
+        .unwrap()
+        .replace("<|im_start|>", "<|turn_start|>");
+    std::fs::write(odd.path().join("tokenizer_config.json"), template).unwrap();
+    let e = super::llama::HfModel::load(odd.path(), &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("tokenizer.json") && e.contains("<|turn_start|>"),
+        "{e}"
+    );
     // Llama with biases expects them in the weights: a missing one names the folder.
     let biased = edited("llama3", |c| c["attention_bias"] = true.into());
     let e = load_error(biased.path());
