@@ -133,11 +133,13 @@ pub fn resolve(
     Ok(params)
 }
 
+/// `value` as the type of `default`. Integer parameters are counts, sizes and indices: a
+/// negative one is refused here, before any stage runs (stages read them as unsigned).
 fn coerce(key: &str, default: &Value, value: &Value) -> Result<Value> {
     let ok = match (default, value) {
         (Value::String(_), Value::String(_)) => true,
         (Value::Bool(_), Value::Bool(_)) => true,
-        (Value::Number(d), Value::Number(v)) => d.is_f64() || v.is_i64() || v.is_u64(),
+        (Value::Number(d), Value::Number(v)) => d.is_f64() || v.is_u64(),
         (Value::Array(_), Value::Array(_)) => true,
         _ => false,
     };
@@ -164,7 +166,7 @@ fn kind_name(v: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Bool(_) => "a boolean",
         Value::Number(n) if n.is_f64() => "a number",
-        Value::Number(_) => "an integer",
+        Value::Number(_) => "a non-negative integer",
         Value::Array(_) => "a list",
         _ => "a value",
     }
@@ -252,7 +254,16 @@ mod tests {
         let err = resolve("corpus", &specs(), None, &bad)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("expected an integer"), "{err}");
+        assert!(err.contains("expected a non-negative integer"), "{err}");
+        // A negative count (judge.real_items=-1 used to reach an unsigned read and panic).
+        let bad = vec!["corpus.max_docs=-1".parse().unwrap()];
+        let err = resolve("corpus", &specs(), None, &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("corpus.max_docs") && err.contains("non-negative") && err.contains("-1"),
+            "{err}"
+        );
     }
 
     #[test]

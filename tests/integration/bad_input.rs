@@ -202,3 +202,20 @@ fn an_unknown_reward_scheme_is_refused_before_anything_runs() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_negative_count_is_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let rd = dir.path().join("rd");
+    let smoke = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/smoke.toml");
+    let out = asl(&[
+        "run",
+        smoke,
+        "--run-dir",
+        rd.to_str().unwrap(),
+        "--set",
+        "judge.real_items=-1",
+    ]);
+    assert_one_line_error(&out, &["judge.real_items", "non-negative", "-1"]);
+    assert!(!rd.join("round-000").exists(), "a stage ran");
+}
