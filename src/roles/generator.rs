@@ -50,7 +50,7 @@ pub fn seed_prompt(topic: &str, tools: ToolFormat) -> Vec<Message> {
         Message::system(SYSTEM),
         Message::user(format!(
             "Write one factual question about {} that can be answered by searching Wikipedia. {}",
-            topic.trim(),
+            super::quoted(topic),
             format(tools)
         )),
     ]
@@ -82,8 +82,8 @@ pub fn evolve_prompt(
         Message::system(SYSTEM),
         Message::user(format!(
             "Previous question: {}\nIts answer: {}\n{instruction} {}",
-            question.trim(),
-            answer.trim(),
+            super::quoted(question),
+            super::quoted(answer),
             format(tools)
         )),
     ]

@@ -15,7 +15,7 @@ pub fn prompt(
     tools: ToolFormat,
 ) -> Vec<Message> {
     let reference = reference
-        .map(|r| format!("Reference answer: {}\n", r.trim()))
+        .map(|r| format!("Reference answer: {}\n", super::quoted(r)))
         .unwrap_or_default();
     vec![
         Message::system(SYSTEM),
@@ -23,8 +23,8 @@ pub fn prompt(
             "Question: {}\n{reference}Candidate answer: {}\nDecide whether the candidate answer is \
 correct. You may think inside <think> and </think> and search with {}. End \
 with <answer>conclusion: correct</answer> or <answer>conclusion: wrong</answer>.",
-            question.trim(),
-            candidate.trim(),
+            super::quoted(question),
+            super::quoted(candidate),
             tools.call_example()
         )),
     ]

@@ -21,7 +21,7 @@ no further external knowledge needed, you can directly provide the answer inside
 </answer>, without detailed illustrations. For example, <answer> Beijing </answer>. Question: {}",
         tools.call_example(),
         tools.results_example(),
-        question.trim()
+        super::quoted(question)
     );
     vec![Message::system(SYSTEM), Message::user(user)]
 }
@@ -33,7 +33,7 @@ pub fn prompt_without_tools(question: &str) -> Vec<Message> {
         "Answer the given question. Reason inside <think> and </think> first, then give the \
 answer inside <answer> and </answer>, without detailed illustrations. For example, \
 <answer> Beijing </answer>. Question: {}",
-        question.trim()
+        super::quoted(question)
     );
     vec![
         Message::system("You are a knowledgeable assistant that answers questions."),
