@@ -20,6 +20,22 @@ pub fn tmp_path_for(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}{TMP_MARKER}{}", std::process::id()))
 }
 
+/// Whether the temporary `path` belongs to another process that is still running (its pid is
+/// the name's suffix; liveness from `/proc`, so elsewhere every temporary counts as stale).
+fn written_by_another_live_process(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let Some(pid) = name
+        .rsplit_once(TMP_MARKER)
+        .and_then(|(_, pid)| pid.parse::<u32>().ok())
+    else {
+        return false;
+    };
+    pid != std::process::id() && Path::new("/proc").join(pid.to_string()).exists()
+}
+
 pub fn is_tmp_name(path: &Path) -> bool {
     path.file_name()
         .is_some_and(|n| n.to_string_lossy().contains(TMP_MARKER))
@@ -93,14 +109,17 @@ fn sync_dir(path: &Path) {
     }
 }
 
-/// Removes temporary files that a killed run left in `dir` (not recursive).
+/// Removes temporary files that a killed run left in `dir` (not recursive). A temporary file of
+/// a process that is still running is left alone: parts of one stage (`--shard i/n`) write into
+/// the same folder at the same time, and one part starting must not delete another's
+/// half-written output.
 pub fn remove_stale_tmp(dir: &Path) -> Result<()> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Ok(());
     };
     for entry in entries {
         let path = entry.at(dir)?.path();
-        if is_tmp_name(&path) {
+        if is_tmp_name(&path) && !written_by_another_live_process(&path) {
             if path.is_dir() {
                 fs::remove_dir_all(&path).at(&path)?;
             } else {
@@ -134,4 +153,25 @@ pub fn link_folder(src: &Path, dest: &Path) -> Result<()> {
         fs::remove_dir_all(dest).at(dest)?;
     }
     fs::rename(&tmp, dest).at(dest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_temporaries_go_but_a_running_processs_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = |pid: u32| dir.path().join(format!(".out.parquet{TMP_MARKER}{pid}"));
+        // pid 1 is always running; u32::MAX never is; our own are ours to clear.
+        for pid in [1, u32::MAX, std::process::id()] {
+            fs::write(tmp(pid), b"half").unwrap();
+        }
+        fs::write(dir.path().join("out.parquet"), b"done").unwrap();
+        remove_stale_tmp(dir.path()).unwrap();
+        assert!(tmp(1).exists() || !Path::new("/proc/1").exists());
+        assert!(!tmp(u32::MAX).exists());
+        assert!(!tmp(std::process::id()).exists());
+        assert!(dir.path().join("out.parquet").exists());
+    }
 }

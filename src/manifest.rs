@@ -6,7 +6,7 @@
 //! processes (a Slurm job array, say) can record their parts in one manifest.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -535,6 +535,90 @@ impl HashCache {
 
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The right to work in a run dir, held for a whole command: `asl run` holds it alone, stage
+/// commands share it (the parts of one stage, `--shard i/n`, run together as a Slurm array and
+/// record themselves under the manifest's own lock). A second `asl run`, or a stage command
+/// beside a running `asl run`, is refused with one line naming the holder instead of racing it
+/// for the same outputs. The lock is the operating system's (`flock`): a killed holder releases
+/// it, so a crash never leaves a run dir locked.
+pub struct RunLock {
+    file: File,
+    exclusive: bool,
+}
+
+const RUN_LOCK_FILE: &str = ".run.lock";
+
+impl RunLock {
+    /// Held alone (`asl run`); `what` says who holds it (written into the lock file).
+    pub fn exclusive(run_dir: &Path, what: &str) -> Result<RunLock> {
+        let (file, path) = Self::open(run_dir)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(Self::busy(&path)),
+            Err(std::fs::TryLockError::Error(e)) => return Err(e).at(&path),
+        }
+        let holder = format!(
+            "{what} (pid {}, since {})",
+            std::process::id(),
+            chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
+        );
+        file.set_len(0).at(&path)?;
+        (&file).write_all(holder.as_bytes()).at(&path)?;
+        Ok(RunLock {
+            file,
+            exclusive: true,
+        })
+    }
+
+    /// Shared with other stage commands, refused while an `asl run` holds the run dir.
+    pub fn shared(run_dir: &Path) -> Result<RunLock> {
+        let (file, path) = Self::open(run_dir)?;
+        match file.try_lock_shared() {
+            Ok(()) => Ok(RunLock {
+                file,
+                exclusive: false,
+            }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Self::busy(&path)),
+            Err(std::fs::TryLockError::Error(e)) => Err(e).at(&path),
+        }
+    }
+
+    fn open(run_dir: &Path) -> Result<(File, PathBuf)> {
+        fs::create_dir_all(run_dir).at(run_dir)?;
+        let path = run_dir.join(RUN_LOCK_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .at(&path)?;
+        Ok((file, path))
+    }
+
+    fn busy(path: &Path) -> Error {
+        let holder = fs::read_to_string(path).unwrap_or_default();
+        let holder = match holder.trim() {
+            "" => "stage commands (asl STAGE … --shard i/n)".to_string(),
+            h => h.to_string(),
+        };
+        let dir = path.parent().unwrap_or(path);
+        Error::input(
+            dir,
+            format!("run dir in use by {holder}; wait for it to finish (or stop it) and rerun"),
+        )
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        if self.exclusive {
+            // The holder's line goes with it; the lock itself is released on close.
+            let _ = self.file.set_len(0);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -15,8 +15,8 @@ use serde_json::{Map, Value};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::remove_stale_tmp;
 use crate::manifest::{
-    Entry, FileRecord, Manifest, PipelineRecord, ShardSpec, Status, file_record, now_rfc3339,
-    outputs_intact, resolve_path,
+    Entry, FileRecord, Manifest, PipelineRecord, RunLock, ShardSpec, Status, file_record,
+    now_rfc3339, outputs_intact, resolve_path,
 };
 use crate::params::{Params, SetOverride, resolve, toml_to_json};
 use crate::seed::derive_seed;
@@ -321,6 +321,8 @@ pub fn run_pipeline(
         }
     }
     let seed = run_seed(pipeline.seed, &opts.sets)?;
+    // One `asl run` per run dir at a time (see `RunLock`).
+    let _lock = RunLock::exclusive(run_dir, &format!("asl run {}", pipeline.path.display()))?;
     let rounds = opts.rounds.unwrap_or(pipeline.rounds);
     let mut resolved = Map::new();
     for name in pipeline.stage_names() {
@@ -543,6 +545,11 @@ pub fn run_single_stage(
     sets: &[SetOverride],
     shard: ShardSpec,
 ) -> Result<(Entry, String)> {
+    // Beside other stage commands (parts of a stage), never beside an `asl run`.
+    let _lock = match run_dir.exists() {
+        true => Some(RunLock::shared(run_dir)?),
+        false => None,
+    };
     let manifest = Manifest::load(run_dir)?;
     let (base_seed, table) = match &manifest.pipeline {
         Some(p) => (

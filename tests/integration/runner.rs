@@ -263,3 +263,43 @@ fn the_data_pipeline_builds_corpus_qa_index_and_embeddings_and_search_finds_the_
     let out = asl_with_env(&["index", "--run-dir", rds], &env);
     assert_one_line_error(&out, &["manifest.json", "corpus-00000.parquet", "missing"]);
 }
+
+#[test]
+fn a_second_writer_is_refused_naming_the_holder_and_stage_parts_run_together() {
+    let fx = Fixture::new(20_000);
+    let rd = fx.run_dir("run");
+    let rds = rd.to_str().unwrap();
+    let src = format!("corpus.source={}", fx.corpus.display());
+    // Four parts of one stage at once (a Slurm array): every part is recorded.
+    let parts: Vec<_> = (0..4)
+        .map(|i| {
+            std::process::Command::new(asl_bin())
+                .args(["corpus", "--run-dir", rds, "--set", &src])
+                .args(["--shard", &format!("{i}/4")])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for p in parts {
+        assert_ok(&p.wait_with_output().unwrap());
+    }
+    let m = asl::manifest::Manifest::load(&rd).unwrap();
+    let (_, outputs) = m.done_outputs("corpus", 0).expect("all parts done");
+    assert_eq!(outputs.len(), 4);
+    assert_eq!(outputs.iter().map(|o| o.rows.unwrap()).sum::<u64>(), 20_000);
+
+    // While an `asl run` holds the run dir, a second `asl run` and a stage command are refused.
+    let held = asl::manifest::RunLock::exclusive(&rd, "asl run held-by-the-test").unwrap();
+    let out = fx.run(&rd, &[]);
+    assert_one_line_error(&out, &["in use by asl run held-by-the-test", "pid"]);
+    let out = asl(&["qa", "--run-dir", rds]);
+    assert_one_line_error(&out, &["in use by asl run held-by-the-test"]);
+    drop(held);
+    // While stage commands run, `asl run` waits its turn too; the dir works again after.
+    let stage = asl::manifest::RunLock::shared(&rd).unwrap();
+    assert_one_line_error(&fx.run(&rd, &[]), &["in use by stage commands"]);
+    drop(stage);
+    assert_ok(&fx.run(&rd, &[]));
+}
