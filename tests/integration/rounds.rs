@@ -2,7 +2,7 @@
 //! shipped corpus, reruns that do nothing, byte-identical reruns from the same seed, and
 //! `kill -9` during `rollout` followed by `asl run` giving the uninterrupted run's shards.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -34,29 +34,6 @@ fn run_smoke(assets: &Path, run_dir: &Path, extra: &[&str]) -> std::process::Out
             ("RAYON_NUM_THREADS", "1"),
         ],
     )
-}
-
-/// Every shard's hash plus every checkpoint file's (any folder named `model`, the per-step
-/// checkpoints under `apply/step-SSS/` included), by relative path.
-fn everything_written(run_dir: &Path) -> std::collections::BTreeMap<String, String> {
-    let mut all = shard_hashes(run_dir);
-    let mut stack: Vec<PathBuf> = vec![run_dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if dir.file_name().is_some_and(|n| n == "model") {
-                let rel = p
-                    .strip_prefix(run_dir)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
-                all.insert(rel, asl::manifest::hash_file(&p).unwrap());
-            }
-        }
-    }
-    all
 }
 
 #[test]
