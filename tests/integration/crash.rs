@@ -171,7 +171,7 @@ fn thirty_kills_anywhere_in_two_smoke_rounds_leave_the_same_bytes() {
     };
     for _ in 0..30 {
         let before = done(&rd);
-        let wait_for_progress = next(&mut state) % 3 != 0;
+        let wait_for_progress = !next(&mut state).is_multiple_of(3);
         let delay = Duration::from_millis(next(&mut state) % 400);
         let mut child = spawn();
         let started = Instant::now();
