@@ -140,6 +140,29 @@ pub enum Role {
 }
 
 /// The search stages a model stage reads, by its `search_mode`.
+/// Checks the settings every model stage shares (tool format, search mode, device and dtype)
+/// when the pipeline loads, so a typo fails before any stage runs, not when the first model
+/// stage starts.
+pub fn check_agent_params(params: &Params, stage: &str) -> Result<()> {
+    let name = params.str("tool_format");
+    if ToolFormat::parse(name).is_none() {
+        return Err(Error::param(
+            format!("{stage}.tool_format"),
+            format!("unknown tool format {name:?} ({TOOL_FORMATS})"),
+        ));
+    }
+    if let Some(mode) = params.get("search_mode").and_then(|v| v.as_str())
+        && !matches!(mode, "none" | "dense" | "hybrid" | "bm25")
+    {
+        return Err(Error::param(
+            format!("{stage}.search_mode"),
+            format!("unknown search mode {mode:?} (bm25, dense, hybrid, none)"),
+        ));
+    }
+    placement(params, stage)?;
+    Ok(())
+}
+
 /// The `tool_format` of a stage's params.
 pub fn tool_format(params: &Params) -> Result<ToolFormat> {
     let name = params.str("tool_format");

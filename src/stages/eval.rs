@@ -109,6 +109,7 @@ impl Stage for EvalStage {
     }
 
     fn check(&self, params: &Params) -> Result<()> {
+        super::agent::check_agent_params(params, "eval")?;
         let samples = at_least_one(params, "samples")?;
         at_least_one(params, "every")?;
         if samples > 1 && params.f64("temperature") <= 0.0 {

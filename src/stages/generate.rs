@@ -35,6 +35,10 @@ impl Stage for GenerateStage {
         "generate"
     }
 
+    fn check(&self, params: &Params) -> Result<()> {
+        super::agent::check_agent_params(params, "generate")
+    }
+
     fn about(&self) -> &'static str {
         "the Prompt Generator writes this round's tasks (or labelled QA is sampled as tasks)"
     }

@@ -45,6 +45,10 @@ impl Stage for JudgeStage {
         "judge"
     }
 
+    fn check(&self, params: &Params) -> Result<()> {
+        super::agent::check_agent_params(params, "judge")
+    }
+
     fn about(&self) -> &'static str {
         "the GRM judges every policy attempt and injected verification data"
     }

@@ -30,6 +30,10 @@ impl Stage for RolloutStage {
         "rollout"
     }
 
+    fn check(&self, params: &Params) -> Result<()> {
+        super::agent::check_agent_params(params, "rollout")
+    }
+
     fn about(&self) -> &'static str {
         "the policy attempts every valid task m times with the search tool"
     }

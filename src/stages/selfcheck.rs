@@ -42,6 +42,10 @@ impl Stage for SelfCheckStage {
         "selfcheck"
     }
 
+    fn check(&self, params: &Params) -> Result<()> {
+        super::agent::check_agent_params(params, "selfcheck")
+    }
+
     fn about(&self) -> &'static str {
         "the GRM judges the generator's own answers before any rollout; tasks below v_min are invalid"
     }

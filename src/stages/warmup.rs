@@ -177,6 +177,10 @@ impl Stage for WarmupStage {
         "warmup"
     }
 
+    fn check(&self, params: &Params) -> Result<()> {
+        super::agent::check_agent_params(params, "warmup")
+    }
+
     fn about(&self) -> &'static str {
         "supervised cold start on format demonstrations built from the corpus (no human labels)"
     }

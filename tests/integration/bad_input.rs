@@ -218,4 +218,24 @@ fn a_negative_count_is_refused_before_anything_runs() {
     ]);
     assert_one_line_error(&out, &["judge.real_items", "non-negative", "-1"]);
     assert!(!rd.join("round-000").exists(), "a stage ran");
+    // An unknown tool format or search mode is caught at load time too, not by the first model
+    // stage after the setup has run.
+    for (set, needle) in [
+        ("tool_format=qwn", "tool_format"),
+        ("rollout.search_mode=google", "rollout.search_mode"),
+    ] {
+        let out = asl(&[
+            "run",
+            smoke,
+            "--run-dir",
+            rd.to_str().unwrap(),
+            "--set",
+            set,
+        ]);
+        assert_one_line_error(&out, &[needle]);
+        assert!(
+            !rd.join("round-000").exists(),
+            "a stage ran before {set} was refused"
+        );
+    }
 }
