@@ -231,12 +231,7 @@ impl Manifest {
     pub fn update<T>(run_dir: &Path, change: impl FnOnce(&mut Manifest) -> T) -> Result<T> {
         fs::create_dir_all(run_dir).at(run_dir)?;
         let lock_path = run_dir.join(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .at(&lock_path)?;
+        let lock = open_lock_file(&lock_path)?;
         lock.lock().at(&lock_path)?;
         let mut manifest = Manifest::load(run_dir)?;
         let out = change(&mut manifest);
@@ -550,6 +545,18 @@ pub struct RunLock {
 
 const RUN_LOCK_FILE: &str = ".run.lock";
 
+/// A lock file, created empty if missing and never truncated on open (a holder may have
+/// written its name into it).
+fn open_lock_file(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .at(path)
+}
+
 impl RunLock {
     /// Held alone (`asl run`); `what` says who holds it (written into the lock file).
     pub fn exclusive(run_dir: &Path, what: &str) -> Result<RunLock> {
@@ -588,13 +595,7 @@ impl RunLock {
     fn open(run_dir: &Path) -> Result<(File, PathBuf)> {
         fs::create_dir_all(run_dir).at(run_dir)?;
         let path = run_dir.join(RUN_LOCK_FILE);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .at(&path)?;
+        let file = open_lock_file(&path)?;
         Ok((file, path))
     }
 

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 
 use super::llama::{Family, Model};
+use super::test_util::max_abs_diff;
 use super::train::{TrainConfig, Trainer};
 
 const FAMILIES: [(&str, Family); 3] = [
@@ -55,20 +56,6 @@ fn reference(dir: &Path) -> Reference {
         logits,
         greedy,
     }
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 /// Logits `(L, V)` of one prompt through the padded (training and scoring) path.

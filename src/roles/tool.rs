@@ -29,6 +29,10 @@ pub const TOOL_FORMATS: &str = "tags, qwen";
 /// the model's own text.
 pub const RESULT_TAGS: [&str; 2] = ["information", "tool_response"];
 
+/// The text around a search result in the `tags` format (the `qwen` format's comes from the
+/// model's chat template).
+pub const TAGS_RESULT: (&str, &str) = ("\n\n<information>", "</information>\n\n");
+
 /// `<tool_call>` JSON starts with this (`"query": ` follows); the guide forces it.
 const QWEN_CALL_PREFIX: &str = "\n{\"name\": \"search\", \"arguments\": {\"query\": \"";
 const QWEN_CALL_SUFFIX: &str = "\"}}\n";

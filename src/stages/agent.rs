@@ -139,41 +139,44 @@ pub enum Role {
     Grm,
 }
 
-/// The search stages a model stage reads, by its `search_mode`.
 /// Checks the settings every model stage shares (tool format, search mode, device and dtype)
 /// when the pipeline loads, so a typo fails before any stage runs, not when the first model
 /// stage starts.
 pub fn check_agent_params(params: &Params, stage: &str) -> Result<()> {
-    let name = params.str("tool_format");
-    if ToolFormat::parse(name).is_none() {
-        return Err(Error::param(
-            format!("{stage}.tool_format"),
-            format!("unknown tool format {name:?} ({TOOL_FORMATS})"),
-        ));
-    }
-    if let Some(mode) = params.get("search_mode").and_then(|v| v.as_str())
-        && !matches!(mode, "none" | "dense" | "hybrid" | "bm25")
-    {
-        return Err(Error::param(
-            format!("{stage}.search_mode"),
-            format!("unknown search mode {mode:?} (bm25, dense, hybrid, none)"),
-        ));
+    tool_format(params, stage)?;
+    if params.contains_key("search_mode") {
+        search_mode(params, stage)?;
     }
     placement(params, stage)?;
     Ok(())
 }
 
-/// The `tool_format` of a stage's params.
-pub fn tool_format(params: &Params) -> Result<ToolFormat> {
+/// The `tool_format` of a model stage's params.
+pub fn tool_format(params: &Params, stage: &str) -> Result<ToolFormat> {
     let name = params.str("tool_format");
     ToolFormat::parse(name).ok_or_else(|| {
         Error::param(
-            "tool_format",
+            format!("{stage}.tool_format"),
             format!("unknown tool format {name:?} ({TOOL_FORMATS})"),
         )
     })
 }
 
+/// The `search_mode` of a model stage's params (`None`: no search tool).
+pub fn search_mode(params: &Params, stage: &str) -> Result<Option<SearchMode>> {
+    match params.str("search_mode") {
+        "none" => Ok(None),
+        "dense" => Ok(Some(SearchMode::Dense)),
+        "hybrid" => Ok(Some(SearchMode::Hybrid)),
+        "bm25" => Ok(Some(SearchMode::Bm25)),
+        other => Err(Error::param(
+            format!("{stage}.search_mode"),
+            format!("unknown search mode {other:?} (bm25, dense, hybrid, none)"),
+        )),
+    }
+}
+
+/// The search stages a model stage reads, by its `search_mode`.
 pub fn search_upstream(params: &Params) -> Vec<&'static str> {
     match params.str("search_mode") {
         "none" => vec![],
@@ -306,28 +309,14 @@ impl Agent {
     ) -> Result<Agent> {
         let hf = HfModel::load_on(model_dir, &placement(params, stage)?)
             .map_err(|e| Error::stage(stage, format!("checkpoint: {e}")))?;
-        let mode = match params.str("search_mode") {
-            "none" => None,
-            "dense" => Some(SearchMode::Dense),
-            "hybrid" => Some(SearchMode::Hybrid),
-            "bm25" => Some(SearchMode::Bm25),
-            other => {
-                return Err(Error::param(
-                    format!("{stage}.search_mode"),
-                    format!("unknown search mode {other:?} (bm25, dense, hybrid, none)"),
-                ));
-            }
-        };
+        let mode = search_mode(params, stage)?;
         let env = match (mode, run) {
             (Some(m), Some((run_dir, round))) => Some(open_env(run_dir, round, m)?),
             _ => None,
         };
-        let tools = tool_format(params)?;
+        let tools = tool_format(params, stage)?;
         let result_wrap = match tools {
-            ToolFormat::Tags => (
-                "\n\n<information>".to_string(),
-                "</information>\n\n".to_string(),
-            ),
+            ToolFormat::Tags => (tool::TAGS_RESULT.0.into(), tool::TAGS_RESULT.1.into()),
             ToolFormat::Qwen => hf
                 .chat
                 .tool_turn(tools.result_tag())
@@ -503,7 +492,7 @@ impl Agent {
         stats.describe(secs)
     }
 
-    /// The `<information>` block answering the last `<search>` of `text`.
+    /// The result answering the last search call of `text`, in the agent's tool format.
     fn tool_text(&self, env: &SearchEnv, text: &str) -> String {
         let own = tags::after_last_block(text, self.tools.result_tag());
         let query = tool::queries(own).pop().unwrap_or_default();

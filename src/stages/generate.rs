@@ -116,7 +116,7 @@ impl Stage for GenerateStage {
             Agent::load(ctx, "generate")?.require_searches(ctx.params.u64("min_searches") as usize);
         let mut ids = Vec::new();
         let mut requests = Vec::new();
-        let tools = tool_format(ctx.params)?;
+        let tools = tool_format(ctx.params, "generate")?;
         for (i, seed) in seeds.iter().enumerate() {
             if !ctx.shard.owns(i) {
                 continue;

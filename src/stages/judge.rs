@@ -117,7 +117,7 @@ impl Stage for JudgeStage {
         items.extend(verification_items(ctx)?);
 
         let mut requests = Vec::new();
-        let tools = tool_format(ctx.params)?;
+        let tools = tool_format(ctx.params, "judge")?;
         let mut owned = Vec::new();
         for (i, item) in items.iter().enumerate() {
             if !ctx.shard.owns(i) {

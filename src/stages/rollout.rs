@@ -81,7 +81,7 @@ impl Stage for RolloutStage {
             for attempt in 0..m {
                 let seed = seq_seed(ctx.seed, stable_u64(&[&task.task_id]), attempt as u64);
                 let messages = if has_search {
-                    policy::prompt(&task.question, tool_format(ctx.params)?)
+                    policy::prompt(&task.question, tool_format(ctx.params, "rollout")?)
                 } else {
                     policy::prompt_without_tools(&task.question)
                 };

@@ -97,7 +97,7 @@ impl Stage for SelfCheckStage {
             .collect();
         let mut requests = Vec::new();
         let mut items: Vec<(&TaskRow, &str, u32)> = Vec::new();
-        let tools = tool_format(ctx.params)?;
+        let tools = tool_format(ctx.params, "selfcheck")?;
         for task in owned.iter().filter(|t| needs_check(t)) {
             let traj = task.generator_trajectory_id.as_deref().unwrap_or_default();
             for sample in 0..v as u32 {

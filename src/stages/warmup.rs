@@ -409,7 +409,8 @@ mod tests {
             })
             .collect();
         // The search finds the answer for even questions only.
-        let wrap = |body: &str| format!("\n\n<information>{body}</information>\n\n");
+        let (before, after) = crate::roles::tool::TAGS_RESULT;
+        let wrap = |body: &str| format!("{before}{body}{after}");
         let (demos, ungrounded) = build_demos(
             &rows,
             [3, 2, 2],
