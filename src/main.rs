@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use asl::manifest::{Manifest, ShardSpec};
-use asl::params::SetOverride;
+use asl::params::{Allowed, SetOverride};
 use asl::pipeline::{Pipeline, RunOptions, run_pipeline, run_single_stage};
 use asl::stages::{self, Stage};
 use clap::{
@@ -210,8 +210,12 @@ fn stage_command(stage: &dyn Stage) -> Command {
         .params()
         .iter()
         .map(|p| {
+            let allowed = match &p.allowed {
+                Allowed::Any => String::new(),
+                a => format!(" [{a}]"),
+            };
             format!(
-                "  {}.{} = {}\n      {}",
+                "  {}.{} = {}{allowed}\n      {}",
                 stage.name(),
                 p.key,
                 p.default,
@@ -347,6 +351,7 @@ fn eval_command(cmd: Command) -> Command {
 fn main() -> ExitCode {
     // SAFETY: no other thread exists yet at the start of main.
     unsafe { asl::process::set_thread_count_from_cores() };
+    quiet_decoder_panics();
     let mut cli = Cli::command();
     for stage in stages::all() {
         let cmd = stage_command(stage);
@@ -364,6 +369,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The `parquet` and polars readers panic on some corrupt files instead of returning an error;
+/// the library catches those panics and reports the file as corrupt (`error::catch_panic`), so
+/// their messages are kept off stderr and the user sees one error line. Every other panic is
+/// printed as usual.
+fn quiet_decoder_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let in_decoder = info
+            .location()
+            .is_some_and(|l| l.file().contains("/polars-") || l.file().contains("/parquet-"));
+        if !in_decoder {
+            default(info);
+        }
+    }));
 }
 
 /// The error and its causes on one line; nested causes often repeat their parent's text.

@@ -15,6 +15,24 @@ pub struct ParamSpec {
     pub key: &'static str,
     pub default: Value,
     pub help: &'static str,
+    /// Values allowed beyond the default's type, checked when the pipeline loads.
+    pub allowed: Allowed,
+}
+
+/// The values a parameter takes beyond its type: a numeric range or a closed set of words.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Allowed {
+    Any,
+    /// A number from `min` (excluded when `min_open`) to `max`, both ends included otherwise.
+    Range {
+        min: f64,
+        min_open: bool,
+        max: f64,
+    },
+    /// One of these words.
+    OneOf(&'static [&'static str]),
+    /// A comma-separated list of these words, at least one.
+    ListOf(&'static [&'static str]),
 }
 
 impl ParamSpec {
@@ -23,6 +41,84 @@ impl ParamSpec {
             key,
             default: default.into(),
             help,
+            allowed: Allowed::Any,
+        }
+    }
+
+    /// A number ≥ `min`.
+    pub fn at_least(self, min: f64) -> Self {
+        self.range(min, false, f64::INFINITY)
+    }
+
+    /// A number > `min`.
+    pub fn above(self, min: f64) -> Self {
+        self.range(min, true, f64::INFINITY)
+    }
+
+    /// A number in `[min, max]`.
+    pub fn between(self, min: f64, max: f64) -> Self {
+        self.range(min, false, max)
+    }
+
+    /// A number in `(min, max]`.
+    pub fn above_up_to(self, min: f64, max: f64) -> Self {
+        self.range(min, true, max)
+    }
+
+    fn range(mut self, min: f64, min_open: bool, max: f64) -> Self {
+        self.allowed = Allowed::Range { min, min_open, max };
+        self
+    }
+
+    /// One of `words`.
+    pub fn one_of(mut self, words: &'static [&'static str]) -> Self {
+        self.allowed = Allowed::OneOf(words);
+        self
+    }
+
+    /// A comma-separated list of `words`.
+    pub fn list_of(mut self, words: &'static [&'static str]) -> Self {
+        self.allowed = Allowed::ListOf(words);
+        self
+    }
+}
+
+impl Allowed {
+    /// `None` when `value` (already of the right type) is allowed, else what is.
+    fn refuse(&self, value: &Value) -> Option<String> {
+        match (self, value) {
+            (Allowed::Range { min, min_open, max }, Value::Number(n)) => {
+                let v = n.as_f64().unwrap_or(f64::NAN);
+                let low_ok = if *min_open { v > *min } else { v >= *min };
+                (!(low_ok && v <= *max)).then(|| format!("expected {self}, got {value}"))
+            }
+            (Allowed::OneOf(words), Value::String(s)) => {
+                (!words.contains(&s.as_str())).then(|| format!("expected {self}, got {value}"))
+            }
+            (Allowed::ListOf(words), Value::String(s)) => {
+                let items: Vec<&str> = s.split(',').map(str::trim).collect();
+                let bad = items.iter().find(|i| !words.contains(i));
+                bad.map(|item| format!("{item:?} is not allowed: expected {self}"))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Allowed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Allowed::Any => write!(f, "any value of its type"),
+            Allowed::Range { min, min_open, max } => {
+                let op = if *min_open { ">" } else { "≥" };
+                if max.is_infinite() {
+                    write!(f, "a number {op} {min}")
+                } else {
+                    write!(f, "a number {op} {min} and ≤ {max}")
+                }
+            }
+            Allowed::OneOf(words) => write!(f, "one of {}", words.join(", ")),
+            Allowed::ListOf(words) => write!(f, "a comma list of {}", words.join(", ")),
         }
     }
 }
@@ -128,7 +224,11 @@ pub fn resolve(
                 ),
             ));
         };
-        params.insert(key.clone(), coerce(&full, &spec.default, value)?);
+        let value = coerce(&full, &spec.default, value)?;
+        if let Some(why) = spec.allowed.refuse(&value) {
+            return Err(Error::param(full, why));
+        }
+        params.insert(key.clone(), value);
     }
     Ok(params)
 }
@@ -264,6 +364,47 @@ mod tests {
             err.contains("corpus.max_docs") && err.contains("non-negative") && err.contains("-1"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn ranges_and_closed_sets_are_checked_with_the_key_and_what_is_allowed() {
+        let specs = vec![
+            ParamSpec::new("top_p", 1.0, "").above_up_to(0.0, 1.0),
+            ParamSpec::new("batch_size", 32, "").at_least(1.0),
+            ParamSpec::new("verifier", "grm", "").one_of(&["grm", "rule", "majority"]),
+            ParamSpec::new("train_roles", "policy", "").list_of(&["policy", "grm"]),
+        ];
+        let refused = |set: &str| {
+            let sets = vec![set.parse().unwrap()];
+            resolve("s", &specs, None, &sets).unwrap_err().to_string()
+        };
+        let err = refused("s.top_p=0");
+        assert!(
+            err.contains("s.top_p") && err.contains("> 0 and ≤ 1"),
+            "{err}"
+        );
+        assert!(refused("s.top_p=1.5").contains("got 1.5"));
+        let err = refused("s.batch_size=0");
+        assert!(err.contains("s.batch_size") && err.contains("≥ 1"), "{err}");
+        let err = refused("s.verifier=gmr");
+        assert!(
+            err.contains("s.verifier") && err.contains("one of grm, rule, majority"),
+            "{err}"
+        );
+        let err = refused("s.train_roles=policy,judge");
+        assert!(
+            err.contains("\"judge\"") && err.contains("policy, grm"),
+            "{err}"
+        );
+        assert!(refused("s.train_roles=").contains("s.train_roles"));
+        let sets: Vec<SetOverride> = vec![
+            "s.top_p=0.9".parse().unwrap(),
+            "s.batch_size=1".parse().unwrap(),
+            "s.verifier=rule".parse().unwrap(),
+            "s.train_roles=grm, policy".parse().unwrap(),
+        ];
+        let p = resolve("s", &specs, None, &sets).unwrap();
+        assert_eq!(p["verifier"], Value::from("rule"));
     }
 
     #[test]

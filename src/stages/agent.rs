@@ -74,34 +74,34 @@ pub fn sampling_specs(max_new_tokens: u64, max_turns: u64, temperature: f64) -> 
             "dtype",
             "f32",
             "weights and activations while sampling: f32, bf16, f16 or auto (bf16 on CUDA)",
-        ),
+        ).one_of(&["f32", "bf16", "f16", "auto"]),
         ParamSpec::new(
             "temperature",
             temperature,
             "sampling temperature (0: greedy)",
-        ),
-        ParamSpec::new("top_p", 1.0, "nucleus sampling mass (1: off)"),
+        ).at_least(0.0),
+        ParamSpec::new("top_p", 1.0, "nucleus sampling mass (1: off)").above_up_to(0.0, 1.0),
         ParamSpec::new("top_k", 0, "sample from the k most likely tokens (0: off)"),
         ParamSpec::new(
             "max_new_tokens",
             max_new_tokens,
             "token budget per sequence over all its turns",
-        ),
+        ).at_least(1.0),
         ParamSpec::new(
             "max_turns",
             max_turns,
             "model turns per sequence; each turn but the last may end in a search",
-        ),
+        ).at_least(1.0),
         ParamSpec::new(
             "tool_format",
             "tags",
             "how the model calls search: `tags` (<search> … </search>, results in <information>) or `qwen` (<tool_call> JSON, results in a <tool_response> turn rendered by the chat template); set it run-wide with --set tool_format=…",
-        ),
+        ).one_of(&["tags", "qwen"]),
         ParamSpec::new(
             "batch_size",
             32,
             "sequences decoded together (continuous batching keeps the batch full)",
-        ),
+        ).at_least(1.0),
         ParamSpec::new(
             "continuous",
             true,
@@ -116,8 +116,8 @@ pub fn sampling_specs(max_new_tokens: u64, max_turns: u64, temperature: f64) -> 
             "search_mode",
             "bm25",
             "`bm25`, `dense`, `hybrid`, or `none` (no search tool)",
-        ),
-        ParamSpec::new("search_k", 3, "passages per search call"),
+        ).one_of(&["bm25", "dense", "hybrid", "none"]),
+        ParamSpec::new("search_k", 3, "passages per search call").at_least(1.0),
         ParamSpec::new(
             "guided",
             false,
@@ -127,7 +127,7 @@ pub fn sampling_specs(max_new_tokens: u64, max_turns: u64, temperature: f64) -> 
             "think_tokens",
             64,
             "with `guided`: tokens a think block may run before `</think>` is forced",
-        ),
+        ).at_least(1.0),
     ]
 }
 

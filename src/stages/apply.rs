@@ -33,13 +33,14 @@ impl Stage for ApplyStage {
     fn params(&self) -> Vec<ParamSpec> {
         vec![
             device_spec(),
-            ParamSpec::new("lr", 1e-6, "AdamW learning rate"),
-            ParamSpec::new("weight_decay", 0.0, "AdamW decoupled weight decay"),
+            ParamSpec::new("lr", 1e-6, "AdamW learning rate").at_least(0.0),
+            ParamSpec::new("weight_decay", 0.0, "AdamW decoupled weight decay").at_least(0.0),
             ParamSpec::new(
                 "max_grad_norm",
                 1.0,
                 "clip the global gradient norm (0: off)",
-            ),
+            )
+            .at_least(0.0),
             ParamSpec::new(
                 "warmup_steps",
                 0,

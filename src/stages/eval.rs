@@ -59,12 +59,12 @@ impl Stage for EvalStage {
                 "samples",
                 1,
                 "answers per question: EM etc. are their mean (mean@n), pass@n is reported above 1 (needs temperature > 0)",
-            ),
+            ).at_least(1.0),
             ParamSpec::new(
                 "every",
                 1,
                 "score every Nth round and always the last round of `asl run` (1: every round)",
-            ),
+            ).at_least(1.0),
             ParamSpec::new(
                 "grm_questions",
                 20,
@@ -74,7 +74,7 @@ impl Stage for EvalStage {
                 "grm_reference",
                 "judge",
                 "show the gold answer when the GRM judges: `judge` (as this round's judge does), `shown` or `hidden`",
-            ),
+            ).one_of(&["judge", "shown", "hidden"]),
             ParamSpec::new(
                 "verification",
                 0,

@@ -49,8 +49,9 @@ impl Stage for GenerateStage {
                 "source",
                 "generator",
                 "`generator` (the model writes tasks) or `qa` (labelled train questions)",
-            ),
-            ParamSpec::new("tasks", 8, "tasks per round"),
+            )
+            .one_of(&["generator", "qa"]),
+            ParamSpec::new("tasks", 8, "tasks per round").at_least(1.0),
             ParamSpec::new(
                 "resample",
                 true,
@@ -65,7 +66,8 @@ impl Stage for GenerateStage {
                 "solve_threshold",
                 0.5,
                 "a task solved at this rate or more is made HARDER next round, else EASIER",
-            ),
+            )
+            .between(0.0, 1.0),
             ParamSpec::new(
                 "min_searches",
                 0,

@@ -41,8 +41,8 @@ impl Stage for InitStage {
                 "shipped",
                 "`shipped` (SmolLM2-135M-Instruct from its GGUF), `tiny` (random, for tests) or a Hugging Face folder",
             ),
-            ParamSpec::new("tiny_layers", 2, "decoder blocks of a tiny model"),
-            ParamSpec::new("tiny_hidden", 64, "hidden size of a tiny model"),
+            ParamSpec::new("tiny_layers", 2, "decoder blocks of a tiny model").at_least(1.0),
+            ParamSpec::new("tiny_hidden", 64, "hidden size of a tiny model").at_least(1.0),
         ]
     }
 

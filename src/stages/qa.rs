@@ -62,7 +62,7 @@ impl Stage for QaStage {
                 "extra",
                 "",
                 "`fanoutqa`: also import the FanOutQA sub-questions whose answer the corpus holds (their evidence article is in the corpus and contains the answer) as split `fanoutqa`, for eval only (`eval.split = \"test,fanoutqa\"`); empty: none",
-            ),
+            ).one_of(&["", "fanoutqa"]),
         ]
     }
 

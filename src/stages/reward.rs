@@ -114,43 +114,43 @@ impl Stage for RewardStage {
                 "verifier",
                 "grm",
                 "how an attempt is decided correct: `grm`, `rule` (exact match) or `majority`",
-            ),
+            ).one_of(&["grm", "rule", "majority"]),
             ParamSpec::new(
                 "generator_reward",
                 "entropy",
                 "`entropy` (ASL), `uncertainty` (R-Zero) or `learnability` (Absolute Zero)",
-            ),
+            ).one_of(&["entropy", "uncertainty", "learnability"]),
             ParamSpec::new(
                 "grm_labels",
                 "self",
                 "GRM training labels: `self` (leave-one-out majority), `rule` (SubEM) or `real` (only verification items)",
-            ),
+            ).one_of(&["self", "rule", "real"]),
             ParamSpec::new("format_bonus", true, "add the format bonus to every reward"),
             ParamSpec::new(
                 "repetition_threshold",
                 0.5,
                 "BLEU similarity that clusters questions for R-Zero's repetition penalty",
-            ),
+            ).between(0.0, 1.0),
             ParamSpec::new(
                 "solve_rate_min",
                 0.0,
                 "train the policy only on tasks solved at least this often",
-            ),
+            ).between(0.0, 1.0),
             ParamSpec::new(
                 "solve_rate_max",
                 1.0,
                 "train the policy only on tasks solved at most this often",
-            ),
+            ).between(0.0, 1.0),
             ParamSpec::new(
                 "train_roles",
                 "policy,generator,grm",
                 "roles whose trajectories train (comma-separated)",
-            ),
+            ).list_of(&["policy", "generator", "grm"]),
             ParamSpec::new(
                 "advantage_scale",
                 "group",
                 "divide centred rewards by the `group` std, the `batch` std, or `none`",
-            ),
+            ).one_of(&["group", "batch", "none"]),
         ]
     }
 

@@ -192,8 +192,8 @@ impl Stage for WarmupStage {
             ParamSpec::new("generator_examples", 16, "generator demonstrations"),
             ParamSpec::new("grm_examples", 32, "GRM demonstrations"),
             ParamSpec::new("epochs", 2, "passes over the demonstrations"),
-            ParamSpec::new("micro_batch", 4, "sequences per optimizer step"),
-            ParamSpec::new("lr", 5e-5, "AdamW learning rate"),
+            ParamSpec::new("micro_batch", 4, "sequences per optimizer step").at_least(1.0),
+            ParamSpec::new("lr", 5e-5, "AdamW learning rate").at_least(0.0),
             ParamSpec::new(
                 "train_last_k",
                 8,

@@ -239,3 +239,65 @@ fn a_negative_count_is_refused_before_anything_runs() {
         );
     }
 }
+
+#[test]
+fn out_of_range_and_closed_set_values_in_a_pipeline_file_are_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let smoke = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/smoke.toml");
+    // In the file (extending smoke), each kind of bad value: a closed set, a range, a list.
+    for (table, line, needles) in [
+        (
+            "reward",
+            "verifier = \"gmr\"",
+            &["reward.verifier", "one of grm, rule, majority", "gmr"][..],
+        ),
+        (
+            "rollout",
+            "top_p = 0.0",
+            &["rollout.top_p", "> 0 and ≤ 1"][..],
+        ),
+        (
+            "rollout",
+            "batch_size = 0",
+            &["rollout.batch_size", "≥ 1"][..],
+        ),
+        (
+            "train",
+            "loss_type = \"ppo\"",
+            &["train.loss_type", "grpo"][..],
+        ),
+        (
+            "reward",
+            "train_roles = \"policy,judge\"",
+            &["reward.train_roles", "\"judge\""][..],
+        ),
+        (
+            "generate",
+            "solve_threshold = 1.5",
+            &["generate.solve_threshold", "≤ 1"][..],
+        ),
+        ("apply", "lr = -0.001", &["apply.lr", "≥ 0"][..]),
+    ] {
+        pipeline_error(
+            d,
+            &format!("extends = {smoke:?}\n[params.{table}]\n{line}\n"),
+            needles,
+        );
+    }
+    // The same through --set.
+    let rd = d.join("rd2");
+    let out = asl(&[
+        "run",
+        smoke,
+        "--run-dir",
+        rd.to_str().unwrap(),
+        "--set",
+        "eval.grm_reference=maybe",
+    ]);
+    assert_one_line_error(&out, &["eval.grm_reference", "judge, shown, hidden"]);
+    assert!(
+        !rd.exists() || !rd.join("round-000").exists(),
+        "a stage ran"
+    );
+}
