@@ -75,3 +75,26 @@ impl<T> IoContext<T> for std::io::Result<T> {
         self.map_err(|e| Error::io(path, e))
     }
 }
+
+/// Runs `f`, turning a panic inside it into `Err(on_panic(message))`. For calls into decoders
+/// that panic on corrupt input instead of returning an error (the `parquet` and polars readers
+/// do, found by fuzzing), and around each stage run, so a panic still ends as one error line and
+/// a `failed` manifest entry. The binary's panic hook keeps messages from those crates off stderr.
+pub fn catch_panic<T>(
+    f: impl FnOnce() -> Result<T>,
+    on_panic: impl FnOnce(String) -> Error,
+) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("a panic");
+            Err(on_panic(
+                what.lines().next().unwrap_or_default().to_string(),
+            ))
+        }
+    }
+}

@@ -48,6 +48,9 @@ pub fn stat_rows(r: &RoundAudit) -> Vec<(String, Option<f64>)> {
             push(format!("{p}.searches"), s.searches_mean);
             push(format!("{p}.search_rate"), s.search_rate);
             push(format!("{p}.truncation"), s.truncation_rate);
+            if p == "policy" {
+                push(format!("{p}.steering_answers"), s.steering_answers as f64);
+            }
         }
         if let Some(d) = &s.reward {
             push(format!("{p}.reward_mean"), d.mean);
