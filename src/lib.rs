@@ -27,3 +27,13 @@ pub mod stages;
 pub mod status;
 
 pub use error::{Error, Result};
+
+/// Cases a property test runs: `default` in the suite, `ASL_FUZZ_CASES` when set
+/// (`scripts/fuzz.sh` runs each fuzz target for a set time with a large count).
+#[cfg(test)]
+pub(crate) fn test_cases(default: u32) -> u32 {
+    std::env::var("ASL_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

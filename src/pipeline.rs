@@ -813,7 +813,12 @@ impl Prepared<'_> {
             inputs: &self.upstream,
             out_dir,
         };
-        let result = self.stage.run(&ctx).and_then(|out| {
+        let name = self.stage.name();
+        let run = crate::error::catch_panic(
+            || self.stage.run(&ctx),
+            |what| Error::stage(name, format!("internal error: {what}")),
+        );
+        let result = run.and_then(|out| {
             let records = out
                 .files
                 .iter()

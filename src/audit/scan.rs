@@ -4,13 +4,10 @@
 //! footer or schema is wrong is named in a note and skipped; it never stops the audit.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-
 use crate::manifest::{Manifest, resolve_path};
-use crate::shards::{ShardKind, check_schema};
+use crate::shards::ShardKind;
 
 /// The kinds an audit looks at.
 pub const AUDITED: [ShardKind; 5] = [
@@ -167,10 +164,7 @@ pub fn kind_of(path: &Path) -> Option<ShardKind> {
 
 /// Checks the footer and the schema without reading data.
 pub fn readable(path: &Path, kind: ShardKind) -> Result<(), String> {
-    let file = File::open(path).map_err(|e| e.to_string())?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| format!("not a readable Parquet file ({e})"))?;
-    check_schema(path, kind, builder.schema()).map_err(|e| {
+    crate::shards::check_footer(path, kind).map_err(|e| {
         let line = e.to_string();
         let prefix = format!("{}: ", path.display());
         line.strip_prefix(&prefix).unwrap_or(&line).to_string()

@@ -341,11 +341,140 @@ fn hf_name(path: &Path, name: &str) -> Result<String> {
     Ok(format!("model.layers.{layer}.{hf_leaf}"))
 }
 
-/// Reads a GGUF's header (metadata and tensor table).
+/// Reads a GGUF's header (metadata and tensor table). candle's reader bounds every length by
+/// the file's size; what it leaves unchecked is checked here: an alignment of 0 (a division by
+/// zero in candle) and tensor shapes whose element count overflows (a panic in candle when a
+/// tensor is read).
 pub fn read_gguf(path: &Path) -> Result<(gguf_file::Content, std::fs::File)> {
     let mut file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+    if let Some(alignment) = gguf_alignment(&mut file).map_err(|e| ModelError::io(path, e))?
+        && alignment == 0
+    {
+        return Err(gguf_err(path, "general.alignment is 0".to_string()));
+    }
     let ct = gguf_file::Content::read(&mut file).map_err(|e| gguf_err(path, e.to_string()))?;
+    for (name, info) in &ct.tensor_infos {
+        let elems = info
+            .shape
+            .dims()
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d));
+        let bytes = elems.and_then(|n| n.checked_mul(info.ggml_dtype.type_size()));
+        if bytes.is_none() {
+            return Err(gguf_err(
+                path,
+                format!("tensor {name}: shape {:?} is too large", info.shape.dims()),
+            ));
+        }
+    }
     Ok((ct, file))
+}
+
+/// The `general.alignment` value of a GGUF header, read before candle's reader divides by it:
+/// the header is scanned key by key with every length bounded by the file's size. `None` when
+/// the key is absent or the header ends first (candle's reader then reports what is wrong).
+fn gguf_alignment(file: &mut std::fs::File) -> std::io::Result<Option<u64>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let size = file.metadata()?.len();
+    let mut r = std::io::BufReader::new(&mut *file);
+    let u32_ = |r: &mut std::io::BufReader<&mut std::fs::File>| -> std::io::Result<u32> {
+        let mut b = [0u8; 4];
+        r.read_exact(&mut b)?;
+        Ok(u32::from_le_bytes(b))
+    };
+    let u64_ = |r: &mut std::io::BufReader<&mut std::fs::File>| -> std::io::Result<u64> {
+        let mut b = [0u8; 8];
+        r.read_exact(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    };
+    let found = (|| -> std::io::Result<Option<u64>> {
+        let magic = u32_(&mut r)?;
+        let version = u32_(&mut r)?;
+        if magic != 0x4655_4747 || !(2..=3).contains(&version) {
+            return Ok(None);
+        }
+        let _tensors = u64_(&mut r)?;
+        let kvs = u64_(&mut r)?;
+        for _ in 0..kvs.min(size) {
+            let len = u64_(&mut r)?;
+            if len > size {
+                return Ok(None);
+            }
+            let mut key = vec![0u8; len as usize];
+            r.read_exact(&mut key)?;
+            let ty = u32_(&mut r)?;
+            let scalar = |ty: u32| -> Option<u64> {
+                Some(match ty {
+                    0 | 1 | 7 => 1,
+                    2 | 3 => 2,
+                    4..=6 => 4,
+                    10..=12 => 8,
+                    _ => return None,
+                })
+            };
+            if key == b"general.alignment" {
+                let value = match ty {
+                    0 | 1 => {
+                        let mut b = [0u8; 1];
+                        r.read_exact(&mut b)?;
+                        b[0] as u64
+                    }
+                    2 | 3 => {
+                        let mut b = [0u8; 2];
+                        r.read_exact(&mut b)?;
+                        u16::from_le_bytes(b) as u64
+                    }
+                    4..=6 => u32_(&mut r)? as u64,
+                    _ => return Ok(None),
+                };
+                return Ok(Some(value));
+            }
+            match ty {
+                8 => {
+                    let len = u64_(&mut r)?;
+                    if len > size {
+                        return Ok(None);
+                    }
+                    r.seek_relative(len as i64)?;
+                }
+                9 => {
+                    let item = u32_(&mut r)?;
+                    let n = u64_(&mut r)?;
+                    if item == 8 {
+                        for _ in 0..n.min(size) {
+                            let len = u64_(&mut r)?;
+                            if len > size {
+                                return Ok(None);
+                            }
+                            r.seek_relative(len as i64)?;
+                        }
+                    } else {
+                        let Some(w) = scalar(item) else {
+                            return Ok(None);
+                        };
+                        match n.checked_mul(w) {
+                            Some(skip) if skip <= size => r.seek_relative(skip as i64)?,
+                            _ => return Ok(None),
+                        }
+                    }
+                }
+                ty => {
+                    let Some(w) = scalar(ty) else {
+                        return Ok(None);
+                    };
+                    r.seek_relative(w as i64)?;
+                }
+            }
+        }
+        Ok(None)
+    })();
+    drop(r);
+    file.seek(SeekFrom::Start(0))?;
+    match found {
+        Ok(v) => Ok(v),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Converts a llama GGUF into a HF folder at `out_dir` (see module doc).

@@ -444,3 +444,119 @@ impl GuideState {
         self.queue.clear();
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! The guide driven by a hostile "model": in free phases it writes any token, tag fragments
+    //! included (`</think>`, `<answer>`, `<|im_end|>` pieces); where it must choose, any allowed
+    //! token. The guide never panics, never forces a banned token, and every guided sequence ends
+    //! (`Done`) within its token budget plus the closing tags.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn tokenizer() -> Tokenizer {
+        let path = crate::model::test_util::tokenizer_json()
+            .expect("the shipped GGUF's tokenizer (scripts/fetch-assets.sh)");
+        Tokenizer::from_file(path).expect("tokenizer.json loads")
+    }
+
+    /// Pieces a confused or hostile model writes.
+    const PIECES: [&str; 14] = [
+        "<think>",
+        "</think>",
+        "<search>",
+        "</search>",
+        "<answer>",
+        "</answer>",
+        "<information>",
+        "<|im_end|>",
+        "<tool_call>",
+        "{\"name\": \"search\"",
+        " Paris",
+        " the",
+        "\n",
+        "?",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: crate::test_cases(48),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+        #[test]
+        fn any_model_output_under_a_guide_ends_within_budget(
+            role in 0usize..3,
+            tools in any::<bool>(),
+            picks in prop::collection::vec((0usize..64, any::<u32>()), 1..400),
+            budget in 24usize..200,
+        ) {
+            let tok = tokenizer();
+            let vocab = tok.get_vocab_size(true) as u32;
+            let eos = vec![tok.token_to_id("<|im_end|>").unwrap_or(0)];
+            let guide = match role {
+                0 => Guide::policy(16, 8, 8),
+                1 => Guide::generator(16, 8, 16),
+                _ => Guide::grm(16, 8),
+            };
+            let guide = if tools { guide } else { guide.without_tools() };
+            let mut state = GuideState::new(&guide, &eos);
+            let piece_ids: Vec<Vec<u32>> = PIECES
+                .iter()
+                .map(|p| tok.encode(*p, false).unwrap().get_ids().to_vec())
+                .collect();
+            let mut out: Vec<u32> = Vec::new();
+            let mut pending: Vec<u32> = Vec::new();
+            let mut picks = picks.into_iter().cycle();
+            let mut tool_turns = 2usize;
+            // Tags the guide forces after the budget: room for the closing chain.
+            let limit = budget + 64;
+            while out.len() < limit {
+                if let Some(end) = state.turn_end() {
+                    match end {
+                        TurnEnd::Done => break,
+                        TurnEnd::Tool => {
+                            tool_turns = tool_turns.saturating_sub(1);
+                            state.on_tool_text();
+                            continue;
+                        }
+                    }
+                }
+                let remaining = budget.saturating_sub(out.len());
+                let next = state.next(&tok, tool_turns > 0, out.len(), remaining).unwrap();
+                let (which, raw) = picks.next().unwrap();
+                let token = match &next {
+                    Next::Force(t) => *t,
+                    Next::Choose(options) => {
+                        prop_assert!(!options.is_empty());
+                        options[raw as usize % options.len()]
+                    }
+                    Next::Free { ban } => {
+                        if pending.is_empty() {
+                            if which < PIECES.len() {
+                                pending = piece_ids[which].clone();
+                                pending.reverse();
+                            } else {
+                                pending.push(raw % vocab);
+                            }
+                        }
+                        let t = pending.pop().unwrap();
+                        if ban.contains(&t) { raw % vocab.max(2) / 2 + 1 } else { t }
+                    }
+                };
+                if let Next::Free { ban } = &next {
+                    prop_assert!(!ban.contains(&token) || ban.is_empty() || token != eos[0]);
+                }
+                out.push(token);
+                let start = state.phase_start.min(out.len());
+                let text = tok.decode(&out[start..], false).unwrap_or_default();
+                state.observe(&tok, token, out.len(), || Ok(text)).unwrap();
+            }
+            prop_assert!(
+                state.turn_end() == Some(TurnEnd::Done),
+                "not done after {} tokens (budget {budget})",
+                out.len()
+            );
+        }
+    }
+}

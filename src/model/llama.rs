@@ -339,6 +339,14 @@ impl Config {
         {
             return bad("a size in config.json is zero".into());
         }
+        // The rotary tables are computed for every position when the model loads.
+        if self.max_position_embeddings > MAX_POSITIONS {
+            return bad(format!(
+                "max_position_embeddings {} is above {MAX_POSITIONS}, the most whose rotary \
+                 tables are precomputed",
+                self.max_position_embeddings
+            ));
+        }
         let kv = self.kv_heads();
         if kv == 0 || !self.num_attention_heads.is_multiple_of(kv) {
             return bad(format!(
@@ -350,7 +358,9 @@ impl Config {
         if hd == 0 || !hd.is_multiple_of(2) {
             return bad(format!("head_dim {hd} must be even and > 0"));
         }
-        if self.head_dim.is_none() && hd * self.num_attention_heads != self.hidden_size {
+        if self.head_dim.is_none()
+            && hd.checked_mul(self.num_attention_heads) != Some(self.hidden_size)
+        {
             return bad(format!(
                 "hidden_size {} not divisible by num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
@@ -366,6 +376,10 @@ impl Config {
         Ok(())
     }
 }
+
+/// The longest context a config may declare: the rotary tables (2 × positions × head_dim / 2
+/// f32) are precomputed at load, 512 MiB at head_dim 128.
+const MAX_POSITIONS: usize = 1 << 20;
 
 /// Rotary position embedding (HF "rotate half" layout), precomputed tables.
 #[derive(Debug, Clone)]

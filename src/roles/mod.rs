@@ -154,6 +154,11 @@ mod proptests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: crate::test_cases(256),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
         #[test]
         fn parsers_never_panic_on_any_text(s in "\\PC{0,300}") {
             let _ = super::policy::parse(&s);

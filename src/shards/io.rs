@@ -85,31 +85,98 @@ impl ShardWriter {
     }
 }
 
-/// Opens a shard for streaming reads after checking its schema against `kind`.
+/// Runs a read of `path` in which the `parquet` crate may panic on corrupt bytes (it asserts
+/// on some footer values instead of returning an error; found by fuzzing).
+fn guarded<T>(path: &Path, read: impl FnOnce() -> Result<T>) -> Result<T> {
+    crate::error::catch_panic(read, |what| {
+        Error::shard(path, format!("corrupt Parquet file ({what})"))
+    })
+}
+
+/// Opens a shard for streaming reads after checking its schema against `kind`. Decoding the
+/// batches can still fail on corrupt pages: [`read_shard`] and [`read_rows`] guard it, and a
+/// stage that streams is guarded where the pipeline runs it.
 pub fn open_shard(path: &Path, kind: ShardKind) -> Result<ParquetRecordBatchReader> {
-    let file = File::open(path).at(path)?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| Error::shard(path, format!("not a readable Parquet file ({e})")))?;
-    check_schema(path, kind, builder.schema())?;
-    builder
-        .with_batch_size(READ_BATCH_ROWS)
-        .build()
-        .map_err(|e| Error::shard(path, format!("cannot read: {e}")))
+    guarded(path, || {
+        let file = File::open(path).at(path)?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| Error::shard(path, format!("not a readable Parquet file ({e})")))?;
+        check_schema(path, kind, builder.schema())?;
+        builder
+            .with_batch_size(READ_BATCH_ROWS)
+            .build()
+            .map_err(|e| Error::shard(path, format!("cannot read: {e}")))
+    })
 }
 
 /// Reads every batch of a shard; for small shards and tests.
 pub fn read_shard(path: &Path, kind: ShardKind) -> Result<Vec<RecordBatch>> {
-    open_shard(path, kind)?
-        .map(|b| b.map_err(|e| Error::shard(path, format!("corrupt data: {e}"))))
-        .collect()
+    let reader = open_shard(path, kind)?;
+    guarded(path, || {
+        reader
+            .map(|b| b.map_err(|e| Error::shard(path, format!("corrupt data: {e}"))))
+            .collect()
+    })
+}
+
+/// Checks a shard's footer without reading data: it parses, has `kind`'s columns, and every
+/// column chunk lies inside the file with row counts that add up. polars trusts those byte
+/// ranges (an out-of-range one made it read out of bounds, found by fuzzing), so a shard is
+/// checked here before polars scans it (`asl audit`).
+pub fn check_footer(path: &Path, kind: ShardKind) -> Result<()> {
+    guarded(path, || {
+        let file = File::open(path).at(path)?;
+        let size = file.metadata().at(path)?.len();
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| Error::shard(path, format!("not a readable Parquet file ({e})")))?;
+        check_schema(path, kind, builder.schema())?;
+        let meta = builder.metadata();
+        let mut rows = 0i64;
+        for (g, group) in meta.row_groups().iter().enumerate() {
+            if group.num_rows() < 0 {
+                return Err(Error::shard(
+                    path,
+                    format!("row group {g}: negative row count"),
+                ));
+            }
+            rows = rows.saturating_add(group.num_rows());
+            for column in group.columns() {
+                let start = column
+                    .dictionary_page_offset()
+                    .unwrap_or(column.data_page_offset());
+                let len = column.compressed_size();
+                let end = start.checked_add(len);
+                if start < 0 || len < 0 || end.is_none_or(|e| e as u64 > size) {
+                    return Err(Error::shard(
+                        path,
+                        format!(
+                            "row group {g}: column chunk at {start}+{len} is outside the file of {size} bytes"
+                        ),
+                    ));
+                }
+            }
+        }
+        if rows != meta.file_metadata().num_rows() {
+            return Err(Error::shard(
+                path,
+                format!(
+                    "row groups hold {rows} rows but the footer says {}",
+                    meta.file_metadata().num_rows()
+                ),
+            ));
+        }
+        Ok(())
+    })
 }
 
 /// Row count from the footer alone.
 pub fn count_rows(path: &Path) -> Result<u64> {
-    let file = File::open(path).at(path)?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| Error::shard(path, format!("not a readable Parquet file ({e})")))?;
-    Ok(builder.metadata().file_metadata().num_rows().max(0) as u64)
+    guarded(path, || {
+        let file = File::open(path).at(path)?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| Error::shard(path, format!("not a readable Parquet file ({e})")))?;
+        Ok(builder.metadata().file_metadata().num_rows().max(0) as u64)
+    })
 }
 
 /// Checks that every column of `kind` is present with the expected type. Nullability and the
@@ -167,10 +234,16 @@ fn type_name(t: &DataType) -> String {
 pub fn read_rows<R: super::rows::ShardRow>(paths: &[PathBuf]) -> Result<Vec<R>> {
     let mut out = Vec::new();
     for path in paths {
-        for batch in open_shard(path, R::KIND)? {
-            let batch = batch.map_err(|e| Error::shard(path, format!("corrupt data: {e}")))?;
-            out.extend(super::rows::from_batch::<R>(&batch).map_err(|m| Error::shard(path, m))?);
-        }
+        let reader = open_shard(path, R::KIND)?;
+        guarded(path, || {
+            for batch in reader {
+                let batch = batch.map_err(|e| Error::shard(path, format!("corrupt data: {e}")))?;
+                out.extend(
+                    super::rows::from_batch::<R>(&batch).map_err(|m| Error::shard(path, m))?,
+                );
+            }
+            Ok(())
+        })?;
     }
     Ok(out)
 }

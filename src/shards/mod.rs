@@ -9,7 +9,8 @@ mod schema;
 use std::path::{Path, PathBuf};
 
 pub use io::{
-    ShardWriter, check_schema, count_rows, open_shard, read_rows, read_shard, write_rows,
+    ShardWriter, check_footer, check_schema, count_rows, open_shard, read_rows, read_shard,
+    write_rows,
 };
 pub use schema::{EMBEDDING_DIM, ShardKind};
 

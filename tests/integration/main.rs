@@ -5,6 +5,8 @@ mod audit;
 mod bad_input;
 mod common;
 mod crash;
+mod full_disk;
+mod fuzz;
 mod model_cli;
 mod readers;
 mod retention;
