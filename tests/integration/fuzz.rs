@@ -382,24 +382,10 @@ fn fuzz_corpus_and_qa_files() {
 
 /// The kind a shard's file name says it holds.
 fn kind_of(path: &Path) -> Option<asl::shards::ShardKind> {
-    use asl::shards::ShardKind::*;
     let name = path.file_name()?.to_string_lossy().into_owned();
-    [
-        Corpus,
-        Qa,
-        Tasks,
-        Trajectories,
-        Judgments,
-        Rewards,
-        Gradients,
-        Updates,
-        Steps,
-        Eval,
-        EvalItems,
-        Embeddings,
-    ]
-    .into_iter()
-    .find(|k| name.starts_with(&format!("{}-", k.name())) && name.ends_with(".parquet"))
+    asl::shards::ShardKind::ALL
+        .into_iter()
+        .find(|k| name.starts_with(&format!("{}-", k.name())) && name.ends_with(".parquet"))
 }
 
 /// One shard of every kind: the data run's corpus and QA shards and a synthetic run's tasks,
