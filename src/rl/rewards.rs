@@ -301,6 +301,46 @@ pub fn class_balance(verdicts: &[bool], order_key: impl Fn(usize) -> u64) -> Vec
     kept
 }
 
+/// Where `self` labels are class-balanced (`reward.grm_balance`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrmBalance {
+    /// Per question, as the seed does. The seed's labels are raw verdicts, so most questions
+    /// hold both; leave-one-out labels agree within a question far more often, and per-question
+    /// balancing then drops nearly every row (measured: 0–2 of 27–43 a round, docs/rounds.md).
+    Question,
+    /// Over the whole round: every minority label and as many of the majority.
+    Round,
+    /// No balancing: every labelled judgment trains.
+    None,
+}
+
+impl std::str::FromStr for GrmBalance {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "question" => Ok(Self::Question),
+            "round" => Ok(Self::Round),
+            "none" => Ok(Self::None),
+            _ => Err(format!("unknown GRM balance {s:?} (question, round, none)")),
+        }
+    }
+}
+
+/// The `self` labels that train under `mode`: indices into `labels` (input order), `groups`
+/// holding each label's question.
+pub fn balance_self_labels<K: Ord>(
+    mode: GrmBalance,
+    labels: &[bool],
+    groups: &[K],
+    order_key: impl Fn(usize) -> u64,
+) -> Vec<usize> {
+    match mode {
+        GrmBalance::Question => class_balance_by_group(labels, groups, order_key),
+        GrmBalance::Round => class_balance(labels, order_key),
+        GrmBalance::None => (0..labels.len()).collect(),
+    }
+}
+
 /// [`class_balance`] within each group (the seed balances per question): a group keeps its
 /// minority class and as many of its majority; a group with one class only (no disagreement)
 /// keeps nothing. Returns the kept indices in input order.

@@ -32,8 +32,8 @@ use crate::params::{ParamSpec, Params, ParamsExt};
 use crate::rl::advantages::{Scale, advantages};
 use crate::rl::metrics::{exact_match, normalize_answer, sub_exact_match};
 use crate::rl::rewards::{
-    GeneratorScheme, LabelMode, SelfCheck, class_balance_by_group, format_bonus, generator_reward,
-    grm_reward, leave_one_out_label, majority_label, repetition_penalties,
+    GeneratorScheme, GrmBalance, LabelMode, SelfCheck, balance_self_labels, format_bonus,
+    generator_reward, grm_reward, leave_one_out_label, majority_label, repetition_penalties,
 };
 use crate::seed::stable_u64;
 use crate::shards::rows::{JudgmentRow, RewardRow, TaskRow, TrajectoryRow};
@@ -54,6 +54,7 @@ pub struct Settings {
     verifier: Verifier,
     scheme: GeneratorScheme,
     labels: LabelMode,
+    balance: GrmBalance,
     bonus: bool,
     repetition_threshold: f64,
     band: (f64, f64),
@@ -83,6 +84,10 @@ pub fn settings(params: &Params) -> Result<Settings> {
             .str("grm_labels")
             .parse()
             .map_err(|e| bad("grm_labels", e))?,
+        balance: params
+            .str("grm_balance")
+            .parse()
+            .map_err(|e| bad("grm_balance", e))?,
         bonus: params.bool("format_bonus"),
         repetition_threshold: params.f64("repetition_threshold"),
         band: (params.f64("solve_rate_min"), params.f64("solve_rate_max")),
@@ -125,6 +130,11 @@ impl Stage for RewardStage {
                 "self",
                 "GRM training labels: `self` (leave-one-out majority), `rule` (SubEM) or `real` (only verification items)",
             ).one_of(&["self", "rule", "real"]),
+            ParamSpec::new(
+                "grm_balance",
+                "round",
+                "class-balance `self` labels over the `round`, per `question` (the seed) or `none`",
+            ).one_of(&["round", "question", "none"]),
             ParamSpec::new("format_bonus", true, "add the format bonus to every reward"),
             ParamSpec::new(
                 "repetition_threshold",
@@ -587,8 +597,8 @@ fn grm_rows(
             }
         })
         .collect();
-    // Class balance applies to self labels only, per question; real and rule labels are kept
-    // as they are.
+    // Class balance applies to self labels only (per round, per question or not at all:
+    // `grm_balance`); real and rule labels are kept as they are.
     let self_idx: Vec<usize> = (0..ran.len())
         .filter(|&i| {
             s.labels == LabelMode::SelfVerdict
@@ -599,7 +609,7 @@ fn grm_rows(
     let self_labels: Vec<bool> = self_idx.iter().map(|&i| labels[i] == Some(true)).collect();
     let questions: Vec<&str> = self_idx.iter().map(|&i| ran[i].task_id.as_str()).collect();
     let kept: std::collections::BTreeSet<usize> =
-        class_balance_by_group(&self_labels, &questions, |k| {
+        balance_self_labels(s.balance, &self_labels, &questions, |k| {
             stable_u64(&[&seed.to_string(), &ran[self_idx[k]].judgment_id])
         })
         .into_iter()
@@ -677,6 +687,7 @@ mod tests {
             verifier,
             scheme,
             labels,
+            balance: GrmBalance::Question,
             bonus: false,
             repetition_threshold: 0.5,
             band: (0.0, 1.0),
@@ -992,6 +1003,63 @@ mod tests {
         assert_eq!(trained.len(), 2, "{trained:?}");
         assert!(trained.contains(&"a-p2-j0"));
         assert!(trained.iter().all(|id| id.starts_with("a-")), "{trained:?}");
+    }
+
+    /// `grm_balance = round` balances over the round: one wrong label (a-p2) and one of the six
+    /// correct ones, which may be question b's; `none` trains all seven labelled judgments.
+    #[test]
+    fn self_labels_balance_over_the_round_or_not_at_all() {
+        let tasks = vec![
+            task("a", "What is the capital of France?", "Paris"),
+            task("b", "Which river flows through Rome?", "Tiber"),
+        ];
+        let mut judgments = Vec::new();
+        for k in 0..3 {
+            judgments.push(judgment("a-g", "a", "generator", "correct", k));
+        }
+        for (k, v) in ["wrong", "wrong", "correct"].iter().enumerate() {
+            let mut j = judgment(&format!("a-p{k}"), "a", "policy", v, 0);
+            j.candidate_answer = Some("Lyon".into());
+            judgments.push(j);
+        }
+        for k in 0..3 {
+            let mut j = judgment("b-g", "b", "generator", "correct", k);
+            j.candidate_answer = Some("Tiber".into());
+            judgments.push(j);
+        }
+        let attempts: Vec<TrajectoryRow> = (0..3)
+            .map(|k| traj(&format!("a-p{k}"), "a", "policy", Some("Lyon")))
+            .collect();
+        let trained = |balance: GrmBalance| {
+            let mut s = settings(
+                Verifier::Grm,
+                GeneratorScheme::Entropy,
+                LabelMode::SelfVerdict,
+            );
+            s.roles = vec!["grm".into()];
+            s.balance = balance;
+            let c = compute(
+                &s,
+                9,
+                &tasks,
+                &[],
+                &attempts,
+                &judgments,
+                &runs_of(&judgments),
+            );
+            c.rows
+                .iter()
+                .filter(|r| r.train)
+                .map(|r| (r.trajectory_id.clone(), r.label.clone().unwrap_or_default()))
+                .collect::<Vec<_>>()
+        };
+        let round = trained(GrmBalance::Round);
+        assert_eq!(round.len(), 2, "{round:?}");
+        assert!(round.contains(&("a-p2-j0".to_string(), "wrong".to_string())));
+        assert_eq!(round.iter().filter(|(_, l)| l == "correct").count(), 1);
+        let all = trained(GrmBalance::None);
+        assert_eq!(all.len(), 7, "{all:?}");
+        assert_eq!(all.iter().filter(|(_, l)| l == "wrong").count(), 1);
     }
 
     /// An invalid task (here: the self-check rejected it upstream, or it had too few
