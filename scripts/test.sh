@@ -9,14 +9,21 @@ cd "$root"
 scripts/fetch-assets.sh
 
 venv="$root/target/pyreaders"
-if ! "$venv/bin/python" -c "import pyarrow, duckdb, polars" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import pyarrow, duckdb, polars, tensorboard" 2>/dev/null; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    pyarrow==26.0.1 duckdb==2.0.1 polars==2.1.0
+    pyarrow==26.0.1 duckdb==2.0.1 polars==2.1.0 tensorboard==2.21.0
 fi
 export PATH="$venv/bin:$PATH"
 export ASL_REQUIRE_PY_READERS=1
 export ASL_REQUIRE_ASSETS=1
 export ASL_ASSETS="$root/assets"
+
+# A one-node Slurm cluster (installed from Debian's packages when missing) for the `asl submit`
+# tests; stopped when the suite ends.
+scripts/slurm-local.sh start "$root/target/slurm"
+trap 'scripts/slurm-local.sh stop "$root/target/slurm"' EXIT
+export SLURM_CONF="$root/target/slurm/slurm.conf"
+export ASL_REQUIRE_SLURM=1
 
 cargo test --locked "$@"

@@ -24,6 +24,9 @@ pub enum Error {
     Input { path: PathBuf, message: String },
     #[error("stage {stage}: {message}")]
     Stage { stage: String, message: String },
+    /// A Slurm command (`sbatch`, `squeue`) failed or could not be run.
+    #[error("{command}: {message}")]
+    Slurm { command: String, message: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

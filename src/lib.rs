@@ -7,10 +7,12 @@
 pub mod audit;
 pub mod compare;
 pub mod error;
+pub mod export;
 pub mod fsutil;
 pub mod manifest;
 pub mod memory;
 pub mod model;
+pub mod page;
 pub mod params;
 pub mod pipeline;
 pub mod process;
@@ -23,8 +25,10 @@ pub mod search;
 pub mod seed;
 pub mod shards;
 pub mod show;
+pub mod slurm;
 pub mod stages;
 pub mod status;
+pub mod tensorboard;
 
 pub use error::{Error, Result};
 

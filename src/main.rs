@@ -75,6 +75,62 @@ enum Builtin {
         json: bool,
         query: String,
     },
+    /// Submit a pipeline to Slurm: one job per stage run, a job array for a stage split into
+    /// parts, each waiting (afterok) for the jobs it reads from. Again: submits only what is not done.
+    #[command(
+        after_help = "Examples:\n  asl submit pipelines/smoke.toml --run-dir /shared/runs/smoke --rounds 2 --parts rollout=2,train=2\n  asl submit pipelines/default.toml --run-dir /shared/runs/default --dry-run\nJob resources come from the pipeline's [slurm] table (docs/slurm.md); the run dir must be on storage every node sees."
+    )]
+    Submit {
+        /// Pipeline file (pipelines/*.toml).
+        pipeline: PathBuf,
+        #[arg(long)]
+        run_dir: PathBuf,
+        /// Number of rounds (overrides the pipeline's `rounds`).
+        #[arg(long)]
+        rounds: Option<u32>,
+        /// Parts of a stage that splits, STAGE=N (comma-separated or repeated); others run whole.
+        #[arg(long = "parts", value_name = "STAGE=N", value_delimiter = ',', value_parser = parse_parts)]
+        parts: Vec<(String, u32)>,
+        /// Override a parameter: stage.key=value, or seed=N.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<SetOverride>,
+        /// An extra sbatch option for every job, e.g. --sbatch-arg=--account=abc (repeatable).
+        #[arg(long = "sbatch-arg", value_name = "OPTION", allow_hyphen_values = true)]
+        sbatch_args: Vec<String>,
+        /// Write the job scripts and RUN_DIR/slurm/submit.sh and print the sbatch lines; submit nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The asl binary the jobs run (default: this one); every node must reach it.
+        #[arg(long, value_name = "PATH")]
+        asl: Option<PathBuf>,
+    },
+    /// Export a round's valid tasks, or the labelled QA, for other trainers: verl's RL Parquet,
+    /// FlashRAG / Search-R1 QA JSONL, or asl's QA JSONL (each reads back through `asl qa`).
+    #[command(
+        after_help = "Examples:\n  asl export --run-dir runs/default --round 2 --format verl --out exports/round-2.parquet\n  asl export --run-dir runs/default --qa --split test --format flashrag --out exports/test.jsonl\n  asl qa --run-dir runs/other --set qa.source=exports/round-2.parquet   # and back"
+    )]
+    Export {
+        #[arg(long)]
+        run_dir: PathBuf,
+        /// The round whose valid tasks to export (default: the newest that has tasks).
+        #[arg(long, conflicts_with = "qa")]
+        round: Option<u32>,
+        /// Export the run's labelled QA instead of a round's tasks.
+        #[arg(long)]
+        qa: bool,
+        /// With --qa: only this split (train, dev, test, fanoutqa, …).
+        #[arg(long, requires = "qa")]
+        split: Option<String>,
+        /// verl, flashrag (also: search-r1) or jsonl.
+        #[arg(long, default_value = "verl")]
+        format: String,
+        /// How the verl prompt tells the policy to search: tags or qwen.
+        #[arg(long, default_value = "tags")]
+        tool_format: String,
+        /// The file to write (.parquet for verl, .jsonl otherwise).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print a table of the stage runs recorded in a run dir's manifest.
     #[command(after_help = "Example:\n  asl status --run-dir runs/demo")]
     Status {
@@ -88,6 +144,15 @@ enum Builtin {
     Report {
         #[arg(long = "run-dir", required = true)]
         run_dirs: Vec<PathBuf>,
+        /// Write one self-contained HTML page of the run (default RUN_DIR/report.html).
+        #[arg(long, value_name = "OUT", num_args = 0..=1)]
+        html: Option<Option<PathBuf>>,
+        /// With --html: tasks shown per sampled round.
+        #[arg(long, default_value_t = 6, requires = "html")]
+        sample_tasks: usize,
+        /// With --html: how many of the newest rounds are sampled (round 1 always is).
+        #[arg(long, default_value_t = 3, requires = "html")]
+        sample_rounds: usize,
     },
     /// Audit a run's datasets: per-round tables, warning signals, PNG plots, Markdown/CSV/JSON.
     #[command(
@@ -425,6 +490,114 @@ fn dispatch(matches: &ArgMatches) -> Result<()> {
             print_status(&run_dir)
         }
         Builtin::Status { run_dir } => print_status(&run_dir),
+        Builtin::Export {
+            run_dir,
+            round,
+            qa,
+            split,
+            format,
+            tool_format,
+            out,
+        } => {
+            let format: asl::export::Format = format
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("--format: {e}"))?;
+            let tools = asl::roles::tool::ToolFormat::parse(&tool_format).ok_or_else(|| {
+                anyhow::anyhow!("--tool-format: unknown {tool_format:?} (tags, qwen)")
+            })?;
+            let (items, what) = if qa {
+                let items = asl::export::labelled_qa(&run_dir, split.as_deref())?;
+                let what = match &split {
+                    Some(s) => format!("labelled {s} questions"),
+                    None => "labelled questions".to_string(),
+                };
+                (items, what)
+            } else {
+                let round = match round {
+                    Some(r) => r,
+                    None => Manifest::load(&run_dir)?
+                        .entries
+                        .iter()
+                        .filter(|e| {
+                            e.stage == "generate" && e.status == asl::manifest::Status::Done
+                        })
+                        .map(|e| e.round)
+                        .max()
+                        .ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "{}: no round has tasks yet (asl generate)",
+                                run_dir.display()
+                            )
+                        })?,
+                };
+                (
+                    asl::export::round_tasks(&run_dir, round)?,
+                    format!("valid tasks of round {round}"),
+                )
+            };
+            asl::export::write(&items, format, tools, &out)?;
+            println!("{} {what} -> {} ({format:?})", items.len(), out.display());
+            Ok(())
+        }
+        Builtin::Submit {
+            pipeline,
+            run_dir,
+            rounds,
+            parts,
+            sets,
+            sbatch_args,
+            dry_run,
+            asl: asl_bin,
+        } => {
+            let pipeline = Pipeline::load(&pipeline)?;
+            let opts = asl::slurm::SubmitOptions {
+                rounds,
+                sets,
+                parts: parts.into_iter().collect(),
+                sbatch_args,
+                dry_run,
+                asl: match asl_bin {
+                    Some(p) => p,
+                    None => std::env::current_exe().context("the asl binary's path")?,
+                },
+            };
+            let jobs = asl::slurm::submit(&pipeline, &run_dir, &opts, &mut std::io::stdout())?;
+            let mut table = comfy_table::Table::new();
+            table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+            table.set_header(vec!["round", "stage", "parts", "job", "after"]);
+            for j in &jobs {
+                let stage = match j.step {
+                    0 => j.stage.clone(),
+                    s => format!("{} s{s}", j.stage),
+                };
+                let parts = match (j.parts, j.tasks.len()) {
+                    (1, _) => "1".to_string(),
+                    (n, k) if k as u32 == n => n.to_string(),
+                    (n, k) => format!("{k} of {n}"),
+                };
+                table.add_row(vec![
+                    j.round.to_string(),
+                    stage,
+                    parts,
+                    j.job.clone().unwrap_or_else(|| "done".into()),
+                    j.after.join(" "),
+                ]);
+            }
+            println!("{table}");
+            let queued = jobs.iter().filter(|j| j.job.is_some()).count();
+            match (dry_run, queued) {
+                (true, _) => println!(
+                    "dry run: {queued} job scripts in {}/slurm (submit.sh submits them)",
+                    run_dir.display()
+                ),
+                (false, 0) => println!("nothing to submit: every stage run is done"),
+                (false, n) => println!(
+                    "{n} jobs submitted; watch them with squeue and `asl status --run-dir {}`",
+                    run_dir.display()
+                ),
+            }
+            Ok(())
+        }
         Builtin::Audit {
             command: Some(AuditCommand::Diff { run_dir, rounds }),
             ..
@@ -471,6 +644,10 @@ fn dispatch(matches: &ArgMatches) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 asl::audit::print_report(&report, &mut std::io::stdout())?;
+                println!(
+                    "The run as one page (rounds, curves, signals, tasks and attempts): asl report --run-dir {} --html",
+                    report.run_dir
+                );
             }
             if report.rounds.is_empty() {
                 anyhow::bail!("{}: nothing to audit", report.run_dir);
@@ -504,7 +681,36 @@ fn dispatch(matches: &ArgMatches) -> Result<()> {
             );
             Ok(())
         }
-        Builtin::Report { run_dirs } => {
+        Builtin::Report {
+            run_dirs,
+            html,
+            sample_tasks,
+            sample_rounds,
+        } => {
+            if let Some(out) = html {
+                let [one] = run_dirs.as_slice() else {
+                    anyhow::bail!("--html writes the page of one run: give one --run-dir");
+                };
+                let out = out.unwrap_or_else(|| one.join("report.html"));
+                let started = std::time::Instant::now();
+                let page = asl::page::write_page(
+                    one,
+                    &out,
+                    &asl::page::PageOptions {
+                        tasks: sample_tasks,
+                        rounds: sample_rounds,
+                    },
+                )?;
+                println!(
+                    "{}: {} rounds, {} sampled tasks, {:.1} KiB in {:.1}s",
+                    page.path.display(),
+                    page.rounds,
+                    page.sampled_tasks,
+                    page.bytes as f64 / 1024.0,
+                    started.elapsed().as_secs_f64()
+                );
+                return Ok(());
+            }
             if let [one] = run_dirs.as_slice() {
                 let manifest = Manifest::load(one)?;
                 let last = manifest.entries.iter().map(|e| e.round).max().unwrap_or(0);
@@ -631,12 +837,37 @@ fn eval_file_main(
 
 fn print_status(run_dir: &Path) -> Result<()> {
     let manifest = Manifest::load(run_dir)?;
-    if manifest.entries.is_empty() {
+    let submissions = asl::slurm::Submissions::load(run_dir)?;
+    if manifest.entries.is_empty() && submissions.jobs.is_empty() {
         println!("{}: no stage has run yet", run_dir.display());
         return Ok(());
     }
-    println!("{}", asl::status::status_table(&manifest));
+    let live = match submissions.jobs.is_empty() {
+        true => None,
+        false => asl::slurm::live_jobs().ok(),
+    };
+    let view = asl::status::SlurmView {
+        submissions: &submissions,
+        live: live.as_deref(),
+    };
+    let slurm = (!submissions.jobs.is_empty()).then_some(&view);
+    let (table, notes) = asl::status::status_table(&manifest, slurm);
+    println!("{table}");
+    for note in notes {
+        println!("{note}");
+    }
     Ok(())
+}
+
+/// `--parts STAGE=N`.
+fn parse_parts(s: &str) -> std::result::Result<(String, u32), String> {
+    let bad = || format!("{s:?}: expected STAGE=N with N >= 1, e.g. rollout=4");
+    let (stage, n) = s.split_once('=').ok_or_else(bad)?;
+    let n: u32 = n.trim().parse().map_err(|_| bad())?;
+    if stage.trim().is_empty() || n == 0 {
+        return Err(bad());
+    }
+    Ok((stage.trim().to_string(), n))
 }
 
 fn model_main(command: ModelCommand) -> Result<()> {

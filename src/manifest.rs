@@ -139,6 +139,20 @@ pub struct Entry {
     pub wall_s: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The Slurm job that ran this part (`JOBID_TASK` for an array task), when it ran under
+    /// Slurm (`asl submit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm_job: Option<String>,
+}
+
+/// The Slurm job this process runs as, from the variables Slurm sets in a job's environment:
+/// `JOBID_TASK` for a task of a job array, `JOBID` otherwise, `None` outside Slurm.
+pub fn slurm_job_from_env() -> Option<String> {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    match (var("SLURM_ARRAY_JOB_ID"), var("SLURM_ARRAY_TASK_ID")) {
+        (Some(job), Some(task)) => Some(format!("{job}_{task}")),
+        _ => var("SLURM_JOB_ID"),
+    }
 }
 
 fn is_zero(n: &u32) -> bool {

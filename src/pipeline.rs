@@ -41,6 +41,9 @@ struct PipelineFile {
     round: Vec<String>,
     #[serde(default)]
     params: toml::Table,
+    /// Job resources for `asl submit` (read by `slurm.rs`; `asl run` ignores them).
+    #[serde(default)]
+    slurm: toml::Table,
 }
 
 /// A validated pipeline: every stage known, every parameter accepted by its stage.
@@ -55,6 +58,8 @@ pub struct Pipeline {
     pub round: Vec<String>,
     /// Parameters per stage name, as written in the file.
     pub params: Map<String, Value>,
+    /// The `[slurm]` table, as written (see `slurm::Resources`).
+    pub slurm: toml::Table,
 }
 
 impl Pipeline {
@@ -96,6 +101,7 @@ impl Pipeline {
             setup: file.setup,
             round: file.round,
             params,
+            slurm: file.slurm,
         };
         pipeline.validate(&[]).map_err(|e| match e {
             Error::Param { key, message } => perr(format!("{key}: {message}")),
@@ -105,7 +111,7 @@ impl Pipeline {
         Ok(pipeline)
     }
 
-    fn stage_names(&self) -> impl Iterator<Item = &String> {
+    pub fn stage_names(&self) -> impl Iterator<Item = &String> {
         self.setup.iter().chain(self.round.iter())
     }
 
@@ -304,6 +310,98 @@ pub struct StageReport {
     pub summary: String,
 }
 
+/// A pipeline resolved for one run dir: the run seed, the rounds and every stage's params
+/// under the run's overrides — what the manifest records and every stage command reads back.
+pub struct ResolvedRun {
+    pub seed: u64,
+    pub rounds: u32,
+    pub params: Map<String, Value>,
+}
+
+impl ResolvedRun {
+    /// Validates the pipeline under `opts` and resolves every stage's params.
+    pub fn new(pipeline: &Pipeline, opts: &RunOptions) -> Result<ResolvedRun> {
+        pipeline.validate(&opts.sets)?;
+        for name in &opts.force {
+            if !pipeline.stage_names().any(|n| n == name) {
+                return Err(Error::stage(
+                    name.clone(),
+                    "--force names a stage that is not in this pipeline",
+                ));
+            }
+        }
+        let mut params = Map::new();
+        for name in pipeline.stage_names() {
+            let stage = stages::find(name).expect("validated");
+            params.insert(
+                name.clone(),
+                Value::Object(pipeline.stage_params(stage, &opts.sets)?),
+            );
+        }
+        Ok(ResolvedRun {
+            seed: run_seed(pipeline.seed, &opts.sets)?,
+            rounds: opts.rounds.unwrap_or(pipeline.rounds),
+            params,
+        })
+    }
+
+    /// Records the pipeline and its resolved params in the run dir's manifest.
+    pub fn record(&self, pipeline: &Pipeline, run_dir: &Path) -> Result<()> {
+        let record = PipelineRecord {
+            path: pipeline.path.to_string_lossy().into_owned(),
+            name: pipeline.name.clone(),
+            seed: self.seed,
+            rounds: self.rounds,
+            params: self.params.clone(),
+        };
+        Manifest::update(run_dir, |m| m.pipeline = Some(record))
+    }
+
+    /// One stage's resolved params.
+    pub fn stage_params(&self, name: &str) -> Params {
+        self.params[name]
+            .as_object()
+            .cloned()
+            .expect("params are objects")
+    }
+
+    /// The optimizer steps of each round.
+    pub fn steps(&self) -> u32 {
+        optimizer_steps(&self.params)
+    }
+
+    /// Every stage run of the pipeline in order: the setup in round 0, then each round's
+    /// stages with the stepped block repeated per optimizer step. Stages that skip a round
+    /// (`Stage::runs_in_round`) are left out.
+    pub fn plan<'p>(&self, pipeline: &'p Pipeline) -> Vec<Planned<'p>> {
+        let steps = self.steps();
+        let mut plan: Vec<(u32, &String, u32)> = pipeline.setup.iter().map(|s| (0, s, 0)).collect();
+        for r in 1..=self.rounds {
+            plan.extend(round_plan(&pipeline.round, steps).map(|(name, step)| (r, name, step)));
+        }
+        plan.into_iter()
+            .map(|(round, name, step)| {
+                let stage = stages::find(name).expect("validated");
+                Planned {
+                    round,
+                    stage,
+                    at: StepAt::new(step, steps),
+                    runs: stage.runs_in_round(&self.stage_params(name), round, self.rounds),
+                }
+            })
+            .collect()
+    }
+}
+
+/// One stage run of a pipeline's plan.
+pub struct Planned<'p> {
+    pub round: u32,
+    pub stage: &'p dyn Stage,
+    pub at: StepAt,
+    /// False for a stage that skips this round (`eval.every`).
+    pub runs: bool,
+}
+
 /// Runs a pipeline, printing one line per stage to `log`.
 pub fn run_pipeline(
     pipeline: &Pipeline,
@@ -311,41 +409,11 @@ pub fn run_pipeline(
     opts: &RunOptions,
     log: &mut dyn Write,
 ) -> Result<Vec<StageReport>> {
-    pipeline.validate(&opts.sets)?;
-    for name in &opts.force {
-        if !pipeline.stage_names().any(|n| n == name) {
-            return Err(Error::stage(
-                name.clone(),
-                "--force names a stage that is not in this pipeline",
-            ));
-        }
-    }
-    let seed = run_seed(pipeline.seed, &opts.sets)?;
+    let run = ResolvedRun::new(pipeline, opts)?;
     // One `asl run` per run dir at a time (see `RunLock`).
     let _lock = RunLock::exclusive(run_dir, &format!("asl run {}", pipeline.path.display()))?;
-    let rounds = opts.rounds.unwrap_or(pipeline.rounds);
-    let mut resolved = Map::new();
-    for name in pipeline.stage_names() {
-        let stage = stages::find(name).expect("validated");
-        resolved.insert(
-            name.clone(),
-            Value::Object(pipeline.stage_params(stage, &opts.sets)?),
-        );
-    }
-    let record = PipelineRecord {
-        path: pipeline.path.to_string_lossy().into_owned(),
-        name: pipeline.name.clone(),
-        seed,
-        rounds,
-        params: resolved.clone(),
-    };
-    Manifest::update(run_dir, |m| m.pipeline = Some(record))?;
-
-    let steps = optimizer_steps(&resolved);
-    let mut plan: Vec<(u32, &String, u32)> = pipeline.setup.iter().map(|s| (0, s, 0)).collect();
-    for r in 1..=rounds {
-        plan.extend(round_plan(&pipeline.round, steps).map(|(name, step)| (r, name, step)));
-    }
+    run.record(pipeline, run_dir)?;
+    let (seed, resolved) = (run.seed, &run.params);
     let mut ran: BTreeSet<String> = BTreeSet::new();
     let mut reports = Vec::new();
     let mut current_round = 0;
@@ -358,7 +426,14 @@ pub fn run_pipeline(
         Some(apply) => crate::retention::Retention::from_params(apply)?,
         None => None,
     };
-    for (round, name, step) in plan {
+    for Planned {
+        round,
+        stage,
+        at,
+        runs,
+    } in run.plan(pipeline)
+    {
+        let name = &stage.name().to_string();
         if round != current_round {
             if close_round(
                 run_dir,
@@ -373,12 +448,8 @@ pub fn run_pipeline(
             current_round = round;
             round_ran = false;
         }
-        let stage = stages::find(name).expect("validated");
-        let params = resolved[name.as_str()]
-            .as_object()
-            .cloned()
-            .expect("params are objects");
-        if !stage.runs_in_round(&params, round, rounds) {
+        let params = run.stage_params(name);
+        if !runs {
             writeln!(log, "round {round} {name}: not this round").ok();
             continue;
         }
@@ -388,10 +459,12 @@ pub fn run_pipeline(
             .any(|u| ran.contains(UpstreamSpec::parse(u).stage));
         let forced = opts.force.iter().any(|f| f == name);
         let seed = stage_seed(seed, name, round);
-        let at = StepAt::new(step, steps);
         let prepared = prepare(&manifest, run_dir, stage, round, at, &params, seed)?;
         let label = at.label(name);
-        if !forced && !upstream_ran && prepared.is_up_to_date(&manifest, run_dir)? {
+        if !forced
+            && !upstream_ran
+            && prepared.is_up_to_date(&manifest, run_dir, ShardSpec::WHOLE)?
+        {
             writeln!(log, "round {round} {label}: didn't change, skipping").ok();
             reports.push(StageReport {
                 round,
@@ -550,6 +623,46 @@ pub fn run_single_stage(
         true => Some(RunLock::shared(run_dir)?),
         false => None,
     };
+    let mut executed = false;
+    let result = prepare_and_run(run_dir, stage, round, step, sets, shard, &mut executed);
+    // A part that fails before it starts (a bad parameter, a missing input) under Slurm leaves
+    // a `failed` entry too: there, the manifest is where a person looks (`asl status`), not the
+    // job's stderr. (`execute` records its own failures.)
+    if let (Err(e), false, Some(job)) = (&result, executed, crate::manifest::slurm_job_from_env()) {
+        let now = now_rfc3339();
+        let entry = Entry {
+            stage: stage.name().to_string(),
+            round,
+            step: step.unwrap_or(u32::from(stage.stepped())),
+            steps: 0,
+            shard,
+            status: Status::Failed,
+            params: Map::new(),
+            seed: 0,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            asl_version: ASL_VERSION.to_string(),
+            stage_version: stage.version(),
+            started_at: now.clone(),
+            finished_at: Some(now),
+            wall_s: None,
+            error: Some(e.to_string()),
+            slurm_job: Some(job),
+        };
+        Manifest::update(run_dir, |m| m.entries.push(entry))?;
+    }
+    result
+}
+
+fn prepare_and_run(
+    run_dir: &Path,
+    stage: &dyn Stage,
+    round: u32,
+    step: Option<u32>,
+    sets: &[SetOverride],
+    shard: ShardSpec,
+    executed: &mut bool,
+) -> Result<(Entry, String)> {
     let manifest = Manifest::load(run_dir)?;
     let (base_seed, table) = match &manifest.pipeline {
         Some(p) => (
@@ -558,6 +671,15 @@ pub fn run_single_stage(
         ),
         None => (0, None),
     };
+    if shard.count > 1 && !stage.splits() {
+        return Err(Error::param(
+            "--shard",
+            format!(
+                "stage `{}` does not split into parts (it reads the whole round); run it as one part",
+                stage.name()
+            ),
+        ));
+    }
     let seed = run_seed(base_seed, sets)?;
     let params = resolve(stage.name(), &stage.params(), table, sets)?;
     stage.check(&params)?;
@@ -600,7 +722,35 @@ pub fn run_single_stage(
         &params,
         stage_seed(seed, stage.name(), round),
     )?;
+    *executed = true;
     prepared.execute(run_dir, shard)
+}
+
+/// Whether part `shard` of a planned stage run is done and up to date (same params, seed,
+/// code version and inputs, outputs intact). False when its upstream has not finished: what
+/// `asl submit` uses to submit only what is not done.
+pub fn part_is_current(
+    manifest: &Manifest,
+    run_dir: &Path,
+    run: &ResolvedRun,
+    planned: &Planned,
+    shard: ShardSpec,
+) -> Result<bool> {
+    let name = planned.stage.name();
+    let params = run.stage_params(name);
+    let seed = stage_seed(run.seed, name, planned.round);
+    match prepare(
+        manifest,
+        run_dir,
+        planned.stage,
+        planned.round,
+        planned.at,
+        &params,
+        seed,
+    ) {
+        Ok(prepared) => prepared.is_up_to_date(manifest, run_dir, shard),
+        Err(_) => Ok(false),
+    }
 }
 
 /// An upstream reference as stages declare it: `stage` (finished in this round or before),
@@ -742,13 +892,10 @@ fn prepare<'a>(
 
 impl Prepared<'_> {
     /// The cheap checks first (status, params, seed, input hashes), output hashes last.
-    fn is_up_to_date(&self, manifest: &Manifest, run_dir: &Path) -> Result<bool> {
-        let Some(entry) = manifest.latest_done_part(
-            self.stage.name(),
-            self.round,
-            self.at.step,
-            ShardSpec::WHOLE,
-        ) else {
+    fn is_up_to_date(&self, manifest: &Manifest, run_dir: &Path, shard: ShardSpec) -> Result<bool> {
+        let Some(entry) =
+            manifest.latest_done_part(self.stage.name(), self.round, self.at.step, shard)
+        else {
             return Ok(false);
         };
         let same_inputs = entry.inputs.len() == self.inputs.len()
@@ -796,6 +943,7 @@ impl Prepared<'_> {
             finished_at: None,
             wall_s: None,
             error: None,
+            slurm_job: crate::manifest::slurm_job_from_env(),
         };
         let index = Manifest::update(run_dir, |m| {
             m.entries.push(entry.clone());
@@ -844,6 +992,13 @@ impl Prepared<'_> {
         };
         let recorded = entry.clone();
         Manifest::update(run_dir, move |m| m.entries[index] = recorded)?;
+        if outcome.is_ok()
+            && self.round > 0
+            && let Err(e) = crate::tensorboard::write_round(run_dir, self.round)
+        {
+            // The figures are a view of the shards: a failure to write them loses nothing.
+            eprintln!("warning: TensorBoard scalars of round {}: {e}", self.round);
+        }
         outcome.map(|summary| (entry, summary))
     }
 }

@@ -107,108 +107,226 @@ fn show(x: Option<f64>) -> String {
     x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into())
 }
 
+/// What a round's shards say, counted once for the round table and the TensorBoard scalars.
+struct RoundNumbers {
+    tasks: usize,
+    valid: usize,
+    /// Tasks the self-check accepted (None: no generator rows, labelled tasks).
+    valid_after_check: Option<usize>,
+    solve: Option<f64>,
+    mean_reward: Vec<(&'static str, Option<f64>)>,
+    groups_with_signal: usize,
+    groups: usize,
+    verdicts_correct: usize,
+    verdicts_wrong: usize,
+    eval: Vec<EvalRow>,
+}
+
+impl RoundNumbers {
+    fn read(run_dir: &Path, round: u32) -> Result<RoundNumbers> {
+        let m = Manifest::load(run_dir)?;
+        let tasks: Vec<TaskRow> = read_kind(&outputs(run_dir, &m, "generate", round))?;
+        let rewards: Vec<RewardRow> = read_kind(&outputs(run_dir, &m, "reward", round))?;
+        // Every GRM verdict of the round: the self-check's (the generator's answers) and the
+        // judge's.
+        let mut grm_files = outputs(run_dir, &m, "selfcheck", round);
+        grm_files.extend(outputs(run_dir, &m, "judge", round));
+        let judgments: Vec<JudgmentRow> = read_kind(&grm_files)?;
+        let eval: Vec<EvalRow> = read_kind(&outputs(run_dir, &m, "eval", round))?;
+        // Labelled tasks (Search-R1) have no generator and no self-check: nothing to count.
+        let generator_rows = rewards.iter().any(|r| r.role == "generator");
+        let valid_after_check = generator_rows.then(|| {
+            rewards
+                .iter()
+                .filter(|r| r.role == "generator" && r.label.as_deref() == Some("valid"))
+                .count()
+        });
+        let mut per_task: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        for r in rewards.iter().filter(|r| r.role == "policy") {
+            per_task
+                .entry(r.task_id.as_str())
+                .or_default()
+                .push(f64::from(r.reward));
+        }
+        let solve = mean(per_task.values().filter_map(|v| mean(v.iter().copied())));
+        let mean_reward = ["policy", "generator", "grm"]
+            .into_iter()
+            .map(|role| {
+                let m = mean(
+                    rewards
+                        .iter()
+                        .filter(|r| r.role == role)
+                        .map(|r| f64::from(r.total)),
+                );
+                (role, m)
+            })
+            .collect();
+        let mut groups: BTreeMap<&str, bool> = BTreeMap::new();
+        for r in rewards.iter().filter(|r| r.role == "policy") {
+            *groups.entry(r.group_id.as_str()).or_default() |= r.advantage != 0.0;
+        }
+        let ran: Vec<&JudgmentRow> = judgments
+            .iter()
+            .filter(|j| !j.judge_trajectory_id.is_empty())
+            .collect();
+        Ok(RoundNumbers {
+            tasks: tasks.len(),
+            valid: tasks.iter().filter(|t| t.valid).count(),
+            valid_after_check,
+            solve,
+            mean_reward,
+            groups_with_signal: groups.values().filter(|v| **v).count(),
+            groups: groups.len(),
+            verdicts_correct: ran.iter().filter(|j| j.verdict == "correct").count(),
+            verdicts_wrong: ran.iter().filter(|j| j.verdict != "correct").count(),
+            eval,
+        })
+    }
+
+    fn metric(&self, role: &str, metric: &str) -> Option<f64> {
+        self.eval
+            .iter()
+            .find(|e| e.role == role && e.metric == metric)
+            .map(|e| e.value)
+    }
+}
+
 /// The round's table (rows whose shards are absent show `-`).
 pub fn round_table(run_dir: &Path, round: u32) -> Result<Table> {
-    let m = Manifest::load(run_dir)?;
-    let tasks: Vec<TaskRow> = read_kind(&outputs(run_dir, &m, "generate", round))?;
-    let rewards: Vec<RewardRow> = read_kind(&outputs(run_dir, &m, "reward", round))?;
-    // Every GRM verdict of the round: the self-check's (the generator's answers) and the judge's.
-    let mut grm_files = outputs(run_dir, &m, "selfcheck", round);
-    grm_files.extend(outputs(run_dir, &m, "judge", round));
-    let judgments: Vec<JudgmentRow> = read_kind(&grm_files)?;
-    let eval: Vec<EvalRow> = read_kind(&outputs(run_dir, &m, "eval", round))?;
-
+    let n = RoundNumbers::read(run_dir, round)?;
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
     table.set_header(vec![format!("round {round}"), "value".to_string()]);
-    // Labelled tasks (Search-R1) have no generator and no self-check: nothing to count.
-    let generator_rows = rewards.iter().any(|r| r.role == "generator");
-    let valid_after_check = rewards
-        .iter()
-        .filter(|r| r.role == "generator" && r.label.as_deref() == Some("valid"))
-        .count();
     table.add_row(vec![
         "tasks written / valid".to_string(),
         format!(
             "{} / {}{}",
-            tasks.len(),
-            tasks.iter().filter(|t| t.valid).count(),
-            if generator_rows {
-                format!(" ({valid_after_check} after self-check)")
-            } else {
-                String::new()
+            n.tasks,
+            n.valid,
+            match n.valid_after_check {
+                Some(v) => format!(" ({v} after self-check)"),
+                None => String::new(),
             }
         ),
     ]);
-    let mut per_task: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    for r in rewards.iter().filter(|r| r.role == "policy") {
-        per_task
-            .entry(r.task_id.as_str())
-            .or_default()
-            .push(f64::from(r.reward));
-    }
-    let solve = mean(per_task.values().filter_map(|v| mean(v.iter().copied())));
-    table.add_row(vec!["policy solve rate".to_string(), show(solve)]);
-    for role in ["policy", "generator", "grm"] {
-        let m = mean(
-            rewards
-                .iter()
-                .filter(|r| r.role == role)
-                .map(|r| f64::from(r.total)),
-        );
-        table.add_row(vec![format!("mean reward: {role}"), show(m)]);
-    }
-    let mut groups: BTreeMap<&str, bool> = BTreeMap::new();
-    for r in rewards.iter().filter(|r| r.role == "policy") {
-        *groups.entry(r.group_id.as_str()).or_default() |= r.advantage != 0.0;
+    table.add_row(vec!["policy solve rate".to_string(), show(n.solve)]);
+    for (role, m) in &n.mean_reward {
+        table.add_row(vec![format!("mean reward: {role}"), show(*m)]);
     }
     table.add_row(vec![
         "policy groups with a learning signal".to_string(),
-        format!(
-            "{} / {}",
-            groups.values().filter(|v| **v).count(),
-            groups.len()
-        ),
+        format!("{} / {}", n.groups_with_signal, n.groups),
     ]);
-    let ran: Vec<&JudgmentRow> = judgments
-        .iter()
-        .filter(|j| !j.judge_trajectory_id.is_empty())
-        .collect();
     table.add_row(vec![
         "GRM verdicts correct / wrong".to_string(),
-        format!(
-            "{} / {}",
-            ran.iter().filter(|j| j.verdict == "correct").count(),
-            ran.iter().filter(|j| j.verdict != "correct").count()
-        ),
+        format!("{} / {}", n.verdicts_correct, n.verdicts_wrong),
     ]);
-    let metric = |role: &str, metric: &str| {
-        eval.iter()
-            .find(|e| e.role == role && e.metric == metric)
-            .map(|e| e.value)
-    };
     table.add_row(vec![
         "held-out EM".to_string(),
-        show(metric("policy", "em")),
+        show(n.metric("policy", "em")),
     ]);
     table.add_row(vec![
         "held-out F1".to_string(),
-        show(metric("policy", "f1")),
+        show(n.metric("policy", "f1")),
     ]);
     table.add_row(vec![
         "GRM accuracy".to_string(),
-        show(metric("grm", "accuracy")),
+        show(n.metric("grm", "accuracy")),
     ]);
     table.add_row(vec![
         "parse rate: policy / generator / GRM".to_string(),
         format!(
             "{} / {} / {}",
-            show(metric("policy", "parse_rate")),
-            show(metric("generator", "parse_rate")),
-            show(metric("grm", "parse_rate"))
+            show(n.metric("policy", "parse_rate")),
+            show(n.metric("generator", "parse_rate")),
+            show(n.metric("grm", "parse_rate"))
         ),
     ]);
     Ok(table)
+}
+
+/// The round's figures as (tag, value) scalars, the round table's and every eval metric
+/// (`eval/<dataset>/<role>/<metric>`): what TensorBoard shows at step = round. Figures whose
+/// shards are absent are left out.
+pub fn round_scalars(run_dir: &Path, round: u32) -> Result<Vec<(String, f64)>> {
+    let n = RoundNumbers::read(run_dir, round)?;
+    let mut out = Vec::new();
+    if n.tasks > 0 {
+        out.push(("tasks/written".to_string(), n.tasks as f64));
+        out.push(("tasks/valid".to_string(), n.valid as f64));
+    }
+    if let Some(v) = n.valid_after_check {
+        out.push(("tasks/valid_after_selfcheck".to_string(), v as f64));
+    }
+    if let Some(s) = n.solve {
+        out.push(("policy/solve_rate".to_string(), s));
+    }
+    for (role, m) in &n.mean_reward {
+        if let Some(m) = m {
+            out.push((format!("reward/{role}"), *m));
+        }
+    }
+    if n.groups > 0 {
+        out.push((
+            "policy/groups_with_signal".to_string(),
+            n.groups_with_signal as f64 / n.groups as f64,
+        ));
+    }
+    let verdicts = n.verdicts_correct + n.verdicts_wrong;
+    if verdicts > 0 {
+        out.push((
+            "grm/verdict_correct_rate".to_string(),
+            n.verdicts_correct as f64 / verdicts as f64,
+        ));
+    }
+    for e in &n.eval {
+        out.push((
+            format!("eval/{}/{}/{}", e.dataset, e.role, e.metric),
+            e.value,
+        ));
+    }
+    Ok(out)
+}
+
+/// The round's training figures per optimizer step, as (step within the round, tag, value):
+/// the updates table's means per role (`train/<role>/loss`, `ratio`, `clip_fraction`, `kl`,
+/// `entropy`) and each role's gradient norm and learning rate from `apply`.
+pub fn step_scalars(run_dir: &Path, round: u32) -> Result<Vec<(u32, String, f64)>> {
+    let m = Manifest::load(run_dir)?;
+    let mut out = Vec::new();
+    for (step, files) in step_outputs(run_dir, &m, "train", round) {
+        let updates: Vec<UpdateRow> = read_kind(&files)?;
+        let mut by_role: BTreeMap<&str, Vec<&UpdateRow>> = BTreeMap::new();
+        for u in &updates {
+            by_role.entry(u.role.as_str()).or_default().push(u);
+        }
+        for (role, rows) in by_role {
+            type Field = (&'static str, fn(&UpdateRow) -> f32);
+            let fields: [Field; 5] = [
+                ("loss", |u| u.loss),
+                ("ratio", |u| u.mean_ratio),
+                ("clip_fraction", |u| u.clip_fraction),
+                ("kl", |u| u.kl),
+                ("entropy", |u| u.entropy),
+            ];
+            for (name, f) in fields {
+                if let Some(v) = mean(rows.iter().map(|u| f64::from(f(u)))) {
+                    out.push((step, format!("train/{role}/{name}"), v));
+                }
+            }
+        }
+    }
+    for (_, files) in step_outputs(run_dir, &m, "apply", round) {
+        for n in read_kind::<StepRow>(&files)? {
+            out.push((
+                n.step,
+                format!("train/{}/grad_norm", n.role),
+                f64::from(n.grad_norm),
+            ));
+            out.push((n.step, format!("train/{}/lr", n.role), n.lr));
+        }
+    }
+    Ok(out)
 }
 
 /// Held-out EM, GRM accuracy and stage wall time per round, one column group per run dir: the

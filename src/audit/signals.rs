@@ -71,6 +71,39 @@ impl Thresholds {
     }
 }
 
+impl Thresholds {
+    /// The rule behind signal `name`, with these thresholds, in one sentence.
+    pub fn rule(&self, name: &str) -> String {
+        match name {
+            "reward_hacking" => format!(
+                "the GRM's pass rate rose by ≥ {} from the first to the last round while held-out EM rose by < {}",
+                self.hacking_pass_rise, self.hacking_em_rise
+            ),
+            "judge_drift" => format!(
+                "GRM–rule agreement fell ≥ {} below its best earlier round",
+                self.drift_drop
+            ),
+            "generator_collapse" => format!(
+                "the share of near-duplicate questions rose by ≥ {} or reached {}",
+                self.collapse_rise, self.collapse_level
+            ),
+            "no_learning_signal" => format!(
+                "≥ {} of a role's training groups have all-equal rewards",
+                self.flat_groups
+            ),
+            "judge_steering" => format!(
+                "≥ {} of the policy's answers are shaped to steer the judge",
+                self.steering
+            ),
+            "truncation" => format!(
+                "≥ {} of a role's trajectories stopped at the token budget",
+                self.truncation
+            ),
+            _ => "see docs/audit.md".to_string(),
+        }
+    }
+}
+
 /// One raised warning.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Signal {

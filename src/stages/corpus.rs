@@ -27,6 +27,10 @@ impl CorpusStage {
 }
 
 impl Stage for CorpusStage {
+    fn splits(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "corpus"
     }

@@ -20,6 +20,10 @@ fn model_dir(params: &Params) -> PathBuf {
 }
 
 impl Stage for EmbedStage {
+    fn splits(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "embed"
     }

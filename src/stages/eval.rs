@@ -844,6 +844,7 @@ mod tests {
             finished_at: None,
             wall_s: None,
             error: None,
+            slurm_job: None,
         };
         Manifest::update(dir.path(), |m| {
             m.entries.push(entry(1, false));

@@ -31,6 +31,10 @@ struct Seed {
 }
 
 impl Stage for GenerateStage {
+    fn splits(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "generate"
     }

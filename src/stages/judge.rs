@@ -41,6 +41,10 @@ struct Item {
 }
 
 impl Stage for JudgeStage {
+    fn splits(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "judge"
     }

@@ -77,6 +77,12 @@ pub trait Stage: Sync {
     fn stepped(&self) -> bool {
         false
     }
+    /// Whether `--shard i/n` splits the stage's work (each part writes its share of the rows,
+    /// the parts together equal the whole). A stage that does not split (`reward` balances over
+    /// the whole round, `apply` sums every part, `eval` scores one sample) runs as one part.
+    fn splits(&self) -> bool {
+        false
+    }
     /// The version of what the stage computes. Bump it when a change to the stage (or to a
     /// formula it uses, such as a reward constant in `rl/`) would change its outputs for the
     /// same inputs, params and seed: `asl run` then reruns the stage and what reads it, instead

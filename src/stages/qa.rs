@@ -37,6 +37,10 @@ fn source_path(params: &Params) -> PathBuf {
 }
 
 impl Stage for QaStage {
+    fn splits(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "qa"
     }
@@ -260,7 +264,18 @@ fn user_row(
     default_split: &str,
     file_stem: &str,
 ) -> std::result::Result<QaRow, String> {
+    // verl's and FlashRAG's rows (and `asl export`'s) keep the plain fields under
+    // `extra_info` / `metadata`; verl's question otherwise sits inside the prompt.
+    let nested = |key: &str| {
+        ["extra_info", "metadata"].iter().find_map(|outer| {
+            record
+                .get(*outer)
+                .and_then(Value::as_object)
+                .and_then(|m| text_field(m, key))
+        })
+    };
     let question = text_field(record, "question")
+        .or_else(|| nested("question"))
         .or_else(|| verl_question(record))
         .ok_or("no `question` column (nor a verl `prompt`)")?;
     let answers = ["answers", "golden_answers", "answer"]
@@ -278,12 +293,17 @@ fn user_row(
         return Err("no answers (`answers`, `golden_answers`, `answer` or verl target)".into());
     }
     Ok(QaRow {
-        id: text_field(record, "id").unwrap_or_else(|| index.to_string()),
+        id: text_field(record, "id")
+            .or_else(|| nested("id"))
+            .unwrap_or_else(|| index.to_string()),
         question,
         answers,
-        split: text_field(record, "split").unwrap_or_else(|| default_split.to_string()),
+        split: text_field(record, "split")
+            .or_else(|| nested("split"))
+            .unwrap_or_else(|| default_split.to_string()),
         source: text_field(record, "data_source")
             .or_else(|| text_field(record, "source"))
+            .or_else(|| nested("source"))
             .unwrap_or_else(|| file_stem.to_string()),
         source_doc_id: text_field(record, "source_doc_id"),
     })
@@ -454,7 +474,8 @@ mod tests {
         .unwrap();
         assert_eq!(verl.question, "who wrote Hamlet?");
         assert_eq!(verl.answers, vec!["Shakespeare"]);
-        assert_eq!((verl.split.as_str(), verl.id.as_str()), ("dev", "4"));
+        // The split verl and Search-R1 keep in `extra_info` is the row's; no id → the row number.
+        assert_eq!((verl.split.as_str(), verl.id.as_str()), ("train", "4"));
     }
 
     #[test]

@@ -26,6 +26,10 @@ use crate::shards::{ShardKind, shard_path, write_rows};
 pub struct RolloutStage;
 
 impl Stage for RolloutStage {
+    fn splits(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "rollout"
     }

@@ -38,6 +38,10 @@ pub struct SelfCheckStage;
 pub const TARGET: &str = "generator";
 
 impl Stage for SelfCheckStage {
+    fn splits(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "selfcheck"
     }

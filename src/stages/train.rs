@@ -175,6 +175,10 @@ pub fn minibatch<'a>(
 }
 
 impl Stage for TrainStage {
+    fn splits(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "train"
     }

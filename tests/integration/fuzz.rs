@@ -325,7 +325,7 @@ fn fuzz_manifest() {
                     let _ = m.latest_done_part(&e.stage, e.round, e.step, e.shard);
                     let _ = m.is_pruned(&e.stage);
                 }
-                let _ = asl::status::status_table(m).to_string();
+                let _ = asl::status::status_table(m, None).0.to_string();
             }
             clear(loaded)
         },

@@ -117,6 +117,29 @@ fn smoke_runs_two_rounds_of_every_stage_and_reruns_are_no_ops() {
     assert_ok(&again);
     assert!(ran_stages(&again).is_empty(), "{}", stdout(&again));
 
+    // The run as one page: both rounds, curves, a task with its attempts and verdicts.
+    let page = asl(&["report", "--run-dir", rd.to_str().unwrap(), "--html"]);
+    assert_ok(&page);
+    let html = std::fs::read_to_string(rd.join("report.html")).unwrap();
+    assert!(
+        html.contains("<td>1</td>") && html.contains("<td>2</td>"),
+        "both rounds"
+    );
+    assert!(html.contains("<polyline"), "curves");
+    assert!(html.contains("data-role=policy") && html.contains("data-role=grm"));
+    assert!(html.contains("class=tool"), "tool text marked");
+    assert!(html.contains("data-round=2") && html.contains("GRM: "));
+    // Self-contained: nothing is fetched (the SVG namespace is a name, not a request).
+    let fetches = ["src=", "href=", "@import", "url("];
+    assert!(
+        fetches.iter().all(|f| !html.contains(f)),
+        "the page fetches something"
+    );
+
+    // TensorBoard shows the run; a stage that reruns rewrites its round's points, never adds.
+    assert_ok(&run_smoke(&assets, &rd, &["--force", "eval"]));
+    crate::tensorboard::check_scalars(&rd, 2, 2);
+
     // The same seed gives the same bytes in a fresh run dir.
     let rd2 = dir.path().join("run2");
     assert_ok(&run_smoke(&assets, &rd2, &[]));
