@@ -87,6 +87,8 @@ pub fn write_page(run_dir: &Path, out: &Path, opts: &PageOptions) -> Result<Page
         .max()
         .unwrap_or(0);
     let rounds: Vec<u32> = (1..=last).collect();
+    // Round 0 shows in the figures when setup scored the starting checkpoint (`eval` in setup).
+    let round0 = crate::report::round_scalars(run_dir, 0)?;
     let mut html = String::with_capacity(1 << 20);
     let title = manifest
         .pipeline
@@ -129,6 +131,9 @@ pub fn write_page(run_dir: &Path, out: &Path, opts: &PageOptions) -> Result<Page
     // Figures of every round and every optimizer step.
     let mut by_round: BTreeMap<u32, BTreeMap<String, f64>> = BTreeMap::new();
     let mut by_step: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    if !round0.is_empty() {
+        by_round.insert(0, round0.into_iter().collect());
+    }
     for &round in &rounds {
         by_round.insert(
             round,

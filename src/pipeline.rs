@@ -993,7 +993,6 @@ impl Prepared<'_> {
         let recorded = entry.clone();
         Manifest::update(run_dir, move |m| m.entries[index] = recorded)?;
         if outcome.is_ok()
-            && self.round > 0
             && let Err(e) = crate::tensorboard::write_round(run_dir, self.round)
         {
             // The figures are a view of the shards: a failure to write them loses nothing.

@@ -60,6 +60,10 @@ pub fn write_round(run_dir: &Path, round: u32) -> Result<()> {
         by_step.entry(global).or_default().push((tag, value));
     }
     events.extend(by_step);
+    if events.is_empty() {
+        // Setup stages before the warm-up's eval (round 0) have no figures.
+        return Ok(());
+    }
     let mut bytes = Vec::new();
     record(&mut bytes, &file_version_event(wall));
     for (step, scalars) in &events {

@@ -304,11 +304,12 @@ pub fn class_balance(verdicts: &[bool], order_key: impl Fn(usize) -> u64) -> Vec
 /// Where `self` labels are class-balanced (`reward.grm_balance`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GrmBalance {
-    /// Per question, as the seed does. The seed's labels are raw verdicts, so most questions
-    /// hold both; leave-one-out labels agree within a question far more often, and per-question
-    /// balancing then drops nearly every row (measured: 0–2 of 27–43 a round, docs/rounds.md).
+    /// Per question, as the seed does (the default). Leave-one-out labels agree within a
+    /// question far more often than the seed's raw verdicts, so few rows train.
     Question,
-    /// Over the whole round: every minority label and as many of the majority.
+    /// Over the whole round: every minority label and as many of the majority. More rows
+    /// train; on the default benchmark the GRM then drifted to rejecting the generator's answers
+    /// and the self-check shut every task out (docs/rounds.md).
     Round,
     /// No balancing: every labelled judgment trains.
     None,

@@ -132,9 +132,9 @@ impl Stage for RewardStage {
             ).one_of(&["self", "rule", "real"]),
             ParamSpec::new(
                 "grm_balance",
-                "round",
-                "class-balance `self` labels over the `round`, per `question` (the seed) or `none`",
-            ).one_of(&["round", "question", "none"]),
+                "question",
+                "class-balance `self` labels per `question` (the seed), over the `round`, or `none` (docs/rounds.md: `round` measured a collapse)",
+            ).one_of(&["question", "round", "none"]),
             ParamSpec::new("format_bonus", true, "add the format bonus to every reward"),
             ParamSpec::new(
                 "repetition_threshold",
