@@ -15,18 +15,22 @@
 #   gguf                GGUF headers, the config and tokenizer rebuilt from them, the import
 #   safetensors-config  safetensors headers and config.json, then a model load
 #
-# Usage: scripts/fuzz.sh [--minutes M] [--cases N] [--targets "pipeline shards ..."]
+# Usage: scripts/fuzz.sh [--minutes M] [--cases N] [--targets "pipeline shards ..."] [--release]
+# (--release runs the tests in the release profile: more cases a minute, and no second build
+# where a release test build is already there.)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 minutes=10
 cases=500
 targets="parsers guide pipeline manifest corpus-qa shards gguf safetensors-config"
+profile=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --minutes) minutes="$2"; shift 2 ;;
     --cases) cases="$2"; shift 2 ;;
     --targets) targets="$2"; shift 2 ;;
+    --release) profile=(--release); shift ;;
     *) echo "fuzz.sh: unknown argument $1" >&2; exit 1 ;;
   esac
 done
@@ -34,7 +38,8 @@ done
 scripts/fetch-assets.sh >/dev/null
 export ASL_ASSETS="${ASL_ASSETS:-$root/assets}"
 export ASL_REQUIRE_ASSETS=1
-cargo test --locked --no-run --quiet 2>/dev/null || cargo test --locked --no-run
+cargo test --locked ${profile[@]+"${profile[@]}"} --no-run --quiet 2>/dev/null \
+  || cargo test --locked ${profile[@]+"${profile[@]}"} --no-run
 
 # target -> cargo test arguments
 args_of() {
@@ -61,7 +66,8 @@ for t in $targets; do
   runs=0; total=0; failures=0
   while [ $(( $(date +%s) - start )) -lt $(( minutes * 60 )) ]; do
     log="$log_dir/$t-$runs.log"
-    if ASL_FUZZ_CASES="$cases" cargo test --locked --quiet "${a[@]}" -- --nocapture > "$log" 2>&1; then
+    if ASL_FUZZ_CASES="$cases" cargo test --locked --quiet ${profile[@]+"${profile[@]}"} "${a[@]}" \
+      -- --nocapture > "$log" 2>&1; then
       passed=$(grep -o '[0-9]* passed' "$log" | tail -1 | grep -o '[0-9]*' || echo 0)
       total=$(( total + passed * cases ))
       rm -f "$log"
