@@ -88,7 +88,7 @@ pub fn write_page(run_dir: &Path, out: &Path, opts: &PageOptions) -> Result<Page
         .unwrap_or(0);
     let rounds: Vec<u32> = (1..=last).collect();
     // Round 0 shows in the figures when setup scored the starting checkpoint (`eval` in setup).
-    let round0 = crate::report::round_scalars(run_dir, 0)?;
+    let round0 = crate::report::round_scalars(run_dir, &manifest, 0)?;
     let mut html = String::with_capacity(1 << 20);
     let title = manifest
         .pipeline
@@ -137,7 +137,7 @@ pub fn write_page(run_dir: &Path, out: &Path, opts: &PageOptions) -> Result<Page
     for &round in &rounds {
         by_round.insert(
             round,
-            crate::report::round_scalars(run_dir, round)?
+            crate::report::round_scalars(run_dir, &manifest, round)?
                 .into_iter()
                 .collect(),
         );
@@ -149,7 +149,7 @@ pub fn write_page(run_dir: &Path, out: &Path, opts: &PageOptions) -> Result<Page
             .max()
             .unwrap_or(1)
             .max(1);
-        for (step, tag, value) in crate::report::step_scalars(run_dir, round)? {
+        for (step, tag, value) in crate::report::step_scalars(run_dir, &manifest, round)? {
             let global = f64::from((round - 1) * steps + step);
             by_step.entry(tag).or_default().push((global, value));
         }

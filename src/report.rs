@@ -123,16 +123,15 @@ struct RoundNumbers {
 }
 
 impl RoundNumbers {
-    fn read(run_dir: &Path, round: u32) -> Result<RoundNumbers> {
-        let m = Manifest::load(run_dir)?;
-        let tasks: Vec<TaskRow> = read_kind(&outputs(run_dir, &m, "generate", round))?;
-        let rewards: Vec<RewardRow> = read_kind(&outputs(run_dir, &m, "reward", round))?;
+    fn read(run_dir: &Path, m: &Manifest, round: u32) -> Result<RoundNumbers> {
+        let tasks: Vec<TaskRow> = read_kind(&outputs(run_dir, m, "generate", round))?;
+        let rewards: Vec<RewardRow> = read_kind(&outputs(run_dir, m, "reward", round))?;
         // Every GRM verdict of the round: the self-check's (the generator's answers) and the
         // judge's.
-        let mut grm_files = outputs(run_dir, &m, "selfcheck", round);
-        grm_files.extend(outputs(run_dir, &m, "judge", round));
+        let mut grm_files = outputs(run_dir, m, "selfcheck", round);
+        grm_files.extend(outputs(run_dir, m, "judge", round));
         let judgments: Vec<JudgmentRow> = read_kind(&grm_files)?;
-        let eval: Vec<EvalRow> = read_kind(&outputs(run_dir, &m, "eval", round))?;
+        let eval: Vec<EvalRow> = read_kind(&outputs(run_dir, m, "eval", round))?;
         // Labelled tasks (Search-R1) have no generator and no self-check: nothing to count.
         let generator_rows = rewards.iter().any(|r| r.role == "generator");
         let valid_after_check = generator_rows.then(|| {
@@ -193,7 +192,7 @@ impl RoundNumbers {
 
 /// The round's table (rows whose shards are absent show `-`).
 pub fn round_table(run_dir: &Path, round: u32) -> Result<Table> {
-    let n = RoundNumbers::read(run_dir, round)?;
+    let n = RoundNumbers::read(run_dir, &Manifest::load(run_dir)?, round)?;
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
     table.set_header(vec![format!("round {round}"), "value".to_string()]);
@@ -248,8 +247,8 @@ pub fn round_table(run_dir: &Path, round: u32) -> Result<Table> {
 /// The round's figures as (tag, value) scalars, the round table's and every eval metric
 /// (`eval/<dataset>/<role>/<metric>`): what TensorBoard shows at step = round. Figures whose
 /// shards are absent are left out.
-pub fn round_scalars(run_dir: &Path, round: u32) -> Result<Vec<(String, f64)>> {
-    let n = RoundNumbers::read(run_dir, round)?;
+pub fn round_scalars(run_dir: &Path, m: &Manifest, round: u32) -> Result<Vec<(String, f64)>> {
+    let n = RoundNumbers::read(run_dir, m, round)?;
     let mut out = Vec::new();
     if n.tasks > 0 {
         out.push(("tasks/written".to_string(), n.tasks as f64));
@@ -291,10 +290,9 @@ pub fn round_scalars(run_dir: &Path, round: u32) -> Result<Vec<(String, f64)>> {
 /// The round's training figures per optimizer step, as (step within the round, tag, value):
 /// the updates table's means per role (`train/<role>/loss`, `ratio`, `clip_fraction`, `kl`,
 /// `entropy`) and each role's gradient norm and learning rate from `apply`.
-pub fn step_scalars(run_dir: &Path, round: u32) -> Result<Vec<(u32, String, f64)>> {
-    let m = Manifest::load(run_dir)?;
+pub fn step_scalars(run_dir: &Path, m: &Manifest, round: u32) -> Result<Vec<(u32, String, f64)>> {
     let mut out = Vec::new();
-    for (step, files) in step_outputs(run_dir, &m, "train", round) {
+    for (step, files) in step_outputs(run_dir, m, "train", round) {
         let updates: Vec<UpdateRow> = read_kind(&files)?;
         let mut by_role: BTreeMap<&str, Vec<&UpdateRow>> = BTreeMap::new();
         for u in &updates {
@@ -316,7 +314,7 @@ pub fn step_scalars(run_dir: &Path, round: u32) -> Result<Vec<(u32, String, f64)
             }
         }
     }
-    for (_, files) in step_outputs(run_dir, &m, "apply", round) {
+    for (_, files) in step_outputs(run_dir, m, "apply", round) {
         for n in read_kind::<StepRow>(&files)? {
             out.push((
                 n.step,

@@ -50,12 +50,12 @@ pub fn write_round(run_dir: &Path, round: u32) -> Result<()> {
         .unwrap_or(1)
         .max(1);
     let mut events: Vec<(i64, Vec<(String, f64)>)> = Vec::new();
-    let round_scalars = crate::report::round_scalars(run_dir, round)?;
+    let round_scalars = crate::report::round_scalars(run_dir, &manifest, round)?;
     if !round_scalars.is_empty() {
         events.push((i64::from(round), round_scalars));
     }
     let mut by_step: std::collections::BTreeMap<i64, Vec<(String, f64)>> = Default::default();
-    for (step, tag, value) in crate::report::step_scalars(run_dir, round)? {
+    for (step, tag, value) in crate::report::step_scalars(run_dir, &manifest, round)? {
         let global = i64::from(round.saturating_sub(1)) * i64::from(steps) + i64::from(step);
         by_step.entry(global).or_default().push((tag, value));
     }

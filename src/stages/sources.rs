@@ -98,35 +98,67 @@ fn json_records(path: &Path) -> Result<Records> {
     )))
 }
 
+/// The `parquet` crate asserts on some corrupt footer values instead of returning an error
+/// (found by fuzzing: "column start and length should not be negative"); a user's file is
+/// opened and decoded under `catch_panic`, so it fails in one line like any other bad input.
 fn parquet_records(path: &Path) -> Result<Records> {
     let file = File::open(path).at(path)?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| Error::input(path, format!("not a readable Parquet file ({e})")))?
-        .with_batch_size(1024)
-        .build()
-        .map_err(|e| Error::input(path, format!("cannot read: {e}")))?;
+    let mut reader = crate::error::catch_panic(
+        || {
+            ParquetRecordBatchReaderBuilder::try_new(file)
+                .map_err(|e| Error::input(path, format!("not a readable Parquet file ({e})")))?
+                .with_batch_size(1024)
+                .build()
+                .map_err(|e| Error::input(path, format!("cannot read: {e}")))
+        },
+        |what| Error::input(path, format!("corrupt Parquet file ({what})")),
+    )?;
     let path = path.to_path_buf();
-    let batches = reader.map(move |batch| -> Result<Vec<Result<Record>>> {
-        let batch = batch.map_err(|e| Error::input(&path, format!("corrupt data: {e}")))?;
-        let mut writer = arrow::json::LineDelimitedWriter::new(Vec::new());
-        writer
-            .write(&batch)
-            .and_then(|_| writer.finish())
-            .map_err(|e| Error::input(&path, format!("cannot convert rows: {e}")))?;
-        let bytes = writer.into_inner();
-        Ok(bytes
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(|l| match serde_json::from_slice::<Value>(l) {
-                Ok(Value::Object(m)) => Ok(m),
-                _ => Err(Error::input(&path, "row did not convert to a JSON object")),
-            })
-            .collect())
+    let mut stopped = false;
+    let batches = std::iter::from_fn(move || {
+        if stopped {
+            return None;
+        }
+        let next = crate::error::catch_panic(
+            || Ok(reader.next()),
+            |what| Error::input(&path, format!("corrupt Parquet file ({what})")),
+        );
+        match next {
+            Ok(None) => None,
+            Ok(Some(batch)) => Some(batch_records(&path, batch)),
+            Err(e) => {
+                // A reader that panicked is in no state to go on.
+                stopped = true;
+                Some(Err(e))
+            }
+        }
     });
     Ok(Box::new(batches.flat_map(|b| match b {
         Ok(rows) => rows,
         Err(e) => vec![Err(e)],
     })))
+}
+
+/// One decoded batch as JSON records.
+fn batch_records(
+    path: &Path,
+    batch: std::result::Result<arrow::record_batch::RecordBatch, arrow::error::ArrowError>,
+) -> Result<Vec<Result<Record>>> {
+    let batch = batch.map_err(|e| Error::input(path, format!("corrupt data: {e}")))?;
+    let mut writer = arrow::json::LineDelimitedWriter::new(Vec::new());
+    writer
+        .write(&batch)
+        .and_then(|_| writer.finish())
+        .map_err(|e| Error::input(path, format!("cannot convert rows: {e}")))?;
+    let bytes = writer.into_inner();
+    Ok(bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| match serde_json::from_slice::<Value>(l) {
+            Ok(Value::Object(m)) => Ok(m),
+            _ => Err(Error::input(path, "row did not convert to a JSON object")),
+        })
+        .collect())
 }
 
 /// A field as text: strings as they are, numbers and booleans printed; null or absent → None.
