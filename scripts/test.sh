@@ -19,6 +19,14 @@ export ASL_REQUIRE_PY_READERS=1
 export ASL_REQUIRE_ASSETS=1
 export ASL_ASSETS="$root/assets"
 
+# Debian's chromium: the run page is opened in a real headless browser (tests/integration/page.rs).
+if ! command -v chromium >/dev/null; then
+  echo "test.sh: installing chromium (apt)" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
+export ASL_REQUIRE_CHROMIUM=1
+
 # A one-node Slurm cluster (installed from Debian's packages when missing) for the `asl submit`
 # tests; stopped when the suite ends.
 scripts/slurm-local.sh start "$root/target/slurm"

@@ -65,6 +65,13 @@ details>summary{cursor:pointer}
 "#;
 
 const SCRIPT: &str = r#"
+// A link can carry the filters: report.html#round=2&role=policy&verdict=wrong.
+document.addEventListener('DOMContentLoaded',function(){
+  var h=new URLSearchParams(location.hash.slice(1));
+  [['round','f-round'],['role','f-role'],['verdict','f-verdict']].forEach(function(p){
+    if(h.has(p[0])){document.getElementById(p[1]).value=h.get(p[0]);}});
+  applyFilters();
+});
 function applyFilters(){
   var r=document.getElementById('f-round').value, o=document.getElementById('f-role').value,
       v=document.getElementById('f-verdict').value;

@@ -9,6 +9,7 @@ mod export;
 mod full_disk;
 mod fuzz;
 mod model_cli;
+mod page;
 mod readers;
 mod retention;
 mod rounds;

@@ -135,6 +135,7 @@ fn smoke_runs_two_rounds_of_every_stage_and_reruns_are_no_ops() {
         fetches.iter().all(|f| !html.contains(f)),
         "the page fetches something"
     );
+    crate::page::check_in_browser(&rd);
 
     // TensorBoard shows the run; a stage that reruns rewrites its round's points, never adds.
     assert_ok(&run_smoke(&assets, &rd, &["--force", "eval"]));
