@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 
 use crate::audit::{scan, signals, stats};
 use crate::error::Result;
-use crate::manifest::{Manifest, Status, resolve_path};
+use crate::manifest::{Manifest, Status};
+use crate::report::outputs;
 use crate::shards::read_kind;
 use crate::shards::rows::{JudgmentRow, RewardRow, TaskRow, TrajectoryRow};
 
@@ -148,17 +149,8 @@ pub fn write_page(run_dir: &Path, out: &Path, opts: &PageOptions) -> Result<Page
                 .into_iter()
                 .collect(),
         );
-        let steps = manifest
-            .entries
-            .iter()
-            .filter(|e| e.round == round && e.stage == "train")
-            .map(|e| e.steps)
-            .max()
-            .unwrap_or(1)
-            .max(1);
         for (step, tag, value) in crate::report::step_scalars(run_dir, &manifest, round)? {
-            let global = f64::from((round - 1) * steps + step);
-            by_step.entry(tag).or_default().push((global, value));
+            by_step.entry(tag).or_default().push((step as f64, value));
         }
     }
     html.push_str("<h2>Rounds</h2>");
@@ -470,17 +462,6 @@ fn select(id: &str, label: &str, options: &[String]) -> String {
     s
 }
 
-/// Outputs of `stage` in exactly `round`.
-fn files(run_dir: &Path, m: &Manifest, stage: &str, round: u32) -> Vec<PathBuf> {
-    match m.done_outputs(stage, round) {
-        Some((r, outs)) if r == round => outs
-            .iter()
-            .map(|o| resolve_path(run_dir, &o.path))
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
 /// Writes the first `n` tasks of `round` with their attempts, verdicts and rewards; returns how
 /// many were written.
 fn round_sample(
@@ -491,19 +472,19 @@ fn round_sample(
     n: usize,
     tok: Option<&tokenizers::Tokenizer>,
 ) -> Result<usize> {
-    let task_files = match files(run_dir, m, "selfcheck", round) {
+    let task_files = match outputs(run_dir, m, "selfcheck", round) {
         f if !f.is_empty() => f,
-        _ => files(run_dir, m, "generate", round),
+        _ => outputs(run_dir, m, "generate", round),
     };
     let tasks: Vec<TaskRow> = read_kind(&task_files)?;
     let mut trajectories: Vec<TrajectoryRow> = Vec::new();
     let mut judgments: Vec<JudgmentRow> = Vec::new();
     for stage in ["generate", "selfcheck", "rollout", "judge"] {
-        let f = files(run_dir, m, stage, round);
+        let f = outputs(run_dir, m, stage, round);
         trajectories.extend(read_kind::<TrajectoryRow>(&f)?);
         judgments.extend(read_kind::<JudgmentRow>(&f)?);
     }
-    let rewards: Vec<RewardRow> = read_kind(&files(run_dir, m, "reward", round))?;
+    let rewards: Vec<RewardRow> = read_kind(&outputs(run_dir, m, "reward", round))?;
     let reward_of: BTreeMap<&str, &RewardRow> = rewards
         .iter()
         .map(|r| (r.trajectory_id.as_str(), r))

@@ -13,7 +13,7 @@ use crate::shards::read_kind;
 use crate::shards::rows::{EvalRow, JudgmentRow, RewardRow, StepRow, TaskRow, UpdateRow};
 
 /// Outputs of `stage` in exactly `round`.
-fn outputs(run_dir: &Path, m: &Manifest, stage: &str, round: u32) -> Vec<PathBuf> {
+pub(crate) fn outputs(run_dir: &Path, m: &Manifest, stage: &str, round: u32) -> Vec<PathBuf> {
     match m.done_outputs(stage, round) {
         Some((r, outs)) if r == round => outs
             .iter()
@@ -287,10 +287,21 @@ pub fn round_scalars(run_dir: &Path, m: &Manifest, round: u32) -> Result<Vec<(St
     Ok(out)
 }
 
-/// The round's training figures per optimizer step, as (step within the round, tag, value):
+/// The round's training figures per optimizer step, as (global optimizer step, tag, value), the
+/// global step being (round − 1) × the round's steps + the step within the round:
 /// the updates table's means per role (`train/<role>/loss`, `ratio`, `clip_fraction`, `kl`,
 /// `entropy`) and each role's gradient norm and learning rate from `apply`.
-pub fn step_scalars(run_dir: &Path, m: &Manifest, round: u32) -> Result<Vec<(u32, String, f64)>> {
+pub fn step_scalars(run_dir: &Path, m: &Manifest, round: u32) -> Result<Vec<(u64, String, f64)>> {
+    let steps = m
+        .entries
+        .iter()
+        .rev()
+        .find(|e| {
+            e.stage == "train" && e.round == round && e.status == crate::manifest::Status::Done
+        })
+        .map_or(1, |e| e.steps.max(1));
+    let global =
+        |step: u32| u64::from(round.saturating_sub(1)) * u64::from(steps) + u64::from(step);
     let mut out = Vec::new();
     for (step, files) in step_outputs(run_dir, m, "train", round) {
         let updates: Vec<UpdateRow> = read_kind(&files)?;
@@ -309,7 +320,7 @@ pub fn step_scalars(run_dir: &Path, m: &Manifest, round: u32) -> Result<Vec<(u32
             ];
             for (name, f) in fields {
                 if let Some(v) = mean(rows.iter().map(|u| f64::from(f(u)))) {
-                    out.push((step, format!("train/{role}/{name}"), v));
+                    out.push((global(step), format!("train/{role}/{name}"), v));
                 }
             }
         }
@@ -317,11 +328,11 @@ pub fn step_scalars(run_dir: &Path, m: &Manifest, round: u32) -> Result<Vec<(u32
     for (_, files) in step_outputs(run_dir, m, "apply", round) {
         for n in read_kind::<StepRow>(&files)? {
             out.push((
-                n.step,
+                global(n.step),
                 format!("train/{}/grad_norm", n.role),
                 f64::from(n.grad_norm),
             ));
-            out.push((n.step, format!("train/{}/lr", n.role), n.lr));
+            out.push((global(n.step), format!("train/{}/lr", n.role), n.lr));
         }
     }
     Ok(out)

@@ -569,29 +569,37 @@ fn shell_quote(s: &str) -> String {
     }
 }
 
-/// Runs `sbatch --parsable ARGS SCRIPT` and returns the job id.
-fn sbatch(args: &[String], script: &Path) -> Result<String> {
-    let out = Command::new("sbatch")
+/// Runs a Slurm command and returns its stdout; a failure is one line naming the command, with
+/// the last line of its stderr.
+fn slurm_command(program: &str, args: &[&std::ffi::OsStr], shown: String) -> Result<String> {
+    let out = Command::new(program)
         .args(args)
-        .arg(script)
         .output()
         .map_err(|e| Error::Slurm {
-            command: "sbatch".into(),
+            command: program.into(),
             message: format!("cannot run it ({e}); is Slurm installed and on PATH?"),
         })?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         return Err(Error::Slurm {
-            command: format!("sbatch {}", script.display()),
+            command: shown,
             message: stderr.trim().lines().last().unwrap_or("failed").to_string(),
         });
     }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `sbatch --parsable ARGS SCRIPT` and returns the job id.
+fn sbatch(args: &[String], script: &Path) -> Result<String> {
+    let shown = format!("sbatch {}", script.display());
+    let mut argv: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    argv.push(script.as_os_str());
+    let stdout = slurm_command("sbatch", &argv, shown.clone())?;
     // `--parsable` prints `jobid` or `jobid;cluster`.
     let id = stdout.trim().split(';').next().unwrap_or("").to_string();
     if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
         return Err(Error::Slurm {
-            command: format!("sbatch {}", script.display()),
+            command: shown,
             message: format!("printed {:?}, not a job id", stdout.trim()),
         });
     }
@@ -600,25 +608,11 @@ fn sbatch(args: &[String], script: &Path) -> Result<String> {
 
 /// Slurm's live jobs (queued or running), one id per array task (`12_3`) or job (`12`).
 pub fn live_jobs() -> Result<Vec<String>> {
-    let out = Command::new("squeue")
-        .args(["-h", "-r", "-o", "%i"])
-        .output()
-        .map_err(|e| Error::Slurm {
-            command: "squeue".into(),
-            message: format!("cannot run it ({e}); is Slurm installed and on PATH?"),
-        })?;
-    if !out.status.success() {
-        return Err(Error::Slurm {
-            command: "squeue".into(),
-            message: String::from_utf8_lossy(&out.stderr)
-                .trim()
-                .lines()
-                .last()
-                .unwrap_or("failed")
-                .to_string(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
+    let argv: Vec<&std::ffi::OsStr> = ["-h", "-r", "-o", "%i"]
+        .iter()
+        .map(|a| a.as_ref())
+        .collect();
+    Ok(slurm_command("squeue", &argv, "squeue".into())?
         .lines()
         .map(|l| l.trim().to_string())
         .filter(|l| !l.is_empty())

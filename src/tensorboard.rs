@@ -42,13 +42,6 @@ pub fn write_round(run_dir: &Path, round: u32) -> Result<()> {
         .filter_map(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
         .map(|t| t.timestamp_millis() as f64 / 1000.0)
         .fold(0.0, f64::max);
-    let steps = done
-        .iter()
-        .filter(|e| e.stage == "train")
-        .map(|e| e.steps)
-        .max()
-        .unwrap_or(1)
-        .max(1);
     let mut events: Vec<(i64, Vec<(String, f64)>)> = Vec::new();
     let round_scalars = crate::report::round_scalars(run_dir, &manifest, round)?;
     if !round_scalars.is_empty() {
@@ -56,8 +49,7 @@ pub fn write_round(run_dir: &Path, round: u32) -> Result<()> {
     }
     let mut by_step: std::collections::BTreeMap<i64, Vec<(String, f64)>> = Default::default();
     for (step, tag, value) in crate::report::step_scalars(run_dir, &manifest, round)? {
-        let global = i64::from(round.saturating_sub(1)) * i64::from(steps) + i64::from(step);
-        by_step.entry(global).or_default().push((tag, value));
+        by_step.entry(step as i64).or_default().push((tag, value));
     }
     events.extend(by_step);
     if events.is_empty() {
