@@ -105,8 +105,12 @@ PY
     ${extra[@]+"${extra[@]}"} >> "$dir.log" 2>&1 || { tail -3 "$dir.log"; exit 1; }
   echo "$arm: asl run took $(( $(date +%s) - start )) s this time" | tee -a "$out/times.txt"
   "$venv/bin/python" scripts/learning_curve.py "$dir" > "$dir.curve.txt"
-  "$asl" eval compare --run-dir "$dir" --rounds 0 "$rounds" > "$dir.compare.txt"
-  "$asl" eval compare --run-dir "$dir" --rounds 0 "$rounds" --json > "$dir.compare.json"
+  # The last scored round: ROUNDS, or earlier when the run stopped on idle rounds (stall_rounds).
+  end=$(ls -d "$dir"/round-*/eval | sort | tail -1 | sed 's|.*/round-\([0-9]*\)/eval|\1|')
+  end=$((10#$end))
+  [ "$end" = "$rounds" ] || echo "$arm: stopped after round $end of $rounds (see $dir.log)" | tee -a "$out/times.txt"
+  "$asl" eval compare --run-dir "$dir" --rounds 0 "$end" > "$dir.compare.txt"
+  "$asl" eval compare --run-dir "$dir" --rounds 0 "$end" --json > "$dir.compare.json"
   "$asl" audit --run-dir "$dir" --out "$dir-audit" > "$dir.audit.txt" 2>&1 || true
   "$asl" audit --run-dir "$dir" --json > "$dir.audit.json" 2>/dev/null || true
   first="${first:-$arm}"

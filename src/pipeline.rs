@@ -35,6 +35,8 @@ struct PipelineFile {
     seed: u64,
     #[serde(default)]
     rounds: u32,
+    #[serde(default = "default_stall_rounds")]
+    stall_rounds: u32,
     #[serde(default)]
     setup: Vec<String>,
     #[serde(default)]
@@ -54,6 +56,10 @@ pub struct Pipeline {
     pub description: Option<String>,
     pub seed: u64,
     pub rounds: u32,
+    /// After this many rounds in a row in which no role had anything to train, the run stops
+    /// (0: never). Such a round leaves the checkpoint as it was, so the next one could only
+    /// repeat it with other seeds; see `run_pipeline`.
+    pub stall_rounds: u32,
     pub setup: Vec<String>,
     pub round: Vec<String>,
     /// Parameters per stage name, as written in the file.
@@ -98,6 +104,7 @@ impl Pipeline {
             description: file.description,
             seed: file.seed,
             rounds: file.rounds,
+            stall_rounds: file.stall_rounds,
             setup: file.setup,
             round: file.round,
             params,
@@ -176,6 +183,12 @@ impl Pipeline {
         let table = self.params.get(stage.name()).and_then(Value::as_object);
         resolve(stage.name(), &stage.params(), table, sets)
     }
+}
+
+/// Three idle rounds: one can happen by chance (every task rejected, every group flat); three in
+/// a row mean the roles no longer produce anything to learn from.
+fn default_stall_rounds() -> u32 {
+    3
 }
 
 /// A pipeline file's table with the file it `extends` (a path relative to it) merged under it:
@@ -426,6 +439,10 @@ pub fn run_pipeline(
         Some(apply) => crate::retention::Retention::from_params(apply)?,
         None => None,
     };
+    // Rounds in a row in which no role had anything to train, and the round the run ends with
+    // (earlier than `rounds` once `stall_rounds` of them follow each other).
+    let mut idle_rounds = 0;
+    let mut last_round = run.rounds;
     for Planned {
         round,
         stage,
@@ -433,6 +450,9 @@ pub fn run_pipeline(
         runs,
     } in run.plan(pipeline)
     {
+        if round > last_round {
+            break;
+        }
         let name = &stage.name().to_string();
         if round != current_round {
             if close_round(
@@ -449,6 +469,11 @@ pub fn run_pipeline(
             round_ran = false;
         }
         let params = run.stage_params(name);
+        // A stalled run's last round runs what the pipeline's last round would (`eval.every`).
+        let runs = runs
+            || (round == last_round
+                && round < run.rounds
+                && stage.runs_in_round(&params, round, round));
         if !runs {
             writeln!(log, "round {round} {name}: not this round").ok();
             continue;
@@ -472,26 +497,41 @@ pub fn run_pipeline(
                 action: Action::Skipped,
                 summary: String::new(),
             });
-            continue;
+        } else {
+            writeln!(log, "round {round} {label}: running").ok();
+            round_ran = true;
+            let executed = prepared.execute(run_dir, ShardSpec::WHOLE);
+            manifest = Manifest::load(run_dir)?;
+            let (entry, summary) = executed?;
+            writeln!(
+                log,
+                "round {round} {label}: done in {:.1}s, {summary}",
+                entry.wall_s.unwrap_or_default()
+            )
+            .ok();
+            ran.insert(name.clone());
+            reports.push(StageReport {
+                round,
+                stage: name.clone(),
+                action: Action::Ran,
+                summary,
+            });
         }
-        writeln!(log, "round {round} {label}: running").ok();
-        round_ran = true;
-        let executed = prepared.execute(run_dir, ShardSpec::WHOLE);
-        manifest = Manifest::load(run_dir)?;
-        let (entry, summary) = executed?;
-        writeln!(
-            log,
-            "round {round} {label}: done in {:.1}s, {summary}",
-            entry.wall_s.unwrap_or_default()
-        )
-        .ok();
-        ran.insert(name.clone());
-        reports.push(StageReport {
-            round,
-            stage: name.clone(),
-            action: Action::Ran,
-            summary,
-        });
+        if name == "reward" && pipeline.stall_rounds > 0 {
+            idle_rounds = match trained_rows(run_dir, &manifest, round)? {
+                0 => idle_rounds + 1,
+                _ => 0,
+            };
+            if idle_rounds >= pipeline.stall_rounds && round < run.rounds {
+                last_round = round;
+                writeln!(
+                    log,
+                    "round {round}: the run stops after this round: {idle_rounds} rounds in a row gave no role anything to train (no valid task or only flat groups), so the checkpoint no longer changes and later rounds would repeat these (stall_rounds = {}; 0 never stops)",
+                    pipeline.stall_rounds
+                )
+                .ok();
+            }
+        }
     }
     close_round(
         run_dir,
@@ -502,6 +542,13 @@ pub fn run_pipeline(
         log,
     )?;
     Ok(reports)
+}
+
+/// How many of `round`'s reward rows train a role (0 when its `reward` wrote none).
+fn trained_rows(run_dir: &Path, manifest: &Manifest, round: u32) -> Result<usize> {
+    let files = crate::report::outputs(run_dir, manifest, "reward", round);
+    let rows: Vec<crate::shards::rows::RewardRow> = crate::shards::read_kind(&files)?;
+    Ok(rows.iter().filter(|r| r.train).count())
 }
 
 /// The optimizer steps each round takes, from the pipeline's `train` params (1 when it has no

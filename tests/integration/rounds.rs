@@ -209,3 +209,67 @@ fn kill_9_during_rollout_then_rerun_gives_the_same_shards() {
     );
     assert_eq!(everything_written(&rd), expected);
 }
+
+/// A round in which no role has anything to train leaves the checkpoint as it was, so the next
+/// one could only repeat it with other seeds: after `stall_rounds` such rounds in a row the run
+/// stops, and its last round is scored as the pipeline's last round would be (`eval.every`).
+/// Here the policy's solve-rate band is empty and only the policy may train.
+#[test]
+fn a_run_whose_rounds_train_nothing_stops_after_stall_rounds() {
+    let Some(assets) = shipped_assets() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pipe = dir.path().join("stall.toml");
+    std::fs::write(
+        &pipe,
+        format!(
+            "extends = {SMOKE:?}\nrounds = 5\nstall_rounds = 2\n\
+             [params.reward]\ntrain_roles = \"policy\"\nsolve_rate_min = 1.0\nsolve_rate_max = 0.0\n\
+             [params.eval]\nevery = 10\n"
+        ),
+    )
+    .unwrap();
+    let rd = dir.path().join("run");
+    let run = || {
+        asl_with_env(
+            &[
+                "run",
+                pipe.to_str().unwrap(),
+                "--run-dir",
+                rd.to_str().unwrap(),
+            ],
+            &[
+                ("ASL_ASSETS", assets.to_str().unwrap()),
+                ("RAYON_NUM_THREADS", "1"),
+            ],
+        )
+    };
+    let out = run();
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains("round 2: the run stops after this round: 2 rounds in a row"),
+        "{}",
+        stdout(&out)
+    );
+    let manifest = Manifest::load(&rd).unwrap();
+    assert!(
+        manifest
+            .done_outputs("reward", 2)
+            .is_some_and(|(r, _)| r == 2)
+    );
+    // Round 1 is not scored (every = 10); round 2, the last, is; round 3 never starts.
+    assert!(manifest.done_outputs("eval", 1).is_none_or(|(r, _)| r != 1));
+    assert!(
+        manifest
+            .done_outputs("eval", 2)
+            .is_some_and(|(r, _)| r == 2)
+    );
+    assert!(!rd.join("round-003").exists());
+    // Resuming finds the same stall from the shards and skips everything.
+    let again = run();
+    assert_ok(&again);
+    assert!(stdout(&again).contains("round 2: the run stops after this round"));
+    assert!(!stdout(&again).contains(": running"), "{}", stdout(&again));
+    assert!(!rd.join("round-003").exists());
+}
