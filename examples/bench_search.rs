@@ -15,10 +15,11 @@ use std::time::Instant;
 
 use asl::manifest::Manifest;
 use asl::search::dense::{DenseIndex, Embedder};
-use asl::search::run::{SHIPPED_EMBEDDER, open_env, passages, read_embeddings, stage_files};
+use asl::search::run::{SHIPPED_EMBEDDER, passages, read_embeddings};
 use asl::search::{SearchEnv, SearchMode};
 use asl::shards::read_rows;
 use asl::shards::rows::QaRow;
+use asl::stages::env::{open_env, stage_files};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);

@@ -955,7 +955,8 @@ fn search_main(
     json: bool,
     query: &str,
 ) -> Result<()> {
-    use asl::search::{SearchMode, run::open_env};
+    use asl::search::SearchMode;
+    use asl::stages::env::open_env;
     let mode: SearchMode = mode.parse()?;
     let env = open_env(run_dir, round, mode)?;
     let hits = env.search(query, k, mode)?;

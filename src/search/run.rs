@@ -1,5 +1,6 @@
-//! Opening the search environment of a run: the corpus, BM25 index and embeddings that the
-//! `corpus`, `index` and `embed` stages recorded in the manifest.
+//! Opening a search environment from files: the corpus shards, BM25 index and embeddings that
+//! the `corpus`, `index` and `embed` stages write (where a run keeps them is `stages::env`'s
+//! business; this module knows nothing of stages or the manifest).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,7 +12,6 @@ use super::bm25::Bm25Index;
 use super::dense::{DenseIndex, Embedder};
 use super::{Passage, SearchEnv, SearchMode, corpus_fingerprint};
 use crate::error::{Error, Result};
-use crate::manifest::{Manifest, resolve_path};
 use crate::shards::rows::CorpusRow;
 use crate::shards::{EMBEDDING_DIM, ShardKind, open_shard, read_rows};
 
@@ -30,47 +30,45 @@ pub fn passages(corpus_files: &[PathBuf]) -> Result<Vec<Passage>> {
         .collect())
 }
 
-/// Outputs of `stage` that the manifest records as done, as paths.
-pub fn stage_files(run_dir: &Path, round: u32, stage: &str) -> Result<Vec<PathBuf>> {
-    let manifest = Manifest::load(run_dir)?;
-    let (_, outputs) = manifest.done_outputs(stage, round).ok_or_else(|| {
-        Error::stage(
-            stage,
-            format!(
-                "no finished `{stage}` stage in {} (run `asl run pipelines/data.toml --run-dir {}`)",
-                run_dir.display(),
-                run_dir.display()
-            ),
-        )
-    })?;
-    Ok(outputs
-        .iter()
-        .map(|o| resolve_path(run_dir, &o.path))
-        .collect())
+/// The files a search environment is opened from: what the `corpus`, `index` and `embed` stages
+/// wrote, and the embedding model (`stages::env` finds them in a run dir).
+#[derive(Debug, Clone, Default)]
+pub struct EnvFiles {
+    pub corpus: Vec<PathBuf>,
+    /// The BM25 index directory (BM25 and hybrid modes).
+    pub index: Option<PathBuf>,
+    /// `embeddings` shards (dense and hybrid modes).
+    pub embeddings: Vec<PathBuf>,
+    /// The sentence-embedding model folder (dense and hybrid modes).
+    pub embedder: Option<PathBuf>,
 }
 
-/// Opens what `mode` needs from a run dir.
-pub fn open_env(run_dir: &Path, round: u32, mode: SearchMode) -> Result<SearchEnv> {
-    let passages = passages(&stage_files(run_dir, round, "corpus")?)?;
+/// Opens what `mode` needs from `files`.
+pub fn open_env(files: &EnvFiles, mode: SearchMode) -> Result<SearchEnv> {
+    let passages = passages(&files.corpus)?;
     let fingerprint = corpus_fingerprint(&passages);
+    let first = files.corpus.first().map_or(Path::new(""), |p| p.as_path());
     let search_err = |path: &Path, e: super::SearchError| Error::input(path, e.to_string());
-    let mut env = SearchEnv::new(passages).map_err(|e| search_err(run_dir, e))?;
+    let mut env = SearchEnv::new(passages).map_err(|e| search_err(first, e))?;
     if matches!(mode, SearchMode::Bm25 | SearchMode::Hybrid) {
-        let dir = stage_files(run_dir, round, "index")?
-            .into_iter()
-            .next()
+        let dir = files
+            .index
+            .as_ref()
             .ok_or_else(|| Error::stage("index", "recorded no index directory"))?;
-        let index = Bm25Index::open(&dir, &fingerprint).map_err(|e| search_err(&dir, e))?;
+        let index = Bm25Index::open(dir, &fingerprint).map_err(|e| search_err(dir, e))?;
         env = env.with_bm25(index);
     }
     if matches!(mode, SearchMode::Dense | SearchMode::Hybrid) {
-        let files = stage_files(run_dir, round, "embed")?;
-        let index = read_embeddings(&files)?;
-        let model_dir = crate::stages::assets_dir().join(SHIPPED_EMBEDDER);
-        let embedder = Embedder::load(&model_dir).map_err(|e| search_err(&model_dir, e))?;
+        let index = read_embeddings(&files.embeddings)?;
+        let model_dir = files
+            .embedder
+            .as_ref()
+            .ok_or_else(|| Error::stage("embed", "no embedding model given"))?;
+        let embedder = Embedder::load(model_dir).map_err(|e| search_err(model_dir, e))?;
+        let shard = files.embeddings.first().map_or(first, |p| p.as_path());
         env = env
             .with_dense(index, embedder)
-            .map_err(|e| search_err(&files[0], e))?;
+            .map_err(|e| search_err(shard, e))?;
     }
     Ok(env)
 }

@@ -17,7 +17,7 @@ use crate::params::{ParamSpec, Params, ParamsExt};
 use crate::roles::tool::{self, TOOL_FORMATS, ToolFormat};
 use crate::roles::{Message, tags};
 use crate::search::render::render_information;
-use crate::search::run::open_env;
+use super::env::open_env;
 use crate::search::{SearchEnv, SearchMode};
 use crate::shards::rows::TrajectoryRow;
 

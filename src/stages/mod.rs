@@ -7,6 +7,7 @@ pub mod agent;
 pub mod apply;
 pub mod corpus;
 pub mod embed;
+pub mod env;
 pub mod eval;
 pub mod generate;
 pub mod index;

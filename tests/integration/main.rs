@@ -8,6 +8,7 @@ mod crash;
 mod export;
 mod full_disk;
 mod fuzz;
+mod layers;
 mod model_cli;
 mod page;
 mod readers;
