@@ -1,12 +1,14 @@
 //! The matmul roof of this machine for `scripts/bench-rollout.sh`: GFLOP/s of candle's CPU
 //! matmul (the one the model runs) at SmolLM2-135M's projection shapes, in f32 and bf16, for a
-//! decode-sized and a prefill-sized batch of rows. Prints one JSON object per line:
-//! `{"bench": "matmul", "dtype", "m", "k", "n", "gflops"}` (best of `--repeats`).
+//! decode-sized and a prefill-sized batch of rows, and through `QMatMul` with q8_0 weights (the
+//! `quant = "q8_0"` sampling path: f32 activations, int8 weights). Prints one JSON object per
+//! line: `{"bench": "matmul", "dtype", "m", "k", "n", "gflops"}` (best of `--repeats`).
 //!
 //! cargo run --release --example bench_matmul -- [--rows 32,512] [--repeats 5]
 
 use std::time::Instant;
 
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use serde_json::json;
 
@@ -54,6 +56,32 @@ fn main() -> anyhow::Result<()> {
                            "m": m, "k": k, "n": n, "gflops": gflops})
                 );
             }
+        }
+    }
+    for &m in &rows {
+        for &(k, n) in &shapes {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
+            // Widths padded with zeros to whole 256-blocks, as the model does, so candle's
+            // repacked int8 kernels apply; the activations' padding is timed too.
+            let pad = k.next_multiple_of(256) - k;
+            let w = Tensor::randn(0f32, 0.05, (n, k), &dev)?.pad_with_zeros(1, 0, pad)?;
+            let q = QMatMul::from_qtensor(QTensor::quantize(&w, GgmlDType::Q8_0)?)?;
+            let run = |x: &Tensor| -> candle_core::Result<Tensor> {
+                q.forward(&x.pad_with_zeros(1, 0, pad)?)
+            };
+            run(&x)?; // warm-up (and the one-off weight repacking)
+            let mut best = f64::INFINITY;
+            for _ in 0..repeats {
+                let t = Instant::now();
+                let y = run(&x)?;
+                y.dims();
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            let gflops = 2.0 * (m * k * n) as f64 / best / 1e9;
+            println!(
+                "{}",
+                json!({"bench": "matmul", "dtype": "q8_0", "m": m, "k": k, "n": n, "gflops": gflops})
+            );
         }
     }
     Ok(())

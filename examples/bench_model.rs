@@ -29,6 +29,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use asl::model::generate::generate;
 use asl::model::llama::HfModel;
+use asl::model::placement::Placement;
 use asl::model::sample::{SamplingParams, SeqRequest};
 use asl::model::train::{
     LossPositions, TrainConfig, Trainer, build_batch, selected_logprobs, token_logprobs,
@@ -61,12 +62,15 @@ struct Args {
     train_len: usize,
     train: bool,
     grpo: bool,
+    /// The decode's `dtype` (f32, bf16, f16, q8_0): asl's side only.
+    dtype: String,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut it = std::env::args().skip(1);
     let usage = "usage: bench_model MODEL_DIR [--check OUT.json] [--batches 1,8,32] \
-                 [--new-tokens 128] [--train-batch 8] [--train-len 256] [--no-train] [--no-grpo]";
+                 [--new-tokens 128] [--train-batch 8] [--train-len 256] [--no-train] [--no-grpo] \
+                 [--dtype f32|bf16|f16|q8_0]";
     let mut a = Args {
         dir: PathBuf::from(it.next().context(usage)?),
         check: None,
@@ -76,6 +80,7 @@ fn parse_args() -> anyhow::Result<Args> {
         train_len: 256,
         train: true,
         grpo: true,
+        dtype: "f32".into(),
     };
     while let Some(flag) = it.next() {
         let mut val = || {
@@ -95,6 +100,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--train-len" => a.train_len = val()?.parse()?,
             "--no-train" => a.train = false,
             "--no-grpo" => a.grpo = false,
+            "--dtype" => a.dtype = val()?,
             _ => bail!("unknown argument {flag:?}; {usage}"),
         }
     }
@@ -141,7 +147,7 @@ fn greedy(max_new_tokens: usize, eos_ids: Vec<u32>, stop: Vec<String>) -> Sampli
     }
 }
 
-fn bench_decode(hf: &HfModel, batch: usize, new_tokens: usize) -> anyhow::Result<()> {
+fn bench_decode(hf: &HfModel, batch: usize, new_tokens: usize, dtype: &str) -> anyhow::Result<()> {
     let ids = chat_ids(hf, DECODE_PROMPT)?;
     let reqs: Vec<SeqRequest> = (0..batch)
         .map(|i| SeqRequest {
@@ -164,9 +170,64 @@ fn bench_decode(hf: &HfModel, batch: usize, new_tokens: usize) -> anyhow::Result
         );
     }
     emit(json!({
-        "side": "asl", "bench": "decode", "batch": batch, "prompt_tokens": ids.len(),
+        "side": "asl", "bench": "decode", "dtype": dtype, "batch": batch, "prompt_tokens": ids.len(),
         "new_tokens": new_tokens, "seconds": secs, "tokens_per_s": tokens as f64 / secs,
         "peak_rss_mib": peak_rss_mib(),
+    }));
+    Ok(())
+}
+
+/// What a low-precision `dtype` costs in log-probs: 16 sequences of 128 tokens sampled at
+/// temperature 1 by the `dtype` model (8 from the decode prompt, 8 from a chat prompt), their
+/// recorded log-probs against the f32 model's on the same tokens (what `train` recomputes):
+/// mean and largest `|Δ log p|` and the spread of the PPO ratio `exp(Δ)` at step 1.
+fn bench_gap(hf: &HfModel, dir: &Path, dtype: &str) -> anyhow::Result<()> {
+    let exact = HfModel::load(dir, &Device::Cpu)?;
+    let mut reqs = Vec::new();
+    for (p, text) in [DECODE_PROMPT, FRANCE].iter().enumerate() {
+        let ids = chat_ids(hf, text)?;
+        reqs.extend((0..8).map(|i| SeqRequest {
+            prompt_ids: ids.clone(),
+            seed: 1000 * p as u64 + i,
+        }));
+    }
+    let params = SamplingParams {
+        temperature: 1.0,
+        max_new_tokens: 128,
+        stop_strings: vec![],
+        eos_ids: vec![],
+        ..Default::default()
+    };
+    let outs = generate(&hf.model, &hf.tokenizer, &reqs, &params, |_, _| None)?;
+    let (mut n, mut sum, mut max, mut r_sum, mut r_sq) = (0usize, 0f64, 0f64, 0f64, 0f64);
+    for (req, out) in reqs.iter().zip(&outs) {
+        let ids: Vec<u32> = req.prompt_ids.iter().chain(&out.tokens).copied().collect();
+        let len = ids.len();
+        let t = Tensor::from_vec(ids.clone(), (1, len), &Device::Cpu)?;
+        let logp = candle_nn::ops::log_softmax(
+            &exact.model.forward_full(&t, &t.ones_like()?)?.squeeze(0)?,
+            D::Minus1,
+        )?;
+        let start = req.prompt_ids.len();
+        for (j, (&tok, &recorded)) in out.tokens.iter().zip(&out.logprobs).enumerate() {
+            let f32_lp = logp
+                .get(start + j - 1)?
+                .get(tok as usize)?
+                .to_scalar::<f32>()?;
+            let d = f64::from(f32_lp - recorded);
+            n += 1;
+            sum += d.abs();
+            max = max.max(d.abs());
+            r_sum += d.exp();
+            r_sq += (2.0 * d).exp();
+        }
+    }
+    let nf = n as f64;
+    let mean_r = r_sum / nf;
+    emit(json!({
+        "side": "asl", "bench": "logprob_gap", "dtype": dtype, "tokens": n,
+        "mean_abs_dlogp": sum / nf, "max_abs_dlogp": max, "ratio_mean": mean_r,
+        "ratio_sd": (r_sq / nf - mean_r * mean_r).max(0.0).sqrt(),
     }));
     Ok(())
 }
@@ -325,9 +386,8 @@ fn main() -> anyhow::Result<()> {
     // As `asl`'s main does. SAFETY: no other thread exists yet at the start of main.
     unsafe { asl::process::set_thread_count_from_cores() };
     let a = parse_args()?;
-    let device = Device::Cpu;
     let loaded = Instant::now();
-    let hf = HfModel::load(&a.dir, &device)?;
+    let hf = HfModel::load_on(&a.dir, &Placement::parse("cpu", &a.dtype)?)?;
     if let Some(out) = &a.check {
         return check(&hf, out);
     }
@@ -337,8 +397,11 @@ fn main() -> anyhow::Result<()> {
     }));
     // Warm-up (page in the weights, size the thread pool).
     bench_decode_quiet(&hf)?;
+    if a.dtype != "f32" {
+        bench_gap(&hf, &a.dir, &a.dtype)?;
+    }
     for &b in &a.batches {
-        bench_decode(&hf, b, a.new_tokens)?;
+        bench_decode(&hf, b, a.new_tokens, &a.dtype)?;
     }
     drop(hf);
     if a.train {

@@ -780,15 +780,21 @@ mod tests {
     /// Outputs do not depend on the schedule: prefix sharing on or off, batch sizes 1, 8 and
     /// 32 (more than the requests), continuous or static batches, with tool turns. Compared
     /// byte for byte (tokens, loss masks, both log-probs, text) against one sequence at a time,
-    /// unshared, in f32 on a model as wide as SmolLM2-135M.
+    /// unshared, in f32 and with q8_0 weights on a model as wide as SmolLM2-135M.
     #[test]
     fn sharing_and_schedules_leave_every_output_unchanged() {
         let Some(dir) = crate::model::test_util::wide_tiny_model(12) else {
             return;
         };
-        let model = Model::load(&dir, &Device::Cpu).unwrap();
-        let tok = load_tokenizer(&dir).unwrap();
-        let reqs = grouped_requests(&tok);
+        for dtype in ["f32", "q8_0"] {
+            let placement = crate::model::placement::Placement::parse("cpu", dtype).unwrap();
+            let model = Model::load_on(&dir, &placement).unwrap();
+            schedules_leave_outputs_unchanged(&model, &load_tokenizer(&dir).unwrap());
+        }
+    }
+
+    fn schedules_leave_outputs_unchanged(model: &Model, tok: &Tokenizer) {
+        let reqs = grouped_requests(tok);
         // Turns end often (any text with an "e"), so tool text is prefilled mid-sequence too.
         let stop = "e".to_string();
         let params = |batch_size, continuous, share_prefix| SamplingParams {
@@ -805,7 +811,7 @@ mod tests {
             ..Default::default()
         };
         let tool = |i: usize, _: &str| Some(format!(" <information>doc {i}</information> "));
-        let run = |p: &SamplingParams| generate_with(&model, &tok, &reqs, p, tool, |_| {}).unwrap();
+        let run = |p: &SamplingParams| generate_with(model, tok, &reqs, p, tool, |_| {}).unwrap();
         let reference = run(&params(1, false, false));
         assert_eq!(reference.stats.shared_tokens, 0);
         for batch in [1, 8, 32] {

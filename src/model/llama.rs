@@ -25,6 +25,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Init, Linear, VarBuilder};
 
@@ -480,12 +481,66 @@ fn scaled_frequency(inv_freq: f64, scaling: &RopeScaling) -> f64 {
 }
 
 /// A linear layer of `i` → `o`, with a bias when `bias`.
-fn projection(i: usize, o: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
-    Ok(if bias {
+fn projection(i: usize, o: usize, bias: bool, vb: VarBuilder) -> Result<Proj> {
+    Ok(Proj::Dense(if bias {
         candle_nn::linear(i, o, vb)?
     } else {
         candle_nn::linear_no_bias(i, o, vb)?
-    })
+    }))
+}
+
+/// A projection's weights: dense (training, and sampling in f32/bf16/f16), or quantized for the
+/// `dtype = "q8_0"` sampling path (int8 blocks through candle's `QMatMul`, activations in f32).
+#[derive(Debug, Clone)]
+enum Proj {
+    Dense(Linear),
+    Quantized {
+        weight: QMatMul,
+        bias: Option<Tensor>,
+        /// Zero columns appended to the weight (and to each input) so the input width is a
+        /// whole number of [`QUANT_WIDTH`]s.
+        pad: usize,
+    },
+}
+
+/// The input width candle's repacked int8 kernels (AVX-512 VNNI) need: a multiple of 256.
+/// SmolLM2's 576-wide projections are padded to 768: `examples/bench_matmul.rs` measured 200–250
+/// GFLOP/s at 8–32 rows padded, against 25–35 unpadded and 24–67 in f32 (docs/model-bench.md).
+const QUANT_WIDTH: usize = 256;
+
+impl Proj {
+    /// This projection with its weight quantized to `q` (q8_0: blocks of 32 int8 with an f16
+    /// scale), its input width padded with zeros to a multiple of [`QUANT_WIDTH`].
+    fn quantized(&self, q: GgmlDType) -> Result<Proj> {
+        let Proj::Dense(l) = self else {
+            return Ok(self.clone());
+        };
+        let k = l.weight().dim(1)?;
+        let pad = k.next_multiple_of(QUANT_WIDTH) - k;
+        let w = l.weight().to_dtype(DType::F32)?.pad_with_zeros(1, 0, pad)?;
+        Ok(Proj::Quantized {
+            weight: QMatMul::from_qtensor(QTensor::quantize(&w, q)?)?,
+            bias: l.bias().map(|b| b.to_dtype(DType::F32)).transpose()?,
+            pad,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Proj::Dense(l) => Ok(l.forward(x)?),
+            Proj::Quantized { weight, bias, pad } => {
+                let x = match pad {
+                    0 => x.contiguous()?,
+                    &p => x.pad_with_zeros(D::Minus1, 0, p)?,
+                };
+                let y = weight.forward(&x)?;
+                Ok(match bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                })
+            }
+        }
+    }
 }
 
 /// RMSNorm with a learned scale (`weight`).
@@ -525,9 +580,9 @@ impl RmsNorm {
 /// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
 #[derive(Debug, Clone)]
 pub struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    gate_proj: Proj,
+    up_proj: Proj,
+    down_proj: Proj,
 }
 
 impl Mlp {
@@ -557,10 +612,10 @@ impl Mlp {
 /// differently from the matrix-matrix path of every other row count (measured: one row differs
 /// in the last bit, two to 600 rows agree). A single row is therefore computed as two, so a
 /// sequence decoding alone gives bit for bit what it gives in a batch.
-fn linear(l: &Linear, x: &Tensor) -> Result<Tensor> {
+fn linear(l: &Proj, x: &Tensor) -> Result<Tensor> {
     let rank = x.rank();
     if rank < 2 || !x.device().is_cpu() || x.elem_count() != x.dim(rank - 1)? {
-        return Ok(l.forward(x)?);
+        return l.forward(x);
     }
     let two = Tensor::cat(&[x, x], rank - 2)?;
     Ok(l.forward(&two)?.narrow(rank - 2, 0, 1)?)
@@ -577,10 +632,10 @@ fn softmax_last(x: &Tensor) -> Result<Tensor> {
 /// Multi-head self-attention with grouped key/value heads.
 #[derive(Debug, Clone)]
 pub struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
+    q_proj: Proj,
+    k_proj: Proj,
+    v_proj: Proj,
+    o_proj: Proj,
     /// Qwen3's RMSNorm over each head of q and of k (before RoPE).
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
@@ -908,7 +963,7 @@ pub struct Model {
     embed_tokens: Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
-    lm_head: Linear,
+    lm_head: Proj,
     rotary: RotaryEmbedding,
     cfg: Config,
     device: Device,
@@ -927,11 +982,11 @@ impl Model {
             .map(|i| DecoderLayer::new(cfg, vb_l.pp(i)))
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb_m.pp("norm"))?;
-        let lm_head = if cfg.tie_word_embeddings {
+        let lm_head = Proj::Dense(if cfg.tie_word_embeddings {
             Linear::new(embed_tokens.embeddings().clone(), None)
         } else {
             candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
-        };
+        });
         Ok(Self {
             embed_tokens,
             layers,
@@ -955,7 +1010,33 @@ impl Model {
         let cfg = load_config(dir)?;
         let tensors = load_safetensors_dir_as(dir, &placement.device, placement.dtype)?;
         let vb = VarBuilder::from_tensors(tensors, placement.dtype, &placement.device);
-        Self::new(&cfg, vb).map_err(|e| weights_error(dir, e))
+        let model = Self::new(&cfg, vb).map_err(|e| weights_error(dir, e))?;
+        match placement.quant {
+            Some(q) => model.quantized(q),
+            None => Ok(model),
+        }
+    }
+
+    /// This model with every projection and the LM head quantized to `q` (the embeddings and
+    /// norms stay as they are): an inference-only copy for sampling, never trained.
+    pub fn quantized(&self, q: GgmlDType) -> Result<Self> {
+        let mut model = self.clone();
+        for layer in &mut model.layers {
+            let (a, m) = (&mut layer.self_attn, &mut layer.mlp);
+            for p in [
+                &mut a.q_proj,
+                &mut a.k_proj,
+                &mut a.v_proj,
+                &mut a.o_proj,
+                &mut m.gate_proj,
+                &mut m.up_proj,
+                &mut m.down_proj,
+            ] {
+                *p = p.quantized(q)?;
+            }
+        }
+        model.lm_head = model.lm_head.quantized(q)?;
+        Ok(model)
     }
 
     /// The dtype of weights and activations.
@@ -1348,27 +1429,26 @@ mod tests {
         let exact = Model::load(&dir, &Device::Cpu).unwrap();
         let want = exact.forward_full(&ids, &mask).unwrap();
         let scale = max_abs(&want);
-        for dtype in [DType::BF16, DType::F16] {
-            let placement = Placement {
-                device: Device::Cpu,
-                dtype,
-            };
+        for name in ["bf16", "f16", "q8_0"] {
+            let placement = Placement::parse("cpu", name).unwrap();
+            let dtype = placement.dtype;
             let model = Model::load_on(&dir, &placement).unwrap();
             assert_eq!(model.dtype(), dtype);
+            if placement.quant.is_some() {
+                // The tiny model's widths are whole q8_0 blocks, so every projection is quantized.
+                assert!(matches!(model.lm_head, Proj::Quantized { .. }));
+            }
             let got = model.forward_full(&ids, &mask).unwrap();
             assert_eq!(got.dtype(), DType::F32, "logits come back in f32");
             let row0 = |t: &Tensor| t.get(0).unwrap();
             let d = max_abs_diff(&row0(&got), &row0(&want));
-            assert!(
-                d < 0.05 * scale + 0.02,
-                "{dtype:?}: {d} against scale {scale}"
-            );
+            assert!(d < 0.05 * scale + 0.02, "{name}: {d} against scale {scale}");
             // The cached decoding path in the same dtype gives the full pass's last logits.
             let mut cache = model.new_cache();
             let step = model.forward_step(&[&seqs[0]], &mut [&mut cache]).unwrap();
             let last = row0(&got).get(seqs[0].len() - 1).unwrap();
             let d = max_abs_diff(&step.get(0).unwrap(), &last);
-            assert!(d < 0.05 * scale + 0.02, "{dtype:?} cache: {d}");
+            assert!(d < 0.05 * scale + 0.02, "{name} cache: {d}");
         }
     }
 

@@ -3,11 +3,13 @@
 //!
 //! - device: `cpu` (default), `cuda` / `cuda:N` (needs a build with `--features cuda`), or
 //!   `auto` (the first CUDA device when there is one, else the CPU).
-//! - dtype: `f32` (default), `bf16`, `f16`, or `auto` (bf16 on CUDA, f32 on the CPU). Half
-//!   precision is for inference (sampling, judging, evaluation); training keeps f32 weights,
+//! - dtype: `f32` (default), `bf16`, `f16`, `q8_0`, or `auto` (bf16 on CUDA, f32 on the CPU).
+//!   Half precision and `q8_0` (int8 weight blocks through candle's `QMatMul`, f32 activations,
+//!   CPU only) are for inference (sampling, judging, evaluation); training keeps f32 weights,
 //!   moments and gradients, because the gradient shards are f32 by design and AdamW's updates at
-//!   lr 1e-5 vanish below bf16's precision.
+//!   lr 1e-5 vanish below bf16's precision, and `train` recomputes every log-prob in f32.
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device};
 
 use super::error::{ModelError, Result};
@@ -16,7 +18,10 @@ use super::error::{ModelError, Result};
 #[derive(Debug, Clone)]
 pub struct Placement {
     pub device: Device,
+    /// Activations, and the weights unless `quant` is set.
     pub dtype: DType,
+    /// The projections' weights quantized to this (activations in `dtype`, f32).
+    pub quant: Option<GgmlDType>,
 }
 
 /// The two halves of a placement, to say which value was refused.
@@ -53,6 +58,7 @@ impl Placement {
         Self {
             device: device.clone(),
             dtype: DType::F32,
+            quant: None,
         }
     }
 
@@ -65,8 +71,12 @@ impl Placement {
     /// name the parameter.
     pub fn parse_each(device: &str, dtype: &str) -> std::result::Result<Self, (Part, ModelError)> {
         let device = parse_device(device).map_err(|e| (Part::Device, e))?;
-        let dtype = parse_dtype(dtype, &device).map_err(|e| (Part::Dtype, e))?;
-        Ok(Self { device, dtype })
+        let (dtype, quant) = parse_dtype(dtype, &device).map_err(|e| (Part::Dtype, e))?;
+        Ok(Self {
+            device,
+            dtype,
+            quant,
+        })
     }
 
     /// `cpu/f32`, `cuda:0/bf16`, … for logs and tables.
@@ -76,7 +86,11 @@ impl Placement {
             candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
             candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
         };
-        format!("{device}/{}", dtype_name(self.dtype))
+        match self.quant {
+            Some(GgmlDType::Q8_0) => format!("{device}/q8_0"),
+            Some(q) => format!("{device}/{q:?}"),
+            None => format!("{device}/{}", dtype_name(self.dtype)),
+        }
     }
 }
 
@@ -113,15 +127,22 @@ fn parse_device(text: &str) -> Result<Device> {
     Device::new_cuda(ordinal).map_err(|e| bad(e.to_string()))
 }
 
-fn parse_dtype(text: &str, device: &Device) -> Result<DType> {
+/// The activation dtype and, for `q8_0`, the weights' quantization.
+fn parse_dtype(text: &str, device: &Device) -> Result<(DType, Option<GgmlDType>)> {
+    let dense = |d| Ok((d, None));
     match text.trim() {
-        "f32" | "float32" => Ok(DType::F32),
-        "bf16" | "bfloat16" => Ok(DType::BF16),
-        "f16" | "float16" => Ok(DType::F16),
-        "auto" if device.is_cpu() => Ok(DType::F32),
-        "auto" => Ok(DType::BF16),
+        "f32" | "float32" => dense(DType::F32),
+        "bf16" | "bfloat16" => dense(DType::BF16),
+        "f16" | "float16" => dense(DType::F16),
+        "auto" if device.is_cpu() => dense(DType::F32),
+        "auto" => dense(DType::BF16),
+        "q8_0" if device.is_cpu() => Ok((DType::F32, Some(GgmlDType::Q8_0))),
+        "q8_0" => Err(ModelError::InvalidArgument(
+            "dtype \"q8_0\": the quantized path is measured on the CPU only; use bf16 on CUDA"
+                .into(),
+        )),
         other => Err(ModelError::InvalidArgument(format!(
-            "dtype {other:?}: expected f32, bf16, f16 or auto"
+            "dtype {other:?}: expected f32, bf16, f16, q8_0 or auto"
         ))),
     }
 }
@@ -142,6 +163,9 @@ mod tests {
             DType::F16
         );
         assert_eq!(Placement::default().describe(), "cpu/f32");
+        let q = Placement::parse("cpu", "q8_0").unwrap();
+        assert_eq!((q.dtype, q.quant), (DType::F32, Some(GgmlDType::Q8_0)));
+        assert_eq!(q.describe(), "cpu/q8_0");
     }
 
     #[test]

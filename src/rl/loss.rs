@@ -157,6 +157,11 @@ pub struct SeqStats {
     /// Mean per-token loss (surrogate + KL − entropy bonus), before weighting.
     pub loss: f32,
     pub mean_ratio: f32,
+    /// Mean `r²`, with `mean_ratio` the spread of the ratios.
+    pub mean_ratio_sq: f32,
+    /// Mean `|log r|`: how far the sampling-time log-probs are from these (at a round's first
+    /// step, only the sampling precision and the kernels separate them).
+    pub abs_log_ratio: f32,
     /// Share of tokens whose clipping is active for the advantage's sign (TRL's count: ratio
     /// below `1 - eps_low` with a negative advantage, above `1 + eps_high` with a positive one).
     pub clip_fraction: f32,
@@ -241,6 +246,8 @@ pub fn policy_loss(cfg: &LossConfig, b: &TokenBatch) -> Result<(Tensor, Vec<SeqS
     };
     let losses = per_seq(&per_token.detach().to_vec1::<f32>()?);
     let mean_ratio = per_seq(&ratios);
+    let mean_ratio_sq = per_seq(&ratios.iter().map(|r| r * r).collect::<Vec<_>>());
+    let abs_log_ratio = per_seq(&ratios.iter().map(|r| r.ln().abs()).collect::<Vec<_>>());
     let clips = per_seq(&clipped_active);
     let kls = match &kl {
         Some(k) => per_seq(&k.detach().to_vec1::<f32>()?),
@@ -251,6 +258,8 @@ pub fn policy_loss(cfg: &LossConfig, b: &TokenBatch) -> Result<(Tensor, Vec<SeqS
         .map(|i| SeqStats {
             loss: losses[i],
             mean_ratio: mean_ratio[i],
+            mean_ratio_sq: mean_ratio_sq[i],
+            abs_log_ratio: abs_log_ratio[i],
             clip_fraction: clips[i],
             kl: kls[i],
             entropy: entropies[i],

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use super::StageContext;
+use super::env::open_env;
 use crate::error::{Error, Result};
 use crate::model::generate::{Batching, GenStats, generate_with};
 use crate::model::guide::Guide;
@@ -17,7 +18,6 @@ use crate::params::{ParamSpec, Params, ParamsExt};
 use crate::roles::tool::{self, TOOL_FORMATS, ToolFormat};
 use crate::roles::{Message, tags};
 use crate::search::render::render_information;
-use super::env::open_env;
 use crate::search::{SearchEnv, SearchMode};
 use crate::shards::rows::TrajectoryRow;
 
@@ -73,8 +73,8 @@ pub fn sampling_specs(max_new_tokens: u64, max_turns: u64, temperature: f64) -> 
         ParamSpec::new(
             "dtype",
             "f32",
-            "weights and activations while sampling: f32, bf16, f16 or auto (bf16 on CUDA)",
-        ).one_of(&["f32", "bf16", "f16", "auto"]),
+            "weights and activations while sampling: f32, bf16, f16, q8_0 (int8 weights, CPU) or auto (bf16 on CUDA)",
+        ).one_of(&["f32", "bf16", "f16", "q8_0", "auto"]),
         ParamSpec::new(
             "temperature",
             temperature,

@@ -374,6 +374,7 @@ impl Stage for TrainStage {
         let bar = crate::progress::bar(mine.len() as u64, "train");
         let mut per_role: BTreeMap<&str, (Vec<NamedGrad>, u32, u64)> = BTreeMap::new();
         let mut updates = Vec::with_capacity(mine.len());
+        let mut gap = LogprobGap::default();
         let mut start = 0;
         while start < mine.len() {
             let (role, temp) = (mine[start].0.role.as_str(), mine[start].1.temperature);
@@ -450,6 +451,7 @@ impl Stage for TrainStage {
             entry.1 += chunk.len() as u32;
             for ((r, _), st) in chunk.iter().zip(stats) {
                 entry.2 += u64::from(st.tokens);
+                gap.add(&st);
                 updates.push(UpdateRow {
                     trajectory_id: r.trajectory_id.clone(),
                     role: r.role.clone(),
@@ -479,6 +481,11 @@ impl Stage for TrainStage {
         write_rows(&grad_path, &rows)?;
         write_rows(&updates_path, &updates)?;
         let mut summary = format!("step {step}/{steps}: {}", role_summary(&updates));
+        if step == 1 && gap.tokens > 0.0 {
+            // Before the round's first update the weights are the ones that sampled: what
+            // separates the two log-probs is the sampling precision (`dtype`) and the kernels.
+            summary.push_str(&format!("; {gap}"));
+        }
         if missing > 0 {
             summary.push_str(&format!("; {missing} rewards without a trajectory skipped"));
         }
@@ -486,6 +493,39 @@ impl Stage for TrainStage {
             files: vec![grad_path, updates_path],
             summary,
         })
+    }
+}
+
+/// How far the sampling-time log-probs are from the ones `train` recomputes in f32, pooled over
+/// tokens: mean `|Δ log p|` and the spread of the PPO ratio.
+#[derive(Debug, Default)]
+struct LogprobGap {
+    tokens: f64,
+    abs_log_ratio: f64,
+    ratio: f64,
+    ratio_sq: f64,
+}
+
+impl LogprobGap {
+    fn add(&mut self, st: &crate::rl::loss::SeqStats) {
+        let t = f64::from(st.tokens);
+        self.tokens += t;
+        self.abs_log_ratio += t * f64::from(st.abs_log_ratio);
+        self.ratio += t * f64::from(st.mean_ratio);
+        self.ratio_sq += t * f64::from(st.mean_ratio_sq);
+    }
+}
+
+impl std::fmt::Display for LogprobGap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.tokens.max(1.0);
+        let mean = self.ratio / n;
+        let sd = (self.ratio_sq / n - mean * mean).max(0.0).sqrt();
+        write!(
+            f,
+            "sampling gap |Δ log p| {:.2e}, ratio sd {sd:.2e}",
+            self.abs_log_ratio / n
+        )
     }
 }
 

@@ -273,3 +273,51 @@ fn a_run_whose_rounds_train_nothing_stops_after_stall_rounds() {
     assert!(!stdout(&again).contains(": running"), "{}", stdout(&again));
     assert!(!rd.join("round-003").exists());
 }
+
+/// `dtype = "q8_0"` samples with int8 weights (every sampling stage), `train` recomputes the
+/// log-probs in f32, and the first step of each round says how far apart the two are.
+#[test]
+fn q8_0_sampling_runs_a_round_and_reports_the_log_prob_gap() {
+    let Some(assets) = shipped_assets() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pipe = dir.path().join("q8.toml");
+    std::fs::write(&pipe, format!("extends = {SMOKE:?}\nrounds = 1\n")).unwrap();
+    let rd = dir.path().join("run");
+    let out = asl_with_env(
+        &[
+            "run",
+            pipe.to_str().unwrap(),
+            "--run-dir",
+            rd.to_str().unwrap(),
+            "--set",
+            "dtype=q8_0",
+        ],
+        &[
+            ("ASL_ASSETS", assets.to_str().unwrap()),
+            ("RAYON_NUM_THREADS", "1"),
+        ],
+    );
+    assert_ok(&out);
+    let log = stdout(&out);
+    let gap = log
+        .lines()
+        .find(|l| l.contains("round 1 train step 1/") && l.contains("done"))
+        .unwrap_or_else(|| panic!("{log}"));
+    let value: f64 = gap
+        .split("sampling gap |Δ log p| ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no gap in {gap:?}"));
+    // Not exact (int8), but close on this model.
+    assert!(value > 0.0 && value < 0.1, "{gap}");
+    let manifest = Manifest::load(&rd).unwrap();
+    let rollout = manifest
+        .entries
+        .iter()
+        .find(|e| e.stage == "rollout")
+        .unwrap();
+    assert_eq!(rollout.params["dtype"], "q8_0");
+}
