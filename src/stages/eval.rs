@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use super::agent::{
     Agent, CHECKPOINT_UPSTREAM, Request, Role, checkpoint_dir, sampling_specs, search_upstream,
 };
-use super::generate::contains_answer;
+use super::kit::contains_answer;
 use super::{Stage, StageContext, StageOutput};
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, Status};
@@ -663,7 +663,7 @@ pub fn evaluate_file(
     run: Option<(&Path, u32)>,
     params: &Params,
 ) -> Result<Evaluation> {
-    let qa = super::qa::read_qa_file(qa_file)?;
+    let qa = super::sources::read_qa_file(qa_file)?;
     let mut params = params.clone();
     if run.is_none() {
         params.insert("search_mode".into(), "none".into());

@@ -11,16 +11,16 @@ use super::agent::{
     Agent, CHECKPOINT_UPSTREAM, Request, Role, TrajectoryIds, sampling_specs, search_upstream,
     tool_format,
 };
+use super::kit::{contains_answer, tasks};
 use super::{Stage, StageContext, StageOutput};
 use crate::error::{Error, Result};
 use crate::model::sample::seq_seed;
 use crate::params::{ParamSpec, Params, ParamsExt};
-use crate::rl::metrics::normalize_answer;
 use crate::rl::rewards::validity;
 use crate::roles::generator::{self, Direction, Template};
 use crate::seed::stable_u64;
-use crate::shards::rows::{CorpusRow, QaRow, RewardRow, TaskRow, TrajectoryRow};
-use crate::shards::{ShardKind, read_kind, read_rows, shard_path, write_rows};
+use crate::shards::rows::{CorpusRow, QaRow, RewardRow, TaskRow};
+use crate::shards::{ShardKind, read_rows, shard_path, write_rows};
 
 pub struct GenerateStage;
 
@@ -217,12 +217,6 @@ impl Stage for GenerateStage {
     }
 }
 
-/// Whether the normalised answer occurs as whole words in the normalised question.
-pub fn contains_answer(question: &str, answer: &str) -> bool {
-    let a = normalize_answer(answer);
-    !a.is_empty() && format!(" {} ", normalize_answer(question)).contains(&format!(" {a} "))
-}
-
 /// Topic seeds for round 1, evolved parents afterwards (topics fill in when the previous round
 /// left fewer valid tasks than `n`).
 fn task_seeds(ctx: &StageContext, n: usize) -> Result<Vec<Seed>> {
@@ -317,14 +311,4 @@ fn labelled_tasks(ctx: &StageContext, n: usize) -> Result<Vec<TaskRow>> {
             invalid_reason: None,
         })
         .collect())
-}
-
-/// The trajectories among a stage's outputs.
-pub fn trajectories(files: &[PathBuf]) -> Result<Vec<TrajectoryRow>> {
-    read_kind(files)
-}
-
-/// The tasks among a stage's outputs.
-pub fn tasks(files: &[PathBuf]) -> Result<Vec<TaskRow>> {
-    read_kind(files)
 }

@@ -13,7 +13,7 @@ use super::agent::{
     Agent, CHECKPOINT_UPSTREAM, Request, Role, TrajectoryIds, sampling_specs, search_upstream,
     tool_format,
 };
-use super::generate::{tasks, trajectories};
+use super::kit::{VERIFICATION, tasks, trajectories};
 use super::{Stage, StageContext, StageOutput};
 use crate::error::Result;
 use crate::model::sample::seq_seed;
@@ -24,9 +24,6 @@ use crate::shards::rows::{JudgmentRow, QaRow, TaskRow};
 use crate::shards::{ShardKind, read_rows, shard_path, write_rows};
 
 pub struct JudgeStage;
-
-/// Target name of the labelled verification items.
-pub const VERIFICATION: &str = "verification";
 
 /// One answer to judge.
 struct Item {

@@ -13,6 +13,7 @@ pub mod generate;
 pub mod index;
 pub mod init;
 pub mod judge;
+pub mod kit;
 pub mod qa;
 pub mod reward;
 pub mod rollout;

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use super::sources::{Record, open_records, text_field};
+pub use super::sources::read_qa_file;
+use super::sources::{answer_strings, open_records, user_row};
 use super::{Stage, StageContext, StageOutput, assets_dir};
 use crate::error::{Error, Result};
 use crate::params::{ParamSpec, Params, ParamsExt};
@@ -238,104 +239,6 @@ fn corpus_qa_rows(corpus_files: &[PathBuf]) -> Result<Vec<QaRow>> {
         .collect())
 }
 
-/// Every question of a user QA file (JSONL, JSON or Parquet in any layout `user_row` reads).
-pub fn read_qa_file(path: &std::path::Path) -> Result<Vec<QaRow>> {
-    if !path.is_file() {
-        return Err(Error::input(path, "QA file not found"));
-    }
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    open_records(path)?
-        .enumerate()
-        .map(|(i, r)| {
-            let record = r?;
-            user_row(&record, i, "test", &stem)
-                .map_err(|m| Error::input(path, format!("record {}: {m}", i + 1)))
-        })
-        .collect()
-}
-
-/// One record of a user QA file, in any of the layouts the peers use.
-fn user_row(
-    record: &Record,
-    index: usize,
-    default_split: &str,
-    file_stem: &str,
-) -> std::result::Result<QaRow, String> {
-    // verl's and FlashRAG's rows (and `asl export`'s) keep the plain fields under
-    // `extra_info` / `metadata`; verl's question otherwise sits inside the prompt.
-    let nested = |key: &str| {
-        ["extra_info", "metadata"].iter().find_map(|outer| {
-            record
-                .get(*outer)
-                .and_then(Value::as_object)
-                .and_then(|m| text_field(m, key))
-        })
-    };
-    let question = text_field(record, "question")
-        .or_else(|| nested("question"))
-        .or_else(|| verl_question(record))
-        .ok_or("no `question` column (nor a verl `prompt`)")?;
-    let answers = ["answers", "golden_answers", "answer"]
-        .iter()
-        .find_map(|k| record.get(*k))
-        .or_else(|| {
-            record
-                .get("reward_model")
-                .and_then(|r| r.get("ground_truth"))
-                .and_then(|g| g.get("target").or(Some(g)))
-        })
-        .map(answer_strings)
-        .unwrap_or_default();
-    if answers.is_empty() {
-        return Err("no answers (`answers`, `golden_answers`, `answer` or verl target)".into());
-    }
-    Ok(QaRow {
-        id: text_field(record, "id")
-            .or_else(|| nested("id"))
-            .unwrap_or_else(|| index.to_string()),
-        question,
-        answers,
-        split: text_field(record, "split")
-            .or_else(|| nested("split"))
-            .unwrap_or_else(|| default_split.to_string()),
-        source: text_field(record, "data_source")
-            .or_else(|| text_field(record, "source"))
-            .or_else(|| nested("source"))
-            .unwrap_or_else(|| file_stem.to_string()),
-        source_doc_id: text_field(record, "source_doc_id"),
-    })
-}
-
-/// verl's RL layout keeps the question inside the last user message of `prompt`, often after a
-/// `Question:` marker in an instruction template.
-fn verl_question(record: &Record) -> Option<String> {
-    let messages = record.get("prompt")?.as_array()?;
-    let content = messages
-        .iter()
-        .rev()
-        .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))?
-        .get("content")?
-        .as_str()?;
-    let question = match content.rfind("Question:") {
-        Some(at) => &content[at + "Question:".len()..],
-        None => content,
-    };
-    Some(question.trim().to_string())
-}
-
-/// Answers as strings: a string, a number, or a list of them; other shapes are skipped.
-fn answer_strings(value: &Value) -> Vec<String> {
-    match value {
-        Value::String(s) if !s.trim().is_empty() => vec![s.trim().to_string()],
-        Value::Number(n) => vec![n.to_string()],
-        Value::Array(items) => items.iter().flat_map(answer_strings).collect(),
-        _ => Vec::new(),
-    }
-}
-
 /// FanOutQA's multi-hop questions have list or table answers; their decomposition trees hold
 /// single-hop sub-questions with short answers and the Wikipedia page that holds each. Those
 /// sub-questions are the rows. The split follows the top-level question, so no multi-hop
@@ -392,6 +295,7 @@ fn fanoutqa_rows(path: &std::path::Path) -> Result<Vec<QaRow>> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::sources::Record;
     use super::*;
     use serde_json::json;
 
@@ -440,42 +344,6 @@ mod tests {
         assert_eq!(ids, ["fanoutqa-kept"]);
         assert_eq!(rows[0].split, FANOUTQA_SPLIT);
         assert_eq!(rows[0].source, "fanoutqa");
-    }
-
-    #[test]
-    fn reads_plain_flashrag_and_verl_layouts() {
-        let plain = user_row(
-            &record(json!({"question": "Q?", "answers": ["a", 3]})),
-            0,
-            "test",
-            "f",
-        );
-        assert_eq!(plain.unwrap().answers, vec!["a", "3"]);
-        let flash = user_row(
-            &record(
-                json!({"id": "x1", "question": "Q?", "golden_answers": ["b"], "data_source": "nq"}),
-            ),
-            0,
-            "test",
-            "f",
-        )
-        .unwrap();
-        assert_eq!((flash.id.as_str(), flash.source.as_str()), ("x1", "nq"));
-        let verl = user_row(
-            &record(json!({
-                "prompt": [{"role": "user", "content": "Answer it.\nQuestion: who wrote Hamlet?"}],
-                "reward_model": {"ground_truth": {"target": ["Shakespeare"]}},
-                "extra_info": {"split": "train"}
-            })),
-            4,
-            "dev",
-            "f",
-        )
-        .unwrap();
-        assert_eq!(verl.question, "who wrote Hamlet?");
-        assert_eq!(verl.answers, vec!["Shakespeare"]);
-        // The split verl and Search-R1 keep in `extra_info` is the row's; no id → the row number.
-        assert_eq!((verl.split.as_str(), verl.id.as_str()), ("train", "4"));
     }
 
     #[test]

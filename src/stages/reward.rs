@@ -23,9 +23,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use super::generate::trajectories;
-use super::judge::VERIFICATION;
-use super::selfcheck;
+use super::kit::{SELF_CHECK_TARGET, VERIFICATION, round_tasks, trajectories};
 use super::{Stage, StageContext, StageOutput};
 use crate::error::{Error, Result};
 use crate::params::{ParamSpec, Params, ParamsExt};
@@ -184,7 +182,7 @@ impl Stage for RewardStage {
 
     fn run(&self, ctx: &StageContext) -> Result<StageOutput> {
         let s = settings(ctx.params)?;
-        let task_rows = selfcheck::round_tasks(ctx)?;
+        let task_rows = round_tasks(ctx)?;
         let generator_runs = trajectories(ctx.input_files("generate"))?;
         let attempts = trajectories(ctx.input_files("rollout"))?;
         let judge_files: Vec<PathBuf> = ctx.input_files("judge?").to_vec();
@@ -577,7 +575,7 @@ fn grm_rows(
                 // The generator's answer is its own reference: SubEM against it would label
                 // every self-judgment correct by construction and train the GRM to accept the
                 // generator. With no independent reference, self-judgments do not train.
-                LabelMode::Rule if j.target == selfcheck::TARGET => None,
+                LabelMode::Rule if j.target == SELF_CHECK_TARGET => None,
                 LabelMode::Rule => {
                     let mut golds = vec![j.reference_answer.clone()];
                     if let Some(t) = aliases.get(j.task_id.as_str()) {

@@ -13,7 +13,7 @@ use super::agent::{
     Agent, CHECKPOINT_UPSTREAM, Request, Role, TrajectoryIds, sampling_specs, search_upstream,
     tool_format,
 };
-use super::selfcheck::round_tasks;
+use super::kit::round_tasks;
 use super::{Stage, StageContext, StageOutput};
 use crate::error::{Error, Result};
 use crate::model::sample::seq_seed;

@@ -21,7 +21,7 @@ use super::agent::{
     Agent, CHECKPOINT_UPSTREAM, Request, Role, TrajectoryIds, sampling_specs, search_upstream,
     tool_format,
 };
-use super::generate::tasks;
+use super::kit::{SELF_CHECK_TARGET as TARGET, tasks};
 use super::{Stage, StageContext, StageOutput};
 use crate::error::{Error, Result};
 use crate::model::sample::seq_seed;
@@ -33,9 +33,6 @@ use crate::shards::rows::{JudgmentRow, TaskRow};
 use crate::shards::{ShardKind, shard_path, write_rows};
 
 pub struct SelfCheckStage;
-
-/// Target name of the self-judgments (the generator's own answer).
-pub const TARGET: &str = "generator";
 
 impl Stage for SelfCheckStage {
     fn splits(&self) -> bool {
@@ -247,17 +244,6 @@ pub fn decide(tasks: Vec<TaskRow>, judgments: &[JudgmentRow], v_min: usize) -> D
         d.tasks.push(task);
     }
     d
-}
-
-/// The tasks a round works on: the self-check's when the round has one (`selfcheck?` among
-/// `inputs`), else those `generate` wrote.
-pub fn round_tasks(ctx: &StageContext) -> Result<Vec<TaskRow>> {
-    let checked = ctx.input_files("selfcheck?");
-    if checked.is_empty() {
-        tasks(ctx.input_files("generate"))
-    } else {
-        tasks(checked)
-    }
 }
 
 #[cfg(test)]

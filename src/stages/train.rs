@@ -18,7 +18,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
 use super::agent::{CHECKPOINT_UPSTREAM, checkpoint_dir, device_spec, placement};
-use super::generate::trajectories;
+use super::kit::{training_sequence, trajectories};
 use super::{Stage, StageContext, StageOutput};
 use crate::error::{Error, Result};
 use crate::model::llama::Model;
@@ -40,15 +40,6 @@ pub fn last_k(params: &Params) -> Option<usize> {
         0 => None,
         k => Some(k as usize),
     }
-}
-
-/// A trajectory as the trainer takes it: prompt ids, completion ids, completion loss mask.
-pub fn training_sequence(t: &TrajectoryRow) -> (Vec<u32>, Vec<u32>, Vec<u8>) {
-    (
-        t.prompt_ids.clone(),
-        t.completion_ids.clone(),
-        t.loss_mask.iter().map(|&m| u8::from(m)).collect(),
-    )
 }
 
 /// The train stage's parameters, checked.

@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 
 use super::agent::{Agent, Role, device_spec, placement, sampling_specs, search_upstream};
-use super::train::training_sequence;
+use super::kit::training_sequence;
 use super::{Stage, StageContext, StageOutput};
 use crate::error::{Error, Result};
 use crate::model::train::{LossPositions, TrainConfig, Trainer, build_batch, selected_logprobs};

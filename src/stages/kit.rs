@@ -1,0 +1,53 @@
+//! What several stages share: reading a round's tasks and trajectories, the trainer's view of a
+//! trajectory, the answer-leak check and the verification target's name. Stages import these
+//! from here, never from a sibling stage.
+
+use std::path::PathBuf;
+
+use super::StageContext;
+use crate::error::Result;
+use crate::rl::metrics::normalize_answer;
+use crate::shards::read_kind;
+use crate::shards::rows::{TaskRow, TrajectoryRow};
+
+/// Target name of the labelled verification items (`judge` writes them, `reward` scores them).
+pub const VERIFICATION: &str = "verification";
+
+/// Target name of the self-judgments (the generator's own answer).
+pub const SELF_CHECK_TARGET: &str = "generator";
+
+/// The trajectories among a stage's outputs.
+pub fn trajectories(files: &[PathBuf]) -> Result<Vec<TrajectoryRow>> {
+    read_kind(files)
+}
+
+/// The tasks among a stage's outputs.
+pub fn tasks(files: &[PathBuf]) -> Result<Vec<TaskRow>> {
+    read_kind(files)
+}
+
+/// The tasks a round works on: the self-check's when the round has one (`selfcheck?` among
+/// `inputs`), else those `generate` wrote.
+pub fn round_tasks(ctx: &StageContext) -> Result<Vec<TaskRow>> {
+    let checked = ctx.input_files("selfcheck?");
+    if checked.is_empty() {
+        tasks(ctx.input_files("generate"))
+    } else {
+        tasks(checked)
+    }
+}
+
+/// A trajectory as the trainer takes it: prompt ids, completion ids, completion loss mask.
+pub fn training_sequence(t: &TrajectoryRow) -> (Vec<u32>, Vec<u32>, Vec<u8>) {
+    (
+        t.prompt_ids.clone(),
+        t.completion_ids.clone(),
+        t.loss_mask.iter().map(|&m| u8::from(m)).collect(),
+    )
+}
+
+/// Whether the normalised answer occurs as whole words in the normalised question.
+pub fn contains_answer(question: &str, answer: &str) -> bool {
+    let a = normalize_answer(answer);
+    !a.is_empty() && format!(" {} ", normalize_answer(question)).contains(&format!(" {a} "))
+}
