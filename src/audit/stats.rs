@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::scan::RoundFiles;
 use crate::error::{Error, Result};
+use crate::rl::metrics::normalize_answer;
 use crate::shards::ShardKind;
 use crate::shards::rows::EvalRow;
 
@@ -248,19 +249,17 @@ pub fn f64s(df: &DataFrame, name: &str) -> Result<Vec<f64>> {
         .collect())
 }
 
-/// SQuAD normalisation as `rl::metrics::normalize_answer` does it, as a polars expression:
-/// lower case, ASCII punctuation to spaces, articles dropped, whitespace collapsed.
+/// SQuAD normalisation ([`normalize_answer`], its one home) applied to a string column.
 pub fn normalized(e: Expr) -> Expr {
-    e.str()
-        .to_lowercase()
-        .str()
-        .replace_all(lit("[[:punct:]]"), lit(" "), false)
-        .str()
-        .replace_all(lit(r"\b(a|an|the)\b"), lit(" "), false)
-        .str()
-        .replace_all(lit(r"\s+"), lit(" "), false)
-        .str()
-        .strip_chars(lit(" "))
+    e.map(
+        |c: Column| {
+            let out: StringChunked = c
+                .str()?
+                .apply_values(|s| std::borrow::Cow::Owned(normalize_answer(s)));
+            Ok(out.into_column())
+        },
+        |_, f| Ok(Field::new(f.name().clone(), DataType::String)),
+    )
 }
 
 /// Key under which two questions count as near-duplicates: the normalised question without
