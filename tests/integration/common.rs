@@ -113,26 +113,36 @@ impl Fixture {
     }
 }
 
-/// sha256 of every Parquet file under `run_dir`, by relative path.
-pub fn shard_hashes(run_dir: &Path) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![run_dir.to_path_buf()];
+/// Every file under `root` whose name ends in `.ext`, in no particular order.
+pub fn files_with_extension(root: &Path, ext: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "parquet") {
-                let rel = path
-                    .strip_prefix(run_dir)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
-                out.insert(rel, asl::manifest::hash_file(&path).unwrap());
+            } else if path.extension().is_some_and(|e| e == ext) {
+                out.push(path);
             }
         }
     }
     out
+}
+
+/// sha256 of every Parquet file under `run_dir`, by relative path.
+pub fn shard_hashes(run_dir: &Path) -> BTreeMap<String, String> {
+    files_with_extension(run_dir, "parquet")
+        .into_iter()
+        .map(|path| {
+            let rel = path
+                .strip_prefix(run_dir)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            (rel, asl::manifest::hash_file(&path).unwrap())
+        })
+        .collect()
 }
 
 /// Lines of `asl run` output that say a stage ran (not skipped).

@@ -5,6 +5,8 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use crate::common::files_with_extension;
+
 /// What each lower module may name as `crate::X`, beside itself.
 const LAYERS: [(&str, &[&str]); 10] = [
     ("error", &[]),
@@ -28,19 +30,7 @@ fn files(src: &Path, name: &str) -> Vec<std::path::PathBuf> {
     if file.exists() {
         return vec![file];
     }
-    let mut out = Vec::new();
-    let mut dirs = vec![src.join(name)];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                out.push(path);
-            }
-        }
-    }
-    out
+    files_with_extension(&src.join(name), "rs")
 }
 
 /// The `crate::X` names in `text` before its test module, outside comments.
