@@ -31,9 +31,8 @@ use asl::model::generate::generate;
 use asl::model::llama::HfModel;
 use asl::model::placement::Placement;
 use asl::model::sample::{SamplingParams, SeqRequest};
-use asl::model::train::{
-    LossPositions, TrainConfig, Trainer, build_batch, selected_logprobs, token_logprobs,
-};
+use asl::model::scoring::{LossPositions, build_batch, selected_logprobs, token_logprobs};
+use asl::model::train::{TrainConfig, Trainer};
 use asl::rl::loss::{LossConfig, RoleCounts, TokenBatch, policy_loss, sequence_weight};
 use candle_core::{D, Device, Tensor};
 use rand::{Rng, SeedableRng};

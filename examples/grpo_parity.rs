@@ -32,7 +32,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail, ensure};
 use asl::model::llama::Model;
-use asl::model::train::{LossPositions, NamedGrad, TrainConfig, Trainer, build_batch, sum_grads};
+use asl::model::scoring::{LossPositions, build_batch};
+use asl::model::train::{NamedGrad, TrainConfig, Trainer, sum_grads};
 use asl::rl::loss::{LossConfig, LossType, MicroBatch, RoleCounts, SeqStats, micro_batch_loss};
 use candle_core::{Device, Tensor};
 use serde::Deserialize;

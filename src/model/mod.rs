@@ -24,6 +24,7 @@ pub mod llama;
 mod parity;
 pub mod placement;
 pub mod sample;
+pub mod scoring;
 pub mod tiny;
 pub mod train;
 

@@ -83,7 +83,7 @@ pub struct SeqOutput {
     /// Log-prob of each sampled token under the model at the sampling
     /// temperature (1 when greedy) over the full vocabulary, with no top-k,
     /// top-p or guide truncation: the distribution the training loss scores
-    /// ([`crate::model::train::selected_logprobs`] at the same temperature);
+    /// ([`crate::model::scoring::selected_logprobs`] at the same temperature);
     /// 0 for tool tokens.
     pub logprobs: Vec<f32>,
     /// Log-prob under the distribution actually sampled from (temperature,

@@ -24,7 +24,7 @@ use candle_core::{D, DType, Tensor};
 use crate::model::ModelError;
 use crate::model::fused::target_logprobs;
 use crate::model::llama::Model;
-use crate::model::train::{LossPositions, SeqBatch, selected_logits, selected_logprobs};
+use crate::model::scoring::{LossPositions, SeqBatch, selected_logits, selected_logprobs};
 
 type Result<T> = std::result::Result<T, ModelError>;
 

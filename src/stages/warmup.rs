@@ -15,7 +15,8 @@ use super::agent::{Agent, Role, device_spec, placement, sampling_specs, search_u
 use super::kit::training_sequence;
 use super::{Stage, StageContext, StageOutput};
 use crate::error::{Error, Result};
-use crate::model::train::{LossPositions, TrainConfig, Trainer, build_batch, selected_logprobs};
+use crate::model::scoring::{LossPositions, build_batch, selected_logprobs};
+use crate::model::train::{TrainConfig, Trainer};
 use crate::params::{ParamSpec, Params, ParamsExt};
 use crate::rl::metrics::{normalize_answer, sub_exact_match};
 use crate::roles::tool::ToolFormat;
