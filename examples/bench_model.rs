@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use asl::model::generate::generate;
-use asl::model::llama::HfModel;
+use asl::model::hf::HfModel;
 use asl::model::placement::Placement;
 use asl::model::sample::{SamplingParams, SeqRequest};
 use asl::model::scoring::{LossPositions, build_batch, selected_logprobs, token_logprobs};

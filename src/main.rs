@@ -871,7 +871,7 @@ fn parse_parts(s: &str) -> std::result::Result<(String, u32), String> {
 }
 
 fn model_main(command: ModelCommand) -> Result<()> {
-    use asl::model::{generate, gguf, llama, sample, tiny};
+    use asl::model::{generate, gguf, hf, sample, tiny};
     match command {
         ModelCommand::ImportGguf { gguf, out_dir } => {
             let report = gguf::import_gguf(&gguf, &out_dir)?;
@@ -924,7 +924,7 @@ fn model_main(command: ModelCommand) -> Result<()> {
             text,
         } => {
             let placement = asl::model::placement::Placement::parse(&device, &dtype)?;
-            let hf = llama::HfModel::load_on(&model, &placement)?;
+            let hf = hf::HfModel::load_on(&model, &placement)?;
             let ids = hf.encode_chat(&[("user", text.as_str())])?;
             let params = sample::SamplingParams {
                 temperature,

@@ -674,7 +674,7 @@ mod tests {
     use candle_core::Device;
 
     use super::*;
-    use crate::model::llama::load_tokenizer;
+    use crate::model::hf::load_tokenizer;
     use crate::model::sample::seq_seed;
     use crate::model::test_util::tiny_model;
 
@@ -1066,7 +1066,7 @@ mod guided_tests {
 
     use super::*;
     use crate::model::guide::Guide;
-    use crate::model::llama::load_tokenizer;
+    use crate::model::hf::load_tokenizer;
     use crate::model::test_util::tiny_model;
     use crate::roles::tags;
 

@@ -18,9 +18,9 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::{Device, Tensor};
 use serde_json::json;
 
+use super::config::{Config, EosTokenId};
 use super::error::{ModelError, Result};
 use super::io::{StagingDir, save_safetensors, write_json};
-use super::llama::{Config, EosTokenId};
 
 /// SmolLM2's ChatML chat template (used when the GGUF carries none).
 pub use super::chat::CHATML_TEMPLATE;
@@ -542,7 +542,8 @@ mod tests {
     use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
 
     use super::*;
-    use crate::model::llama::{Model, load_tokenizer};
+    use crate::model::hf::load_tokenizer;
+    use crate::model::llama::Model;
     use crate::model::test_util::{gguf_asset, imported_smollm2, max_abs_diff, tokenizer_json};
 
     /// Plain reference BPE over one byte-level pre-token: repeatedly merge

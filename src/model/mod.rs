@@ -13,11 +13,13 @@
 //! - [`train`]: per-token log-probs, GRPO loss, AdamW steps, checkpoints.
 
 pub mod chat;
+pub mod config;
 pub mod error;
 pub mod fused;
 pub mod generate;
 pub mod gguf;
 pub mod guide;
+pub mod hf;
 pub mod io;
 pub mod llama;
 #[cfg(test)]

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use super::llama::{Family, Model};
+use super::config::Family;
+use super::llama::Model;
 use super::test_util::max_abs_diff;
 use super::train::{TrainConfig, Trainer};
 
@@ -213,7 +214,7 @@ fn what_is_not_computed_exactly_is_refused_with_the_file_and_the_reason() {
         .unwrap()
         .replace("<|im_start|>", "<|turn_start|>");
     std::fs::write(odd.path().join("tokenizer_config.json"), template).unwrap();
-    let e = super::llama::HfModel::load(odd.path(), &Device::Cpu)
+    let e = super::hf::HfModel::load(odd.path(), &Device::Cpu)
         .err()
         .unwrap()
         .to_string();
@@ -247,7 +248,7 @@ fn chat_templates_render_what_transformers_renders() {
         ("qwen3", "<|im_end|>"),
     ] {
         let dir = fixture(name);
-        let hf = super::llama::HfModel::load(&dir, &Device::Cpu).unwrap();
+        let hf = super::hf::HfModel::load(&dir, &Device::Cpu).unwrap();
         assert_eq!(hf.chat.end_of_turn(), end, "{name}");
         let chats: Vec<Chat> =
             serde_json::from_str(&std::fs::read_to_string(dir.join("chat.json")).unwrap()).unwrap();
@@ -273,7 +274,7 @@ fn chat_templates_render_what_transformers_renders() {
             );
         }
         // Stop ids: config.json's and generation_config.json's.
-        let eos = super::llama::load_config(&dir).unwrap().eos_ids();
+        let eos = super::config::load_config(&dir).unwrap().eos_ids();
         assert!(eos.iter().all(|id| hf.eos_ids().contains(id)), "{name}");
     }
 }

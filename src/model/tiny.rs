@@ -8,10 +8,10 @@ use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::config::{Config, EosTokenId};
 use super::error::{ModelError, Result};
 use super::gguf::{CHATML_TEMPLATE, write_generation_config, write_tokenizer_config};
 use super::io::{StagingDir, save_safetensors, write_json};
-use super::llama::{Config, EosTokenId};
 
 /// Shape and seed of a tiny model.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,11 +11,12 @@ use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 
+use super::config::{Config, load_config};
 use super::error::{ModelError, Result};
 use super::io::{
     StagingDir, load_safetensors_dir, load_safetensors_dir_file, save_safetensors, write_json,
 };
-use super::llama::{Config, Model, load_config};
+use super::llama::Model;
 
 /// Optimizer settings.
 #[derive(Debug, Clone, PartialEq)]

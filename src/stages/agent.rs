@@ -9,7 +9,7 @@ use super::env::open_env;
 use crate::error::{Error, Result};
 use crate::model::generate::{Batching, GenStats, generate_with};
 use crate::model::guide::Guide;
-use crate::model::llama::HfModel;
+use crate::model::hf::HfModel;
 use crate::model::placement::Placement;
 use crate::model::sample::{
     FinishReason, SamplingParams, SeqOutput, SeqRequest, scoring_temperature,

@@ -13,7 +13,7 @@ use super::agent::{CHECKPOINT_UPSTREAM, checkpoint_dir, device_spec, placement};
 use super::{Stage, StageContext, StageOutput};
 use crate::error::{Error, Result};
 use crate::fsutil::link_folder;
-use crate::model::llama::load_config;
+use crate::model::config::load_config;
 use crate::model::train::{NamedGrad, TrainConfig, Trainer, sum_grads};
 use crate::params::{ParamSpec, Params, ParamsExt};
 use crate::shards::rows::{GradientRow, StepRow};

@@ -551,7 +551,7 @@ mod tests {
     use super::*;
     use crate::manifest::ShardSpec;
     use crate::model::generate::generate;
-    use crate::model::llama::HfModel;
+    use crate::model::hf::HfModel;
     use crate::model::sample::{SamplingParams, SeqRequest};
     use crate::model::scoring::token_logprobs;
     use crate::model::test_util::tiny_model;

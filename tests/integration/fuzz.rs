@@ -591,7 +591,7 @@ fn fuzz_safetensors_headers_and_config() {
                 &folder.join("model.safetensors"),
                 &dev,
             ))?;
-            clear(asl::model::llama::load_config(&folder))?;
+            clear(asl::model::config::load_config(&folder))?;
             clear(asl::model::llama::Model::load(&folder, &dev))
         },
     );

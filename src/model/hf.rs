@@ -1,0 +1,127 @@
+//! A Hugging Face model folder as a whole: the network ([`super::llama::Model`]), its tokenizer,
+//! its chat template and its end-of-sequence tokens, checked against each other when loaded.
+
+use std::path::Path;
+
+use candle_core::Device;
+
+use super::chat::ChatTemplate;
+use super::config::EosTokenId;
+use super::error::{ModelError, Result};
+use super::io::read_json;
+use super::llama::Model;
+use super::placement::Placement;
+
+/// Reads `dir/tokenizer.json`.
+pub fn load_tokenizer(dir: &Path) -> Result<tokenizers::Tokenizer> {
+    let path = dir.join("tokenizer.json");
+    if !path.exists() {
+        return Err(ModelError::MissingFile {
+            path,
+            what: "tokenizer.json",
+        });
+    }
+    tokenizers::Tokenizer::from_file(&path).map_err(|e| ModelError::Tokenizer {
+        path,
+        msg: e.to_string(),
+    })
+}
+
+/// A loaded HF folder: model, tokenizer and chat template.
+pub struct HfModel {
+    pub model: Model,
+    pub tokenizer: tokenizers::Tokenizer,
+    pub chat: ChatTemplate,
+    eos_ids: Vec<u32>,
+}
+
+impl HfModel {
+    /// Loads model (f32), `tokenizer.json` and the chat template from `dir`.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        Self::load_on(dir, &Placement::f32_on(device))
+    }
+
+    /// [`HfModel::load`] with the model in `placement`'s device and dtype.
+    pub fn load_on(dir: &Path, placement: &Placement) -> Result<Self> {
+        let model = Model::load_on(dir, placement)?;
+        let mut eos_ids = model.config().eos_ids();
+        for id in generation_eos_ids(dir)? {
+            if !eos_ids.contains(&id) {
+                eos_ids.push(id);
+            }
+        }
+        let tokenizer = load_tokenizer(dir)?;
+        let chat = ChatTemplate::load(dir)?;
+        check_template_tokens(dir, &chat, &tokenizer)?;
+        Ok(Self {
+            model,
+            tokenizer,
+            chat,
+            eos_ids,
+        })
+    }
+
+    /// Token ids that end a sequence: `eos_token_id` of `config.json` and of
+    /// `generation_config.json` (Llama 3 and Qwen list their end-of-turn tokens there).
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos_ids
+    }
+
+    /// `(role, content)` messages as prompt token ids, rendered by the folder's chat template
+    /// with the assistant header at the end.
+    pub fn encode_chat(&self, messages: &[(&str, &str)]) -> Result<Vec<u32>> {
+        let text = self.chat.render_pairs(messages, true)?;
+        let enc = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| ModelError::Tokenize(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+}
+
+/// Refuses a chat template that writes special tokens (`<|…|>`, the end of a turn) the
+/// tokenizer does not have: they would be split into ordinary pieces and the model would never
+/// see its turn markers.
+fn check_template_tokens(
+    dir: &Path,
+    chat: &ChatTemplate,
+    tokenizer: &tokenizers::Tokenizer,
+) -> Result<()> {
+    let text = chat.render_pairs(&[("system", "s"), ("user", "u"), ("assistant", "a")], true)?;
+    let mut names: Vec<&str> = text
+        .match_indices("<|")
+        .filter_map(|(at, _)| text[at..].find("|>").map(|end| &text[at..at + end + 2]))
+        .filter(|t| !t[2..t.len() - 2].contains(char::is_whitespace))
+        .collect();
+    names.push(chat.end_of_turn());
+    for name in names {
+        if tokenizer.token_to_id(name).is_none() {
+            return Err(ModelError::Tokenizer {
+                path: dir.join("tokenizer.json"),
+                msg: format!(
+                    "no token {name:?}, which the chat template ({}) writes",
+                    chat.source().display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `eos_token_id` of `dir/generation_config.json` (one id or a list), if the file has one.
+fn generation_eos_ids(dir: &Path) -> Result<Vec<u32>> {
+    let path = dir.join("generation_config.json");
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let v: serde_json::Value = read_json(&path, "generation_config.json")?;
+    match v.get("eos_token_id") {
+        None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+        Some(e) => serde_json::from_value::<EosTokenId>(e.clone())
+            .map(|e| e.ids())
+            .map_err(|_| ModelError::UnsupportedFile {
+                path,
+                msg: format!("eos_token_id {e} is neither an id nor a list of ids"),
+            }),
+    }
+}
