@@ -6,29 +6,29 @@
 
 pub mod audit;
 pub mod compare;
-pub mod error;
+pub(crate) mod error;
 pub mod export;
 pub mod fsutil;
 pub mod manifest;
-pub mod memory;
+pub(crate) mod memory;
 pub mod model;
 pub mod page;
 pub mod params;
 pub mod pipeline;
 pub mod process;
-pub mod progress;
+pub(crate) mod progress;
 pub mod report;
-pub mod retention;
+pub(crate) mod retention;
 pub mod rl;
 pub mod roles;
 pub mod search;
-pub mod seed;
+pub(crate) mod seed;
 pub mod shards;
 pub mod show;
 pub mod slurm;
 pub mod stages;
 pub mod status;
-pub mod tensorboard;
+pub(crate) mod tensorboard;
 
 pub use error::{Error, Result};
 

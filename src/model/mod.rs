@@ -12,13 +12,13 @@
 //! - [`fused`]: CPU kernels with their own backward: log-probs, causal attention, RMSNorm.
 //! - [`train`]: per-token log-probs, GRPO loss, AdamW steps, checkpoints.
 
-pub mod chat;
+pub(crate) mod chat;
 pub mod config;
-pub mod error;
-pub mod fused;
+pub(crate) mod error;
+pub(crate) mod fused;
 pub mod generate;
 pub mod gguf;
-pub mod guide;
+pub(crate) mod guide;
 pub mod hf;
 pub mod io;
 pub mod llama;
