@@ -201,18 +201,17 @@ fn bench_gap(hf: &HfModel, dir: &Path, dtype: &str) -> anyhow::Result<()> {
     let (mut n, mut sum, mut max, mut r_sum, mut r_sq) = (0usize, 0f64, 0f64, 0f64, 0f64);
     for (req, out) in reqs.iter().zip(&outs) {
         let ids: Vec<u32> = req.prompt_ids.iter().chain(&out.tokens).copied().collect();
-        let len = ids.len();
-        let t = Tensor::from_vec(ids.clone(), (1, len), &Device::Cpu)?;
-        let logp = candle_nn::ops::log_softmax(
-            &exact.model.forward_full(&t, &t.ones_like()?)?.squeeze(0)?,
-            D::Minus1,
+        let t = Tensor::from_vec(
+            ids,
+            (1, req.prompt_ids.len() + out.tokens.len()),
+            &Device::Cpu,
         )?;
-        let start = req.prompt_ids.len();
-        for (j, (&tok, &recorded)) in out.tokens.iter().zip(&out.logprobs).enumerate() {
-            let f32_lp = logp
-                .get(start + j - 1)?
-                .get(tok as usize)?
-                .to_scalar::<f32>()?;
+        // logp[t] scores token t + 1: the completion's start at the prompt's last position.
+        let logp = token_logprobs(&exact.model, &t, &t.ones_like()?)?
+            .squeeze(0)?
+            .narrow(0, req.prompt_ids.len() - 1, out.tokens.len())?
+            .to_vec1::<f32>()?;
+        for (&f32_lp, &recorded) in logp.iter().zip(&out.logprobs) {
             let d = f64::from(f32_lp - recorded);
             n += 1;
             sum += d.abs();
