@@ -54,16 +54,15 @@ pub fn open_env(files: &EnvFiles, mode: SearchMode) -> Result<SearchEnv> {
         let dir = files
             .index
             .as_ref()
-            .ok_or_else(|| Error::stage("index", "recorded no index directory"))?;
+            .ok_or_else(|| Error::input(first, "BM25 and hybrid search need an index directory"))?;
         let index = Bm25Index::open(dir, &fingerprint).map_err(|e| search_err(dir, e))?;
         env = env.with_bm25(index);
     }
     if matches!(mode, SearchMode::Dense | SearchMode::Hybrid) {
         let index = read_embeddings(&files.embeddings)?;
-        let model_dir = files
-            .embedder
-            .as_ref()
-            .ok_or_else(|| Error::stage("embed", "no embedding model given"))?;
+        let model_dir = files.embedder.as_ref().ok_or_else(|| {
+            Error::input(first, "dense and hybrid search need an embedding model")
+        })?;
         let embedder = Embedder::load(model_dir).map_err(|e| search_err(model_dir, e))?;
         let shard = files.embeddings.first().map_or(first, |p| p.as_path());
         env = env
