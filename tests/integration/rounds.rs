@@ -23,7 +23,22 @@ const ROUND_STAGES: [&str; 8] = [
 ];
 
 fn run_smoke(assets: &Path, run_dir: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec!["run", SMOKE, "--run-dir", run_dir.to_str().unwrap()];
+    run_pipeline(Path::new(SMOKE), assets, run_dir, extra)
+}
+
+/// `asl run PIPELINE` on the shipped assets, single-threaded.
+fn run_pipeline(
+    pipeline: &Path,
+    assets: &Path,
+    run_dir: &Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args = vec![
+        "run",
+        pipeline.to_str().unwrap(),
+        "--run-dir",
+        run_dir.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     // One thread: candle's pool spin-waits, which costs more than it gains on a tiny model when
     // other tests share the cores.
@@ -231,20 +246,7 @@ fn a_run_whose_rounds_train_nothing_stops_after_stall_rounds() {
     )
     .unwrap();
     let rd = dir.path().join("run");
-    let run = || {
-        asl_with_env(
-            &[
-                "run",
-                pipe.to_str().unwrap(),
-                "--run-dir",
-                rd.to_str().unwrap(),
-            ],
-            &[
-                ("ASL_ASSETS", assets.to_str().unwrap()),
-                ("RAYON_NUM_THREADS", "1"),
-            ],
-        )
-    };
+    let run = || run_pipeline(&pipe, &assets, &rd, &[]);
     let out = run();
     assert_ok(&out);
     assert!(
@@ -285,20 +287,7 @@ fn q8_0_sampling_runs_a_round_and_reports_the_log_prob_gap() {
     let pipe = dir.path().join("q8.toml");
     std::fs::write(&pipe, format!("extends = {SMOKE:?}\nrounds = 1\n")).unwrap();
     let rd = dir.path().join("run");
-    let out = asl_with_env(
-        &[
-            "run",
-            pipe.to_str().unwrap(),
-            "--run-dir",
-            rd.to_str().unwrap(),
-            "--set",
-            "dtype=q8_0",
-        ],
-        &[
-            ("ASL_ASSETS", assets.to_str().unwrap()),
-            ("RAYON_NUM_THREADS", "1"),
-        ],
-    );
+    let out = run_pipeline(&pipe, &assets, &rd, &["--set", "dtype=q8_0"]);
     assert_ok(&out);
     let log = stdout(&out);
     let gap = log
