@@ -41,20 +41,8 @@ fn main() -> anyhow::Result<()> {
                 let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?.to_dtype(dtype)?;
                 let w = Tensor::randn(0f32, 0.05, (n, k), &dev)?.to_dtype(dtype)?;
                 let linear = candle_nn::Linear::new(w, None);
-                linear.forward(&x)?; // warm-up
-                let mut best = f64::INFINITY;
-                for _ in 0..repeats {
-                    let t = Instant::now();
-                    let y = linear.forward(&x)?;
-                    y.dims();
-                    best = best.min(t.elapsed().as_secs_f64());
-                }
-                let gflops = 2.0 * (m * k * n) as f64 / best / 1e9;
-                println!(
-                    "{}",
-                    json!({"bench": "matmul", "dtype": format!("{dtype:?}").to_lowercase(),
-                           "m": m, "k": k, "n": n, "gflops": gflops})
-                );
+                let name = format!("{dtype:?}").to_lowercase();
+                report(&name, (m, k, n), repeats, || linear.forward(&x))?;
             }
         }
     }
@@ -66,23 +54,33 @@ fn main() -> anyhow::Result<()> {
             let pad = k.next_multiple_of(256) - k;
             let w = Tensor::randn(0f32, 0.05, (n, k), &dev)?.pad_with_zeros(1, 0, pad)?;
             let q = QMatMul::from_qtensor(QTensor::quantize(&w, GgmlDType::Q8_0)?)?;
-            let run = |x: &Tensor| -> candle_core::Result<Tensor> {
+            report("q8_0", (m, k, n), repeats, || {
                 q.forward(&x.pad_with_zeros(1, 0, pad)?)
-            };
-            run(&x)?; // warm-up (and the one-off weight repacking)
-            let mut best = f64::INFINITY;
-            for _ in 0..repeats {
-                let t = Instant::now();
-                let y = run(&x)?;
-                y.dims();
-                best = best.min(t.elapsed().as_secs_f64());
-            }
-            let gflops = 2.0 * (m * k * n) as f64 / best / 1e9;
-            println!(
-                "{}",
-                json!({"bench": "matmul", "dtype": "q8_0", "m": m, "k": k, "n": n, "gflops": gflops})
-            );
+            })?;
         }
     }
+    Ok(())
+}
+
+/// Prints the best GFLOP/s of `repeats` calls of `matmul` (an `m × k` by `k × n` product),
+/// after one warm-up call (which also pays one-off costs such as repacking weights).
+fn report(
+    dtype: &str,
+    (m, k, n): (usize, usize, usize),
+    repeats: usize,
+    matmul: impl Fn() -> candle_core::Result<Tensor>,
+) -> anyhow::Result<()> {
+    matmul()?;
+    let mut best = f64::INFINITY;
+    for _ in 0..repeats {
+        let t = Instant::now();
+        matmul()?.dims();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    let gflops = 2.0 * (m * k * n) as f64 / best / 1e9;
+    println!(
+        "{}",
+        json!({"bench": "matmul", "dtype": dtype, "m": m, "k": k, "n": n, "gflops": gflops})
+    );
     Ok(())
 }
