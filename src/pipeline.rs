@@ -21,7 +21,7 @@ use crate::manifest::{
 use crate::params::{Params, SetOverride, resolve, toml_to_json};
 use crate::seed::derive_seed;
 use crate::shards::stage_dir;
-use crate::stages::{self, Stage, StageContext};
+use crate::stages::{self, Reads, Stage, StageContext, Upstream};
 
 pub const ASL_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -481,7 +481,7 @@ pub fn run_pipeline(
         let upstream_ran = stage
             .upstream(&params)
             .iter()
-            .any(|u| ran.contains(UpstreamSpec::parse(u).stage));
+            .any(|u| ran.contains(u.stage));
         let forced = opts.force.iter().any(|f| f == name);
         let seed = stage_seed(seed, name, round);
         let prepared = prepare(&manifest, run_dir, stage, round, at, &params, seed)?;
@@ -800,41 +800,6 @@ pub fn part_is_current(
     }
 }
 
-/// An upstream reference as stages declare it: `stage` (finished in this round or before),
-/// `stage?` (this round's or setup's, when the pipeline has it), `stage@prev?` (from an earlier
-/// round only: the checkpoint a round starts from is the previous round's), `stage@prev_step?`
-/// (the previous optimizer step of this round, absent at step 1). A stepped stage naming another
-/// stepped stage plainly (`apply` naming `train`) reads the same step.
-pub struct UpstreamSpec<'a> {
-    pub stage: &'a str,
-    pub optional: bool,
-    pub previous_round: bool,
-    pub previous_step: bool,
-}
-
-impl<'a> UpstreamSpec<'a> {
-    pub fn parse(key: &'a str) -> Self {
-        let (rest, optional) = match key.strip_suffix('?') {
-            Some(r) => (r, true),
-            None => (key, false),
-        };
-        let (rest, previous_step) = match rest.strip_suffix("@prev_step") {
-            Some(s) => (s, true),
-            None => (rest, false),
-        };
-        let (stage, previous_round) = match rest.strip_suffix("@prev") {
-            Some(s) => (s, true),
-            None => (rest, false),
-        };
-        UpstreamSpec {
-            stage,
-            optional,
-            previous_round,
-            previous_step,
-        }
-    }
-}
-
 /// A stage with its params, seed and inputs resolved, ready to check or run.
 struct Prepared<'a> {
     stage: &'a dyn Stage,
@@ -842,7 +807,7 @@ struct Prepared<'a> {
     at: StepAt,
     params: Params,
     seed: u64,
-    upstream: Vec<(String, Vec<PathBuf>)>,
+    upstream: Vec<(Upstream, Vec<PathBuf>)>,
     inputs: Vec<FileRecord>,
     /// Inputs that retention removed: fine for the up-to-date check (their hashes are
     /// recorded), fatal for a run.
@@ -861,35 +826,31 @@ fn prepare<'a>(
     let mut upstream = Vec::new();
     let mut inputs = Vec::new();
     let mut pruned_inputs = Vec::new();
-    for key in stage.upstream(params) {
-        let spec = UpstreamSpec::parse(key);
+    for spec in stage.upstream(params) {
         let up = spec.stage;
         let same_step = at.step > 0 && stages::find(up).is_some_and(|u| u.stepped());
-        let found = if spec.previous_step {
-            at.step
+        let found = match spec.reads {
+            Reads::PreviousStep => at
+                .step
                 .checked_sub(1)
                 .filter(|s| *s > 0)
                 .and_then(|s| manifest.done_step_outputs(up, round, s))
-                .map(|outputs| (round, outputs))
-        } else if same_step && !spec.previous_round {
-            manifest
+                .map(|outputs| (round, outputs)),
+            Reads::Latest if same_step => manifest
                 .done_step_outputs(up, round, at.step)
-                .map(|outputs| (round, outputs))
-        } else if spec.previous_round {
-            round
+                .map(|outputs| (round, outputs)),
+            Reads::PreviousRound => round
                 .checked_sub(1)
-                .and_then(|r| manifest.done_outputs(up, r))
-        } else if spec.optional {
+                .and_then(|r| manifest.done_outputs(up, r)),
             // An optional upstream is this round's or setup's (round 0); another round's would
             // be stale.
-            manifest
+            Reads::Latest if spec.optional => manifest
                 .done_outputs(up, round)
-                .filter(|(r, _)| *r == round || *r == 0)
-        } else {
-            manifest.done_outputs(up, round)
+                .filter(|(r, _)| *r == round || *r == 0),
+            Reads::Latest => manifest.done_outputs(up, round),
         };
         if found.is_none() && spec.optional {
-            upstream.push((key.to_string(), Vec::new()));
+            upstream.push((spec, Vec::new()));
             continue;
         }
         let (_, outputs) = found.ok_or_else(|| {
@@ -919,7 +880,7 @@ fn prepare<'a>(
             }
             files.push(file);
         }
-        upstream.push((key.to_string(), files));
+        upstream.push((spec, files));
         inputs.extend(outputs);
     }
     for path in stage.external_inputs(params)? {
@@ -998,6 +959,7 @@ impl Prepared<'_> {
         })?;
         let started = Instant::now();
         let ctx = StageContext {
+            stage: self.stage.name(),
             run_dir,
             round: self.round,
             step: self.at.step,

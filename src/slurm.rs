@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::write_atomic;
 use crate::manifest::{Manifest, RunLock, ShardSpec, now_rfc3339};
-use crate::pipeline::{Pipeline, Planned, ResolvedRun, RunOptions, UpstreamSpec, part_is_current};
-use crate::stages;
+use crate::pipeline::{Pipeline, Planned, ResolvedRun, RunOptions, part_is_current};
+use crate::stages::{self, Reads};
 
 /// What a job asks Slurm for. Every field is optional: what is unset is the cluster's default.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -450,27 +450,25 @@ fn upstream_jobs(
             .map(|((r, _, _), id)| (*r, id.clone()))
     };
     let mut after = Vec::new();
-    for key in planned.stage.upstream(&params) {
-        let spec = UpstreamSpec::parse(key);
+    for spec in planned.stage.upstream(&params) {
         let up = spec.stage;
         let up_stepped = stages::find(up).is_some_and(|u| u.stepped());
-        let found = if spec.previous_step {
-            step.checked_sub(1)
+        let found = match spec.reads {
+            Reads::PreviousStep => step
+                .checked_sub(1)
                 .filter(|s| *s > 0)
-                .and_then(|s| by_key.get(&(round, up.to_string(), s)).cloned())
-        } else if step > 0 && up_stepped && !spec.previous_round {
-            by_key.get(&(round, up.to_string(), step)).cloned()
-        } else if spec.previous_round {
-            round
+                .and_then(|s| by_key.get(&(round, up.to_string(), s)).cloned()),
+            Reads::Latest if step > 0 && up_stepped => {
+                by_key.get(&(round, up.to_string(), step)).cloned()
+            }
+            Reads::PreviousRound => round
                 .checked_sub(1)
                 .and_then(|r| newest(up, 0..=r))
-                .map(|(_, id)| id)
-        } else if spec.optional {
-            newest(up, 0..=round)
+                .map(|(_, id)| id),
+            Reads::Latest if spec.optional => newest(up, 0..=round)
                 .filter(|(r, _)| *r == round || *r == 0)
-                .map(|(_, id)| id)
-        } else {
-            newest(up, 0..=round).map(|(_, id)| id)
+                .map(|(_, id)| id),
+            Reads::Latest => newest(up, 0..=round).map(|(_, id)| id),
         };
         if let Some(id) = found
             && !after.contains(&id)

@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::StageContext;
 use super::env::open_env;
+use super::{StageContext, Upstream};
 use crate::error::{Error, Result};
 use crate::model::generate::{Batching, GenStats, generate_with};
 use crate::model::guide::Guide;
@@ -21,23 +21,28 @@ use crate::search::render::render_information;
 use crate::search::{SearchEnv, SearchMode};
 use crate::shards::rows::TrajectoryRow;
 
-/// Upstream keys naming the checkpoint a round's model stages start from: the previous round's
+/// The upstreams naming the checkpoint a round's model stages start from: the previous round's
 /// `apply` when there is one, else the run's `warmup` (when the pipeline has one), else `init`.
-pub const CHECKPOINT_UPSTREAM: [&str; 3] = ["init", "warmup?", "apply@prev?"];
+pub const CHECKPOINT_UPSTREAM: [Upstream; 3] = [
+    Upstream::needs("init"),
+    Upstream::optional("warmup"),
+    Upstream::previous_round("apply"),
+];
 
 /// The checkpoint folder a stage uses (see [`CHECKPOINT_UPSTREAM`]), also accepting this round's
 /// `apply?` (for `eval`, which scores the round's new checkpoint) and the previous optimizer
-/// step's `apply@prev_step?` (for `train` and `apply` from a round's second step on).
+/// step's `apply@prev_step?` (for `train` and `apply` from a round's second step on), the first
+/// of these the stage declared and found.
 pub fn checkpoint_dir(ctx: &StageContext, stage: &str) -> Result<PathBuf> {
     [
-        "apply?",
-        "apply@prev_step?",
-        "apply@prev?",
-        "warmup?",
-        "init",
+        Upstream::optional("apply"),
+        Upstream::previous_step("apply"),
+        Upstream::previous_round("apply"),
+        Upstream::optional("warmup"),
+        Upstream::needs("init"),
     ]
-    .iter()
-    .find_map(|key| ctx.input_files(key).iter().find(|p| p.is_dir()).cloned())
+    .into_iter()
+    .find_map(|up| ctx.declared(up)?.iter().find(|p| p.is_dir()).cloned())
     .ok_or_else(|| {
         Error::stage(
             stage,
@@ -177,13 +182,14 @@ pub fn search_mode(params: &Params, stage: &str) -> Result<Option<SearchMode>> {
 }
 
 /// The search stages a model stage reads, by its `search_mode`.
-pub fn search_upstream(params: &Params) -> Vec<&'static str> {
-    match params.str("search_mode") {
-        "none" => vec![],
-        "dense" => vec!["corpus", "embed"],
-        "hybrid" => vec!["corpus", "index", "embed"],
-        _ => vec!["corpus", "index"],
-    }
+pub fn search_upstream(params: &Params) -> Vec<Upstream> {
+    let names: &[&'static str] = match params.str("search_mode") {
+        "none" => &[],
+        "dense" => &["corpus", "embed"],
+        "hybrid" => &["corpus", "index", "embed"],
+        _ => &["corpus", "index"],
+    };
+    names.iter().map(|n| Upstream::needs(n)).collect()
 }
 
 /// One prompt to run.

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::agent::{CHECKPOINT_UPSTREAM, checkpoint_dir, device_spec, placement};
-use super::{Stage, StageContext, StageOutput};
+use super::{Stage, StageContext, StageOutput, Upstream};
 use crate::error::{Error, Result};
 use crate::fsutil::link_folder;
 use crate::model::config::load_config;
@@ -63,8 +63,8 @@ impl Stage for ApplyStage {
         crate::retention::Retention::from_params(params).map(|_| ())
     }
 
-    fn upstream(&self, _params: &Params) -> Vec<&'static str> {
-        let mut up = vec!["train", "apply@prev_step?"];
+    fn upstream(&self, _params: &Params) -> Vec<Upstream> {
+        let mut up = vec![Upstream::needs("train"), Upstream::previous_step("apply")];
         up.extend(CHECKPOINT_UPSTREAM);
         up
     }
@@ -83,7 +83,10 @@ impl Stage for ApplyStage {
         let dest = ctx.out_dir.join("model");
         let steps_path = shard_path(&ctx.out_dir, ShardKind::Steps, 0);
         let step = ctx.step.max(1);
-        let mut files = shards_of(ctx.input_files("train"), ShardKind::Gradients);
+        let mut files = shards_of(
+            ctx.input_files(Upstream::needs("train"))?,
+            ShardKind::Gradients,
+        );
         files.sort();
         // Each role's parts, in path order.
         let mut parts: BTreeMap<String, (Vec<Vec<NamedGrad>>, u32, u64)> = BTreeMap::new();

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use super::sources::{Record, open_records, text_field};
-use super::{Stage, StageContext, StageOutput, assets_dir};
+use super::{Stage, StageContext, StageOutput, Upstream, assets_dir};
 use crate::error::{Error, Result};
 use crate::params::{ParamSpec, Params, ParamsExt};
 use crate::shards::rows::{CorpusRow, corpus_batch};
@@ -50,7 +50,7 @@ impl Stage for CorpusStage {
         ]
     }
 
-    fn upstream(&self, _params: &Params) -> Vec<&'static str> {
+    fn upstream(&self, _params: &Params) -> Vec<Upstream> {
         Vec::new()
     }
 

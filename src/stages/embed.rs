@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::{Stage, StageContext, StageOutput, assets_dir};
+use super::{Stage, StageContext, StageOutput, Upstream, assets_dir};
 use crate::error::{Error, Result};
 use crate::params::{ParamSpec, Params, ParamsExt};
 use crate::search::dense::{BATCH_SIZE, Embedder, passage_embedding_text};
@@ -40,8 +40,8 @@ impl Stage for EmbedStage {
         )]
     }
 
-    fn upstream(&self, _params: &Params) -> Vec<&'static str> {
-        vec!["corpus"]
+    fn upstream(&self, _params: &Params) -> Vec<Upstream> {
+        vec![Upstream::needs("corpus")]
     }
 
     fn external_inputs(&self, params: &Params) -> Result<Vec<PathBuf>> {
@@ -58,7 +58,7 @@ impl Stage for EmbedStage {
     fn run(&self, ctx: &StageContext) -> Result<StageOutput> {
         let dir = model_dir(ctx.params);
         let embedder = Embedder::load(&dir).map_err(|e| Error::input(&dir, e.to_string()))?;
-        let all = passages(ctx.input_files("corpus"))?;
+        let all = passages(ctx.input_files(Upstream::needs("corpus"))?)?;
         let mine: Vec<_> = all
             .iter()
             .enumerate()

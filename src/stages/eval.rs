@@ -21,7 +21,7 @@ use super::agent::{
     Agent, CHECKPOINT_UPSTREAM, Request, Role, checkpoint_dir, sampling_specs, search_upstream,
 };
 use super::kit::contains_answer;
-use super::{Stage, StageContext, StageOutput};
+use super::{Stage, StageContext, StageOutput, Upstream};
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, Status};
 use crate::model::sample::seq_seed;
@@ -90,16 +90,16 @@ impl Stage for EvalStage {
         specs
     }
 
-    fn upstream(&self, params: &Params) -> Vec<&'static str> {
-        let mut up = vec!["qa"];
+    fn upstream(&self, params: &Params) -> Vec<Upstream> {
+        let mut up = vec![Upstream::needs("qa")];
         up.extend(search_upstream(params));
-        if params.u64("generator_prompts") > 0 && !up.contains(&"corpus") {
-            up.push("corpus");
+        if params.u64("generator_prompts") > 0 && !up.contains(&Upstream::needs("corpus")) {
+            up.push(Upstream::needs("corpus"));
         }
         up.extend(CHECKPOINT_UPSTREAM);
-        up.push("apply?");
+        up.push(Upstream::optional("apply"));
         if params.u64("grm_questions") > 0 && params.str("grm_reference") == "judge" {
-            up.push("judge?");
+            up.push(Upstream::optional("judge"));
         }
         up
     }
@@ -134,9 +134,10 @@ impl Stage for EvalStage {
         self.check(ctx.params)?;
         let ckpt = checkpoint_dir(ctx, "eval")?;
         let agent = Agent::load(ctx, "eval")?;
-        let qa: Vec<QaRow> = read_rows(ctx.input_files("qa"))?;
+        let qa: Vec<QaRow> = read_rows(ctx.input_files(Upstream::needs("qa"))?)?;
         let topics: Vec<String> = if ctx.params.u64("generator_prompts") > 0 {
-            let mut corpus: Vec<CorpusRow> = read_rows(ctx.input_files("corpus"))?;
+            let mut corpus: Vec<CorpusRow> =
+                read_rows(ctx.input_files(Upstream::needs("corpus"))?)?;
             corpus.sort_by_key(|r| stable_u64(&["eval-topics", &r.doc_id]));
             corpus
                 .into_iter()
@@ -854,7 +855,15 @@ mod tests {
         assert!(!grm_show_reference(&params("judge"), Some((dir.path(), 1))).unwrap());
         assert!(grm_show_reference(&params("judge"), Some((dir.path(), 2))).unwrap());
         // With `judge`, the round's judge is an upstream (its outputs are in eval's identity).
-        assert!(EvalStage.upstream(&params("judge")).contains(&"judge?"));
-        assert!(!EvalStage.upstream(&params("shown")).contains(&"judge?"));
+        assert!(
+            EvalStage
+                .upstream(&params("judge"))
+                .contains(&Upstream::optional("judge"))
+        );
+        assert!(
+            !EvalStage
+                .upstream(&params("shown"))
+                .contains(&Upstream::optional("judge"))
+        );
     }
 }

@@ -12,7 +12,7 @@ use super::agent::{
     tool_format,
 };
 use super::kit::{contains_answer, tasks};
-use super::{Stage, StageContext, StageOutput};
+use super::{Stage, StageContext, StageOutput, Upstream};
 use crate::error::{Error, Result};
 use crate::model::sample::seq_seed;
 use crate::params::{ParamSpec, Params, ParamsExt};
@@ -82,14 +82,17 @@ impl Stage for GenerateStage {
         specs
     }
 
-    fn upstream(&self, params: &Params) -> Vec<&'static str> {
+    fn upstream(&self, params: &Params) -> Vec<Upstream> {
         if params.str("source") == "qa" {
-            return vec!["qa"];
+            return vec![Upstream::needs("qa")];
         }
-        let mut up = vec!["corpus"];
+        let mut up = vec![Upstream::needs("corpus")];
         up.extend(search_upstream(params));
         up.extend(CHECKPOINT_UPSTREAM);
-        up.extend(["generate@prev?", "reward@prev?"]);
+        up.extend([
+            Upstream::previous_round("generate"),
+            Upstream::previous_round("reward"),
+        ]);
         up.dedup();
         up
     }
@@ -221,12 +224,13 @@ impl Stage for GenerateStage {
 /// left fewer valid tasks than `n`).
 fn task_seeds(ctx: &StageContext, n: usize) -> Result<Vec<Seed>> {
     let mut seeds = Vec::with_capacity(n);
-    let prev_tasks: Vec<TaskRow> = tasks(ctx.input_files("generate@prev?"))?
+    let prev_tasks: Vec<TaskRow> = tasks(ctx.input_files(Upstream::previous_round("generate"))?)?
         .into_iter()
         .filter(|t| t.valid)
         .collect();
     if !prev_tasks.is_empty() {
-        let rewards: Vec<RewardRow> = read_rows(ctx.input_files("reward@prev?"))?;
+        let rewards: Vec<RewardRow> =
+            read_rows(ctx.input_files(Upstream::previous_round("reward"))?)?;
         let mut solved: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
         for r in rewards.iter().filter(|r| r.role == "policy") {
             let e = solved.entry(r.task_id.as_str()).or_default();
@@ -253,7 +257,7 @@ fn task_seeds(ctx: &StageContext, n: usize) -> Result<Vec<Seed>> {
         }
     }
     if seeds.len() < n {
-        let mut corpus: Vec<CorpusRow> = read_rows(ctx.input_files("corpus"))?;
+        let mut corpus: Vec<CorpusRow> = read_rows(ctx.input_files(Upstream::needs("corpus"))?)?;
         if corpus.is_empty() {
             return Err(Error::stage(
                 "generate",
@@ -275,7 +279,7 @@ fn task_seeds(ctx: &StageContext, n: usize) -> Result<Vec<Seed>> {
 /// `resample = false` the same `n` questions in every round and every run (a fixed set to
 /// watch the training reward on).
 fn labelled_tasks(ctx: &StageContext, n: usize) -> Result<Vec<TaskRow>> {
-    let mut rows: Vec<QaRow> = read_rows::<QaRow>(ctx.input_files("qa"))?
+    let mut rows: Vec<QaRow> = read_rows::<QaRow>(ctx.input_files(Upstream::needs("qa"))?)?
         .into_iter()
         .filter(|q| q.split == "train" && !q.answers.is_empty())
         .collect();

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::{Stage, StageContext, StageOutput};
+use super::{Stage, StageContext, StageOutput, Upstream};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::tmp_path_for;
 use crate::params::{ParamSpec, Params};
@@ -26,8 +26,8 @@ impl Stage for IndexStage {
         Vec::new()
     }
 
-    fn upstream(&self, _params: &Params) -> Vec<&'static str> {
-        vec!["corpus"]
+    fn upstream(&self, _params: &Params) -> Vec<Upstream> {
+        vec![Upstream::needs("corpus")]
     }
 
     fn external_inputs(&self, _params: &Params) -> Result<Vec<PathBuf>> {
@@ -35,7 +35,7 @@ impl Stage for IndexStage {
     }
 
     fn run(&self, ctx: &StageContext) -> Result<StageOutput> {
-        let passages = passages(ctx.input_files("corpus"))?;
+        let passages = passages(ctx.input_files(Upstream::needs("corpus"))?)?;
         let fingerprint = corpus_fingerprint(&passages);
         let n = passages.len();
         let dest = ctx.out_dir.join("bm25");

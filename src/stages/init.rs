@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Stage, StageContext, StageOutput, assets_dir};
+use super::{Stage, StageContext, StageOutput, Upstream, assets_dir};
 use crate::error::{Error, IoContext, Result};
 use crate::model::{SHIPPED_GGUF, gguf, tiny};
 use crate::params::{ParamSpec, Params, ParamsExt};
@@ -46,7 +46,7 @@ impl Stage for InitStage {
         ]
     }
 
-    fn upstream(&self, _params: &Params) -> Vec<&'static str> {
+    fn upstream(&self, _params: &Params) -> Vec<Upstream> {
         Vec::new()
     }
 

@@ -14,7 +14,7 @@ use super::agent::{
     tool_format,
 };
 use super::kit::{VERIFICATION, tasks, trajectories};
-use super::{Stage, StageContext, StageOutput};
+use super::{Stage, StageContext, StageOutput, Upstream};
 use crate::error::Result;
 use crate::model::sample::seq_seed;
 use crate::params::{ParamSpec, Params, ParamsExt};
@@ -76,12 +76,12 @@ impl Stage for JudgeStage {
         specs
     }
 
-    fn upstream(&self, params: &Params) -> Vec<&'static str> {
-        let mut up = vec!["generate", "rollout"];
+    fn upstream(&self, params: &Params) -> Vec<Upstream> {
+        let mut up = vec![Upstream::needs("generate"), Upstream::needs("rollout")];
         up.extend(search_upstream(params));
         up.extend(CHECKPOINT_UPSTREAM);
         if params.u64("real_items") > 0 {
-            up.push("qa");
+            up.push(Upstream::needs("qa"));
         }
         up.dedup();
         up
@@ -92,10 +92,10 @@ impl Stage for JudgeStage {
     }
 
     fn run(&self, ctx: &StageContext) -> Result<StageOutput> {
-        let task_rows = tasks(ctx.input_files("generate"))?;
+        let task_rows = tasks(ctx.input_files(Upstream::needs("generate"))?)?;
         let by_id: BTreeMap<&str, &TaskRow> =
             task_rows.iter().map(|t| (t.task_id.as_str(), t)).collect();
-        let attempts = trajectories(ctx.input_files("rollout"))?;
+        let attempts = trajectories(ctx.input_files(Upstream::needs("rollout"))?)?;
         let show_reference = ctx.params.bool("show_reference");
         let mut items = Vec::new();
         let mut orphans = 0;
@@ -236,7 +236,7 @@ fn verification_items(ctx: &StageContext) -> Result<Vec<Item>> {
     if n == 0 || u64::from(ctx.round) < ctx.params.u64("real_from_round") {
         return Ok(Vec::new());
     }
-    let mut qa: Vec<QaRow> = read_rows::<QaRow>(ctx.input_files("qa"))?
+    let mut qa: Vec<QaRow> = read_rows::<QaRow>(ctx.input_files(Upstream::needs("qa"))?)?
         .into_iter()
         .filter(|q| q.split == "dev" && !q.answers.is_empty())
         .collect();

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use super::StageContext;
+use super::{StageContext, Upstream};
 use crate::error::Result;
 use crate::rl::metrics::normalize_answer;
 use crate::shards::read_kind;
@@ -29,9 +29,9 @@ pub fn tasks(files: &[PathBuf]) -> Result<Vec<TaskRow>> {
 /// The tasks a round works on: the self-check's when the round has one (`selfcheck?` among
 /// `inputs`), else those `generate` wrote.
 pub fn round_tasks(ctx: &StageContext) -> Result<Vec<TaskRow>> {
-    let checked = ctx.input_files("selfcheck?");
+    let checked = ctx.input_files(Upstream::optional("selfcheck"))?;
     if checked.is_empty() {
-        tasks(ctx.input_files("generate"))
+        tasks(ctx.input_files(Upstream::needs("generate"))?)
     } else {
         tasks(checked)
     }

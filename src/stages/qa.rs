@@ -12,7 +12,7 @@ use serde_json::Value;
 
 pub use super::sources::read_qa_file;
 use super::sources::{answer_strings, open_records, user_row};
-use super::{Stage, StageContext, StageOutput, assets_dir};
+use super::{Stage, StageContext, StageOutput, Upstream, assets_dir};
 use crate::error::{Error, Result};
 use crate::params::{ParamSpec, Params, ParamsExt};
 use crate::rl::metrics::normalize_answer;
@@ -71,9 +71,9 @@ impl Stage for QaStage {
         ]
     }
 
-    fn upstream(&self, params: &Params) -> Vec<&'static str> {
+    fn upstream(&self, params: &Params) -> Vec<Upstream> {
         if params.str("source") == "corpus" || params.str("extra") == "fanoutqa" {
-            vec!["corpus"]
+            vec![Upstream::needs("corpus")]
         } else {
             Vec::new()
         }
@@ -105,7 +105,7 @@ impl Stage for QaStage {
         let rows: Box<dyn Iterator<Item = Result<QaRow>>> = match ctx.params.str("source") {
             "fanoutqa" => Box::new(fanoutqa_rows(&source)?.into_iter().map(Ok)),
             "corpus" => Box::new(
-                corpus_qa_rows(ctx.input_files("corpus"))?
+                corpus_qa_rows(ctx.input_files(Upstream::needs("corpus"))?)?
                     .into_iter()
                     .map(Ok),
             ),
@@ -130,7 +130,7 @@ impl Stage for QaStage {
         let extra = match ctx.params.str("extra") {
             "fanoutqa" => fanoutqa_held_by_corpus(
                 &assets_dir().join(BUILTIN_FANOUTQA),
-                ctx.input_files("corpus"),
+                ctx.input_files(Upstream::needs("corpus"))?,
             )?,
             _ => Vec::new(),
         };

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::kit::{SELF_CHECK_TARGET, VERIFICATION, round_tasks, trajectories};
-use super::{Stage, StageContext, StageOutput};
+use super::{Stage, StageContext, StageOutput, Upstream};
 use crate::error::{Error, Result};
 use crate::params::{ParamSpec, Params, ParamsExt};
 use crate::rl::advantages::{Scale, advantages};
@@ -38,6 +38,19 @@ use crate::shards::rows::{JudgmentRow, RewardRow, TaskRow, TrajectoryRow};
 use crate::shards::{ShardKind, read_kind, shard_path, write_rows};
 
 pub struct RewardStage;
+
+/// This round's judgments, when the pipeline has a `judge` stage.
+const JUDGE: Upstream = Upstream::optional("judge");
+
+/// Judgments matter when the GRM verifies attempts or trains; a pipeline without a judge
+/// (Search-R1, R-Zero) must not pick up one that happens to sit in the run dir.
+fn reads_judgments(params: &Params) -> bool {
+    params.str("verifier") == "grm"
+        || params
+            .str("train_roles")
+            .split(',')
+            .any(|r| r.trim() == "grm")
+}
 
 /// How a policy attempt is decided correct.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,18 +175,16 @@ impl Stage for RewardStage {
         ]
     }
 
-    fn upstream(&self, params: &Params) -> Vec<&'static str> {
-        // Judgments matter when the GRM verifies attempts or trains; a pipeline without a judge
-        // (Search-R1, R-Zero) must not pick up one that happens to sit in the run dir.
-        let grm_trains = params
-            .str("train_roles")
-            .split(',')
-            .any(|r| r.trim() == "grm");
-        if params.str("verifier") == "grm" || grm_trains {
-            vec!["generate", "selfcheck?", "rollout", "judge?"]
-        } else {
-            vec!["generate", "selfcheck?", "rollout"]
+    fn upstream(&self, params: &Params) -> Vec<Upstream> {
+        let mut up = vec![
+            Upstream::needs("generate"),
+            Upstream::optional("selfcheck"),
+            Upstream::needs("rollout"),
+        ];
+        if reads_judgments(params) {
+            up.push(JUDGE);
         }
+        up
     }
 
     fn external_inputs(&self, _params: &Params) -> Result<Vec<PathBuf>> {
@@ -183,12 +194,16 @@ impl Stage for RewardStage {
     fn run(&self, ctx: &StageContext) -> Result<StageOutput> {
         let s = settings(ctx.params)?;
         let task_rows = round_tasks(ctx)?;
-        let generator_runs = trajectories(ctx.input_files("generate"))?;
-        let attempts = trajectories(ctx.input_files("rollout"))?;
-        let judge_files: Vec<PathBuf> = ctx.input_files("judge?").to_vec();
+        let generator_runs = trajectories(ctx.input_files(Upstream::needs("generate"))?)?;
+        let attempts = trajectories(ctx.input_files(Upstream::needs("rollout"))?)?;
+        let judge_files: Vec<PathBuf> = if reads_judgments(ctx.params) {
+            ctx.input_files(JUDGE)?.to_vec()
+        } else {
+            Vec::new()
+        };
         // The GRM's judgments of the round: the self-check's and the judge's.
         let grm_files: Vec<PathBuf> = ctx
-            .input_files("selfcheck?")
+            .input_files(Upstream::optional("selfcheck"))?
             .iter()
             .chain(&judge_files)
             .cloned()

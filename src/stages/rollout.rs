@@ -14,7 +14,7 @@ use super::agent::{
     tool_format,
 };
 use super::kit::round_tasks;
-use super::{Stage, StageContext, StageOutput};
+use super::{Stage, StageContext, StageOutput, Upstream};
 use crate::error::{Error, Result};
 use crate::model::sample::seq_seed;
 use crate::params::{ParamSpec, Params, ParamsExt};
@@ -51,8 +51,8 @@ impl Stage for RolloutStage {
         specs
     }
 
-    fn upstream(&self, params: &Params) -> Vec<&'static str> {
-        let mut up = vec!["generate", "selfcheck?"];
+    fn upstream(&self, params: &Params) -> Vec<Upstream> {
+        let mut up = vec![Upstream::needs("generate"), Upstream::optional("selfcheck")];
         up.extend(search_upstream(params));
         up.extend(CHECKPOINT_UPSTREAM);
         up
@@ -252,7 +252,9 @@ mod tests {
         ] {
             params.insert(k.to_string(), v);
         }
+        let inputs = crate::stages::contract::test_inputs(&RolloutStage, &params, inputs);
         let ctx = StageContext {
+            stage: "rollout",
             run_dir: run,
             round: 1,
             step: 0,
@@ -260,7 +262,7 @@ mod tests {
             params: &params,
             seed: 3,
             shard: ShardSpec::WHOLE,
-            inputs,
+            inputs: &inputs,
             out_dir: run.join("round-001/rollout"),
         };
         RolloutStage.run(&ctx)

@@ -22,7 +22,7 @@ use super::agent::{
     tool_format,
 };
 use super::kit::{SELF_CHECK_TARGET as TARGET, tasks};
-use super::{Stage, StageContext, StageOutput};
+use super::{Stage, StageContext, StageOutput, Upstream};
 use crate::error::{Error, Result};
 use crate::model::sample::seq_seed;
 use crate::params::{ParamSpec, Params, ParamsExt};
@@ -68,8 +68,8 @@ impl Stage for SelfCheckStage {
         specs
     }
 
-    fn upstream(&self, params: &Params) -> Vec<&'static str> {
-        let mut up = vec!["generate"];
+    fn upstream(&self, params: &Params) -> Vec<Upstream> {
+        let mut up = vec![Upstream::needs("generate")];
         up.extend(search_upstream(params));
         up.extend(CHECKPOINT_UPSTREAM);
         up.dedup();
@@ -89,7 +89,7 @@ impl Stage for SelfCheckStage {
                 format!("{v_min} is more than selfcheck.self_judgments = {v}: no task could pass"),
             ));
         }
-        let all = tasks(ctx.input_files("generate"))?;
+        let all = tasks(ctx.input_files(Upstream::needs("generate"))?)?;
         let owned: Vec<TaskRow> = all
             .into_iter()
             .enumerate()
@@ -375,7 +375,9 @@ mod tests {
         ] {
             params.insert(k.to_string(), val);
         }
+        let inputs = crate::stages::contract::test_inputs(&SelfCheckStage, &params, inputs);
         let ctx = StageContext {
+            stage: "selfcheck",
             run_dir: run,
             round: 1,
             step: 0,
@@ -383,7 +385,7 @@ mod tests {
             params: &params,
             seed: 5,
             shard: crate::manifest::ShardSpec::WHOLE,
-            inputs,
+            inputs: &inputs,
             out_dir: run.join("round-001/selfcheck"),
         };
         SelfCheckStage.run(&ctx)

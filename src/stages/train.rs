@@ -19,7 +19,7 @@ use rand::seq::SliceRandom;
 
 use super::agent::{CHECKPOINT_UPSTREAM, checkpoint_dir, device_spec, placement};
 use super::kit::{training_sequence, trajectories};
-use super::{Stage, StageContext, StageOutput};
+use super::{Stage, StageContext, StageOutput, Upstream};
 use crate::error::{Error, Result};
 use crate::model::llama::Model;
 use crate::model::scoring::{LossPositions, build_batch};
@@ -235,13 +235,13 @@ impl Stage for TrainStage {
         ]
     }
 
-    fn upstream(&self, _params: &Params) -> Vec<&'static str> {
+    fn upstream(&self, _params: &Params) -> Vec<Upstream> {
         let mut up = vec![
-            "reward",
-            "generate",
-            "rollout",
-            "judge?",
-            "apply@prev_step?",
+            Upstream::needs("reward"),
+            Upstream::needs("generate"),
+            Upstream::needs("rollout"),
+            Upstream::optional("judge"),
+            Upstream::previous_step("apply"),
         ];
         up.extend(CHECKPOINT_UPSTREAM);
         up
@@ -275,10 +275,14 @@ impl Stage for TrainStage {
                 ),
             ));
         }
-        let rewards: Vec<RewardRow> = read_rows(ctx.input_files("reward"))?;
+        let rewards: Vec<RewardRow> = read_rows(ctx.input_files(Upstream::needs("reward"))?)?;
         let mut by_id: BTreeMap<String, TrajectoryRow> = BTreeMap::new();
-        for key in ["generate", "selfcheck?", "rollout", "judge?"] {
-            for t in trajectories(ctx.input_files(key))? {
+        for up in [
+            Upstream::needs("generate"),
+            Upstream::needs("rollout"),
+            Upstream::optional("judge"),
+        ] {
+            for t in trajectories(ctx.input_files(up)?)? {
                 by_id.insert(t.trajectory_id.clone(), t);
             }
         }
@@ -354,9 +358,15 @@ impl Stage for TrainStage {
         let trainer = Trainer::load(&ckpt, &device, cfg).map_err(err)?;
         let reference = if s.loss.beta > 0.0 {
             // KL to the checkpoint RL starts from: the warm-up's output, else init's.
-            let start = ["warmup?", "init"]
-                .iter()
-                .find_map(|k| ctx.input_files(k).iter().find(|p| p.is_dir()).cloned())
+            let start = [Upstream::optional("warmup"), Upstream::needs("init")]
+                .into_iter()
+                .find_map(|up| {
+                    ctx.input_files(up)
+                        .ok()?
+                        .iter()
+                        .find(|p| p.is_dir())
+                        .cloned()
+                })
                 .ok_or_else(|| Error::stage("train", "kl_beta > 0 needs the `init` checkpoint"))?;
             Some(Model::load(&start, &device).map_err(err)?)
         } else {
@@ -650,7 +660,9 @@ mod tests {
             ("rollout".to_string(), vec![traj_file]),
             ("init".to_string(), vec![init.clone()]),
         ];
+        let inputs = crate::stages::contract::test_inputs(&TrainStage, &train_params, &inputs);
         let ctx = StageContext {
+            stage: "train",
             run_dir: run,
             round: 1,
             step: 1,
@@ -684,7 +696,9 @@ mod tests {
             ("train".to_string(), out.files.clone()),
             ("init".to_string(), vec![init.clone()]),
         ];
+        let inputs = crate::stages::contract::test_inputs(&ApplyStage, &apply_params, &inputs);
         let ctx = StageContext {
+            stage: "apply",
             params: &apply_params,
             inputs: &inputs,
             out_dir: run.join("round-001/apply"),

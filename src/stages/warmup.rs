@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use super::agent::{Agent, Role, device_spec, placement, sampling_specs, search_upstream};
 use super::kit::training_sequence;
-use super::{Stage, StageContext, StageOutput};
+use super::{Stage, StageContext, StageOutput, Upstream};
 use crate::error::{Error, Result};
 use crate::model::scoring::{LossPositions, build_batch, selected_logprobs};
 use crate::model::train::{TrainConfig, Trainer};
@@ -209,8 +209,8 @@ impl Stage for WarmupStage {
         specs
     }
 
-    fn upstream(&self, params: &Params) -> Vec<&'static str> {
-        let mut up = vec!["qa", "init"];
+    fn upstream(&self, params: &Params) -> Vec<Upstream> {
+        let mut up = vec![Upstream::needs("qa"), Upstream::needs("init")];
         up.extend(search_upstream(params));
         up
     }
@@ -222,11 +222,11 @@ impl Stage for WarmupStage {
     fn run(&self, ctx: &StageContext) -> Result<StageOutput> {
         let err = |e: crate::model::ModelError| Error::stage("warmup", e.to_string());
         let init = ctx
-            .input_files("init")
+            .input_files(Upstream::needs("init"))?
             .first()
             .cloned()
             .ok_or_else(|| Error::stage("warmup", "needs the `init` checkpoint"))?;
-        let qa: Vec<QaRow> = read_rows(ctx.input_files("qa"))?;
+        let qa: Vec<QaRow> = read_rows(ctx.input_files(Upstream::needs("qa"))?)?;
         let mut params = ctx.params.clone();
         for (k, v) in [
             ("temperature", serde_json::json!(0.0)),
