@@ -244,6 +244,8 @@ impl Stage for TrainStage {
             Upstream::previous_step("apply"),
         ];
         up.extend(CHECKPOINT_UPSTREAM);
+        // The self-check's judgments are GRM trajectories that `reward` can mark to train.
+        up.push(Upstream::optional("selfcheck"));
         up
     }
 
@@ -279,6 +281,7 @@ impl Stage for TrainStage {
         let mut by_id: BTreeMap<String, TrajectoryRow> = BTreeMap::new();
         for up in [
             Upstream::needs("generate"),
+            Upstream::optional("selfcheck"),
             Upstream::needs("rollout"),
             Upstream::optional("judge"),
         ] {

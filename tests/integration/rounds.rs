@@ -89,6 +89,33 @@ fn smoke_runs_two_rounds_of_every_stage_and_reruns_are_no_ops() {
             "round {round}: an attempt at a task that failed the self-check"
         );
     }
+    // Every reward row that trains reaches `train` with its trajectory, the self-check's GRM
+    // judgments included (they were once read from an upstream `train` had not declared, found
+    // nothing, and were dropped as "rewards without a trajectory").
+    let mut self_check_rows = 0;
+    for round in 1..=2 {
+        let dir = |stage: &str| rd.join(format!("round-{round:03}/{stage}"));
+        let checks: Vec<asl::shards::rows::TrajectoryRow> =
+            asl::shards::read_rows(&[dir("selfcheck").join("trajectories-00000.parquet")]).unwrap();
+        let ids: std::collections::BTreeSet<&str> =
+            checks.iter().map(|t| t.trajectory_id.as_str()).collect();
+        let rewards: Vec<asl::shards::rows::RewardRow> =
+            asl::shards::read_rows(&[dir("reward").join("rewards-00000.parquet")]).unwrap();
+        self_check_rows += rewards
+            .iter()
+            .filter(|r| r.train && r.advantage != 0.0 && ids.contains(r.trajectory_id.as_str()))
+            .count();
+    }
+    assert!(
+        self_check_rows > 0,
+        "smoke no longer trains a self-check judgment"
+    );
+    assert!(
+        !stdout(&out).contains("without a trajectory")
+            && !stderr(&out).contains("without a trajectory"),
+        "{}",
+        stdout(&out)
+    );
     let status = asl(&["status", "--run-dir", rd.to_str().unwrap()]);
     assert_ok(&status);
     assert!(!stdout(&status).contains("failed"));
