@@ -1,7 +1,9 @@
 //! Rewards of the three roles (SPEC §2, §5): the ASL generator reward (entropy of the verdicts),
 //! R-Zero's uncertainty with its BLEU-cluster repetition penalty, Absolute Zero's learnability,
-//! the rule reward, the format bonus, the GRM's labels and reward, and the generator's validity
-//! gate.
+//! the policy's correctness under each verifier, the format bonus, the GRM's reward, and the
+//! generator's validity gate. The GRM's labels are `rl::labels`.
+
+use crate::rl::metrics::{exact_match, normalize_answer};
 
 /// A generator reward scheme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +46,104 @@ pub fn generator_reward(scheme: GeneratorScheme, p: f64) -> f64 {
             }
         }
     }
+}
+
+/// The generator's reward for a valid task of solve rate `p`, less R-Zero's repetition
+/// `penalty` (0 for the other schemes), never below 0.
+pub fn penalised_generator_reward(scheme: GeneratorScheme, p: f64, penalty: f64) -> f64 {
+    (generator_reward(scheme, p) - penalty).max(0.0)
+}
+
+impl GeneratorScheme {
+    /// The `scheme` column of a generator reward row.
+    pub fn row_name(self) -> &'static str {
+        match self {
+            Self::Entropy => "asl-entropy",
+            Self::Uncertainty => "r-zero",
+            Self::Learnability => "azr-learnability",
+        }
+    }
+}
+
+/// How a policy attempt is decided correct (`reward.verifier`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verifier {
+    /// The GRM's verdict, the majority when it judged the attempt several times.
+    Grm,
+    /// Exact match, after SQuAD normalisation, against the reference or an alias.
+    Rule,
+    /// Agreement with the group's most common normalised answer (R-Zero's pseudo-label).
+    Majority,
+}
+
+impl std::str::FromStr for Verifier {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "grm" => Ok(Self::Grm),
+            "rule" => Ok(Self::Rule),
+            "majority" => Ok(Self::Majority),
+            _ => Err(format!("unknown verifier {s:?} (grm, rule, majority)")),
+        }
+    }
+}
+
+impl Verifier {
+    /// The `scheme` column of a policy reward row.
+    pub fn row_name(self) -> &'static str {
+        match self {
+            Self::Grm => "grm-verdict",
+            Self::Rule => "rule-em",
+            Self::Majority => "majority-vote",
+        }
+    }
+}
+
+/// What decides one attempt: its answer, the task's reference and aliases, the group's
+/// majority answer (normalised) and the GRM's verdicts on it (correct, judged).
+pub struct Attempt<'a> {
+    pub answer: Option<&'a str>,
+    pub golds: &'a [String],
+    pub majority: Option<&'a str>,
+    pub verdicts: Option<(usize, usize)>,
+}
+
+/// Whether an attempt is correct under `verifier`; `None` when the GRM decides and never judged
+/// it (scored wrong, and counted by the caller). An attempt without an answer is wrong.
+pub fn attempt_correct(verifier: Verifier, a: &Attempt) -> Option<bool> {
+    let Some(answer) = a.answer else {
+        return Some(false);
+    };
+    match verifier {
+        Verifier::Rule => Some(exact_match(answer, a.golds) > 0.0),
+        Verifier::Majority => Some(a.majority == Some(normalize_answer(answer).as_str())),
+        Verifier::Grm => a.verdicts.map(|(correct, judged)| 2 * correct > judged),
+    }
+}
+
+/// The most common normalised answer of a group (ties: the smallest string), R-Zero's
+/// pseudo-label.
+pub fn majority_answer<'a>(answers: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for answer in answers {
+        *counts.entry(normalize_answer(answer)).or_default() += 1;
+    }
+    let best = counts.values().copied().max()?;
+    counts.into_iter().find(|(_, n)| *n == best).map(|(a, _)| a)
+}
+
+/// The share of `group` that is correct (0 for an empty group).
+pub fn solve_rate(correct: &[bool]) -> f64 {
+    if correct.is_empty() {
+        0.0
+    } else {
+        correct.iter().filter(|c| **c).count() as f64 / correct.len() as f64
+    }
+}
+
+/// The policy's reward for one attempt: 1 when correct.
+pub fn policy_reward(correct: bool) -> f64 {
+    f64::from(u8::from(correct))
 }
 
 /// Why a generated task is invalid, if it is (SPEC §2: validity): [`format_validity`], then at
@@ -236,139 +336,6 @@ pub fn bleu(candidate: &[String], reference: &[String]) -> f64 {
     brevity * log_sum.exp()
 }
 
-/// GRM label modes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LabelMode {
-    /// The GRM's own verdicts, class-balanced.
-    SelfVerdict,
-    /// Does the attempt match the generator's reference (SubEM)?
-    Rule,
-    /// Labelled verification data.
-    Real,
-}
-
-impl std::str::FromStr for LabelMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "self" => Ok(Self::SelfVerdict),
-            "rule" => Ok(Self::Rule),
-            "real" => Ok(Self::Real),
-            _ => Err(format!("unknown GRM label mode {s:?} (self, rule, real)")),
-        }
-    }
-}
-
-/// The `self` label of one judgment: the majority verdict of the *other* judgments of the same
-/// (question, answer) key, leaving this judgment's own verdict out, so the GRM is never trained
-/// to agree with itself. `key_correct` and `key_votes` count the whole key, this judgment
-/// included (`own_correct` is its verdict). `None`, and the judgment does not train, when no
-/// other judgment of the key exists (a single vote has no independent label) or when the others
-/// tie (no majority to learn).
-pub fn leave_one_out_label(
-    key_correct: usize,
-    key_votes: usize,
-    own_correct: bool,
-) -> Option<bool> {
-    let others = key_votes.checked_sub(1)?;
-    let others_correct = key_correct.checked_sub(usize::from(own_correct))?;
-    majority_label(others_correct, others)
-}
-
-/// The majority of `votes` verdicts of which `correct` said correct: `None` without votes or on
-/// a tie.
-pub fn majority_label(correct: usize, votes: usize) -> Option<bool> {
-    if votes == 0 || correct > votes || 2 * correct == votes {
-        return None;
-    }
-    Some(2 * correct > votes)
-}
-
-/// Class balancing for `self` labels: keep every item of the minority verdict and an equal
-/// number of the majority, chosen by a seeded order (`order_key` per item). Returns the kept
-/// indices in input order.
-pub fn class_balance(verdicts: &[bool], order_key: impl Fn(usize) -> u64) -> Vec<usize> {
-    let (pos, neg): (Vec<usize>, Vec<usize>) = (0..verdicts.len()).partition(|&i| verdicts[i]);
-    let (minority, mut majority) = if pos.len() <= neg.len() {
-        (pos, neg)
-    } else {
-        (neg, pos)
-    };
-    majority.sort_by_key(|&i| (order_key(i), i));
-    majority.truncate(minority.len());
-    let mut kept: Vec<usize> = minority.into_iter().chain(majority).collect();
-    kept.sort_unstable();
-    kept
-}
-
-/// Where `self` labels are class-balanced (`reward.grm_balance`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GrmBalance {
-    /// Per question, as the seed does (the default). Leave-one-out labels agree within a
-    /// question far more often than the seed's raw verdicts, so few rows train.
-    Question,
-    /// Over the whole round: every minority label and as many of the majority. More rows
-    /// train; on the default benchmark the GRM then drifted to rejecting the generator's answers
-    /// and the self-check shut every task out (docs/rounds.md).
-    Round,
-    /// No balancing: every labelled judgment trains.
-    None,
-}
-
-impl std::str::FromStr for GrmBalance {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "question" => Ok(Self::Question),
-            "round" => Ok(Self::Round),
-            "none" => Ok(Self::None),
-            _ => Err(format!("unknown GRM balance {s:?} (question, round, none)")),
-        }
-    }
-}
-
-/// The `self` labels that train under `mode`: indices into `labels` (input order), `groups`
-/// holding each label's question.
-pub fn balance_self_labels<K: Ord>(
-    mode: GrmBalance,
-    labels: &[bool],
-    groups: &[K],
-    order_key: impl Fn(usize) -> u64,
-) -> Vec<usize> {
-    match mode {
-        GrmBalance::Question => class_balance_by_group(labels, groups, order_key),
-        GrmBalance::Round => class_balance(labels, order_key),
-        GrmBalance::None => (0..labels.len()).collect(),
-    }
-}
-
-/// [`class_balance`] within each group (the seed balances per question): a group keeps its
-/// minority class and as many of its majority; a group with one class only (no disagreement)
-/// keeps nothing. Returns the kept indices in input order.
-pub fn class_balance_by_group<K: Ord>(
-    labels: &[bool],
-    groups: &[K],
-    order_key: impl Fn(usize) -> u64,
-) -> Vec<usize> {
-    assert_eq!(labels.len(), groups.len(), "one group key per label");
-    let mut members: std::collections::BTreeMap<&K, Vec<usize>> = Default::default();
-    for (i, g) in groups.iter().enumerate() {
-        members.entry(g).or_default().push(i);
-    }
-    let mut kept: Vec<usize> = members
-        .values()
-        .flat_map(|idx| {
-            let sub: Vec<bool> = idx.iter().map(|&i| labels[i]).collect();
-            class_balance(&sub, |k| order_key(idx[k]))
-                .into_iter()
-                .map(|k| idx[k])
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    kept.sort_unstable();
-    kept
-}
-
 /// The GRM's reward: 1 when its verdict equals the label.
 pub fn grm_reward(verdict_correct: bool, label_correct: bool) -> f64 {
     if verdict_correct == label_correct {
@@ -381,6 +348,47 @@ pub fn grm_reward(verdict_correct: bool, label_correct: bool) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attempts_are_decided_by_each_verifier() {
+        let golds = vec!["Paris".to_string()];
+        let a = |answer, majority, verdicts| Attempt {
+            answer,
+            golds: &golds,
+            majority,
+            verdicts,
+        };
+        let paris = a(Some("the Paris"), Some("lyon"), Some((1, 3)));
+        assert_eq!(attempt_correct(Verifier::Rule, &paris), Some(true));
+        assert_eq!(attempt_correct(Verifier::Majority, &paris), Some(false));
+        assert_eq!(attempt_correct(Verifier::Grm, &paris), Some(false));
+        assert_eq!(
+            attempt_correct(Verifier::Grm, &a(Some("x"), None, Some((2, 3)))),
+            Some(true)
+        );
+        // Judged by nobody: the caller counts it and scores it wrong.
+        assert_eq!(
+            attempt_correct(Verifier::Grm, &a(Some("x"), None, None)),
+            None
+        );
+        // No answer is wrong under every verifier, judged or not.
+        assert_eq!(
+            attempt_correct(Verifier::Grm, &a(None, None, None)),
+            Some(false)
+        );
+        assert_eq!(majority_answer(["C", "b", "c", "B"]), Some("b".to_string()));
+        assert_eq!(majority_answer([]), None);
+        assert_eq!(solve_rate(&[true, false, false, true]), 0.5);
+        assert_eq!(solve_rate(&[]), 0.0);
+        assert_eq!(
+            penalised_generator_reward(GeneratorScheme::Uncertainty, 0.5, 0.25),
+            0.75
+        );
+        assert_eq!(
+            penalised_generator_reward(GeneratorScheme::Uncertainty, 0.0, 0.25),
+            0.0
+        );
+    }
 
     #[test]
     fn generator_rewards_match_the_spec() {
@@ -457,40 +465,6 @@ mod tests {
     }
 
     #[test]
-    fn leave_one_out_labels_never_count_the_own_verdict() {
-        // A single vote: nothing independent, no label (the old rule gave it its own verdict).
-        assert_eq!(leave_one_out_label(1, 1, true), None);
-        assert_eq!(leave_one_out_label(0, 1, false), None);
-        // Two votes that disagree: each is labelled by the other.
-        assert_eq!(leave_one_out_label(1, 2, true), Some(false));
-        assert_eq!(leave_one_out_label(1, 2, false), Some(true));
-        // 2 correct of 3: a correct verdict sees 1 of 2 (a tie, no label), the wrong one sees
-        // 2 of 2 (correct).
-        assert_eq!(leave_one_out_label(2, 3, true), None);
-        assert_eq!(leave_one_out_label(2, 3, false), Some(true));
-        // 3 of 4: a correct verdict sees 2 of 3 → correct; the wrong one 3 of 3 → correct.
-        assert_eq!(leave_one_out_label(3, 4, true), Some(true));
-        assert_eq!(leave_one_out_label(3, 4, false), Some(true));
-        // Counts that cannot be (a correct verdict in a key with none) give no label.
-        assert_eq!(leave_one_out_label(0, 2, true), None);
-    }
-
-    #[test]
-    fn class_balance_is_per_group_and_a_group_without_disagreement_keeps_nothing() {
-        // Question a: 1 correct, 3 wrong → keeps 2; question b: 2 correct, 2 wrong → keeps 4;
-        // question c: 3 correct → keeps nothing. Batch-wide balancing (6 correct, 5 wrong)
-        // would keep question c's labels too.
-        let labels = [
-            true, false, false, false, true, true, false, false, true, true, true,
-        ];
-        let groups = ["a", "a", "a", "a", "b", "b", "b", "b", "c", "c", "c"];
-        let kept = class_balance_by_group(&labels, &groups, |i| i as u64);
-        assert_eq!(kept, vec![0, 1, 4, 5, 6, 7]);
-        let batch = class_balance(&labels, |i| i as u64);
-        assert!(batch.iter().any(|&i| groups[i] == "c"), "{batch:?}");
-    }
-
-    #[test]
     fn format_bonus_ranges_from_zero_to_half() {
         assert_eq!(format_bonus(0, 0, false), 0.0);
         assert_eq!(format_bonus(2, 2, true), 0.5);
@@ -519,15 +493,5 @@ mod tests {
                 .abs()
                 < 1e-12
         );
-    }
-
-    #[test]
-    fn class_balance_keeps_the_minority_and_as_many_of_the_majority() {
-        let verdicts = [true, true, true, false, true, false];
-        let kept = class_balance(&verdicts, |i| (10 - i) as u64);
-        assert_eq!(kept.len(), 4);
-        assert_eq!(kept.iter().filter(|&&i| verdicts[i]).count(), 2);
-        assert!(kept.contains(&3) && kept.contains(&5));
-        assert!(class_balance(&[true, true], |i| i as u64).is_empty());
     }
 }

@@ -28,10 +28,10 @@ use super::{Stage, StageContext, StageOutput, Upstream};
 use crate::error::{Error, Result};
 use crate::params::{ParamSpec, Params, ParamsExt};
 use crate::rl::advantages::{Scale, advantages};
-use crate::rl::metrics::{exact_match, normalize_answer, sub_exact_match};
+use crate::rl::labels::{GrmBalance, Judged, Judgment, LabelMode, grm_labels, grm_trains};
 use crate::rl::rewards::{
-    GeneratorScheme, GrmBalance, LabelMode, SelfCheck, balance_self_labels, format_bonus,
-    generator_reward, grm_reward, leave_one_out_label, majority_label, repetition_penalties,
+    Attempt, GeneratorScheme, SelfCheck, Verifier, attempt_correct, format_bonus, grm_reward,
+    majority_answer, penalised_generator_reward, policy_reward, repetition_penalties, solve_rate,
 };
 use crate::seed::stable_u64;
 use crate::shards::rows::{JudgmentRow, RewardRow, TaskRow, TrajectoryRow};
@@ -52,14 +52,6 @@ fn reads_judgments(params: &Params) -> bool {
             .any(|r| r.trim() == "grm")
 }
 
-/// How a policy attempt is decided correct.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verifier {
-    Grm,
-    Rule,
-    Majority,
-}
-
 /// The reward stage's parameters, parsed.
 pub struct Settings {
     verifier: Verifier,
@@ -76,17 +68,10 @@ pub struct Settings {
 pub fn settings(params: &Params) -> Result<Settings> {
     let bad = |key: &str, e: String| Error::param(format!("reward.{key}"), e);
     Ok(Settings {
-        verifier: match params.str("verifier") {
-            "grm" => Verifier::Grm,
-            "rule" => Verifier::Rule,
-            "majority" => Verifier::Majority,
-            other => {
-                return Err(bad(
-                    "verifier",
-                    format!("unknown verifier {other:?} (grm, rule, majority)"),
-                ));
-            }
-        },
+        verifier: params
+            .str("verifier")
+            .parse()
+            .map_err(|e| bad("verifier", e))?,
         scheme: params
             .str("generator_reward")
             .parse()
@@ -413,35 +398,29 @@ pub fn compute(
         let golds: Vec<String> = std::iter::once(task.answer.clone())
             .chain(task.answer_aliases.iter().cloned())
             .collect();
-        let majority = majority_answer(&group);
+        let majority = majority_answer(group.iter().filter_map(|a| a.answer.as_deref()));
         let correct: Vec<bool> = group
             .iter()
-            .map(|a| match (s.verifier, &a.answer) {
-                (_, None) => false,
-                (Verifier::Rule, Some(ans)) => exact_match(ans, &golds) > 0.0,
-                (Verifier::Majority, Some(ans)) => {
-                    majority.as_deref() == Some(normalize_answer(ans).as_str())
-                }
-                (Verifier::Grm, Some(_)) => match policy_verdicts.get(a.trajectory_id.as_str()) {
-                    Some(&(c, n)) => 2 * c > n,
-                    None => {
-                        unjudged += 1;
-                        false
-                    }
-                },
+            .map(|a| {
+                let attempt = Attempt {
+                    answer: a.answer.as_deref(),
+                    golds: &golds,
+                    majority: majority.as_deref(),
+                    verdicts: policy_verdicts.get(a.trajectory_id.as_str()).copied(),
+                };
+                attempt_correct(s.verifier, &attempt).unwrap_or_else(|| {
+                    unjudged += 1;
+                    false
+                })
             })
             .collect();
-        let p = if group.is_empty() {
-            0.0
-        } else {
-            correct.iter().filter(|c| **c).count() as f64 / group.len() as f64
-        };
+        let p = solve_rate(&correct);
         let valid = invalid.is_none();
         let mut gen_raw = 0.0;
         if valid {
             valid_tasks += 1;
             let penalty = penalty_of.next().map(|(_, p)| p).unwrap_or(0.0);
-            gen_raw = (generator_reward(s.scheme, p) - penalty).max(0.0);
+            gen_raw = penalised_generator_reward(s.scheme, p, penalty);
             if !group.is_empty() {
                 solve_rates.push(p);
             }
@@ -456,7 +435,7 @@ pub fn compute(
                 task_id: task.task_id.clone(),
                 role: "generator".into(),
                 group_id: "generator".into(),
-                scheme: scheme_name(s.scheme).into(),
+                scheme: s.scheme.row_name().into(),
                 reward: gen_raw as f32,
                 format_bonus: bonus as f32,
                 total: (gen_raw + bonus) as f32,
@@ -472,19 +451,14 @@ pub fn compute(
         let in_band = p >= s.band.0 && p <= s.band.1;
         let policy_trains = trains("policy") && valid && in_band && (labelled || gen_raw > 0.0);
         for (a, &c) in group.iter().zip(&correct) {
-            let reward = f64::from(u8::from(c));
+            let reward = policy_reward(c);
             let total = reward + bonus_of(s, Some(a));
             rows.push(RewardRow {
                 trajectory_id: a.trajectory_id.clone(),
                 task_id: task.task_id.clone(),
                 role: "policy".into(),
                 group_id: task.task_id.clone(),
-                scheme: match s.verifier {
-                    Verifier::Grm => "grm-verdict",
-                    Verifier::Rule => "rule-em",
-                    Verifier::Majority => "majority-vote",
-                }
-                .into(),
+                scheme: s.verifier.row_name().into(),
                 reward: reward as f32,
                 format_bonus: (total - reward) as f32,
                 total: total as f32,
@@ -563,132 +537,66 @@ fn grm_rows(
         .iter()
         .filter(|j| judge_by_id.contains_key(j.judge_trajectory_id.as_str()))
         .collect();
-    // Self labels: the votes of every parsable judgment of the same answer to one question
-    // (self-check and attempts alike; an unparsable verdict is no opinion and casts no vote).
-    let key = |j: &JudgmentRow| {
-        format!(
-            "{}\u{1f}{}",
-            j.task_id,
-            normalize_answer(j.candidate_answer.as_deref().unwrap_or(""))
-        )
-    };
-    let mut votes: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    for j in ran.iter().filter(|j| j.parsed && j.target != VERIFICATION) {
-        let e = votes.entry(key(j)).or_default();
-        e.0 += usize::from(j.verdict == "correct");
-        e.1 += 1;
-    }
-    let labels: Vec<Option<bool>> = ran
+    let golds: Vec<Vec<String>> = ran
         .iter()
         .map(|j| {
-            let candidate = j.candidate_answer.as_deref().unwrap_or("");
-            if j.target == VERIFICATION {
-                return Some(normalize_answer(candidate) == normalize_answer(&j.reference_answer));
+            let mut golds = vec![j.reference_answer.clone()];
+            if let Some(t) = aliases.get(j.task_id.as_str()) {
+                golds.extend(t.answer_aliases.iter().cloned());
             }
-            match s.labels {
-                LabelMode::Real => None,
-                // The generator's answer is its own reference: SubEM against it would label
-                // every self-judgment correct by construction and train the GRM to accept the
-                // generator. With no independent reference, self-judgments do not train.
-                LabelMode::Rule if j.target == SELF_CHECK_TARGET => None,
-                LabelMode::Rule => {
-                    let mut golds = vec![j.reference_answer.clone()];
-                    if let Some(t) = aliases.get(j.task_id.as_str()) {
-                        golds.extend(t.answer_aliases.iter().cloned());
-                    }
-                    Some(sub_exact_match(candidate, &golds) > 0.0)
+            golds
+        })
+        .collect();
+    let judged: Vec<Judgment> = ran
+        .iter()
+        .zip(&golds)
+        .map(|(j, golds)| Judgment {
+            question: &j.task_id,
+            candidate: j.candidate_answer.as_deref().unwrap_or(""),
+            parsed: j.parsed,
+            said_correct: j.verdict == "correct",
+            judged: if j.target == VERIFICATION {
+                Judged::Verification {
+                    gold: &j.reference_answer,
                 }
-                LabelMode::SelfVerdict => {
-                    let (c, n) = votes.get(&key(j)).copied().unwrap_or_default();
-                    if j.parsed {
-                        leave_one_out_label(c, n, j.verdict == "correct")
-                    } else {
-                        // It cast no vote: every vote of its key is another judgment's.
-                        majority_label(c, n)
-                    }
-                }
-            }
+            } else if j.target == SELF_CHECK_TARGET {
+                Judged::SelfCheck
+            } else {
+                Judged::Attempt { golds }
+            },
         })
         .collect();
-    // Class balance applies to self labels only (per round, per question or not at all:
-    // `grm_balance`); real and rule labels are kept as they are.
-    let self_idx: Vec<usize> = (0..ran.len())
-        .filter(|&i| {
-            s.labels == LabelMode::SelfVerdict
-                && ran[i].target != VERIFICATION
-                && labels[i].is_some()
-        })
-        .collect();
-    let self_labels: Vec<bool> = self_idx.iter().map(|&i| labels[i] == Some(true)).collect();
-    let questions: Vec<&str> = self_idx.iter().map(|&i| ran[i].task_id.as_str()).collect();
-    let kept: std::collections::BTreeSet<usize> =
-        balance_self_labels(s.balance, &self_labels, &questions, |k| {
-            stable_u64(&[&seed.to_string(), &ran[self_idx[k]].judgment_id])
-        })
-        .into_iter()
-        .map(|k| self_idx[k])
-        .collect();
-    let self_idx: std::collections::BTreeSet<usize> = self_idx.into_iter().collect();
+    let labels = grm_labels(s.labels, &judged);
+    let kept = grm_trains(s.labels, s.balance, &judged, &labels, |i| {
+        stable_u64(&[&seed.to_string(), &ran[i].judgment_id])
+    });
     let trains = s.roles.iter().any(|r| r == "grm");
     ran.iter()
-        .zip(labels)
+        .zip(&judged)
         .enumerate()
-        .map(|(i, (j, label))| {
+        .map(|(i, (j, judgment))| {
             let run = judge_by_id[j.judge_trajectory_id.as_str()];
-            let verdict = j.verdict == "correct";
+            let label = labels[i];
             let reward = match label {
-                Some(l) if j.parsed => grm_reward(verdict, l),
+                Some(l) if j.parsed => grm_reward(judgment.said_correct, l),
                 _ => 0.0,
             };
             let bonus = bonus_of(s, Some(run));
-            let balanced_out = self_idx.contains(&i) && !kept.contains(&i);
             RewardRow {
                 trajectory_id: j.judge_trajectory_id.clone(),
                 task_id: j.task_id.clone(),
                 role: "grm".into(),
                 group_id: "grm".into(),
-                scheme: format!("grm-label/{}", label_mode_name(s.labels, &j.target)),
+                scheme: s.labels.row_name(&judgment.judged).into(),
                 reward: reward as f32,
                 format_bonus: bonus as f32,
                 total: (reward + bonus) as f32,
                 advantage: 0.0,
                 label: label.map(|l| if l { "correct" } else { "wrong" }.to_string()),
-                train: trains && label.is_some() && !balanced_out,
+                train: trains && kept[i],
             }
         })
         .collect()
-}
-
-fn label_mode_name(mode: LabelMode, target: &str) -> &'static str {
-    if target == VERIFICATION {
-        return "real";
-    }
-    match mode {
-        LabelMode::SelfVerdict => "self",
-        LabelMode::Rule => "rule",
-        LabelMode::Real => "real",
-    }
-}
-
-fn scheme_name(scheme: GeneratorScheme) -> &'static str {
-    match scheme {
-        GeneratorScheme::Entropy => "asl-entropy",
-        GeneratorScheme::Uncertainty => "r-zero",
-        GeneratorScheme::Learnability => "azr-learnability",
-    }
-}
-
-/// The most common normalised answer of a group (ties: the smallest string), R-Zero's
-/// pseudo-label.
-fn majority_answer(group: &[&TrajectoryRow]) -> Option<String> {
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for a in group {
-        if let Some(ans) = &a.answer {
-            *counts.entry(normalize_answer(ans)).or_default() += 1;
-        }
-    }
-    let best = counts.values().copied().max()?;
-    counts.into_iter().find(|(_, n)| *n == best).map(|(a, _)| a)
 }
 
 #[cfg(test)]
