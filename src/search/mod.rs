@@ -17,7 +17,6 @@
 
 pub mod bm25;
 pub mod dense;
-pub mod qa;
 pub mod render;
 pub mod run;
 
@@ -27,6 +26,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+use crate::seed::fnv1a;
 
 use bm25::Bm25Index;
 use dense::{DenseIndex, Embedder};
@@ -149,26 +150,14 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SearchError 
     }
 }
 
-/// FNV-1a, 64 bit. Used wherever a hash must be identical across runs,
-/// platforms and Rust versions (corpus fingerprints, QA splits), which
-/// `std`'s `DefaultHasher` does not promise.
-pub fn stable_hash(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
 /// A short string identifying the exact passage sequence, stored next to
 /// every index so that an index built from another corpus is refused.
 pub fn corpus_fingerprint(passages: &[Passage]) -> String {
-    let mut h: u64 = stable_hash(b"asl-corpus-v1");
+    let mut h: u64 = fnv1a(b"asl-corpus-v1");
     for p in passages {
         // Field separators keep ("ab","c") and ("a","bc") apart.
         for part in [p.doc_id.as_str(), p.title.as_str(), p.text.as_str()] {
-            h ^= stable_hash(part.as_bytes());
+            h ^= fnv1a(part.as_bytes());
             h = h.wrapping_mul(0x0000_0100_0000_01b3).rotate_left(17);
         }
     }

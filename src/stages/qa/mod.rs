@@ -10,6 +10,8 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
+mod questions;
+
 pub use super::sources::read_qa_file;
 use super::sources::{answer_strings, open_records, user_row};
 use super::{Stage, StageContext, StageOutput, Upstream, assets_dir};
@@ -17,11 +19,11 @@ use crate::error::{Error, Result};
 use crate::params::{ParamSpec, Params, ParamsExt};
 use crate::rl::metrics::normalize_answer;
 use crate::search::WikiArticle;
-use crate::search::qa::build_qa;
 use crate::seed::split_for;
 use crate::shards::read_rows;
 use crate::shards::rows::{CorpusRow, QaRow, qa_batch};
 use crate::shards::{ShardKind, ShardWriter, shard_path};
+use questions::build_qa;
 
 const BATCH_ROWS: usize = 4096;
 pub const BUILTIN_FANOUTQA: &str = "fanoutqa/data/fanout-final-dev.json";
@@ -214,7 +216,7 @@ fn fanoutqa_held_by_corpus(path: &std::path::Path, corpus_files: &[PathBuf]) -> 
     Ok(rows)
 }
 
-/// Single-hop questions built deterministically from the corpus passages (`search::qa`).
+/// Single-hop questions built deterministically from the corpus passages (`questions`).
 fn corpus_qa_rows(corpus_files: &[PathBuf]) -> Result<Vec<QaRow>> {
     let articles: Vec<WikiArticle> = read_rows::<CorpusRow>(corpus_files)?
         .into_iter()
@@ -226,17 +228,7 @@ fn corpus_qa_rows(corpus_files: &[PathBuf]) -> Result<Vec<QaRow>> {
             topic: r.topic.unwrap_or_default(),
         })
         .collect();
-    Ok(build_qa(&articles)
-        .into_iter()
-        .map(|q| QaRow {
-            id: q.id,
-            question: q.question,
-            answers: q.answers,
-            split: q.split.as_str().to_string(),
-            source: q.source,
-            source_doc_id: Some(q.source_doc_id),
-        })
-        .collect())
+    Ok(build_qa(&articles))
 }
 
 /// FanOutQA's multi-hop questions have list or table answers; their decomposition trees hold

@@ -17,52 +17,10 @@
 //! Splits are decided by a stable hash of the source article, so no article
 //! contributes to two splits, and the result never depends on map order.
 
+use crate::search::WikiArticle;
+use crate::seed::{fnv1a, split_for};
+use crate::shards::rows::QaRow;
 use std::collections::HashMap;
-use std::path::Path;
-
-use serde::{Deserialize, Serialize};
-
-use super::{Result, WikiArticle, io_err, stable_hash};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Split {
-    Train,
-    Dev,
-    Test,
-}
-
-impl Split {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Split::Train => "train",
-            Split::Dev => "dev",
-            Split::Test => "test",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QaRow {
-    pub id: String,
-    pub question: String,
-    pub answers: Vec<String>,
-    pub split: Split,
-    /// Always `"corpus"`: distinguishes these rows from imported datasets.
-    pub source: String,
-    pub source_doc_id: String,
-}
-
-/// 80/10/10 by article. The salt lets a future scheme reshuffle without
-/// colliding with this one.
-pub fn split_for(doc_id: &str) -> Split {
-    let h = stable_hash(format!("asl-qa-split-v1\u{0}{doc_id}").as_bytes());
-    match h % 10 {
-        8 => Split::Dev,
-        9 => Split::Test,
-        _ => Split::Train,
-    }
-}
 
 /// Shortest first sentence we turn into a definition question, in words;
 /// shorter ones ("a fruit") describe many things.
@@ -103,12 +61,12 @@ pub fn build_qa(articles: &[WikiArticle]) -> Vec<QaRow> {
         let lead = lead(a);
         let mut add = |family: &str, question: String, answers: Vec<String>| {
             rows.push(QaRow {
-                id: format!("wiki-{family}-{:016x}", stable_hash(a.doc_id.as_bytes())),
+                id: format!("wiki-{family}-{:016x}", fnv1a(a.doc_id.as_bytes())),
                 question,
                 answers,
-                split: split_for(&a.doc_id),
+                split: split_for(&a.doc_id).to_string(),
                 source: "corpus".into(),
-                source_doc_id: a.doc_id.clone(),
+                source_doc_id: Some(a.doc_id.clone()),
             });
         };
 
@@ -185,17 +143,6 @@ fn alias_names(subject: &str) -> Vec<String> {
         .filter(|name| !name.is_empty() && !name.eq_ignore_ascii_case("or"))
         .map(str::to_string)
         .collect()
-}
-
-/// Writes one JSON object per line.
-pub fn write_jsonl(rows: &[QaRow], path: &Path) -> Result<()> {
-    let mut out = String::new();
-    for r in rows {
-        // A derived Serialize of plain strings cannot fail.
-        out.push_str(&serde_json::to_string(r).unwrap_or_default());
-        out.push('\n');
-    }
-    std::fs::write(path, out).map_err(io_err(path))
 }
 
 /// The first sentence of an extract, split into subject, copula and
@@ -915,12 +862,16 @@ mod tests {
         // Years of the description are not in the extract: not answerable.
         assert!(!rows.iter().any(|r| r.question.contains("1874")));
         assert!(
-            !rows.iter().any(|r| r.source_doc_id == "Iliad"),
+            !rows
+                .iter()
+                .any(|r| r.source_doc_id.as_deref() == Some("Iliad")),
             "'one of two' has two answers"
         );
         assert!(find(&rows, "What is the 1918–1920 global influenza pandemic?").is_some());
         assert!(
-            !rows.iter().any(|r| r.source_doc_id == "Sulla"),
+            !rows
+                .iter()
+                .any(|r| r.source_doc_id.as_deref() == Some("Sulla")),
             "too generic for one person"
         );
         assert!(find(&rows, "Who was an Italian polymath of the High Renaissance who was active as a painter, draughtsman, engineer, scientist, theorist, sculptor, and architect?").is_some());
@@ -928,7 +879,7 @@ mod tests {
         assert!(
             !rows
                 .iter()
-                .any(|r| r.source_doc_id == "Robin" || r.source_doc_id == "Wren")
+                .any(|r| matches!(r.source_doc_id.as_deref(), Some("Robin" | "Wren")))
         );
         // The capital's name contains the title: it would give itself away.
         assert!(
@@ -959,31 +910,13 @@ mod tests {
         assert_eq!(a_sorted, b, "input order must not change the rows");
         assert_eq!(a, build_qa(&arts));
 
-        let mut split_of: HashMap<&str, Split> = HashMap::new();
+        let mut split_of: HashMap<&Option<String>, &String> = HashMap::new();
         for r in &a {
-            let s = *split_of.entry(&r.source_doc_id).or_insert(r.split);
-            assert_eq!(s, r.split, "{} in two splits", r.source_doc_id);
+            let s = split_of.entry(&r.source_doc_id).or_insert(&r.split);
+            assert_eq!(*s, &r.split, "{:?} in two splits", r.source_doc_id);
         }
         let ids: std::collections::HashSet<&str> = a.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids.len(), a.len(), "ids must be unique");
-    }
-
-    #[test]
-    fn split_proportions_are_roughly_80_10_10() {
-        let mut n = [0usize; 3];
-        for i in 0..10_000 {
-            n[split_for(&format!("doc {i}")) as usize] += 1;
-        }
-        assert!((7_700..8_300).contains(&n[0]), "{n:?}");
-        assert!(
-            (800..1_200).contains(&n[1]) && (800..1_200).contains(&n[2]),
-            "{n:?}"
-        );
-        // Pinned so an accidental change of the hash or salt is noticed.
-        assert_eq!(
-            split_for("2001: A Space Odyssey"),
-            split_for("2001: A Space Odyssey")
-        );
     }
 
     #[test]
