@@ -1,12 +1,75 @@
-//! Typed rows, one struct per shard kind with its fields in schema order, converted to and from
-//! record batches by serde_arrow against the kind's schema. Columns are matched by name, so a
-//! shard whose columns another tool reordered still reads.
+//! Typed rows, one struct per shard kind, which define the kind: its Arrow schema is derived from
+//! the struct's fields (serde_arrow's `SchemaLike::from_type`), and rows convert to and from
+//! record batches against it. Columns are matched by name, so a shard whose columns another tool
+//! reordered still reads. Only `embeddings` (a fixed-width list, written column by column) has
+//! no row type.
 
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use std::sync::Arc;
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_arrow::schema::{SchemaLike, TracingOptions};
 
-use super::ShardKind;
+use super::{EMBEDDING_DIM, ShardKind};
+
+impl ShardKind {
+    /// The kind's Arrow schema: its row type's fields, in order.
+    pub fn schema(self) -> SchemaRef {
+        match self {
+            ShardKind::Corpus => schema_of::<CorpusRow>(),
+            ShardKind::Qa => schema_of::<QaRow>(),
+            ShardKind::Tasks => schema_of::<TaskRow>(),
+            ShardKind::Trajectories => schema_of::<TrajectoryRow>(),
+            ShardKind::Judgments => schema_of::<JudgmentRow>(),
+            ShardKind::Rewards => schema_of::<RewardRow>(),
+            ShardKind::Gradients => schema_of::<GradientRow>(),
+            ShardKind::Updates => schema_of::<UpdateRow>(),
+            ShardKind::Steps => schema_of::<StepRow>(),
+            ShardKind::Eval => schema_of::<EvalRow>(),
+            ShardKind::EvalItems => schema_of::<EvalItemRow>(),
+            ShardKind::Embeddings => Arc::new(Schema::new(vec![
+                Field::new("doc_id", DataType::Utf8, false),
+                Field::new(
+                    "embedding",
+                    DataType::FixedSizeList(
+                        Arc::new(Field::new("item", DataType::Float32, false)),
+                        EMBEDDING_DIM,
+                    ),
+                    false,
+                ),
+            ])),
+        }
+    }
+}
+
+/// The schema of a row type, in the shapes asl's shards have always had: `Utf8` strings and
+/// `List`s (not the large variants serde_arrow picks by default) whose item field is `item`
+/// (Arrow's name; serde_arrow says `element`); `Option` fields are the nullable columns.
+fn schema_of<R: Serialize + DeserializeOwned>() -> SchemaRef {
+    let options = TracingOptions::default()
+        .strings_as_large_utf8(false)
+        .sequence_as_large_list(false);
+    let fields = Vec::<FieldRef>::from_type::<R>(options)
+        .unwrap_or_else(|e| panic!("a shard row type is a struct of plain fields: {e}"));
+    Arc::new(Schema::new(
+        fields
+            .iter()
+            .map(|f| match f.data_type() {
+                DataType::List(item) => Field::new(
+                    f.name(),
+                    DataType::List(Arc::new(Field::new(
+                        "item",
+                        item.data_type().clone(),
+                        item.is_nullable(),
+                    ))),
+                    f.is_nullable(),
+                ),
+                _ => f.as_ref().clone(),
+            })
+            .collect::<Vec<Field>>(),
+    ))
+}
 
 /// A row type of one shard kind.
 pub trait ShardRow: Serialize + DeserializeOwned {
@@ -234,4 +297,198 @@ pub fn qa_batch(rows: &[QaRow]) -> RecordBatch {
 
 pub fn qa_rows(batch: &RecordBatch) -> Vec<QaRow> {
     from_batch(batch).expect("qa shard schema checked")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Derived schemas are the ones the shards had when they were written by hand: same column
+    /// names, types, nullability and list item fields, so every existing run dir still reads
+    /// and a new shard's bytes are the same.
+    #[test]
+    fn derived_schemas_match_the_hand_written_ones() {
+        for kind in ShardKind::ALL {
+            assert_eq!(kind.schema(), written_by_hand(kind), "{kind}");
+        }
+    }
+
+    /// The schema every kind had when it was written by hand (before 2026-12-04).
+    fn written_by_hand(kind: ShardKind) -> SchemaRef {
+        let fields = match kind {
+            ShardKind::Corpus => vec![
+                utf8("doc_id"),
+                utf8("title"),
+                utf8("text"),
+                utf8_null("topic"),
+                utf8_null("description"),
+            ],
+            ShardKind::Qa => vec![
+                utf8("id"),
+                utf8("question"),
+                list_utf8("answers"),
+                utf8("split"),
+                utf8("source"),
+                utf8_null("source_doc_id"),
+            ],
+            ShardKind::Tasks => vec![
+                utf8("task_id"),
+                u32f("round"),
+                utf8("question"),
+                utf8("answer"),
+                list_utf8("answer_aliases"),
+                utf8("template"),
+                utf8_null("parent_task_id"),
+                utf8_null("topic"),
+                utf8_null("generator_trajectory_id"),
+                Field::new("valid", DataType::Boolean, false),
+                utf8_null("invalid_reason"),
+            ],
+            ShardKind::Trajectories => vec![
+                utf8("trajectory_id"),
+                utf8("task_id"),
+                utf8("role"),
+                u32f("attempt"),
+                Field::new("seed", DataType::UInt64, false),
+                list_of("prompt_ids", DataType::UInt32),
+                list_of("completion_ids", DataType::UInt32),
+                list_of("loss_mask", DataType::Boolean),
+                list_of("sampling_logprobs", DataType::Float32),
+                list_of("behavior_logprobs", DataType::Float32),
+                f32f("temperature"),
+                utf8("text"),
+                u32f("turns"),
+                u32f("searches"),
+                utf8_null("answer"),
+                Field::new("parsed", DataType::Boolean, false),
+                utf8_null("parse_error"),
+                utf8("finish_reason"),
+            ],
+            ShardKind::Judgments => vec![
+                utf8("judgment_id"),
+                utf8("task_id"),
+                utf8("target_trajectory_id"),
+                utf8("target"),
+                u32f("sample"),
+                utf8("question"),
+                utf8("reference_answer"),
+                utf8_null("candidate_answer"),
+                utf8("verdict"),
+                Field::new("parsed", DataType::Boolean, false),
+                utf8_null("parse_error"),
+                utf8("judge_trajectory_id"),
+            ],
+            ShardKind::Rewards => vec![
+                utf8("trajectory_id"),
+                utf8("task_id"),
+                utf8("role"),
+                utf8("group_id"),
+                utf8("scheme"),
+                f32f("reward"),
+                f32f("format_bonus"),
+                f32f("total"),
+                f32f("advantage"),
+                utf8_null("label"),
+                Field::new("train", DataType::Boolean, false),
+            ],
+            ShardKind::Gradients => vec![
+                utf8("role"),
+                utf8("name"),
+                list_of("shape", DataType::UInt64),
+                list_of("values", DataType::Float32),
+                u32f("sequences"),
+                Field::new("tokens", DataType::UInt64, false),
+            ],
+            ShardKind::Updates => vec![
+                utf8("trajectory_id"),
+                utf8("role"),
+                u32f("step"),
+                f32f("loss"),
+                f32f("mean_ratio"),
+                f32f("clip_fraction"),
+                f32f("kl"),
+                f32f("entropy"),
+                u32f("tokens"),
+            ],
+            ShardKind::Steps => vec![
+                u32f("step"),
+                utf8("role"),
+                u32f("sequences"),
+                Field::new("tokens", DataType::UInt64, false),
+                f32f("grad_norm"),
+                Field::new("lr", DataType::Float64, false),
+            ],
+            ShardKind::Eval => vec![
+                u32f("round"),
+                utf8("checkpoint"),
+                utf8("dataset"),
+                utf8("role"),
+                utf8("metric"),
+                Field::new("value", DataType::Float64, false),
+                Field::new("count", DataType::UInt64, false),
+            ],
+            ShardKind::EvalItems => vec![
+                u32f("round"),
+                utf8("checkpoint"),
+                utf8("dataset"),
+                utf8("role"),
+                utf8("item_id"),
+                u32f("sample"),
+                Field::new("seed", DataType::UInt64, false),
+                utf8("question"),
+                list_utf8("references"),
+                utf8_null("candidate"),
+                utf8_null("prediction"),
+                Field::new("label", DataType::Boolean, true),
+                Field::new("parsed", DataType::Boolean, false),
+                Field::new("correct", DataType::Boolean, false),
+                Field::new("em", DataType::Float64, false),
+                Field::new("f1", DataType::Float64, false),
+                Field::new("subem", DataType::Float64, false),
+                u32f("searches"),
+                u32f("turns"),
+                Field::new("truncated", DataType::Boolean, false),
+            ],
+            ShardKind::Embeddings => vec![
+                utf8("doc_id"),
+                Field::new(
+                    "embedding",
+                    DataType::FixedSizeList(
+                        Arc::new(Field::new("item", DataType::Float32, false)),
+                        EMBEDDING_DIM,
+                    ),
+                    false,
+                ),
+            ],
+        };
+        Arc::new(Schema::new(fields))
+    }
+
+    fn utf8(name: &str) -> Field {
+        Field::new(name, DataType::Utf8, false)
+    }
+
+    fn utf8_null(name: &str) -> Field {
+        Field::new(name, DataType::Utf8, true)
+    }
+
+    fn u32f(name: &str) -> Field {
+        Field::new(name, DataType::UInt32, false)
+    }
+
+    fn f32f(name: &str) -> Field {
+        Field::new(name, DataType::Float32, false)
+    }
+
+    fn list_of(name: &str, item: DataType) -> Field {
+        Field::new(
+            name,
+            DataType::List(Arc::new(Field::new("item", item, false))),
+            false,
+        )
+    }
+
+    fn list_utf8(name: &str) -> Field {
+        list_of(name, DataType::Utf8)
+    }
 }

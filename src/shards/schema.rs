@@ -1,11 +1,9 @@
-//! One Arrow schema per shard kind, defined once. `docs/shards.md` documents every column; a
-//! test keeps the two in step.
+//! The kinds of shard asl reads and writes: names, row-group sizes. Each kind's Arrow schema is
+//! derived from its row type (`rows.rs`); `docs/shards.md` documents every column and a test
+//! keeps the two in step.
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
-
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 /// Width of passage embeddings (all-MiniLM-L6-v2).
 pub const EMBEDDING_DIM: i32 = 384;
@@ -69,156 +67,6 @@ impl ShardKind {
             _ => 8192,
         }
     }
-
-    pub fn schema(self) -> SchemaRef {
-        let fields = match self {
-            ShardKind::Corpus => vec![
-                utf8("doc_id"),
-                utf8("title"),
-                utf8("text"),
-                utf8_null("topic"),
-                utf8_null("description"),
-            ],
-            ShardKind::Qa => vec![
-                utf8("id"),
-                utf8("question"),
-                list_utf8("answers"),
-                utf8("split"),
-                utf8("source"),
-                utf8_null("source_doc_id"),
-            ],
-            ShardKind::Tasks => vec![
-                utf8("task_id"),
-                u32f("round"),
-                utf8("question"),
-                utf8("answer"),
-                list_utf8("answer_aliases"),
-                utf8("template"),
-                utf8_null("parent_task_id"),
-                utf8_null("topic"),
-                utf8_null("generator_trajectory_id"),
-                Field::new("valid", DataType::Boolean, false),
-                utf8_null("invalid_reason"),
-            ],
-            ShardKind::Trajectories => vec![
-                utf8("trajectory_id"),
-                utf8("task_id"),
-                utf8("role"),
-                u32f("attempt"),
-                Field::new("seed", DataType::UInt64, false),
-                list_of("prompt_ids", DataType::UInt32),
-                list_of("completion_ids", DataType::UInt32),
-                list_of("loss_mask", DataType::Boolean),
-                list_of("sampling_logprobs", DataType::Float32),
-                list_of("behavior_logprobs", DataType::Float32),
-                f32f("temperature"),
-                utf8("text"),
-                u32f("turns"),
-                u32f("searches"),
-                utf8_null("answer"),
-                Field::new("parsed", DataType::Boolean, false),
-                utf8_null("parse_error"),
-                utf8("finish_reason"),
-            ],
-            ShardKind::Judgments => vec![
-                utf8("judgment_id"),
-                utf8("task_id"),
-                utf8("target_trajectory_id"),
-                utf8("target"),
-                u32f("sample"),
-                utf8("question"),
-                utf8("reference_answer"),
-                utf8_null("candidate_answer"),
-                utf8("verdict"),
-                Field::new("parsed", DataType::Boolean, false),
-                utf8_null("parse_error"),
-                utf8("judge_trajectory_id"),
-            ],
-            ShardKind::Rewards => vec![
-                utf8("trajectory_id"),
-                utf8("task_id"),
-                utf8("role"),
-                utf8("group_id"),
-                utf8("scheme"),
-                f32f("reward"),
-                f32f("format_bonus"),
-                f32f("total"),
-                f32f("advantage"),
-                utf8_null("label"),
-                Field::new("train", DataType::Boolean, false),
-            ],
-            ShardKind::Gradients => vec![
-                utf8("role"),
-                utf8("name"),
-                list_of("shape", DataType::UInt64),
-                list_of("values", DataType::Float32),
-                u32f("sequences"),
-                Field::new("tokens", DataType::UInt64, false),
-            ],
-            ShardKind::Updates => vec![
-                utf8("trajectory_id"),
-                utf8("role"),
-                u32f("step"),
-                f32f("loss"),
-                f32f("mean_ratio"),
-                f32f("clip_fraction"),
-                f32f("kl"),
-                f32f("entropy"),
-                u32f("tokens"),
-            ],
-            ShardKind::Steps => vec![
-                u32f("step"),
-                utf8("role"),
-                u32f("sequences"),
-                Field::new("tokens", DataType::UInt64, false),
-                f32f("grad_norm"),
-                Field::new("lr", DataType::Float64, false),
-            ],
-            ShardKind::Eval => vec![
-                u32f("round"),
-                utf8("checkpoint"),
-                utf8("dataset"),
-                utf8("role"),
-                utf8("metric"),
-                Field::new("value", DataType::Float64, false),
-                Field::new("count", DataType::UInt64, false),
-            ],
-            ShardKind::EvalItems => vec![
-                u32f("round"),
-                utf8("checkpoint"),
-                utf8("dataset"),
-                utf8("role"),
-                utf8("item_id"),
-                u32f("sample"),
-                Field::new("seed", DataType::UInt64, false),
-                utf8("question"),
-                list_utf8("references"),
-                utf8_null("candidate"),
-                utf8_null("prediction"),
-                Field::new("label", DataType::Boolean, true),
-                Field::new("parsed", DataType::Boolean, false),
-                Field::new("correct", DataType::Boolean, false),
-                Field::new("em", DataType::Float64, false),
-                Field::new("f1", DataType::Float64, false),
-                Field::new("subem", DataType::Float64, false),
-                u32f("searches"),
-                u32f("turns"),
-                Field::new("truncated", DataType::Boolean, false),
-            ],
-            ShardKind::Embeddings => vec![
-                utf8("doc_id"),
-                Field::new(
-                    "embedding",
-                    DataType::FixedSizeList(
-                        Arc::new(Field::new("item", DataType::Float32, false)),
-                        EMBEDDING_DIM,
-                    ),
-                    false,
-                ),
-            ],
-        };
-        Arc::new(Schema::new(fields))
-    }
 }
 
 impl fmt::Display for ShardKind {
@@ -239,32 +87,4 @@ impl FromStr for ShardKind {
                 format!("unknown shard kind {s:?} (known: {})", names.join(", "))
             })
     }
-}
-
-fn utf8(name: &str) -> Field {
-    Field::new(name, DataType::Utf8, false)
-}
-
-fn utf8_null(name: &str) -> Field {
-    Field::new(name, DataType::Utf8, true)
-}
-
-fn u32f(name: &str) -> Field {
-    Field::new(name, DataType::UInt32, false)
-}
-
-fn f32f(name: &str) -> Field {
-    Field::new(name, DataType::Float32, false)
-}
-
-fn list_of(name: &str, item: DataType) -> Field {
-    Field::new(
-        name,
-        DataType::List(Arc::new(Field::new("item", item, false))),
-        false,
-    )
-}
-
-fn list_utf8(name: &str) -> Field {
-    list_of(name, DataType::Utf8)
 }
