@@ -260,6 +260,19 @@ pub fn format_bonus(turns: usize, turns_opening_with_think: usize, searched: boo
     (share + if searched { 1.0 } else { 0.0 }) / 4.0
 }
 
+/// The format bonus of one trajectory from its own text (tool results removed): its turns end at
+/// a tool call in either format (`</search>`, `</tool_call>`), and a turn counts when it opens
+/// with `<think>` (at most `turns` of them).
+pub fn format_bonus_of_text(own_text: &str, turns: usize, searched: bool) -> f64 {
+    let own = own_text.replace("</tool_call>", "</search>");
+    let think = own
+        .split("</search>")
+        .filter(|turn| turn.trim_start().starts_with("<think>"))
+        .count()
+        .min(turns);
+    format_bonus(turns, think, searched)
+}
+
 /// R-Zero's repetition penalty: questions are clustered by BLEU similarity (single linkage at
 /// `threshold`), and each is penalised by its cluster's share of the batch.
 pub fn repetition_penalties(questions: &[String], threshold: f64) -> Vec<f64> {
@@ -466,6 +479,12 @@ mod tests {
 
     #[test]
     fn format_bonus_ranges_from_zero_to_half() {
+        let two_turns = "<think>a</think><search>q</search> <think>b</think><answer>x</answer>";
+        assert_eq!(format_bonus_of_text(two_turns, 2, true), 0.5);
+        let qwen = "<think>a</think><tool_call>{}</tool_call><answer>x</answer>";
+        assert_eq!(format_bonus_of_text(qwen, 2, true), 0.375);
+        // A text with more think openings than turns counts at most its turns.
+        assert_eq!(format_bonus_of_text("<think>a</think>", 0, false), 0.0);
         assert_eq!(format_bonus(0, 0, false), 0.0);
         assert_eq!(format_bonus(2, 2, true), 0.5);
         assert_eq!(format_bonus(4, 2, false), 0.125);

@@ -215,18 +215,6 @@ impl Completion {
         )
     }
 
-    /// Turns that open with a think block, for the format bonus.
-    pub fn turns_opening_with_think(&self) -> usize {
-        let own = tags::without_blocks(&self.out.text, "information");
-        let mut n = 0;
-        for turn in own.split("</search>") {
-            if turn.trim_start().starts_with("<think>") {
-                n += 1;
-            }
-        }
-        n.min(self.out.turns)
-    }
-
     /// Log-probs under the distribution each token was drawn from. The sampler reports 0 for a
     /// greedy pick; there the behaviour is the scored distribution itself.
     fn behavior_logprobs(&self) -> Vec<f32> {

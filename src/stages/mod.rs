@@ -3,25 +3,25 @@
 //! before anything runs, and then does its work in `run`. The runner, the manifest and the rerun
 //! check treat all stages alike through this one contract.
 
-pub mod agent;
-pub mod apply;
+pub(crate) mod agent;
+pub(crate) mod apply;
 pub(crate) mod contract;
-pub mod corpus;
-pub mod embed;
+pub(crate) mod corpus;
+pub(crate) mod embed;
 pub mod env;
 pub mod eval;
-pub mod generate;
-pub mod index;
-pub mod init;
-pub mod judge;
-pub mod kit;
+pub(crate) mod generate;
+pub(crate) mod index;
+pub(crate) mod init;
+pub(crate) mod judge;
+pub(crate) mod kit;
 pub mod qa;
-pub mod reward;
-pub mod rollout;
-pub mod selfcheck;
+pub(crate) mod reward;
+pub(crate) mod rollout;
+pub(crate) mod selfcheck;
 mod sources;
-pub mod train;
-pub mod warmup;
+pub(crate) mod train;
+pub(crate) mod warmup;
 
 use std::path::PathBuf;
 

@@ -30,8 +30,9 @@ use crate::params::{ParamSpec, Params, ParamsExt};
 use crate::rl::advantages::{Scale, advantages};
 use crate::rl::labels::{GrmBalance, Judged, Judgment, LabelMode, grm_labels, grm_trains};
 use crate::rl::rewards::{
-    Attempt, GeneratorScheme, SelfCheck, Verifier, attempt_correct, format_bonus, grm_reward,
-    majority_answer, penalised_generator_reward, policy_reward, repetition_penalties, solve_rate,
+    Attempt, GeneratorScheme, SelfCheck, Verifier, attempt_correct, format_bonus_of_text,
+    grm_reward, majority_answer, penalised_generator_reward, policy_reward, repetition_penalties,
+    solve_rate,
 };
 use crate::seed::stable_u64;
 use crate::shards::rows::{JudgmentRow, RewardRow, TaskRow, TrajectoryRow};
@@ -307,16 +308,11 @@ impl Computed {
 
 fn bonus_of(s: &Settings, t: Option<&TrajectoryRow>) -> f64 {
     match (s.bonus, t) {
-        (true, Some(t)) => {
-            // Turns end at a tool call, in either format.
-            let own = crate::roles::tool::own_text(&t.text).replace("</tool_call>", "</search>");
-            let think = own
-                .split("</search>")
-                .filter(|turn| turn.trim_start().starts_with("<think>"))
-                .count()
-                .min(t.turns as usize);
-            format_bonus(t.turns as usize, think, t.searches > 0)
-        }
+        (true, Some(t)) => format_bonus_of_text(
+            &crate::roles::tool::own_text(&t.text),
+            t.turns as usize,
+            t.searches > 0,
+        ),
         _ => 0.0,
     }
 }
