@@ -144,16 +144,80 @@ pub enum Role {
     Grm,
 }
 
-/// Checks the settings every model stage shares (tool format, search mode, device and dtype)
-/// when the pipeline loads, so a typo fails before any stage runs, not when the first model
-/// stage starts.
-pub fn check_agent_params(params: &Params, stage: &str) -> Result<()> {
-    tool_format(params, stage)?;
-    if params.contains_key("search_mode") {
-        search_mode(params, stage)?;
+/// The settings every model stage shares, typed and checked: built from the stage's params when
+/// the pipeline loads ([`check_agent_params`], so a bad value fails before any stage runs) and
+/// again when the stage opens its agent. A stage that reconfigures its agent (`warmup` scores
+/// greedily, one token; `eval --model` without a run has no search tool) changes these fields.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    pub placement: Placement,
+    /// 0: greedy.
+    pub temperature: f64,
+    pub top_p: f64,
+    /// 0: off.
+    pub top_k: usize,
+    pub max_new_tokens: usize,
+    pub max_turns: usize,
+    pub tools: ToolFormat,
+    pub batching: Batching,
+    /// `None`: no search tool (`search_mode = none`).
+    pub search: Option<SearchMode>,
+    pub search_k: usize,
+    /// With structure-guided decoding: tokens a think block may run before `</think>` is forced.
+    pub guided: Option<usize>,
+}
+
+impl AgentSettings {
+    /// An agent that only renders prompts and runs searches (the warm-up builds demonstrations
+    /// with it): greedy, one token, one turn, unguided. Reads only the tool and search params
+    /// and the device.
+    pub fn tools_only(params: &Params, stage: &str) -> Result<Self> {
+        Ok(Self {
+            placement: placement(params, stage)?,
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            max_new_tokens: 1,
+            max_turns: 1,
+            tools: tool_format(params, stage)?,
+            batching: Batching {
+                batch_size: 1,
+                continuous: true,
+                share_prefix: true,
+            },
+            search: search_mode(params, stage)?,
+            search_k: params.u64("search_k") as usize,
+            guided: None,
+        })
     }
-    placement(params, stage)?;
-    Ok(())
+
+    /// The settings of `stage` from its resolved params (declared by [`sampling_specs`], their
+    /// ranges already checked against the specs).
+    pub fn from_params(params: &Params, stage: &str) -> Result<Self> {
+        Ok(Self {
+            temperature: params.f64("temperature"),
+            top_p: params.f64("top_p"),
+            top_k: params.u64("top_k") as usize,
+            max_new_tokens: params.u64("max_new_tokens") as usize,
+            max_turns: params.u64("max_turns") as usize,
+            batching: Batching {
+                batch_size: params.u64("batch_size") as usize,
+                continuous: params.bool("continuous"),
+                share_prefix: params.bool("share_prefix"),
+            },
+            guided: params
+                .bool("guided")
+                .then(|| params.u64("think_tokens") as usize),
+            ..Self::tools_only(params, stage)?
+        })
+    }
+}
+
+/// Checks the settings every model stage shares (tool format, search mode, device and dtype)
+/// when the pipeline loads, by building them, so a typo fails before any stage runs, not when
+/// the first model stage starts.
+pub fn check_agent_params(params: &Params, stage: &str) -> Result<()> {
+    AgentSettings::from_params(params, stage).map(|_| ())
 }
 
 /// The `tool_format` of a model stage's params.
@@ -291,24 +355,24 @@ impl Agent {
     /// Loads the checkpoint and, unless `search_mode` is `none`, the search environment.
     pub fn load(ctx: &StageContext, stage: &str) -> Result<Agent> {
         let dir = checkpoint_dir(ctx, stage)?;
-        Agent::open(&dir, Some((ctx.run_dir, ctx.round)), ctx.params, stage)
+        let settings = AgentSettings::from_params(ctx.params, stage)?;
+        Agent::open(&dir, Some((ctx.run_dir, ctx.round)), &settings, stage)
     }
 
     /// Loads `model_dir`; the search environment comes from `run` (run dir, round) when given.
     pub fn open(
         model_dir: &Path,
         run: Option<(&Path, u32)>,
-        params: &Params,
+        settings: &AgentSettings,
         stage: &str,
     ) -> Result<Agent> {
-        let hf = HfModel::load_on(model_dir, &placement(params, stage)?)
+        let hf = HfModel::load_on(model_dir, &settings.placement)
             .map_err(|e| Error::stage(stage, format!("checkpoint: {e}")))?;
-        let mode = search_mode(params, stage)?;
-        let env = match (mode, run) {
+        let env = match (settings.search, run) {
             (Some(m), Some((run_dir, round))) => Some(open_env(run_dir, round, m)?),
             _ => None,
         };
-        let tools = tool_format(params, stage)?;
+        let tools = settings.tools;
         let result_wrap = match tools {
             ToolFormat::Tags => (tool::TAGS_RESULT.0.into(), tool::TAGS_RESULT.1.into()),
             ToolFormat::Qwen => hf
@@ -316,36 +380,30 @@ impl Agent {
                 .tool_turn(tools.result_tag())
                 .map_err(|e| Error::stage(stage, format!("tool_format = qwen: {e}")))?,
         };
-        let temperature = params.f64("temperature");
+        let temperature = settings.temperature;
         let mut stop_strings = vec!["</answer>".to_string(), hf.chat.end_of_turn().to_string()];
         if env.is_some() {
             stop_strings.insert(0, tools.call_close().to_string());
         }
         let sampling = SamplingParams {
             temperature,
-            top_p: params.f64("top_p"),
-            top_k: params.u64("top_k") as usize,
+            top_p: settings.top_p,
+            top_k: settings.top_k,
             greedy: temperature <= 0.0,
-            max_new_tokens: params.u64("max_new_tokens") as usize,
+            max_new_tokens: settings.max_new_tokens,
             stop_strings,
             eos_ids: hf.eos_ids().to_vec(),
-            max_turns: params.u64("max_turns").max(1) as usize,
+            max_turns: settings.max_turns,
             guide: None,
-            batching: Batching {
-                batch_size: params.u64("batch_size").max(1) as usize,
-                continuous: params.bool("continuous"),
-                share_prefix: params.bool("share_prefix"),
-            },
+            batching: settings.batching,
         };
         Ok(Agent {
             hf,
             env,
-            search_k: params.u64("search_k").max(1) as usize,
-            mode: mode.unwrap_or(SearchMode::Bm25),
+            search_k: settings.search_k,
+            mode: settings.search.unwrap_or(SearchMode::Bm25),
             sampling,
-            guided: params
-                .bool("guided")
-                .then(|| params.u64("think_tokens") as usize),
+            guided: settings.guided,
             min_searches: 0,
             tools,
             result_wrap,

@@ -18,7 +18,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::agent::{
-    Agent, CHECKPOINT_UPSTREAM, Request, Role, checkpoint_dir, sampling_specs, search_upstream,
+    Agent, AgentSettings, CHECKPOINT_UPSTREAM, Request, Role, checkpoint_dir, sampling_specs,
+    search_upstream,
 };
 use super::kit::contains_answer;
 use super::{Stage, StageContext, StageOutput, Upstream};
@@ -666,12 +667,13 @@ pub fn evaluate_file(
 ) -> Result<Evaluation> {
     let qa = super::sources::read_qa_file(qa_file)?;
     let mut params = params.clone();
-    if run.is_none() {
-        params.insert("search_mode".into(), "none".into());
-    }
     // A user's file is scored whole, whatever splits it names.
     params.insert("split".into(), "".into());
-    let agent = Agent::open(model_dir, run, &params, "eval")?;
+    let mut settings = AgentSettings::from_params(&params, "eval")?;
+    if run.is_none() {
+        settings.search = None;
+    }
+    let agent = Agent::open(model_dir, run, &settings, "eval")?;
     let show_reference = grm_show_reference(&params, run)?;
     let mut evaluation = evaluate(&agent, &params, &qa, &[], 0, show_reference)?
         .stamped(0, &model_dir.to_string_lossy());

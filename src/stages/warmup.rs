@@ -11,7 +11,9 @@
 
 use std::path::PathBuf;
 
-use super::agent::{Agent, Role, device_spec, placement, sampling_specs, search_upstream};
+use super::agent::{
+    Agent, AgentSettings, Role, device_spec, placement, sampling_specs, search_upstream,
+};
 use super::kit::training_sequence;
 use super::{Stage, StageContext, StageOutput, Upstream};
 use crate::error::{Error, Result};
@@ -179,7 +181,7 @@ impl Stage for WarmupStage {
     }
 
     fn check(&self, params: &Params) -> Result<()> {
-        super::agent::check_agent_params(params, "warmup")
+        AgentSettings::tools_only(params, "warmup").map(|_| ())
     }
 
     fn about(&self) -> &'static str {
@@ -227,24 +229,10 @@ impl Stage for WarmupStage {
             .cloned()
             .ok_or_else(|| Error::stage("warmup", "needs the `init` checkpoint"))?;
         let qa: Vec<QaRow> = read_rows(ctx.input_files(Upstream::needs("qa"))?)?;
-        let mut params = ctx.params.clone();
-        for (k, v) in [
-            ("temperature", serde_json::json!(0.0)),
-            ("top_p", serde_json::json!(1.0)),
-            ("top_k", serde_json::json!(0)),
-            ("max_new_tokens", serde_json::json!(1)),
-            ("max_turns", serde_json::json!(1)),
-            ("batch_size", serde_json::json!(1)),
-            ("continuous", serde_json::json!(true)),
-            ("share_prefix", serde_json::json!(true)),
-            ("guided", serde_json::json!(false)),
-            ("think_tokens", serde_json::json!(0)),
-        ] {
-            params.insert(k.into(), v);
-        }
-        let agent = Agent::open(&init, Some((ctx.run_dir, ctx.round)), &params, "warmup")?;
+        let settings = AgentSettings::tools_only(ctx.params, "warmup")?;
+        let agent = Agent::open(&init, Some((ctx.run_dir, ctx.round)), &settings, "warmup")?;
         let env: Option<&SearchEnv> = agent.search_env();
-        let k = ctx.params.u64("search_k").max(1) as usize;
+        let k = settings.search_k;
         let mode = agent.search_mode();
         let counts = [
             ctx.params.u64("policy_examples") as usize,
