@@ -66,3 +66,39 @@ pub fn assets_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("assets"))
 }
+
+/// Every stage's settings as Markdown, from the same [`crate::params::ParamSpec`] definitions that `asl <stage>
+/// --help` prints and the pipeline loader checks: `docs/settings.md` is this text (a test keeps
+/// them equal).
+pub fn settings_markdown() -> String {
+    let mut out = String::from(
+        "# Stage settings\n\n\
+         Every parameter of every stage, with its default and the values it accepts, generated \
+         from the stages' own definitions (`asl <stage> --help` prints the same). Set one in a \
+         pipeline's `[params.<stage>]` table or with `--set <stage>.<key>=<value>`; a value \
+         outside what is listed is refused when the pipeline loads, before any stage runs.\n\
+         Regenerate with `ASL_BLESS=1 cargo test --test integration settings_doc`.\n",
+    );
+    for stage in all() {
+        out.push_str(&format!(
+            "\n## `{}`\n\n{}.\n\n",
+            stage.name(),
+            stage.about()
+        ));
+        out.push_str("| key | default | accepts | what it does |\n|---|---|---|---|\n");
+        for p in stage.params() {
+            let accepts = match &p.allowed {
+                crate::params::Allowed::Any => "any value of its type".to_string(),
+                a => a.to_string(),
+            };
+            out.push_str(&format!(
+                "| `{}` | `{}` | {} | {} |\n",
+                p.key,
+                p.default,
+                accepts.replace('|', "\\|"),
+                p.help.replace('|', "\\|")
+            ));
+        }
+    }
+    out
+}

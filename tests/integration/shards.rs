@@ -338,3 +338,19 @@ fn an_embeddings_shard_of_another_width_is_refused_with_file_and_column() {
         "{err}"
     );
 }
+
+/// `docs/settings.md` lists every stage's settings from the stages' own definitions; a new or
+/// changed parameter fails here until the doc is regenerated (`ASL_BLESS=1`).
+#[test]
+fn settings_doc_lists_every_stage_setting() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/settings.md");
+    let generated = asl::stages::settings_markdown();
+    if std::env::var_os("ASL_BLESS").is_some() {
+        std::fs::write(path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "docs/settings.md is out of date: run `ASL_BLESS=1 cargo test --test integration settings_doc`"
+    );
+}
