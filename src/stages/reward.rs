@@ -110,6 +110,11 @@ impl Stage for RewardStage {
         "every role's reward and group-normalised advantages"
     }
 
+    /// The typed settings are built when the pipeline loads, so a bad value fails first.
+    fn check(&self, params: &Params) -> Result<()> {
+        settings(params).map(|_| ())
+    }
+
     fn params(&self) -> Vec<ParamSpec> {
         vec![
             ParamSpec::new(
