@@ -83,6 +83,16 @@ name = "bench-$arm"
 setup = ["corpus", "qa", "index", "init", "warmup", "eval"]
 TOML
   dir="$out/$arm"
+  # An arm run alone shares the setup of an arm already in the run root (the first with a
+  # finished round-0 eval), so a rerun with --arms X does not redo the warm-up and round-0 eval.
+  if [ -z "$first" ]; then
+    for other in search-r1 default asl-frozen-grm asl-real-inject; do
+      if [ "$other" != "$arm" ] && [ -f "$out/$other/manifest.json" ] && [ -d "$out/$other/round-000/eval" ]; then
+        first="$other"
+        break
+      fi
+    done
+  fi
   if [ -n "$first" ] && [ ! -d "$dir" ]; then
     # The first arm's setup (round 0) only, hard-linked (stages replace files by rename, so
     # the arms never write into each other's files).
@@ -92,6 +102,7 @@ TOML
 import json, sys
 m = json.load(open(sys.argv[1]))
 m["entries"] = [e for e in m["entries"] if e["round"] == 0]
+m["pruned"] = [p for p in m.get("pruned", []) if p["round"] == 0]
 json.dump(m, open(sys.argv[2], "w"), indent=1)
 PY
   fi

@@ -119,30 +119,39 @@ pub fn signals(rounds: &[RoundAudit], t: &Thresholds) -> Vec<Signal> {
     let mut out = Vec::new();
     let trained: Vec<&RoundAudit> = rounds.iter().filter(|r| r.round > 0).collect();
 
-    // Reward hacking: first and last round that have both a GRM pass rate and held-out EM.
-    let both: Vec<(u32, f64, f64)> = trained
+    // Reward hacking: the GRM pass rate from the first trained round that has one to the last
+    // round that has both, against held-out EM from the earliest round scored (round 0, the
+    // start checkpoint, when the run scores it: a run that evaluates only its ends, such as the
+    // learning benchmark, has EM in round 0 and the last round and nowhere between).
+    let pass_first = trained
         .iter()
-        .filter_map(|r| Some((r.round, r.grm_pass_rate()?, r.em()?)))
-        .collect();
-    if let (Some(first), Some(last)) = (both.first(), both.last())
-        && first.0 != last.0
+        .find_map(|r| Some((r.round, r.grm_pass_rate()?)));
+    let em_first = rounds.iter().find_map(|r| Some((r.round, r.em()?)));
+    let last = trained
+        .iter()
+        .rev()
+        .find_map(|r| Some((r.round, r.grm_pass_rate()?, r.em()?)));
+    if let (Some(pass_first), Some(em_first), Some(last)) = (pass_first, em_first, last)
+        && pass_first.0 != last.0
     {
-        let pass_rise = last.1 - first.1;
-        let em_rise = last.2 - first.2;
+        let pass_rise = last.1 - pass_first.1;
+        let em_rise = last.2 - em_first.1;
         if pass_rise >= t.hacking_pass_rise && em_rise < t.hacking_em_rise {
             out.push(Signal {
                 name: "reward_hacking".into(),
                 round: last.0,
                 message: format!(
                     "GRM pass rate rose {:.2} → {:.2} (rounds {}→{}) while held-out EM went \
-                     {:.2} → {:.2}: the generator and policy may be exploiting the judge \
-                     (rule: pass rise ≥ {:.2} and EM rise < {:.2})",
-                    first.1,
+                     {:.2} → {:.2} (rounds {}→{}): the generator and policy may be exploiting \
+                     the judge (rule: pass rise ≥ {:.2} and EM rise < {:.2})",
+                    pass_first.1,
                     last.1,
-                    first.0,
+                    pass_first.0,
                     last.0,
-                    first.2,
+                    em_first.1,
                     last.2,
+                    em_first.0,
+                    last.0,
                     t.hacking_pass_rise,
                     t.hacking_em_rise
                 ),

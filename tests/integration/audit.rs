@@ -47,6 +47,30 @@ fn frozen_judge_pattern_raises_reward_hacking() {
     assert!(names.contains(&"judge_drift".to_string()), "{names:?}");
 }
 
+/// A run that scores held-out EM only at its ends (round 0, the start checkpoint, and the last
+/// round, as the learning benchmark does) is judged on those: the rule once looked for EM in
+/// two trained rounds and could never fire on such a run.
+#[test]
+fn reward_hacking_reads_em_from_round_zero_when_only_the_ends_are_scored() {
+    let dir = tempfile::tempdir().unwrap();
+    synthetic(dir.path(), Pattern::FrozenJudge);
+    let round = |r: u32| dir.path().join(format!("round-{r:03}"));
+    std::fs::create_dir_all(round(0)).unwrap();
+    std::fs::rename(round(1).join("eval"), round(0).join("eval")).unwrap();
+    std::fs::remove_dir_all(round(2).join("eval")).unwrap();
+    let report = audit(&options(dir.path(), false)).unwrap();
+    let hacking = report
+        .signals
+        .iter()
+        .find(|s| s.name == "reward_hacking")
+        .unwrap_or_else(|| panic!("{:?}", report.signals));
+    assert!(
+        hacking.message.contains("(rounds 0→3)"),
+        "{}",
+        hacking.message
+    );
+}
+
 #[test]
 fn healthy_run_keeps_reward_hacking_quiet() {
     let dir = tempfile::tempdir().unwrap();
