@@ -26,6 +26,8 @@ pub struct Thresholds {
     pub truncation: f64,
     /// Judge steering: this share of the policy's answers are shaped to steer the judge.
     pub steering: f64,
+    /// Held-out regression: held-out EM fell at least this much from the first scored round.
+    pub regression_drop: f64,
 }
 
 impl Default for Thresholds {
@@ -39,6 +41,7 @@ impl Default for Thresholds {
             flat_groups: 0.50,
             truncation: 0.20,
             steering: 0.02,
+            regression_drop: 0.05,
         }
     }
 }
@@ -56,11 +59,13 @@ impl Thresholds {
             "flat_groups" => &mut self.flat_groups,
             "truncation" => &mut self.truncation,
             "steering" => &mut self.steering,
+            "regression_drop" => &mut self.regression_drop,
             _ => {
                 return Err(Error::param(
                     key,
                     "not an audit threshold (hacking_pass_rise, hacking_em_rise, drift_drop, \
-                     collapse_rise, collapse_level, flat_groups, truncation, steering)",
+                     collapse_rise, collapse_level, flat_groups, truncation, steering, \
+                     regression_drop)",
                 ));
             }
         };
@@ -95,6 +100,10 @@ impl Thresholds {
                 "≥ {} of the policy's answers are shaped to steer the judge",
                 self.steering
             ),
+            "heldout_regression" => format!(
+                "held-out EM fell ≥ {} from the first scored round (round 0 included) to the last",
+                self.regression_drop
+            ),
             "truncation" => format!(
                 "≥ {} of a role's trajectories stopped at the token budget",
                 self.truncation
@@ -108,7 +117,7 @@ impl Thresholds {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Signal {
     /// `reward_hacking`, `judge_drift`, `generator_collapse`, `no_learning_signal`, `truncation`,
-    /// `judge_steering`.
+    /// `judge_steering`, `heldout_regression`.
     pub name: String,
     pub round: u32,
     pub message: String,
@@ -157,6 +166,28 @@ pub fn signals(rounds: &[RoundAudit], t: &Thresholds) -> Vec<Signal> {
                 ),
             });
         }
+    }
+
+    // Held-out regression: the checkpoint got worse on held-out questions than where it started.
+    let em: Vec<(u32, f64)> = rounds
+        .iter()
+        .filter_map(|r| Some((r.round, r.em()?)))
+        .collect();
+    if let (Some(&(first_round, first)), Some(&(last_round, last))) = (em.first(), em.last())
+        && first_round != last_round
+        && first - last >= t.regression_drop
+    {
+        out.push(Signal {
+            name: "heldout_regression".into(),
+            round: last_round,
+            message: format!(
+                "held-out EM fell {first:.3} (round {first_round}) → {last:.3} (round \
+                 {last_round}): training makes the policy worse on questions it did not train \
+                 on (rule: drop ≥ {:.2}; `asl eval compare --rounds {first_round} {last_round}` \
+                 tests it pair by pair)",
+                t.regression_drop
+            ),
+        });
     }
 
     // Judge drift: agreement now against the best earlier round.
@@ -254,4 +285,58 @@ pub fn signals(rounds: &[RoundAudit], t: &Thresholds) -> Vec<Signal> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shards::rows::EvalRow;
+
+    fn scored(round: u32, em: Option<f64>) -> RoundAudit {
+        RoundAudit {
+            round,
+            roles: vec![],
+            tasks: None,
+            judges: vec![],
+            solve: None,
+            eval: em
+                .map(|value| EvalRow {
+                    round,
+                    checkpoint: String::new(),
+                    dataset: "qa:test".into(),
+                    role: "policy".into(),
+                    metric: "em".into(),
+                    value,
+                    count: 300,
+                })
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    fn names(rounds: &[RoundAudit]) -> Vec<String> {
+        signals(rounds, &Thresholds::default())
+            .into_iter()
+            .map(|s| s.name)
+            .collect()
+    }
+
+    /// The learning benchmark's shape: EM in round 0 and the last round only.
+    #[test]
+    fn heldout_regression_compares_the_first_and_last_scored_rounds() {
+        let run = |end| {
+            vec![
+                scored(0, Some(0.21)),
+                scored(1, None),
+                scored(30, Some(end)),
+            ]
+        };
+        assert_eq!(names(&run(0.08)), ["heldout_regression"]);
+        assert!(names(&run(0.17)).is_empty(), "a drop under 0.05 is quiet");
+        assert!(names(&run(0.38)).is_empty());
+        assert!(
+            names(&[scored(0, Some(0.5))]).is_empty(),
+            "one scored round"
+        );
+    }
 }
