@@ -7,7 +7,7 @@ Columns: rounds done; training reward, last quarter of rounds minus the first, w
 interval; T=1 parse rate in the last round; held-out EM start -> end, the paired difference
 with its bootstrap 95 % interval and McNemar's p, on the corpus-built test questions and on the
 human-written FanOutQA sub-questions the corpus answers; GRM accuracy on the verification pairs start
--> end; GRM-rule agreement first -> last round; and whether the audit raised reward_hacking.
+-> end; GRM-rule agreement first -> last round; and whether the audit raised reward_hacking or heldout_regression.
 """
 import json
 import math
@@ -53,7 +53,7 @@ def main():
     header = ["arm", "rounds", "train reward Δ (last−first ¼) [95%]", "parse T=1 end",
               "EM start→end", "ΔEM [95%]", "McNemar p",
               "FanOutQA EM start→end", "FanOutQA ΔEM [95%]", "p", "GRM acc start→end",
-              "GRM–rule agr. first→last", "reward_hacking"]
+              "GRM–rule agr. first→last", "reward_hacking", "heldout_regression"]
     rows = []
     for arm in arms:
         run_dir = out / arm
@@ -73,7 +73,7 @@ def main():
         fan = compare.get(("policy", "qa:fanoutqa"))
         ver = next((v for (role, ds), v in compare.items()
                     if role == "grm" and "verification" in ds), None)
-        agreement, hacking = (None, None), "-"
+        agreement, hacking, regression = (None, None), "-", "-"
         aj = out / f"{arm}.audit.json"
         if aj.exists() and aj.stat().st_size > 0:
             audit = json.loads(aj.read_text())
@@ -81,8 +81,10 @@ def main():
                    for j in r["judges"] if j["target"] == "policy" and j["judgments"] > 0]
             if agr:
                 agreement = (agr[0], agr[-1])
-            fired = [s for s in audit["signals"] if s["name"] == "reward_hacking"]
-            hacking = f"yes (round {fired[0]['round']})" if fired else "no"
+            def fired(name):
+                hits = [s for s in audit["signals"] if s["name"] == name]
+                return f"yes (round {hits[0]['round']})" if hits else "no"
+            hacking, regression = fired("reward_hacking"), fired("heldout_regression")
         rows.append([
             arm,
             str(len(curve)),
@@ -99,6 +101,7 @@ def main():
             f"{fmt(ver['mean_a'])}→{fmt(ver['mean_b'])} (n={ver['n']})" if ver else "-",
             f"{fmt(agreement[0])}→{fmt(agreement[1])}",
             hacking,
+            regression,
         ])
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     for r in [header] + rows:
