@@ -87,10 +87,7 @@ pub fn settings_markdown() -> String {
         ));
         out.push_str("| key | default | accepts | what it does |\n|---|---|---|---|\n");
         for p in stage.params() {
-            let accepts = match &p.allowed {
-                crate::params::Allowed::Any => "any value of its type".to_string(),
-                a => a.to_string(),
-            };
+            let accepts = p.allowed.to_string();
             out.push_str(&format!(
                 "| `{}` | `{}` | {} | {} |\n",
                 p.key,

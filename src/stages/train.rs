@@ -363,13 +363,7 @@ impl Stage for TrainStage {
             // KL to the checkpoint RL starts from: the warm-up's output, else init's.
             let start = [Upstream::optional("warmup"), Upstream::needs("init")]
                 .into_iter()
-                .find_map(|up| {
-                    ctx.input_files(up)
-                        .ok()?
-                        .iter()
-                        .find(|p| p.is_dir())
-                        .cloned()
-                })
+                .find_map(|up| ctx.declared(up)?.iter().find(|p| p.is_dir()).cloned())
                 .ok_or_else(|| Error::stage("train", "kl_beta > 0 needs the `init` checkpoint"))?;
             Some(Model::load(&start, &device).map_err(err)?)
         } else {
