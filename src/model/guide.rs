@@ -193,6 +193,17 @@ pub struct GuideState {
     tool_calls: usize,
     /// Tokens the final action needs; below this many left, the guide wraps up.
     reserve: usize,
+    /// How much of the closing tag the free content ends with (`</ans` of `</answer>`): when
+    /// the budget runs out there, only the rest of the tag is forced.
+    partial_close: usize,
+}
+
+/// The length of the longest proper prefix of `close` (at least `</`) that `text` ends with.
+fn partial_tag_at_end(text: &str, close: &str) -> usize {
+    (2..close.len())
+        .rev()
+        .find(|&k| close.is_char_boundary(k) && text.ends_with(&close[..k]))
+        .unwrap_or(0)
 }
 
 /// Tokens a segment chain may take: content budget plus room for its tags.
@@ -230,6 +241,7 @@ impl GuideState {
             eos: eos.to_vec(),
             tools_left: true,
             tool_calls: 0,
+            partial_close: 0,
             reserve: 8 + guide
                 .actions
                 .iter()
@@ -296,8 +308,15 @@ impl GuideState {
                 Phase::Choosing(_) => return Ok(self.choose_step()),
                 Phase::Content(seg) => {
                     if self.phase_tokens >= seg.budget || (seg.tool && short) {
-                        self.queue.extend(ids(tok, &seg.terminator)?);
-                        self.queue.extend(ids(tok, &seg.close)?);
+                        if self.partial_close > 0 {
+                            // The model was closing the tag when the budget ran out: finish
+                            // it rather than leave `</answer` in the content.
+                            self.queue
+                                .extend(ids(tok, &seg.close[self.partial_close..])?);
+                        } else {
+                            self.queue.extend(ids(tok, &seg.terminator)?);
+                            self.queue.extend(ids(tok, &seg.close)?);
+                        }
                         self.phase = Phase::AfterClose(seg);
                     } else {
                         return Ok(Next::Free {
@@ -322,6 +341,7 @@ impl GuideState {
     fn enter(&mut self, phase: Phase, len: usize) {
         self.phase = phase;
         self.phase_tokens = 0;
+        self.partial_close = 0;
         self.phase_start = len + self.queue.len();
     }
 
@@ -402,7 +422,9 @@ impl GuideState {
             }
             Phase::Content(seg) => {
                 self.phase_tokens += 1;
-                if since_phase_start()?.contains(seg.close.as_str()) {
+                let text = since_phase_start()?;
+                self.partial_close = partial_tag_at_end(&text, &seg.close);
+                if text.contains(seg.close.as_str()) {
                     self.phase = Phase::AfterClose(seg);
                 }
             }
@@ -568,5 +590,74 @@ mod fuzz {
                 out.len()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Drives `guide` with a scripted model (`script`'s tokens in free phases, the first option
+    /// where it must choose) and returns the decoded sequence.
+    fn drive(guide: &Guide, script: &str, budget: usize) -> String {
+        let path = crate::model::test_util::tokenizer_json()
+            .expect("the shipped GGUF's tokenizer (scripts/fetch-assets.sh)");
+        let tok = Tokenizer::from_file(path).expect("tokenizer.json loads");
+        let eos = vec![tok.token_to_id("<|im_end|>").unwrap()];
+        let mut script: VecDeque<u32> = ids(&tok, script).unwrap().into();
+        let mut state = GuideState::new(guide, &eos);
+        let mut out: Vec<u32> = Vec::new();
+        while state.turn_end() != Some(TurnEnd::Done) && out.len() < budget + 64 {
+            let next = state
+                .next(&tok, false, out.len(), budget.saturating_sub(out.len()))
+                .unwrap();
+            let token = match next {
+                Next::Force(t) => t,
+                Next::Choose(options) => options[0],
+                Next::Free { .. } => script.pop_front().expect("script long enough"),
+            };
+            out.push(token);
+            let text = tok
+                .decode(&out[state.phase_start.min(out.len())..], false)
+                .unwrap();
+            state.observe(&tok, token, out.len(), || Ok(text)).unwrap();
+        }
+        tok.decode(&out, false).unwrap()
+    }
+
+    /// The budget runs out while the model writes the closing tag: the tag is finished, not
+    /// left in the content with a second one after it (`Paris</answer</answer>` before).
+    #[test]
+    fn a_closing_tag_cut_by_the_budget_is_completed() {
+        let tok_path = crate::model::test_util::tokenizer_json().unwrap();
+        let tok = Tokenizer::from_file(tok_path).unwrap();
+        // Budget the answer so it runs out after `</answer` and before `>`.
+        let content = " Paris</answer";
+        let n = ids(&tok, content).unwrap().len();
+        let guide = Guide::policy(4, 8, n).without_tools();
+        let text = drive(&guide, &format!(" ok</think>{content}>\n\n\n\n"), 200);
+        assert!(text.ends_with("<answer> Paris</answer>"), "{text:?}");
+        // Cut earlier (inside `</`), the rest is still completed.
+        let content = " Paris</";
+        let n = ids(&tok, content).unwrap().len();
+        let guide = Guide::policy(4, 8, n).without_tools();
+        let text = drive(&guide, &format!(" ok</think>{content}answer>\n\n\n\n"), 200);
+        assert!(text.ends_with("<answer> Paris</answer>"), "{text:?}");
+        // Content that is not a tag fragment still gets the full closing tag.
+        let guide = Guide::policy(4, 8, 2).without_tools();
+        let text = drive(&guide, " ok</think> Paris Texas and more", 200);
+        assert!(
+            text.ends_with("</answer>") && !text.contains("</answer</"),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn partial_tags_are_found_at_the_end_only() {
+        assert_eq!(partial_tag_at_end("Paris</answer", "</answer>"), 8);
+        assert_eq!(partial_tag_at_end("Paris</", "</answer>"), 2);
+        assert_eq!(partial_tag_at_end("Paris<", "</answer>"), 0);
+        assert_eq!(partial_tag_at_end("</answer> x", "</answer>"), 0);
+        assert_eq!(partial_tag_at_end("Paris", "</answer>"), 0);
     }
 }
