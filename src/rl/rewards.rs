@@ -99,9 +99,11 @@ impl Verifier {
     }
 }
 
-/// What decides one attempt: its answer, the task's reference and aliases, the group's
-/// majority answer (normalised) and the GRM's verdicts on it (correct, judged).
+/// What decides one attempt: the task's question, the attempt's answer, the task's reference
+/// and aliases, the group's majority answer (normalised) and the GRM's verdicts on it (correct,
+/// judged).
 pub struct Attempt<'a> {
+    pub question: &'a str,
     pub answer: Option<&'a str>,
     pub golds: &'a [String],
     pub majority: Option<&'a str>,
@@ -110,10 +112,23 @@ pub struct Attempt<'a> {
 
 /// Whether an attempt is correct under `verifier`; `None` when the GRM decides and never judged
 /// it (scored wrong, and counted by the caller). An attempt without an answer is wrong.
+///
+/// Under the label-free verifiers an answer taken from the question is wrong when no reference
+/// is in the question: a valid generated task never holds its answer ([`contains_answer`]), so
+/// the attempt cannot match it, whatever a lenient judge or a majority of echoes says. Without
+/// this rule the default's policy learned to answer with its question (223 of 300 held-out
+/// answers after 30 rounds, docs/rounds.md).
 pub fn attempt_correct(verifier: Verifier, a: &Attempt) -> Option<bool> {
     let Some(answer) = a.answer else {
         return Some(false);
     };
+    let echoes = || {
+        contains_answer(a.question, answer)
+            && !a.golds.iter().any(|g| contains_answer(a.question, g))
+    };
+    if verifier != Verifier::Rule && echoes() {
+        return Some(false);
+    }
     match verifier {
         Verifier::Rule => Some(exact_match(answer, a.golds) > 0.0),
         Verifier::Majority => Some(a.majority == Some(normalize_answer(answer).as_str())),
@@ -161,6 +176,35 @@ pub fn validity(
                 "the judge accepted the generator's own answer {self_correct} times, fewer than {v_min}"
             )
         })
+    })
+}
+
+/// Whether the normalised `answer` occurs as whole words in the normalised `text` (a question
+/// that gives its answer away, a passage that holds it).
+pub fn contains_answer(text: &str, answer: &str) -> bool {
+    let a = normalize_answer(answer);
+    !a.is_empty() && format!(" {} ", normalize_answer(text)).contains(&format!(" {a} "))
+}
+
+/// Why a task is not grounded in the corpus, if it is not: none of the `passages` the search
+/// engine returns for its question holds its answer (`generate.grounding_k`). A label-free
+/// check that the task is solvable by searching, as the policy will: it rejects questions that
+/// name nothing (`What is this?`) and answers that are sentences of the generator's own
+/// (`The capital of France is Paris`), both of which a 135M judge accepts.
+pub fn grounding<'a>(answer: &str, passages: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let mut n = 0;
+    for p in passages {
+        if contains_answer(p, answer) {
+            return None;
+        }
+        n += 1;
+    }
+    Some(if n == 0 {
+        "the search engine finds no passage for the question".to_string()
+    } else {
+        format!(
+            "the answer is in none of the {n} passages the search engine finds for the question"
+        )
     })
 }
 
@@ -363,9 +407,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_task_is_grounded_when_a_passage_holds_its_answer() {
+        let passages = ["Paris is the capital of France.", "Lyon is a city."];
+        assert_eq!(grounding("paris", passages), None);
+        assert_eq!(grounding("the Lyon", passages), None);
+        let missing = grounding("Marseille", passages).unwrap();
+        assert!(missing.contains("none of the 2 passages"), "{missing}");
+        // Whole words only, and a sentence of the generator's own is not in the corpus.
+        assert!(grounding("Par", passages).is_some());
+        assert!(grounding("The capital of France is Paris", passages).is_some());
+        assert_eq!(
+            grounding("Paris", []).unwrap(),
+            "the search engine finds no passage for the question"
+        );
+        assert!(contains_answer(
+            "Who was the King of Prussia?",
+            "king of prussia"
+        ));
+        assert!(!contains_answer("Who was the King of Prussia?", ""));
+    }
+
+    #[test]
     fn attempts_are_decided_by_each_verifier() {
         let golds = vec!["Paris".to_string()];
         let a = |answer, majority, verdicts| Attempt {
+            question: "Which city is the capital of France?",
             answer,
             golds: &golds,
             majority,
@@ -384,6 +450,22 @@ mod tests {
             attempt_correct(Verifier::Grm, &a(Some("x"), None, None)),
             None
         );
+        // An answer taken from the question is wrong unless the reference is in it too.
+        let echo = a(
+            Some("capital of France"),
+            Some("capital of france"),
+            Some((3, 3)),
+        );
+        assert_eq!(attempt_correct(Verifier::Grm, &echo), Some(false));
+        assert_eq!(attempt_correct(Verifier::Majority, &echo), Some(false));
+        assert_eq!(attempt_correct(Verifier::Rule, &echo), Some(false));
+        let in_question = vec!["France".to_string()];
+        let listed = Attempt {
+            golds: &in_question,
+            ..a(Some("France"), None, Some((2, 3)))
+        };
+        assert_eq!(attempt_correct(Verifier::Grm, &listed), Some(true));
+        assert_eq!(attempt_correct(Verifier::Rule, &listed), Some(true));
         // No answer is wrong under every verifier, judged or not.
         assert_eq!(
             attempt_correct(Verifier::Grm, &a(None, None, None)),

@@ -21,13 +21,13 @@ use super::agent::{
     Agent, AgentSettings, CHECKPOINT_UPSTREAM, Request, Role, checkpoint_dir, sampling_specs,
     search_upstream,
 };
-use super::kit::contains_answer;
 use super::{Stage, StageContext, StageOutput, Upstream};
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, Status};
 use crate::model::sample::seq_seed;
 use crate::params::{ParamSpec, Params, ParamsExt};
 use crate::rl::metrics::{exact_match, f1, sub_exact_match};
+use crate::rl::rewards::contains_answer;
 use crate::roles::{generator, grm, policy};
 use crate::seed::stable_u64;
 use crate::shards::rows::{CorpusRow, EvalItemRow, EvalRow, QaRow};

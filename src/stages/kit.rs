@@ -6,7 +6,6 @@ use std::path::PathBuf;
 
 use super::{StageContext, Upstream};
 use crate::error::Result;
-use crate::rl::metrics::normalize_answer;
 use crate::shards::read_kind;
 use crate::shards::rows::{TaskRow, TrajectoryRow};
 
@@ -44,10 +43,4 @@ pub fn training_sequence(t: &TrajectoryRow) -> (Vec<u32>, Vec<u32>, Vec<u8>) {
         t.completion_ids.clone(),
         t.loss_mask.iter().map(|&m| u8::from(m)).collect(),
     )
-}
-
-/// Whether the normalised answer occurs as whole words in the normalised question.
-pub fn contains_answer(question: &str, answer: &str) -> bool {
-    let a = normalize_answer(answer);
-    !a.is_empty() && format!(" {} ", normalize_answer(question)).contains(&format!(" {a} "))
 }

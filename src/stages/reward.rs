@@ -404,6 +404,7 @@ pub fn compute(
             .iter()
             .map(|a| {
                 let attempt = Attempt {
+                    question: &task.question,
                     answer: a.answer.as_deref(),
                     golds: &golds,
                     majority: majority.as_deref(),
