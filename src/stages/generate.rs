@@ -11,12 +11,12 @@ use super::agent::{
     Agent, CHECKPOINT_UPSTREAM, Request, Role, TrajectoryIds, sampling_specs, search_upstream,
     tool_format,
 };
-use super::kit::{contains_answer, tasks};
+use super::kit::tasks;
 use super::{Stage, StageContext, StageOutput, Upstream};
 use crate::error::{Error, Result};
 use crate::model::sample::seq_seed;
 use crate::params::{ParamSpec, Params, ParamsExt};
-use crate::rl::rewards::validity;
+use crate::rl::rewards::{contains_answer, grounding, validity};
 use crate::roles::generator::{self, Direction, Template};
 use crate::seed::stable_u64;
 use crate::shards::rows::{CorpusRow, QaRow, RewardRow, TaskRow};
@@ -40,7 +40,14 @@ impl Stage for GenerateStage {
     }
 
     fn check(&self, params: &Params) -> Result<()> {
-        super::agent::check_agent_params(params, "generate")
+        super::agent::check_agent_params(params, "generate")?;
+        if params.u64("grounding_k") > 0 && params.str("search_mode") == "none" {
+            return Err(Error::param(
+                "generate.grounding_k",
+                "needs a search index (generate.search_mode is none)",
+            ));
+        }
+        Ok(())
     }
 
     fn about(&self) -> &'static str {
@@ -76,6 +83,11 @@ impl Stage for GenerateStage {
                 "min_searches",
                 0,
                 "with `guided`: searches the generator makes before it writes its task (0: its choice)",
+            ),
+            ParamSpec::new(
+                "grounding_k",
+                0,
+                "a task is valid only when one of the top K passages the search engine finds for its question holds its answer (0: no grounding check)",
             ),
         ];
         specs.extend(sampling_specs(384, 3, 1.0));
@@ -149,6 +161,17 @@ impl Stage for GenerateStage {
             });
             ids.push((i, task_id, seed_value));
         }
+        let grounding_k = ctx.params.u64("grounding_k") as usize;
+        let search = match (grounding_k, agent.search_env()) {
+            (0, _) => None,
+            (_, Some(env)) => Some((env, agent.search_mode())),
+            (_, None) => {
+                return Err(Error::param(
+                    "generate.grounding_k",
+                    "needs a search index (generate.search_mode is none)",
+                ));
+            }
+        };
         let completions = agent.run(&requests, "generate", Role::Generator)?;
         let mut tasks = Vec::new();
         let mut trajectories = Vec::new();
@@ -166,6 +189,15 @@ impl Stage for GenerateStage {
                     contains_answer(&question, &answer)
                         .then(|| "the question contains its answer".to_string())
                 });
+            let invalid = match (invalid, search) {
+                (None, Some((env, mode))) => {
+                    let hits = env
+                        .search(&question, grounding_k, mode)
+                        .map_err(|e| Error::stage("generate", format!("grounding search: {e}")))?;
+                    grounding(&answer, hits.iter().map(|h| h.text.as_str()))
+                }
+                (invalid, _) => invalid,
+            };
             if let Some(r) = &invalid {
                 *reasons.entry(r.clone()).or_default() += 1;
             }

@@ -337,3 +337,83 @@ fn q8_0_sampling_runs_a_round_and_reports_the_log_prob_gap() {
         .unwrap();
     assert_eq!(rollout.params["dtype"], "q8_0");
 }
+
+/// `generate.grounding_k`: a task counts only when the search engine's top K passages for its
+/// question hold its answer. Every valid task's answer is in the corpus, and the tiny model's
+/// made-up answers are rejected with the grounding reason.
+#[test]
+fn grounding_rejects_tasks_whose_answer_the_search_does_not_find() {
+    use asl::rl::rewards::contains_answer;
+    use asl::shards::read_rows;
+    use asl::shards::rows::{CorpusRow, TaskRow};
+    let Some(assets) = shipped_assets() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rd = dir.path().join("run");
+    let out = run_smoke(
+        &assets,
+        &rd,
+        &[
+            "--rounds",
+            "1",
+            "--set",
+            "generate.grounding_k=3",
+            "--set",
+            "generate.tasks=8",
+        ],
+    );
+    assert_ok(&out);
+    let files = |stage: &str, prefix: &str| -> Vec<std::path::PathBuf> {
+        let round = if stage == "corpus" { 0 } else { 1 };
+        let d = rd.join(format!("round-{round:03}/{stage}"));
+        let mut v: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(prefix))
+            .collect();
+        v.sort();
+        v
+    };
+    let tasks: Vec<TaskRow> = read_rows(&files("generate", "tasks")).unwrap();
+    let corpus: Vec<CorpusRow> = read_rows(&files("corpus", "corpus")).unwrap();
+    assert_eq!(tasks.len(), 8);
+    let grounding = |t: &TaskRow| {
+        t.invalid_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("the search engine finds"))
+    };
+    assert!(tasks.iter().any(grounding), "{tasks:#?}");
+    for t in &tasks {
+        if t.valid {
+            assert!(
+                corpus.iter().any(|c| contains_answer(&c.text, &t.answer)),
+                "valid task's answer {:?} is nowhere in the corpus",
+                t.answer
+            );
+        }
+        if grounding(t) {
+            // Only the grounding check failed: the text checks passed first.
+            assert!(t.question.trim().ends_with('?') && !t.answer.trim().is_empty());
+        }
+    }
+    // Without a search index the check cannot run: one line naming the key.
+    let out = run_smoke(
+        &assets,
+        &dir.path().join("nosearch"),
+        &[
+            "--rounds",
+            "1",
+            "--set",
+            "generate.grounding_k=3",
+            "--set",
+            "generate.search_mode=none",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("generate.grounding_k"),
+        "{}",
+        stderr(&out)
+    );
+}
