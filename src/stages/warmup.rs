@@ -21,6 +21,7 @@ use crate::model::scoring::{LossPositions, build_batch, selected_logprobs};
 use crate::model::train::{TrainConfig, Trainer};
 use crate::params::{ParamSpec, Params, ParamsExt};
 use crate::rl::metrics::{normalize_answer, sub_exact_match};
+use crate::rl::rewards::contains_answer;
 use crate::roles::tool::ToolFormat;
 use crate::roles::{Message, generator, grm, policy};
 use crate::search::SearchEnv;
@@ -50,7 +51,12 @@ impl Demo {
 /// Builds the demonstrations from labelled corpus QA (train split) and the search tool.
 /// `search(query)` returns the rendered result body and `wrap(body)` the text the model reads
 /// after its call; calls are written in `tools`' format and `end_of_turn` closes each answer
-/// (the model's chat format: `<|im_end|>` in ChatML).
+/// (the model's chat format: `<|im_end|>` in ChatML). `title(q)` is the title of the article a
+/// question was built from, the topic of its generator demonstration as `generate` gives its
+/// topics; without one the question's subject stands in. Policy and generator demonstrations are
+/// kept only when the search results hold the answer (the count of the others is returned), so
+/// every demonstrated task passes `generate`'s grounding check.
+#[allow(clippy::too_many_arguments)]
 pub fn build_demos(
     qa: &[QaRow],
     counts: [usize; 3],
@@ -59,6 +65,7 @@ pub fn build_demos(
     end_of_turn: &str,
     mut search: impl FnMut(&str) -> String,
     wrap: impl Fn(&str) -> String,
+    title: impl Fn(&QaRow) -> Option<String>,
 ) -> (Vec<Demo>, usize) {
     let mut rows: Vec<&QaRow> = qa
         .iter()
@@ -98,29 +105,40 @@ pub fn build_demos(
         });
         made += 1;
     }
-    for q in it.by_ref().take(n_generator) {
-        let title = topic_title(q);
-        let info = search(&title);
+    let mut made = 0;
+    for q in it.by_ref() {
+        if made == n_generator {
+            break;
+        }
+        let answer = &q.answers[0];
+        let topic = title(q).unwrap_or_else(|| topic_title(q));
+        let info = search(&topic);
+        if sub_exact_match(&normalize_answer(&info), std::slice::from_ref(answer)) == 0.0
+            || contains_answer(&q.question, answer)
+        {
+            ungrounded += 1;
+            continue;
+        }
         demos.push(Demo {
             id: format!("warmup-generator-{}", q.id),
             role: Role::Generator,
-            messages: generator::seed_prompt(&title, tools),
+            messages: generator::seed_prompt(&topic, tools),
             pieces: vec![
                 (
-                    format!("<think>I should look up {title}.</think>\n{}", tools.call(&title)),
+                    format!("<think>I should look up {topic}.</think>\n{}", tools.call(&topic)),
                     true,
                 ),
                 (wrap(&info), false),
                 (
                     format!(
-                        "<think>I can ask about this.</think>\n<question>{}</question>\n<answer>{}</answer>{end_of_turn}",
+                        "<think>I can ask about this.</think>\n<question>{}</question>\n<answer>{answer}</answer>{end_of_turn}",
                         q.question.trim(),
-                        q.answers[0]
                     ),
                     true,
                 ),
             ],
         });
+        made += 1;
     }
     let pool: Vec<&QaRow> = it.take(n_grm + 1).collect();
     for (i, pair) in pool.windows(2).enumerate() {
@@ -151,8 +169,8 @@ pub fn build_demos(
     (demos, ungrounded)
 }
 
-/// A topic for the generator's prompt: the question without its first two words
-/// ("Who founded", "What is") and its question mark, which names the article's subject.
+/// A topic for the generator's prompt when the question's article is unknown: the question
+/// without its first two words ("Who founded", "What is") and its question mark.
 fn topic_title(q: &QaRow) -> String {
     let words: Vec<&str> = q
         .question
@@ -253,6 +271,10 @@ impl Stage for WarmupStage {
                 None => "No results.".to_string(),
             },
             |body| agent.tool_result(body),
+            |q| {
+                let doc = q.source_doc_id.as_deref()?;
+                Some(env?.passage(doc)?.title.clone())
+            },
         );
         if demos.is_empty() {
             return Err(Error::stage("warmup", "no demonstrations could be built"));
@@ -388,7 +410,7 @@ mod tests {
 
     #[test]
     fn demonstrations_follow_every_role_format_and_mask_tool_text() {
-        let rows: Vec<QaRow> = (0..12)
+        let rows: Vec<QaRow> = (0..24)
             .map(|i| {
                 qa(
                     &format!("q{i}"),
@@ -418,6 +440,10 @@ mod tests {
                 }
             },
             wrap,
+            |q| {
+                let n = q.id.trim_start_matches('q');
+                Some(format!("City {n}"))
+            },
         );
         let by = |r: Role| demos.iter().filter(|d| d.role == r).collect::<Vec<_>>();
         assert_eq!(by(Role::Policy).len(), 3);
@@ -441,6 +467,25 @@ mod tests {
         for d in by(Role::Generator) {
             let g = generator::parse(&d.text());
             assert!(g.error.is_none(), "{:?}", g.error);
+            // The topic is the article's title, as `generate` gives it, the search is for it,
+            // and the results hold the answer.
+            let answer = g.answer.unwrap();
+            let n = answer.trim_start_matches("Founder ");
+            assert!(
+                d.messages[1].content.contains(&format!("City {n}")),
+                "{:?}",
+                d.messages
+            );
+            assert!(
+                d.text().contains(&format!("<search>City {n}</search>")),
+                "{}",
+                d.text()
+            );
+            assert!(
+                d.text().contains(&format!("founded by Founder {n}")),
+                "{}",
+                d.text()
+            );
         }
         let verdicts: Vec<grm::Verdict> = by(Role::Grm)
             .iter()
