@@ -36,6 +36,11 @@ use crate::shards::{ShardKind, read_rows, shard_path, write_rows};
 pub struct EvalStage;
 
 impl Stage for EvalStage {
+    /// 2: guided decoding completes a closing tag the budget cuts.
+    fn version(&self) -> u32 {
+        2
+    }
+
     fn name(&self) -> &'static str {
         "eval"
     }

@@ -31,6 +31,11 @@ struct Seed {
 }
 
 impl Stage for GenerateStage {
+    /// 2: guided decoding completes a closing tag the budget cuts; `grounding_k`.
+    fn version(&self) -> u32 {
+        2
+    }
+
     fn splits(&self) -> bool {
         true
     }

@@ -38,6 +38,11 @@ struct Item {
 }
 
 impl Stage for JudgeStage {
+    /// 2: guided decoding completes a closing tag the budget cuts.
+    fn version(&self) -> u32 {
+        2
+    }
+
     fn splits(&self) -> bool {
         true
     }

@@ -26,6 +26,11 @@ use crate::shards::{ShardKind, shard_path, write_rows};
 pub struct RolloutStage;
 
 impl Stage for RolloutStage {
+    /// 2: guided decoding completes a closing tag the budget cuts.
+    fn version(&self) -> u32 {
+        2
+    }
+
     fn splits(&self) -> bool {
         true
     }

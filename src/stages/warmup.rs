@@ -194,6 +194,11 @@ fn role_name(role: Role) -> &'static str {
 }
 
 impl Stage for WarmupStage {
+    /// 2: generator demonstrations take the article's title as topic and must be grounded.
+    fn version(&self) -> u32 {
+        2
+    }
+
     fn name(&self) -> &'static str {
         "warmup"
     }
