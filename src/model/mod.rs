@@ -22,6 +22,7 @@ pub(crate) mod guide;
 pub mod hf;
 pub mod io;
 pub mod llama;
+pub(crate) mod optim;
 #[cfg(test)]
 mod parity;
 pub mod placement;

@@ -1,6 +1,6 @@
-//! The trainer: AdamW steps with global grad-norm clipping and linear warm-up, a cheaper mode
-//! that trains only the last k decoder blocks (+ final norm), gradient export / summation across
-//! workers, and HF-layout checkpoints. Sequences are scored by [`super::scoring`]; the
+//! The trainer: the weights being trained (all, or only the last k decoder blocks + final norm,
+//! the rest constants), stepped by [`super::optim`]'s AdamW; gradient export / summation across
+//! workers; and HF-layout checkpoints. Sequences are scored by [`super::scoring`]; the
 //! policy-gradient loss lives in [`crate::rl::loss`].
 
 use std::collections::HashMap;
@@ -13,52 +13,10 @@ use candle_nn::{Init, VarBuilder};
 
 use super::config::{Config, load_config};
 use super::error::{ModelError, Result};
-use super::io::{
-    StagingDir, load_safetensors_dir, load_safetensors_dir_file, save_safetensors, write_json,
-};
+use super::io::{StagingDir, load_safetensors_dir, save_safetensors, write_json};
 use super::llama::Model;
-
-/// Optimizer settings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TrainConfig {
-    pub lr: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub weight_decay: f64,
-    /// Linear warm-up from lr/warmup to lr over this many steps (0: none).
-    pub warmup_steps: usize,
-    /// Global grad-norm clip (<= 0: none).
-    pub max_grad_norm: f64,
-    /// Train only the last k blocks + final norm (None: everything).
-    pub train_last_k: Option<usize>,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        Self {
-            lr: 1e-6,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            warmup_steps: 0,
-            max_grad_norm: 1.0,
-            train_last_k: None,
-        }
-    }
-}
-
-/// Statistics of one optimizer step.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct StepStats {
-    /// Global grad norm before clipping.
-    pub grad_norm: f64,
-    /// Learning rate used.
-    pub lr: f64,
-    /// Steps done so far (including this one).
-    pub step: usize,
-}
+use super::optim::AdamW;
+pub use super::optim::{OPTIMIZER_FILE, StepStats, TRAINER_STATE_FILE, TrainConfig};
 
 /// One parameter's gradient, for exchange between workers.
 #[derive(Debug, Clone, PartialEq)]
@@ -118,26 +76,7 @@ pub struct Trainer {
     source_dir: PathBuf,
     vars: Vec<(String, Var)>,
     frozen: HashMap<String, Tensor>,
-    opt: AdamMoments,
-    cfg: TrainConfig,
-    step: usize,
-}
-
-/// AdamW's first and second moments per trainable tensor. Written by hand rather than taken from
-/// candle-nn: its `AdamW` keeps the moments private, so a checkpoint could not carry them and
-/// every round's `apply` would restart the optimizer from zero.
-struct AdamMoments {
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
-}
-
-/// File names of the optimizer state inside a checkpoint folder.
-pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct TrainerState {
-    step: usize,
+    opt: AdamW,
 }
 
 impl Trainer {
@@ -181,40 +120,7 @@ impl Trainer {
             },
             other => other,
         })?;
-        // Moments saved beside the weights resume; tensors without saved moments (e.g. a
-        // different `train_last_k`) start from zero.
-        let saved = match dir.join(OPTIMIZER_FILE) {
-            p if p.exists() => load_safetensors_dir_file(&p, device)?,
-            _ => HashMap::new(),
-        };
-        let moment = |kind: &str, name: &str, var: &Var| -> Result<Tensor> {
-            match saved.get(&format!("{kind}.{name}")) {
-                Some(t) if t.dims() == var.dims() => Ok(t.clone()),
-                Some(t) => Err(ModelError::Weights {
-                    path: dir.join(OPTIMIZER_FILE),
-                    msg: format!(
-                        "optimizer moment {kind}.{name} has shape {:?}, the weight {:?}",
-                        t.dims(),
-                        var.dims()
-                    ),
-                }),
-                None => Ok(var.as_tensor().zeros_like()?),
-            }
-        };
-        let mut opt = AdamMoments {
-            m: Vec::new(),
-            v: Vec::new(),
-        };
-        for (name, var) in &sorted {
-            opt.m.push(moment("m", name, var)?);
-            opt.v.push(moment("v", name, var)?);
-        }
-        let state_path = dir.join(TRAINER_STATE_FILE);
-        let step = if state_path.exists() {
-            super::io::read_json::<TrainerState>(&state_path, "trainer state")?.step
-        } else {
-            0
-        };
+        let opt = AdamW::resume(dir, device, cfg, &sorted)?;
         Ok(Self {
             model,
             config,
@@ -222,14 +128,12 @@ impl Trainer {
             vars: sorted,
             frozen,
             opt,
-            cfg,
-            step,
         })
     }
 
     /// Optimizer steps taken since the weights were first trained.
     pub fn steps_done(&self) -> usize {
-        self.step
+        self.opt.steps_done()
     }
 
     pub fn model(&self) -> &Model {
@@ -246,70 +150,11 @@ impl Trainer {
         Ok(loss.backward()?)
     }
 
-    fn lr_at(&self, step: usize) -> f64 {
-        if self.cfg.warmup_steps == 0 {
-            self.cfg.lr
-        } else {
-            self.cfg.lr * ((step + 1) as f64 / self.cfg.warmup_steps as f64).min(1.0)
-        }
-    }
-
     /// Clips the global grad norm, applies warm-up and one AdamW step.
     pub fn step(&mut self, grads: &mut GradStore) -> Result<StepStats> {
-        let mut sq = 0f64;
-        for (_, v) in &self.vars {
-            if let Some(g) = grads.get(v.as_tensor()) {
-                sq += g
-                    .sqr()?
-                    .sum_all()?
-                    .to_dtype(DType::F64)?
-                    .to_scalar::<f64>()?;
-            }
-        }
-        let norm = sq.sqrt();
-        if !norm.is_finite() {
-            return Err(ModelError::InvalidArgument(format!(
-                "non-finite gradient norm {norm}; step skipped"
-            )));
-        }
-        if self.cfg.max_grad_norm > 0.0 && norm > self.cfg.max_grad_norm {
-            let scale = self.cfg.max_grad_norm / (norm + 1e-6);
-            for (_, v) in &self.vars {
-                if let Some(g) = grads.get(v.as_tensor()) {
-                    let scaled = (g * scale)?;
-                    grads.insert(v.as_tensor(), scaled);
-                }
-            }
-        }
-        let lr = self.lr_at(self.step);
-        self.adamw_update(grads, lr)?;
-        self.step += 1;
+        let stats = self.opt.step(&self.vars, grads)?;
         crate::memory::release_free_memory_if_large();
-        Ok(StepStats {
-            grad_norm: norm,
-            lr,
-            step: self.step,
-        })
-    }
-
-    /// Decoupled weight decay, then the bias-corrected Adam update, per trainable tensor.
-    fn adamw_update(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
-        let c = &self.cfg;
-        let t = (self.step + 1) as i32;
-        let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
-        for (i, (_, var)) in self.vars.iter().enumerate() {
-            let Some(g) = grads.get(var.as_tensor()) else {
-                continue;
-            };
-            let m = ((&self.opt.m[i] * c.beta1)? + (g * (1.0 - c.beta1))?)?;
-            let v = ((&self.opt.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-            let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + c.eps)?)?;
-            let theta = (var.as_tensor() * (1.0 - lr * c.weight_decay))?;
-            var.set(&(theta - (update * lr)?)?)?;
-            self.opt.m[i] = m;
-            self.opt.v[i] = v;
-        }
-        Ok(())
+        Ok(stats)
     }
 
     /// Gradients of the trainable tensors by name (sorted; zeros where
@@ -413,22 +258,7 @@ impl Trainer {
                 &serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map}),
             )?;
         }
-        let moments: Vec<(String, Tensor)> = self
-            .vars
-            .iter()
-            .enumerate()
-            .flat_map(|(i, (name, _))| {
-                [
-                    (format!("m.{name}"), self.opt.m[i].clone()),
-                    (format!("v.{name}"), self.opt.v[i].clone()),
-                ]
-            })
-            .collect();
-        save_safetensors(&stage.path().join(OPTIMIZER_FILE), &moments)?;
-        write_json(
-            &stage.path().join(TRAINER_STATE_FILE),
-            &TrainerState { step: self.step },
-        )?;
+        self.opt.save(stage.path(), &self.vars)?;
         write_json(&stage.path().join("config.json"), &self.config)?;
         for f in [
             "tokenizer.json",
