@@ -8,6 +8,43 @@ pub mod policy;
 pub mod tags;
 pub mod tool;
 
+/// One of the three roles, as shards and settings name it (`policy`, `generator`, `grm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    Policy,
+    Generator,
+    Grm,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Policy, Role::Generator, Role::Grm];
+
+    /// The role's name in shards (`role` columns) and settings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Policy => "policy",
+            Role::Generator => "generator",
+            Role::Grm => "grm",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown role {s:?} (policy, generator, grm)"))
+    }
+}
+
 /// The most characters of one role's output (a question, an answer) placed in another role's
 /// prompt; longer text is cut with `…` (a 10 kB answer must not push a judge's prompt past the
 /// model's context).

@@ -137,12 +137,7 @@ pub fn sampling_specs(max_new_tokens: u64, max_turns: u64, temperature: f64) -> 
 }
 
 /// Which role's format a run follows (for structure-guided decoding).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Policy,
-    Generator,
-    Grm,
-}
+pub use crate::roles::Role;
 
 /// The settings every model stage shares, typed and checked: built from the stage's params when
 /// the pipeline loads ([`check_agent_params`], so a bad value fails before any stage runs) and

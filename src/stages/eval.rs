@@ -352,7 +352,7 @@ pub fn evaluate(
             round: 0,
             checkpoint: String::new(),
             dataset: format!("qa:{split}"),
-            role: "policy".into(),
+            role: Role::Policy.as_str().into(),
             item_id: q.id.clone(),
             sample,
             seed: requests[i].seed,
@@ -535,7 +535,7 @@ fn policy_metrics(items: &[EvalItemRow], dataset: &str, samples: u32) -> Vec<Eva
         round: 0,
         checkpoint: String::new(),
         dataset: dataset.to_string(),
-        role: "policy".into(),
+        role: Role::Policy.as_str().into(),
         metric: metric.into(),
         value,
         count: count as u64,
@@ -600,7 +600,7 @@ fn judge_items(
                 round: 0,
                 checkpoint: String::new(),
                 dataset: dataset.to_string(),
-                role: "grm".into(),
+                role: Role::Grm.as_str().into(),
                 item_id: it.item_id.clone(),
                 sample: 0,
                 seed: it.seed,
@@ -683,12 +683,12 @@ pub fn evaluate_file(
     let mut evaluation = evaluate(&agent, &params, &qa, &[], 0, show_reference)?
         .stamped(0, &model_dir.to_string_lossy());
     for r in &mut evaluation.metrics {
-        if r.role == "policy" {
+        if r.role == Role::Policy.as_str() {
             r.dataset = qa_file.display().to_string();
         }
     }
     for r in &mut evaluation.items {
-        if r.role == "policy" {
+        if r.role == Role::Policy.as_str() {
             r.dataset = qa_file.display().to_string();
         }
     }

@@ -211,7 +211,7 @@ impl Stage for GenerateStage {
                 TrajectoryIds {
                     trajectory_id: trajectory_id.clone(),
                     task_id: task_id.clone(),
-                    role: "generator",
+                    role: Role::Generator.as_str(),
                     attempt: 0,
                     seed: seed_value,
                 },
@@ -269,7 +269,7 @@ fn task_seeds(ctx: &StageContext, n: usize) -> Result<Vec<Seed>> {
         let rewards: Vec<RewardRow> =
             read_rows(ctx.input_files(Upstream::previous_round("reward"))?)?;
         let mut solved: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
-        for r in rewards.iter().filter(|r| r.role == "policy") {
+        for r in rewards.iter().filter(|r| r.role == Role::Policy.as_str()) {
             let e = solved.entry(r.task_id.as_str()).or_default();
             e.0 += usize::from(r.reward > 0.5);
             e.1 += 1;

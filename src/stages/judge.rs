@@ -177,7 +177,7 @@ impl Stage for JudgeStage {
                         TrajectoryIds {
                             trajectory_id: judgment_id.clone(),
                             task_id: item.task_id.clone(),
-                            role: "grm",
+                            role: Role::Grm.as_str(),
                             attempt: item.sample,
                             seed,
                         },

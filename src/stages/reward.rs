@@ -34,6 +34,7 @@ use crate::rl::rewards::{
     grm_reward, majority_answer, penalised_generator_reward, policy_reward, repetition_penalties,
     solve_rate,
 };
+use crate::roles::Role;
 use crate::seed::stable_u64;
 use crate::shards::rows::{JudgmentRow, RewardRow, TaskRow, TrajectoryRow};
 use crate::shards::{ShardKind, read_kind, shard_path, write_rows};
@@ -46,11 +47,18 @@ const JUDGE: Upstream = Upstream::optional("judge");
 /// Judgments matter when the GRM verifies attempts or trains; a pipeline without a judge
 /// (Search-R1, R-Zero) must not pick up one that happens to sit in the run dir.
 fn reads_judgments(params: &Params) -> bool {
-    params.str("verifier") == "grm"
-        || params
-            .str("train_roles")
-            .split(',')
-            .any(|r| r.trim() == "grm")
+    params.str("verifier") == "grm" || train_roles(params).is_ok_and(|r| r.contains(&Role::Grm))
+}
+
+/// `reward.train_roles`: the roles whose rows train.
+fn train_roles(params: &Params) -> Result<Vec<Role>> {
+    params
+        .str("train_roles")
+        .split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(|r| r.parse().map_err(|e| Error::param("reward.train_roles", e)))
+        .collect()
 }
 
 /// The reward stage's parameters, parsed.
@@ -62,7 +70,7 @@ pub struct Settings {
     bonus: bool,
     repetition_threshold: f64,
     band: (f64, f64),
-    roles: Vec<String>,
+    roles: Vec<Role>,
     scale: Scale,
 }
 
@@ -88,12 +96,7 @@ pub fn settings(params: &Params) -> Result<Settings> {
         bonus: params.bool("format_bonus"),
         repetition_threshold: params.f64("repetition_threshold"),
         band: (params.f64("solve_rate_min"), params.f64("solve_rate_max")),
-        roles: params
-            .str("train_roles")
-            .split(',')
-            .map(|r| r.trim().to_string())
-            .filter(|r| !r.is_empty())
-            .collect(),
+        roles: train_roles(params)?,
         scale: params
             .str("advantage_scale")
             .parse()
@@ -364,7 +367,7 @@ pub fn compute(
     for a in attempts {
         by_task.entry(&a.task_id).or_default().push(a);
     }
-    let trains = |role: &str| s.roles.iter().any(|r| r == role);
+    let trains = |role: Role| s.roles.contains(&role);
     let mut rows: Vec<RewardRow> = Vec::new();
     let mut unjudged = 0;
     let mut solve_rates = Vec::new();
@@ -440,8 +443,8 @@ pub fn compute(
             rows.push(RewardRow {
                 trajectory_id: gid.clone(),
                 task_id: task.task_id.clone(),
-                role: "generator".into(),
-                group_id: "generator".into(),
+                role: Role::Generator.as_str().into(),
+                group_id: Role::Generator.as_str().into(),
                 scheme: s.scheme.row_name().into(),
                 reward: gen_raw as f32,
                 format_bonus: bonus as f32,
@@ -451,19 +454,19 @@ pub fn compute(
                     None => "valid".to_string(),
                     Some(r) => format!("invalid: {r}"),
                 }),
-                train: trains("generator") && run.is_some(),
+                train: trains(Role::Generator) && run.is_some(),
             });
         }
         let labelled = task.template == "labelled";
         let in_band = p >= s.band.0 && p <= s.band.1;
-        let policy_trains = trains("policy") && valid && in_band && (labelled || gen_raw > 0.0);
+        let policy_trains = trains(Role::Policy) && valid && in_band && (labelled || gen_raw > 0.0);
         for (a, &c) in group.iter().zip(&correct) {
             let reward = policy_reward(c);
             let total = reward + bonus_of(s, Some(a));
             rows.push(RewardRow {
                 trajectory_id: a.trajectory_id.clone(),
                 task_id: task.task_id.clone(),
-                role: "policy".into(),
+                role: Role::Policy.as_str().into(),
                 group_id: task.task_id.clone(),
                 scheme: s.verifier.row_name().into(),
                 reward: reward as f32,
@@ -504,15 +507,15 @@ pub fn compute(
 
     let mut unparsable = BTreeMap::new();
     unparsable.insert(
-        "policy".to_string(),
+        Role::Policy.as_str().to_string(),
         attempts.iter().filter(|a| !a.parsed).count(),
     );
     unparsable.insert(
-        "generator".to_string(),
+        Role::Generator.as_str().to_string(),
         generator_runs.iter().filter(|a| !a.parsed).count(),
     );
     unparsable.insert(
-        "grm".to_string(),
+        Role::Grm.as_str().to_string(),
         judge_runs.iter().filter(|a| !a.parsed).count(),
     );
     Computed {
@@ -577,7 +580,7 @@ fn grm_rows(
     let kept = grm_trains(s.labels, s.balance, &judged, &labels, |i| {
         stable_u64(&[&seed.to_string(), &ran[i].judgment_id])
     });
-    let trains = s.roles.iter().any(|r| r == "grm");
+    let trains = s.roles.contains(&Role::Grm);
     ran.iter()
         .zip(&judged)
         .enumerate()
@@ -592,8 +595,8 @@ fn grm_rows(
             RewardRow {
                 trajectory_id: j.judge_trajectory_id.clone(),
                 task_id: j.task_id.clone(),
-                role: "grm".into(),
-                group_id: "grm".into(),
+                role: Role::Grm.as_str().into(),
+                group_id: Role::Grm.as_str().into(),
                 scheme: s.labels.row_name(&judgment.judged).into(),
                 reward: reward as f32,
                 format_bonus: bonus as f32,
@@ -619,7 +622,7 @@ mod tests {
             bonus: false,
             repetition_threshold: 0.5,
             band: (0.0, 1.0),
-            roles: vec!["policy".into(), "generator".into(), "grm".into()],
+            roles: Role::ALL.to_vec(),
             scale: Scale::Group,
         }
     }
@@ -842,7 +845,7 @@ mod tests {
             GeneratorScheme::Entropy,
             LabelMode::SelfVerdict,
         );
-        s.roles = vec!["grm".into()];
+        s.roles = vec![Role::Grm];
         let c = compute(
             &s,
             1,
@@ -908,7 +911,7 @@ mod tests {
             GeneratorScheme::Entropy,
             LabelMode::SelfVerdict,
         );
-        s.roles = vec!["grm".into()];
+        s.roles = vec![Role::Grm];
         let c = compute(
             &s,
             9,
@@ -964,7 +967,7 @@ mod tests {
                 GeneratorScheme::Entropy,
                 LabelMode::SelfVerdict,
             );
-            s.roles = vec!["grm".into()];
+            s.roles = vec![Role::Grm];
             s.balance = balance;
             let c = compute(
                 &s,
@@ -1063,7 +1066,7 @@ mod tests {
         attempts.push(traj("t2-p1", "t2", "policy", Some("Po")));
         let mut s = settings(Verifier::Rule, GeneratorScheme::Entropy, LabelMode::Rule);
         s.bonus = true;
-        s.roles = vec!["policy".into()];
+        s.roles = vec![Role::Policy];
         for scale in [Scale::Group, Scale::Batch, Scale::None] {
             s.scale = scale;
             let c = compute(&s, 1, &[t.clone(), u.clone()], &[], &attempts, &[], &[]);

@@ -97,7 +97,7 @@ impl Stage for RolloutStage {
                 ids.push(TrajectoryIds {
                     trajectory_id: format!("{}-p{attempt}", task.task_id),
                     task_id: task.task_id.clone(),
-                    role: "policy",
+                    role: Role::Policy.as_str(),
                     attempt,
                     seed,
                 });

@@ -131,7 +131,7 @@ impl Stage for SelfCheckStage {
                 TrajectoryIds {
                     trajectory_id: judgment_id.clone(),
                     task_id: task.task_id.clone(),
-                    role: "grm",
+                    role: Role::Grm.as_str(),
                     attempt: sample,
                     seed: req.seed,
                 },

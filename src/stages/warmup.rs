@@ -185,14 +185,6 @@ fn topic_title(q: &QaRow) -> String {
     }
 }
 
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Policy => "policy",
-        Role::Generator => "generator",
-        Role::Grm => "grm",
-    }
-}
-
 impl Stage for WarmupStage {
     /// 2: generator demonstrations take the article's title as topic and must be grounded.
     fn version(&self) -> u32 {
@@ -300,7 +292,7 @@ impl Stage for WarmupStage {
             rows.push(TrajectoryRow {
                 trajectory_id: d.id.clone(),
                 task_id: d.id.clone(),
-                role: role_name(d.role).into(),
+                role: d.role.as_str().into(),
                 attempt: 0,
                 seed: 0,
                 prompt_ids,
