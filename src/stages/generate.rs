@@ -30,6 +30,57 @@ struct Seed {
     parent: Option<(TaskRow, Direction)>,
 }
 
+/// Where a round's tasks come from (`generate.source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The model writes them.
+    Generator,
+    /// Labelled train questions (Search-R1).
+    Qa,
+}
+
+/// The generate stage's own settings, typed and checked when the pipeline loads (the sampling
+/// settings are [`super::agent::AgentSettings`]).
+#[derive(Debug, Clone)]
+struct Settings {
+    source: Source,
+    tasks: usize,
+    resample: bool,
+    depth_from_round: u32,
+    solve_threshold: f64,
+    min_searches: usize,
+    grounding_k: usize,
+}
+
+impl Settings {
+    fn from_params(params: &Params) -> Result<Settings> {
+        let source = match params.str("source") {
+            "qa" => Source::Qa,
+            _ => Source::Generator,
+        };
+        let s = Settings {
+            source,
+            tasks: params.u64("tasks") as usize,
+            resample: params.bool("resample"),
+            depth_from_round: params.u64("depth_from_round") as u32,
+            solve_threshold: params.f64("solve_threshold"),
+            min_searches: params.u64("min_searches") as usize,
+            grounding_k: params.u64("grounding_k") as usize,
+        };
+        if s.tasks == 0 {
+            return Err(Error::param("generate.tasks", "must be at least 1"));
+        }
+        if s.grounding_k > 0 && s.source == Source::Generator && params.str("search_mode") == "none"
+        {
+            return Err(Error::param(
+                "generate.grounding_k",
+                "needs a search index (generate.search_mode is none)",
+            ));
+        }
+        Ok(s)
+    }
+}
+
 impl Stage for GenerateStage {
     /// 2: guided decoding completes a closing tag the budget cuts; `grounding_k`.
     fn version(&self) -> u32 {
@@ -46,13 +97,7 @@ impl Stage for GenerateStage {
 
     fn check(&self, params: &Params) -> Result<()> {
         super::agent::check_agent_params(params, "generate")?;
-        if params.u64("grounding_k") > 0 && params.str("search_mode") == "none" {
-            return Err(Error::param(
-                "generate.grounding_k",
-                "needs a search index (generate.search_mode is none)",
-            ));
-        }
-        Ok(())
+        Settings::from_params(params).map(|_| ())
     }
 
     fn about(&self) -> &'static str {
@@ -119,27 +164,24 @@ impl Stage for GenerateStage {
     }
 
     fn run(&self, ctx: &StageContext) -> Result<StageOutput> {
-        let n = ctx.params.u64("tasks") as usize;
-        if n == 0 {
-            return Err(Error::param("generate.tasks", "must be at least 1"));
-        }
+        let settings = Settings::from_params(ctx.params)?;
+        let n = settings.tasks;
         let tasks_path = shard_path(&ctx.out_dir, ShardKind::Tasks, ctx.shard.index);
-        if ctx.params.str("source") == "qa" {
-            let tasks = labelled_tasks(ctx, n)?;
+        if settings.source == Source::Qa {
+            let tasks = labelled_tasks(ctx, n, settings.resample)?;
             let rows = write_rows(&tasks_path, &tasks)?;
             return Ok(StageOutput {
                 files: vec![tasks_path],
                 summary: format!("{rows} labelled tasks"),
             });
         }
-        let seeds = task_seeds(ctx, n)?;
-        let template = if ctx.round >= ctx.params.u64("depth_from_round") as u32 {
+        let seeds = task_seeds(ctx, n, settings.solve_threshold)?;
+        let template = if ctx.round >= settings.depth_from_round {
             Template::Depth
         } else {
             Template::Width
         };
-        let agent =
-            Agent::load(ctx, "generate")?.require_searches(ctx.params.u64("min_searches") as usize);
+        let agent = Agent::load(ctx, "generate")?.require_searches(settings.min_searches);
         let mut ids = Vec::new();
         let mut requests = Vec::new();
         let tools = tool_format(ctx.params, "generate")?;
@@ -166,7 +208,7 @@ impl Stage for GenerateStage {
             });
             ids.push((i, task_id, seed_value));
         }
-        let grounding_k = ctx.params.u64("grounding_k") as usize;
+        let grounding_k = settings.grounding_k;
         let search = match (grounding_k, agent.search_env()) {
             (0, _) => None,
             (_, Some(env)) => Some((env, agent.search_mode())),
@@ -259,7 +301,7 @@ impl Stage for GenerateStage {
 
 /// Topic seeds for round 1, evolved parents afterwards (topics fill in when the previous round
 /// left fewer valid tasks than `n`).
-fn task_seeds(ctx: &StageContext, n: usize) -> Result<Vec<Seed>> {
+fn task_seeds(ctx: &StageContext, n: usize, solve_threshold: f64) -> Result<Vec<Seed>> {
     let mut seeds = Vec::with_capacity(n);
     let prev_tasks: Vec<TaskRow> = tasks(ctx.input_files(Upstream::previous_round("generate"))?)?
         .into_iter()
@@ -274,7 +316,6 @@ fn task_seeds(ctx: &StageContext, n: usize) -> Result<Vec<Seed>> {
             e.0 += usize::from(r.reward > 0.5);
             e.1 += 1;
         }
-        let threshold = ctx.params.f64("solve_threshold");
         let mut order: Vec<&TaskRow> = prev_tasks.iter().collect();
         order.sort_by_key(|t| stable_u64(&[&ctx.seed.to_string(), &t.task_id]));
         for t in order.into_iter().take(n) {
@@ -282,7 +323,7 @@ fn task_seeds(ctx: &StageContext, n: usize) -> Result<Vec<Seed>> {
                 .get(t.task_id.as_str())
                 .map(|&(k, m)| k as f64 / m.max(1) as f64)
                 .unwrap_or(0.0);
-            let dir = if rate >= threshold {
+            let dir = if rate >= solve_threshold {
                 Direction::Harder
             } else {
                 Direction::Easier
@@ -315,7 +356,7 @@ fn task_seeds(ctx: &StageContext, n: usize) -> Result<Vec<Seed>> {
 /// `n` labelled training questions as tasks: a different seeded sample each round, or with
 /// `resample = false` the same `n` questions in every round and every run (a fixed set to
 /// watch the training reward on).
-fn labelled_tasks(ctx: &StageContext, n: usize) -> Result<Vec<TaskRow>> {
+fn labelled_tasks(ctx: &StageContext, n: usize, resample: bool) -> Result<Vec<TaskRow>> {
     let mut rows: Vec<QaRow> = read_rows::<QaRow>(ctx.input_files(Upstream::needs("qa"))?)?
         .into_iter()
         .filter(|q| q.split == "train" && !q.answers.is_empty())
@@ -326,7 +367,7 @@ fn labelled_tasks(ctx: &StageContext, n: usize) -> Result<Vec<TaskRow>> {
             "source = qa, but the qa stage wrote no train questions",
         ));
     }
-    let key = if ctx.params.bool("resample") {
+    let key = if resample {
         ctx.seed.to_string()
     } else {
         "fixed".to_string()
