@@ -116,15 +116,7 @@ impl Stage for EvalStage {
 
     fn check(&self, params: &Params) -> Result<()> {
         super::agent::check_agent_params(params, "eval")?;
-        let samples = at_least_one(params, "samples")?;
-        at_least_one(params, "every")?;
-        if samples > 1 && params.f64("temperature") <= 0.0 {
-            return Err(Error::param(
-                "eval.samples",
-                format!("{samples} samples need eval.temperature > 0 (greedy gives one answer)"),
-            ));
-        }
-        Ok(())
+        EvalSettings::from_params(params).map(|_| ())
     }
 
     fn runs_in_round(&self, params: &Params, round: u32, last: u32) -> bool {
@@ -137,29 +129,96 @@ impl Stage for EvalStage {
     }
 
     fn run(&self, ctx: &StageContext) -> Result<StageOutput> {
-        self.check(ctx.params)?;
+        super::agent::check_agent_params(ctx.params, "eval")?;
+        let settings = EvalSettings::from_params(ctx.params)?;
         let ckpt = checkpoint_dir(ctx, "eval")?;
         let agent = Agent::load(ctx, "eval")?;
         let qa: Vec<QaRow> = read_rows(ctx.input_files(Upstream::needs("qa"))?)?;
-        let topics: Vec<String> = if ctx.params.u64("generator_prompts") > 0 {
+        let topics: Vec<String> = if settings.generator_prompts > 0 {
             let mut corpus: Vec<CorpusRow> =
                 read_rows(ctx.input_files(Upstream::needs("corpus"))?)?;
             corpus.sort_by_key(|r| stable_u64(&["eval-topics", &r.doc_id]));
             corpus
                 .into_iter()
-                .take(ctx.params.u64("generator_prompts") as usize)
+                .take(settings.generator_prompts)
                 .map(|r| r.title)
                 .collect()
         } else {
             Vec::new()
         };
         let checkpoint = crate::manifest::record_path(ctx.run_dir, &ckpt);
-        let show_reference = grm_show_reference(ctx.params, Some((ctx.run_dir, ctx.round)))?;
-        let evaluation = evaluate(&agent, ctx.params, &qa, &topics, ctx.seed, show_reference)?
+        let show_reference =
+            grm_show_reference(settings.grm_reference, Some((ctx.run_dir, ctx.round)))?;
+        let evaluation = evaluate(&agent, &settings, &qa, &topics, ctx.seed, show_reference)?
             .stamped(ctx.round, &checkpoint);
         Ok(StageOutput {
             files: evaluation.write(&ctx.out_dir, ctx.shard.index)?,
             summary: summary(&evaluation.metrics),
+        })
+    }
+}
+
+/// Which reference the GRM sees when eval measures it (`eval.grm_reference`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrmReference {
+    Shown,
+    Hidden,
+    /// As the round's `judge` was run (`show_reference`).
+    Judge,
+}
+
+/// The eval stage's own settings, typed and checked when the pipeline loads (the sampling
+/// settings are [`AgentSettings`]).
+#[derive(Debug, Clone)]
+pub struct EvalSettings {
+    /// The `qa` splits scored, each its own dataset (empty: every question, one dataset).
+    pub splits: Vec<String>,
+    /// Questions per split (0: all).
+    pub questions: usize,
+    pub samples: u32,
+    pub every: u64,
+    pub grm_questions: usize,
+    pub grm_reference: GrmReference,
+    pub verification: usize,
+    pub generator_prompts: usize,
+}
+
+impl EvalSettings {
+    pub fn from_params(params: &Params) -> Result<EvalSettings> {
+        let samples = at_least_one(params, "samples")?;
+        let every = at_least_one(params, "every")?;
+        if samples > 1 && params.f64("temperature") <= 0.0 {
+            return Err(Error::param(
+                "eval.samples",
+                format!("{samples} samples need eval.temperature > 0 (greedy gives one answer)"),
+            ));
+        }
+        let grm_reference = match params.str("grm_reference") {
+            "shown" => GrmReference::Shown,
+            "hidden" => GrmReference::Hidden,
+            "judge" => GrmReference::Judge,
+            other => {
+                return Err(Error::param(
+                    "eval.grm_reference",
+                    format!("unknown value {other:?} (judge, shown, hidden)"),
+                ));
+            }
+        };
+        Ok(EvalSettings {
+            splits: params
+                .str("split")
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+            questions: params.u64("questions") as usize,
+            samples: samples as u32,
+            every,
+            grm_questions: params.u64("grm_questions") as usize,
+            grm_reference,
+            verification: params.u64("verification") as usize,
+            generator_prompts: params.u64("generator_prompts") as usize,
         })
     }
 }
@@ -204,11 +263,11 @@ pub fn summary(rows: &[EvalRow]) -> String {
 /// Whether the GRM sees the gold answer when eval measures it (`grm_reference`): `judge` reads
 /// `show_reference` from the newest done `judge` of `run`'s round (true when there is none, the
 /// judge's default).
-pub fn grm_show_reference(params: &Params, run: Option<(&Path, u32)>) -> Result<bool> {
-    match params.str("grm_reference") {
-        "shown" => Ok(true),
-        "hidden" => Ok(false),
-        "judge" => {
+pub fn grm_show_reference(reference: GrmReference, run: Option<(&Path, u32)>) -> Result<bool> {
+    match reference {
+        GrmReference::Shown => Ok(true),
+        GrmReference::Hidden => Ok(false),
+        GrmReference::Judge => {
             let Some((run_dir, round)) = run else {
                 return Ok(true);
             };
@@ -222,10 +281,6 @@ pub fn grm_show_reference(params: &Params, run: Option<(&Path, u32)>) -> Result<
                 .and_then(|v| v.as_bool())
                 .unwrap_or(true))
         }
-        other => Err(Error::param(
-            "eval.grm_reference",
-            format!("unknown value {other:?} (judge, shown, hidden)"),
-        )),
     }
 }
 
@@ -266,13 +321,12 @@ impl Evaluation {
 /// stamp them.
 pub fn evaluate(
     agent: &Agent,
-    params: &Params,
+    settings: &EvalSettings,
     qa: &[QaRow],
     topics: &[String],
     seed: u64,
     show_reference: bool,
 ) -> Result<Evaluation> {
-    let split = params.str("split");
     let mut rows = Vec::new();
     let mut items: Vec<EvalItemRow> = Vec::new();
     let row = |dataset: &str, role: &str, metric: &str, value: f64, count: usize| EvalRow {
@@ -297,17 +351,13 @@ pub fn evaluate(
     };
 
     // Each named split is its own dataset; one agent call serves them all (one queue).
-    let mut splits: Vec<&str> = split
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
+    let mut splits: Vec<&str> = settings.splits.iter().map(String::as_str).collect();
     if splits.is_empty() {
         splits.push(""); // every split
     }
     let mut held_out: Vec<(&str, &QaRow)> = Vec::new();
     for split in &splits {
-        let questions = pick(split, params.u64("questions") as usize);
+        let questions = pick(split, settings.questions);
         if questions.is_empty() {
             return Err(Error::stage(
                 "eval",
@@ -316,7 +366,7 @@ pub fn evaluate(
         }
         held_out.extend(questions.into_iter().map(|q| (*split, q)));
     }
-    let samples = params.u64("samples") as u32;
+    let samples = settings.samples;
     let requests: Vec<Request> = held_out
         .iter()
         .flat_map(|(_, q)| {
@@ -382,7 +432,7 @@ pub fn evaluate(
     }
     let split = first_split;
 
-    predictions.truncate(params.u64("grm_questions") as usize);
+    predictions.truncate(settings.grm_questions);
     if !predictions.is_empty() {
         let judged: Vec<GrmItem> = predictions
             .iter()
@@ -418,8 +468,8 @@ pub fn evaluate(
         items.extend(judged);
     }
 
-    let verification = pick("dev", params.u64("verification") as usize + 1);
-    if params.u64("verification") > 0 && verification.len() >= 2 {
+    let verification = pick("dev", settings.verification + 1);
+    if settings.verification > 0 && verification.len() >= 2 {
         let mut pairs = Vec::new();
         for pair in verification.windows(2) {
             let (q, other) = (pair[0], pair[1]);
@@ -671,16 +721,16 @@ pub fn evaluate_file(
     params: &Params,
 ) -> Result<Evaluation> {
     let qa = super::sources::read_qa_file(qa_file)?;
-    let mut params = params.clone();
+    let mut eval_settings = EvalSettings::from_params(params)?;
     // A user's file is scored whole, whatever splits it names.
-    params.insert("split".into(), "".into());
-    let mut settings = AgentSettings::from_params(&params, "eval")?;
+    eval_settings.splits.clear();
+    let mut settings = AgentSettings::from_params(params, "eval")?;
     if run.is_none() {
         settings.search = None;
     }
     let agent = Agent::open(model_dir, run, &settings, "eval")?;
-    let show_reference = grm_show_reference(&params, run)?;
-    let mut evaluation = evaluate(&agent, &params, &qa, &[], 0, show_reference)?
+    let show_reference = grm_show_reference(eval_settings.grm_reference, run)?;
+    let mut evaluation = evaluate(&agent, &eval_settings, &qa, &[], 0, show_reference)?
         .stamped(0, &model_dir.to_string_lossy());
     for r in &mut evaluation.metrics {
         if r.role == Role::Policy.as_str() {
@@ -821,16 +871,15 @@ mod tests {
             p.insert("grm_reference".into(), v.into());
             p
         };
+        let reference = |v: &str| EvalSettings::from_params(&params(v)).map(|s| s.grm_reference);
         let dir = tempfile::tempdir().unwrap();
         let run = Some((dir.path(), 1));
-        assert!(grm_show_reference(&params("shown"), run).unwrap());
-        assert!(!grm_show_reference(&params("hidden"), run).unwrap());
+        assert!(grm_show_reference(reference("shown").unwrap(), run).unwrap());
+        assert!(!grm_show_reference(reference("hidden").unwrap(), run).unwrap());
         // No judge in the run: the judge's default (shown).
-        assert!(grm_show_reference(&params("judge"), run).unwrap());
-        assert!(grm_show_reference(&params("judge"), None).unwrap());
-        let e = grm_show_reference(&params("maybe"), run)
-            .unwrap_err()
-            .to_string();
+        assert!(grm_show_reference(reference("judge").unwrap(), run).unwrap());
+        assert!(grm_show_reference(reference("judge").unwrap(), None).unwrap());
+        let e = reference("maybe").unwrap_err().to_string();
         assert!(e.contains("eval.grm_reference") && !e.contains('\n'), "{e}");
         // A judge that hid the reference in round 1 (and not in round 2).
         let entry = |round: u32, show: bool| crate::manifest::Entry {
@@ -859,8 +908,8 @@ mod tests {
             m.entries.push(entry(2, true));
         })
         .unwrap();
-        assert!(!grm_show_reference(&params("judge"), Some((dir.path(), 1))).unwrap());
-        assert!(grm_show_reference(&params("judge"), Some((dir.path(), 2))).unwrap());
+        assert!(!grm_show_reference(reference("judge").unwrap(), Some((dir.path(), 1))).unwrap());
+        assert!(grm_show_reference(reference("judge").unwrap(), Some((dir.path(), 2))).unwrap());
         // With `judge`, the round's judge is an upstream (its outputs are in eval's identity).
         assert!(
             EvalStage
