@@ -186,6 +186,18 @@ pub fn contains_answer(text: &str, answer: &str) -> bool {
     !a.is_empty() && format!(" {} ", normalize_answer(text)).contains(&format!(" {a} "))
 }
 
+/// Whether `answer` restates `question`: the two share a two-word phrase after normalisation.
+/// A generator that copies the start of a passage as its answer (`What is the history of
+/// Peru?` → `The history of Peru spans 15`) does; of the 7,965 corpus-built questions, whose
+/// answers are article titles and facts, 4 do (`World War II` after `World War I`).
+pub fn restates_question(question: &str, answer: &str) -> bool {
+    let q = normalize_answer(question);
+    let q: Vec<&str> = q.split_whitespace().collect();
+    let a = normalize_answer(answer);
+    let a: Vec<&str> = a.split_whitespace().collect();
+    a.windows(2).any(|pair| q.windows(2).any(|w| w == pair))
+}
+
 /// Why a task is not grounded in the corpus, if it is not: none of the `passages` the search
 /// engine returns for its question holds its answer (`generate.grounding_k`). A label-free
 /// check that the task is solvable by searching, as the policy will: it rejects questions that
@@ -405,6 +417,16 @@ pub fn grm_reward(verdict_correct: bool, label_correct: bool) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_that_repeats_a_phrase_of_its_question_restates_it() {
+        let q = "What is the history of Peru?";
+        assert!(restates_question(q, "The history of Peru spans 15"));
+        assert!(restates_question(q, "history, of"));
+        assert!(!restates_question(q, "Peru"));
+        assert!(!restates_question(q, "Inca history"));
+        assert!(!restates_question("Who directed Alien?", "Ridley Scott"));
+    }
 
     #[test]
     fn a_task_is_grounded_when_a_passage_holds_its_answer() {

@@ -16,7 +16,7 @@ use super::{Stage, StageContext, StageOutput, Upstream};
 use crate::error::{Error, Result};
 use crate::model::sample::seq_seed;
 use crate::params::{ParamSpec, Params, ParamsExt};
-use crate::rl::rewards::{contains_answer, grounding, validity};
+use crate::rl::rewards::{contains_answer, grounding, restates_question, validity};
 use crate::roles::generator::{self, Direction, Template};
 use crate::seed::stable_u64;
 use crate::shards::rows::{CorpusRow, QaRow, RewardRow, TaskRow};
@@ -235,6 +235,10 @@ impl Stage for GenerateStage {
                 .or_else(|| {
                     contains_answer(&question, &answer)
                         .then(|| "the question contains its answer".to_string())
+                })
+                .or_else(|| {
+                    restates_question(&question, &answer)
+                        .then(|| "the answer restates the question".to_string())
                 });
             let invalid = match (invalid, search) {
                 (None, Some((env, mode))) => {
