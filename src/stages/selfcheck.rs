@@ -34,6 +34,31 @@ use crate::shards::{ShardKind, shard_path, write_rows};
 
 pub struct SelfCheckStage;
 
+/// The self-check's own settings, checked when the pipeline loads: each task's answer is judged
+/// `self_judgments` times and needs `v_min` "correct" verdicts.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    self_judgments: usize,
+    v_min: usize,
+}
+
+impl Settings {
+    fn from_params(params: &Params) -> Result<Settings> {
+        let v = params.u64("self_judgments") as usize;
+        let v_min = params.u64("v_min") as usize;
+        if v_min > v {
+            return Err(Error::param(
+                "selfcheck.v_min",
+                format!("{v_min} is more than selfcheck.self_judgments = {v}: no task could pass"),
+            ));
+        }
+        Ok(Settings {
+            self_judgments: v,
+            v_min,
+        })
+    }
+}
+
 impl Stage for SelfCheckStage {
     /// 2: guided decoding completes a closing tag the budget cuts.
     fn version(&self) -> u32 {
@@ -49,7 +74,8 @@ impl Stage for SelfCheckStage {
     }
 
     fn check(&self, params: &Params) -> Result<()> {
-        super::agent::check_agent_params(params, "selfcheck")
+        super::agent::check_agent_params(params, "selfcheck")?;
+        Settings::from_params(params).map(|_| ())
     }
 
     fn about(&self) -> &'static str {
@@ -86,14 +112,10 @@ impl Stage for SelfCheckStage {
     }
 
     fn run(&self, ctx: &StageContext) -> Result<StageOutput> {
-        let v = ctx.params.u64("self_judgments") as usize;
-        let v_min = ctx.params.u64("v_min") as usize;
-        if v_min > v {
-            return Err(Error::param(
-                "selfcheck.v_min",
-                format!("{v_min} is more than selfcheck.self_judgments = {v}: no task could pass"),
-            ));
-        }
+        let Settings {
+            self_judgments: v,
+            v_min,
+        } = Settings::from_params(ctx.params)?;
         let all = tasks(ctx.input_files(Upstream::needs("generate"))?)?;
         let owned: Vec<TaskRow> = all
             .into_iter()

@@ -278,6 +278,17 @@ fn out_of_range_and_closed_set_values_in_a_pipeline_file_are_refused_at_load() {
             &["generate.solve_threshold", "≤ 1"][..],
         ),
         ("apply", "lr = -0.001", &["apply.lr", "≥ 0"][..]),
+        // Settings that contradict each other.
+        (
+            "selfcheck",
+            "self_judgments = 2\nv_min = 3",
+            &["selfcheck.v_min", "no task could pass"][..],
+        ),
+        (
+            "generate",
+            "grounding_k = 3\nsearch_mode = \"none\"",
+            &["generate.grounding_k", "needs a search index"][..],
+        ),
     ] {
         pipeline_error(
             d,
