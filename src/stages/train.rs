@@ -301,16 +301,6 @@ impl Stage for TrainStage {
                 }
             })
             .collect();
-        if !eligible.is_empty() && eligible.len() < s.steps_per_round as usize {
-            return Err(Error::param(
-                "train.steps_per_round",
-                format!(
-                    "{} is more than the round's {} training rows: lower it",
-                    s.steps_per_round,
-                    eligible.len()
-                ),
-            ));
-        }
         let batch = minibatch(&eligible, &s, ctx.seed, step);
         // Per-role counts over the whole mini-batch: the loss's normalisers.
         let mut counts: BTreeMap<&str, RoleCounts> = BTreeMap::new();
@@ -344,6 +334,14 @@ impl Stage for TrainStage {
             write_rows::<UpdateRow>(&updates_path, &[])?;
             let summary = if eligible.is_empty() {
                 "no trajectory with a non-zero advantage: nothing to train".to_string()
+            } else if batch.is_empty() {
+                // A round with fewer training rows than steps leaves some mini-batches empty;
+                // `apply` carries the checkpoint over for them.
+                format!(
+                    "step {step}/{steps}: empty mini-batch (the round has {} training rows for {} steps)",
+                    eligible.len(),
+                    s.steps_per_round
+                )
             } else {
                 format!("step {step}/{steps}: no sequence of this step's mini-batch in this part")
             };
@@ -565,6 +563,40 @@ mod tests {
     use crate::params::resolve;
     use crate::stages::apply::ApplyStage;
     use candle_core::Device;
+
+    /// A round with fewer training rows than `steps_per_round` trains each row once and leaves
+    /// the other steps' mini-batches empty (a run of a few valid tasks a round must not stop).
+    #[test]
+    fn fewer_rows_than_steps_leave_empty_minibatches_and_train_each_row_once() {
+        let row = |i: usize, role: &str| RewardRow {
+            trajectory_id: format!("{role}-{i}"),
+            task_id: "t".into(),
+            role: role.into(),
+            group_id: "t".into(),
+            scheme: "test".into(),
+            reward: 0.0,
+            format_bonus: 0.0,
+            total: 0.0,
+            advantage: 1.0,
+            label: None,
+            train: true,
+        };
+        let rows = [row(0, "policy"), row(1, "policy"), row(0, "grm")];
+        let refs: Vec<&RewardRow> = rows.iter().collect();
+        let mut p = resolve("train", &TrainStage.params(), None, &[]).unwrap();
+        p.insert("steps_per_round".into(), 4.into());
+        let s = settings(&p).unwrap();
+        let batches: Vec<Vec<&RewardRow>> =
+            (1..=4).map(|step| minibatch(&refs, &s, 7, step)).collect();
+        assert!(batches.iter().any(|b| b.is_empty()), "{batches:?}");
+        let mut seen: Vec<&str> = batches
+            .iter()
+            .flatten()
+            .map(|r| r.trajectory_id.as_str())
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(seen, ["grm-0", "policy-0", "policy-1"]);
+    }
 
     fn completion_logprob(model_dir: &std::path::Path, t: &TrajectoryRow) -> f32 {
         let model = Model::load(model_dir, &Device::Cpu).unwrap();
