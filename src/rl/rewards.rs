@@ -220,8 +220,9 @@ pub fn grounding<'a>(answer: &str, passages: impl IntoIterator<Item = &'a str>) 
     })
 }
 
-/// The checks on the text alone: a question of at least 10 characters ending in `?`, and an
-/// answer.
+/// The checks on the text alone: a question of at least 10 characters ending in `?`, an
+/// answer, a question that does not contain its answer ([`contains_answer`]) and an answer
+/// that does not restate its question ([`restates_question`]).
 pub fn format_validity(question: &str, answer: Option<&str>) -> Option<String> {
     let q = question.trim();
     if q.chars().count() < 10 {
@@ -230,8 +231,14 @@ pub fn format_validity(question: &str, answer: Option<&str>) -> Option<String> {
     if !q.ends_with('?') {
         return Some("question does not end with `?`".into());
     }
-    if answer.is_none_or(|a| a.trim().is_empty()) {
+    let Some(answer) = answer.filter(|a| !a.trim().is_empty()) else {
         return Some("no answer".into());
+    };
+    if contains_answer(question, answer) {
+        return Some("the question contains its answer".into());
+    }
+    if restates_question(question, answer) {
+        return Some("the answer restates the question".into());
     }
     None
 }

@@ -16,7 +16,7 @@ use super::{Stage, StageContext, StageOutput, Upstream};
 use crate::error::{Error, Result};
 use crate::model::sample::seq_seed;
 use crate::params::{ParamSpec, Params, ParamsExt};
-use crate::rl::rewards::{contains_answer, grounding, restates_question, validity};
+use crate::rl::rewards::{grounding, validity};
 use crate::roles::generator::{self, Direction, Template};
 use crate::seed::stable_u64;
 use crate::shards::rows::{CorpusRow, QaRow, RewardRow, TaskRow};
@@ -72,13 +72,18 @@ impl Settings {
         }
         if s.grounding_k > 0 && s.source == Source::Generator && params.str("search_mode") == "none"
         {
-            return Err(Error::param(
-                "generate.grounding_k",
-                "needs a search index (generate.search_mode is none)",
-            ));
+            return Err(grounding_without_index());
         }
         Ok(s)
     }
+}
+
+/// `grounding_k` without a search index to check the tasks against.
+fn grounding_without_index() -> Error {
+    Error::param(
+        "generate.grounding_k",
+        "needs a search index (generate.search_mode is none)",
+    )
 }
 
 impl Stage for GenerateStage {
@@ -212,12 +217,7 @@ impl Stage for GenerateStage {
         let search = match (grounding_k, agent.search_env()) {
             (0, _) => None,
             (_, Some(env)) => Some((env, agent.search_mode())),
-            (_, None) => {
-                return Err(Error::param(
-                    "generate.grounding_k",
-                    "needs a search index (generate.search_mode is none)",
-                ));
-            }
+            (_, None) => return Err(grounding_without_index()),
         };
         let completions = agent.run(&requests, "generate", Role::Generator)?;
         let mut tasks = Vec::new();
@@ -231,15 +231,7 @@ impl Stage for GenerateStage {
             let invalid = parsed
                 .error
                 .clone()
-                .or_else(|| validity(&question, parsed.answer.as_deref(), 0, 0))
-                .or_else(|| {
-                    contains_answer(&question, &answer)
-                        .then(|| "the question contains its answer".to_string())
-                })
-                .or_else(|| {
-                    restates_question(&question, &answer)
-                        .then(|| "the answer restates the question".to_string())
-                });
+                .or_else(|| validity(&question, parsed.answer.as_deref(), 0, 0));
             let invalid = match (invalid, search) {
                 (None, Some((env, mode))) => {
                     let hits = env

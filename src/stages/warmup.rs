@@ -54,8 +54,8 @@ impl Demo {
 /// (the model's chat format: `<|im_end|>` in ChatML). `title(q)` is the title of the article a
 /// question was built from, the topic of its generator demonstration as `generate` gives its
 /// topics; without one the question's subject stands in. Policy and generator demonstrations are
-/// kept only when the search results hold the answer (the count of the others is returned), so
-/// every demonstrated task passes `generate`'s grounding check.
+/// kept only when the search results they show hold the answer (the count of the others is
+/// returned); a generator demonstration also needs a question that does not contain its answer.
 #[allow(clippy::too_many_arguments)]
 pub fn build_demos(
     qa: &[QaRow],

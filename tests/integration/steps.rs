@@ -110,12 +110,16 @@ fn eight_steps_on_one_worker_equal_eight_steps_on_two() {
 
     // More steps than the round has rows (on a copy, so `one` keeps its steps): the steps
     // past the rows get an empty mini-batch, and the run goes on.
-    let few = dir.path().join("few");
-    let copy = std::process::Command::new("cp")
-        .args(["-a", one.to_str().unwrap(), few.to_str().unwrap()])
-        .status()
-        .unwrap();
-    assert!(copy.success());
+    let copy_of_one = |name: &str| {
+        let to = dir.path().join(name);
+        let copy = std::process::Command::new("cp")
+            .args(["-a", one.to_str().unwrap(), to.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(copy.success());
+        to
+    };
+    let few = copy_of_one("few");
     let out = run(
         &assets,
         &[
@@ -136,12 +140,7 @@ fn eight_steps_on_one_worker_equal_eight_steps_on_two() {
     );
 
     // The same round with every step split across two workers by hand.
-    let two = dir.path().join("two");
-    let copy = std::process::Command::new("cp")
-        .args(["-a", one.to_str().unwrap(), two.to_str().unwrap()])
-        .status()
-        .unwrap();
-    assert!(copy.success());
+    let two = copy_of_one("two");
     let rd = two.to_str().unwrap();
     for s in 1..=STEPS {
         let step = s.to_string();
