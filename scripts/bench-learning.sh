@@ -48,7 +48,10 @@ done
 scripts/fetch-assets.sh >/dev/null
 export ASL_ASSETS="${ASL_ASSETS:-$root/assets}"
 cargo build --release --locked --quiet --bin asl
-asl="$root/target/release/asl"
+mkdir -p "$out"
+# A copy of the binary, so a rebuild while a long benchmark runs cannot change an arm midway.
+cp "$root/target/release/asl" "$out/.asl.tmp" && mv "$out/.asl.tmp" "$out/asl"
+asl="$out/asl"
 venv="$root/target/pyreaders"
 if ! "$venv/bin/python" -c "import pyarrow" 2>/dev/null; then
   python3 -m venv "$venv"
