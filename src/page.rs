@@ -18,6 +18,7 @@ use crate::audit::{scan, signals, stats};
 use crate::error::Result;
 use crate::manifest::{Manifest, Status};
 use crate::report::outputs;
+use crate::roles::grm::Verdict;
 use crate::shards::read_kind;
 use crate::shards::rows::{JudgmentRow, RewardRow, TaskRow, TrajectoryRow};
 
@@ -524,11 +525,13 @@ fn round_sample(
                 .iter()
                 .filter(|j| j.target_trajectory_id == t.trajectory_id)
                 .collect();
-            let correct = verdicts.iter().filter(|j| j.verdict == "correct").count();
+            let correct = verdicts
+                .iter()
+                .filter(|j| Verdict::says_correct(&j.verdict))
+                .count();
             let verdict = match (verdicts.len(), correct) {
                 (0, _) => "",
-                (k, c) if 2 * c > k => "correct",
-                _ => "wrong",
+                (k, c) => Verdict::from_correct(2 * c > k).name(),
             };
             html.push_str(&trajectory(
                 t,

@@ -72,6 +72,18 @@ pub enum FinishReason {
     MaxTurns,
 }
 
+impl FinishReason {
+    /// The word a trajectory shard's `finish_reason` column holds.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Eos => "eos",
+            FinishReason::Length => "length",
+            FinishReason::MaxTurns => "max_turns",
+        }
+    }
+}
+
 /// Result of one sequence. `tokens`, `loss_mask`, `logprobs` and
 /// `sample_logprobs` have one entry per completion token (prompt excluded).
 #[derive(Debug, Clone, PartialEq)]

@@ -45,11 +45,26 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// `Correct` when `correct`, else `Wrong`.
+    pub fn from_correct(correct: bool) -> Verdict {
+        if correct {
+            Verdict::Correct
+        } else {
+            Verdict::Wrong
+        }
+    }
+
+    /// The word a judgment shard's `verdict` (and a reward row's `label`) column holds.
     pub fn name(self) -> &'static str {
         match self {
             Verdict::Correct => "correct",
             Verdict::Wrong => "wrong",
         }
+    }
+
+    /// Whether a `verdict` or `label` column's word says correct.
+    pub fn says_correct(word: &str) -> bool {
+        word == Verdict::Correct.name()
     }
 }
 

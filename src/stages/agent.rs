@@ -307,7 +307,7 @@ impl Completion {
             parsed: answer.is_some(),
             answer,
             parse_error,
-            finish_reason: finish_name(self.out.finish).to_string(),
+            finish_reason: self.out.finish.as_str().to_string(),
         }
     }
 }
@@ -319,15 +319,6 @@ pub struct TrajectoryIds {
     pub role: &'static str,
     pub attempt: u32,
     pub seed: u64,
-}
-
-pub fn finish_name(f: FinishReason) -> &'static str {
-    match f {
-        FinishReason::Stop => "stop",
-        FinishReason::Eos => "eos",
-        FinishReason::Length => "length",
-        FinishReason::MaxTurns => "max_turns",
-    }
 }
 
 /// A loaded checkpoint with the run's search environment.

@@ -27,6 +27,7 @@ use crate::manifest::{Manifest, Status};
 use crate::model::sample::seq_seed;
 use crate::params::{ParamSpec, Params, ParamsExt};
 use crate::rl::metrics::{exact_match, f1, sub_exact_match};
+use crate::roles::grm::Verdict;
 use crate::roles::{generator, grm, policy};
 use crate::seed::stable_u64;
 use crate::shards::rows::{CorpusRow, EvalItemRow, EvalRow, QaRow};
@@ -116,6 +117,21 @@ impl Stage for EvalStage {
     fn check(&self, params: &Params) -> Result<()> {
         super::agent::check_agent_params(params, "eval")?;
         EvalSettings::from_params(params).map(|_| ())
+    }
+
+    fn qa_splits_read(&self, params: &Params) -> Vec<(String, String)> {
+        let Ok(settings) = EvalSettings::from_params(params) else {
+            return Vec::new();
+        };
+        let mut read: Vec<(String, String)> = settings
+            .splits
+            .into_iter()
+            .map(|s| ("eval.split".to_string(), s))
+            .collect();
+        if settings.verification > 0 {
+            read.push(("eval.verification".into(), "dev".into()));
+        }
+        read
     }
 
     fn runs_in_round(&self, params: &Params, round: u32, last: u32) -> bool {
@@ -702,7 +718,7 @@ fn score(items: &[EvalItemRow]) -> GrmScore {
         parse_rate: items.iter().filter(|r| r.parsed).count() as f64 / n,
         correct_verdict_rate: items
             .iter()
-            .filter(|r| r.prediction.as_deref() == Some("correct"))
+            .filter(|r| r.prediction.as_deref().is_some_and(Verdict::says_correct))
             .count() as f64
             / n,
         label_correct_rate: items.iter().filter(|r| label(r)).count() as f64 / n,

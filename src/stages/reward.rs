@@ -35,6 +35,7 @@ use crate::rl::rewards::{
     solve_rate,
 };
 use crate::roles::Role;
+use crate::roles::grm::Verdict;
 use crate::seed::stable_u64;
 use crate::shards::rows::{JudgmentRow, RewardRow, TaskRow, TrajectoryRow};
 use crate::shards::{ShardKind, read_kind, shard_path, write_rows};
@@ -357,7 +358,7 @@ pub fn compute(
     for j in judgments.iter().filter(|j| j.target == "policy") {
         if attempt_ids.contains(j.target_trajectory_id.as_str()) {
             let e = policy_verdicts.entry(&j.target_trajectory_id).or_default();
-            e.0 += usize::from(j.verdict == "correct");
+            e.0 += usize::from(Verdict::says_correct(&j.verdict));
             e.1 += 1;
         } else {
             orphan_judgments += 1;
@@ -473,7 +474,7 @@ pub fn compute(
                 format_bonus: (total - reward) as f32,
                 total: total as f32,
                 advantage: 0.0,
-                label: Some(if c { "correct" } else { "wrong" }.into()),
+                label: Some(Verdict::from_correct(c).name().into()),
                 train: policy_trains,
             });
         }
@@ -564,7 +565,7 @@ fn grm_rows(
             question: &j.task_id,
             candidate: j.candidate_answer.as_deref().unwrap_or(""),
             parsed: j.parsed,
-            said_correct: j.verdict == "correct",
+            said_correct: Verdict::says_correct(&j.verdict),
             judged: if j.target == VERIFICATION {
                 Judged::Verification {
                     gold: &j.reference_answer,
@@ -602,7 +603,7 @@ fn grm_rows(
                 format_bonus: bonus as f32,
                 total: (reward + bonus) as f32,
                 advantage: 0.0,
-                label: label.map(|l| if l { "correct" } else { "wrong" }.to_string()),
+                label: label.map(|l| Verdict::from_correct(l).name().to_string()),
                 train: trains && kept[i],
             }
         })

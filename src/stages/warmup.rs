@@ -149,11 +149,12 @@ pub fn build_demos(
             &other.answers[0]
         };
         let correct = sub_exact_match(candidate, &q.answers) > 0.0;
-        let (thought, verdict) = if correct {
-            ("The candidate matches the reference.", "correct")
+        let thought = if correct {
+            "The candidate matches the reference."
         } else {
-            ("The candidate does not match the reference.", "wrong")
+            "The candidate does not match the reference."
         };
+        let verdict = grm::Verdict::from_correct(correct).name();
         demos.push(Demo {
             id: format!("warmup-grm-{}-{i}", q.id),
             role: Role::Grm,
@@ -209,7 +210,7 @@ impl Stage for WarmupStage {
             ParamSpec::new("policy_examples", 48, "policy demonstrations"),
             ParamSpec::new("generator_examples", 16, "generator demonstrations"),
             ParamSpec::new("grm_examples", 32, "GRM demonstrations"),
-            ParamSpec::new("epochs", 2, "passes over the demonstrations"),
+            ParamSpec::new("epochs", 2, "passes over the demonstrations").at_least(1.0),
             ParamSpec::new("micro_batch", 4, "sequences per optimizer step").at_least(1.0),
             ParamSpec::new("lr", 5e-5, "AdamW learning rate").at_least(0.0),
             ParamSpec::new(
@@ -325,8 +326,8 @@ impl Stage for WarmupStage {
         let device = placement(ctx.params, "warmup")?.device;
         let mut trainer = Trainer::load(&init, &device, cfg).map_err(err)?;
         let pad = trainer.model().config().pad_token_id.unwrap_or(0);
-        let micro = ctx.params.u64("micro_batch").max(1) as usize;
-        let epochs = ctx.params.u64("epochs").max(1) as usize;
+        let micro = ctx.params.u64("micro_batch") as usize;
+        let epochs = ctx.params.u64("epochs") as usize;
         let bar = crate::progress::bar((epochs * rows.len()) as u64, "warmup");
         let mut first_loss = None;
         let mut last_loss = 0.0;
