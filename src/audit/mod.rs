@@ -6,7 +6,7 @@
 mod plots;
 mod render;
 pub mod scan;
-pub mod signals;
+pub(crate) mod signals;
 pub mod stats;
 pub mod synthetic;
 

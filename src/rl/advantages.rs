@@ -92,11 +92,6 @@ pub fn advantages<K: Ord>(rewards: &[f64], groups: &[K], scale: Scale) -> Advant
     Advantages { values, flat }
 }
 
-/// Advantages for `rewards` grouped by `groups[i]` (see [`advantages`]).
-pub fn group_advantages<K: Ord>(rewards: &[f64], groups: &[K], scale: Scale) -> Vec<f64> {
-    advantages(rewards, groups, scale).values
-}
-
 /// Mean and population standard deviation.
 fn mean_std(xs: &[f64]) -> (f64, f64) {
     if xs.is_empty() {
@@ -110,6 +105,11 @@ fn mean_std(xs: &[f64]) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The advantages' values alone.
+    fn group_advantages<K: Ord>(rewards: &[f64], groups: &[K], scale: Scale) -> Vec<f64> {
+        advantages(rewards, groups, scale).values
+    }
 
     #[test]
     fn hand_computed_group_advantages() {

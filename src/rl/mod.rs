@@ -3,8 +3,8 @@
 //! tested on hand-computed cases — and the policy-gradient loss over tensors (`loss`), the one
 //! formula every trained role's update uses.
 
-pub mod advantages;
-pub mod labels;
+pub(crate) mod advantages;
+pub(crate) mod labels;
 pub mod loss;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod rewards;

@@ -2,10 +2,10 @@
 //! each as its prompts and the parser of its output. Parsers never panic and never drop
 //! output: what does not follow the format comes back with the reason, and is scored invalid.
 
-pub mod generator;
-pub mod grm;
-pub mod policy;
-pub mod tags;
+pub(crate) mod generator;
+pub(crate) mod grm;
+pub(crate) mod policy;
+pub(crate) mod tags;
 pub mod tool;
 
 /// One of the three roles, as shards and settings name it (`policy`, `generator`, `grm`).

@@ -17,7 +17,7 @@
 
 pub mod bm25;
 pub mod dense;
-pub mod render;
+pub(crate) mod render;
 pub mod run;
 
 use std::collections::{BTreeMap, HashMap};
