@@ -133,6 +133,7 @@ impl Pipeline {
             })?;
             stage.check(&self.stage_params(stage, sets)?)?;
         }
+        self.check_splits(sets)?;
         if let Some(name) = self.setup.iter().find(|n| stepped(n)) {
             return Err(Error::stage(
                 name.clone(),
@@ -177,6 +178,40 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+
+    /// Every QA split a stage reads (`eval.split`, `generate.source = "qa"`'s train, `judge`'s
+    /// verification dev) is one the pipeline's `qa` writes, when its source says which: a typo
+    /// fails here, not after a round's work.
+    fn check_splits(&self, sets: &[SetOverride]) -> Result<()> {
+        let mut written: Option<Vec<&str>> = None;
+        let mut read = Vec::new();
+        for name in self.stage_names() {
+            let Some(stage) = stages::find(name) else {
+                continue;
+            };
+            let params = self.stage_params(stage, sets)?;
+            if let Some(splits) = stage.qa_splits_written(&params) {
+                written.get_or_insert_with(Vec::new).extend(splits);
+            }
+            read.extend(stage.qa_splits_read(&params));
+        }
+        let Some(written) = written else {
+            return Ok(());
+        };
+        match read
+            .into_iter()
+            .find(|(_, split)| !written.contains(&split.as_str()))
+        {
+            Some((key, split)) => Err(Error::param(
+                key,
+                format!(
+                    "split {split:?}: this pipeline's qa writes {}",
+                    written.join(", ")
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 
     pub fn stage_params(&self, stage: &dyn Stage, sets: &[SetOverride]) -> Result<Params> {

@@ -30,6 +30,9 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
+/// The splits [`split_for`] assigns.
+pub const SPLITS: [&str; 3] = ["train", "dev", "test"];
+
 /// The one split assignment of labelled questions: `key` (an article, or a multi-hop question
 /// whose sub-questions must stay together) goes to train / dev / test in proportions 80 / 10 /
 /// 10 by its hash, so everything sharing a key lands in one split. The salt lets a future

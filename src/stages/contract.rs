@@ -167,6 +167,16 @@ pub trait Stage: Sync {
     fn check(&self, _params: &Params) -> Result<()> {
         Ok(())
     }
+    /// The QA splits the stage writes, when its params say which (`qa` from a built-in source);
+    /// `None`: not a QA stage, or a user's file that names its own splits.
+    fn qa_splits_written(&self, _params: &Params) -> Option<Vec<&'static str>> {
+        None
+    }
+    /// The QA splits the stage reads, each with the `stage.key` that makes it read it. When the
+    /// pipeline loads, each must be a split `qa` writes (where that is known).
+    fn qa_splits_read(&self, _params: &Params) -> Vec<(String, String)> {
+        Vec::new()
+    }
     /// Whether `asl run` runs the stage in `round` of a run whose last round is `last` (eval
     /// skips rounds with `every`).
     fn runs_in_round(&self, _params: &Params, _round: u32, _last: u32) -> bool {

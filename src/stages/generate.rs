@@ -109,6 +109,13 @@ impl Stage for GenerateStage {
         "the Prompt Generator writes this round's tasks (or labelled QA is sampled as tasks)"
     }
 
+    fn qa_splits_read(&self, params: &Params) -> Vec<(String, String)> {
+        match Settings::from_params(params) {
+            Ok(s) if s.source == Source::Qa => vec![("generate.source".into(), "train".into())],
+            _ => Vec::new(),
+        }
+    }
+
     fn params(&self) -> Vec<ParamSpec> {
         let mut specs = vec![
             ParamSpec::new(

@@ -59,6 +59,14 @@ impl Stage for JudgeStage {
         "the GRM judges every policy attempt and injected verification data"
     }
 
+    fn qa_splits_read(&self, params: &Params) -> Vec<(String, String)> {
+        if params.u64("real_items") > 0 {
+            vec![("judge.real_items".into(), "dev".into())]
+        } else {
+            Vec::new()
+        }
+    }
+
     fn params(&self) -> Vec<ParamSpec> {
         let mut specs = vec![
             ParamSpec::new(

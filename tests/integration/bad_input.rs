@@ -289,6 +289,13 @@ fn out_of_range_and_closed_set_values_in_a_pipeline_file_are_refused_at_load() {
             "grounding_k = 3\nsearch_mode = \"none\"",
             &["generate.grounding_k", "needs a search index"][..],
         ),
+        ("warmup", "epochs = 0", &["warmup.epochs", "≥ 1"][..]),
+        // A split the pipeline's qa does not write (smoke's corpus QA: train, dev, test).
+        (
+            "eval",
+            "split = \"test,tset\"",
+            &["eval.split", "\"tset\"", "train, dev, test"][..],
+        ),
     ] {
         pipeline_error(
             d,

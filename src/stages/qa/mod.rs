@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::params::{ParamSpec, Params, ParamsExt};
 use crate::rl::metrics::normalize_answer;
 use crate::search::WikiArticle;
-use crate::seed::split_for;
+use crate::seed::{SPLITS, split_for};
 use crate::shards::read_rows;
 use crate::shards::rows::{CorpusRow, QaRow, qa_batch};
 use crate::shards::{ShardKind, ShardWriter, shard_path};
@@ -71,6 +71,17 @@ impl Stage for QaStage {
                 "`fanoutqa`: also import the FanOutQA sub-questions whose answer the corpus holds (their evidence article is in the corpus and contains the answer) as split `fanoutqa`, for eval only (`eval.split = \"test,fanoutqa\"`); empty: none",
             ).one_of(&["", "fanoutqa"]),
         ]
+    }
+
+    fn qa_splits_written(&self, params: &Params) -> Option<Vec<&'static str>> {
+        let mut splits = match params.str("source") {
+            "corpus" | "fanoutqa" => SPLITS.to_vec(),
+            _ => return None,
+        };
+        if params.str("extra") == "fanoutqa" {
+            splits.push(FANOUTQA_SPLIT);
+        }
+        Some(splits)
     }
 
     fn upstream(&self, params: &Params) -> Vec<Upstream> {
