@@ -21,7 +21,7 @@ use crate::shards::rows::EvalItemRow;
 use crate::shards::{ShardKind, read_rows, shards_of};
 
 /// Bootstrap resamples for the interval.
-pub const BOOTSTRAP_RESAMPLES: usize = 10_000;
+pub(crate) const BOOTSTRAP_RESAMPLES: usize = 10_000;
 /// The bootstrap's fixed seed, so the same two evals always print the same interval.
 const BOOTSTRAP_SEED: u64 = 0x5eed_c0a1_0000_0001;
 
@@ -160,7 +160,7 @@ fn by_group(rows: &[EvalItemRow]) -> BTreeMap<(String, String), Group> {
 }
 
 /// Pairs the items of two evals by (role, dataset, item id) and summarises each group.
-pub fn pair_up(a: &[EvalItemRow], b: &[EvalItemRow]) -> Vec<Paired> {
+pub(crate) fn pair_up(a: &[EvalItemRow], b: &[EvalItemRow]) -> Vec<Paired> {
     let (ga, gb) = (by_group(a), by_group(b));
     let mut out = Vec::new();
     for ((role, dataset), items_a) in &ga {
@@ -205,7 +205,7 @@ pub fn pair_up(a: &[EvalItemRow], b: &[EvalItemRow]) -> Vec<Paired> {
 /// Percentile-bootstrap 95 % interval of the mean of `values`: `resamples` means of `n` draws
 /// with replacement, seeded, cut at 2.5 % and 97.5 % (linear interpolation between order
 /// statistics, as numpy's default percentile).
-pub fn bootstrap_mean_ci(values: &[f64], resamples: usize, seed: u64) -> (f64, f64) {
+pub(crate) fn bootstrap_mean_ci(values: &[f64], resamples: usize, seed: u64) -> (f64, f64) {
     let n = values.len();
     if n == 0 || resamples == 0 {
         return (f64::NAN, f64::NAN);
@@ -228,7 +228,7 @@ fn percentile(xs: &[f64], q: f64) -> f64 {
 /// McNemar's exact test, two-sided: with `b` and `c` discordant pairs, the probability under
 /// Binomial(b + c, ½) of a split at least as uneven, `min(1, 2 · P(X ≤ min(b, c)))`; 1 when
 /// there are no discordant pairs.
-pub fn mcnemar_exact(b: u64, c: u64) -> f64 {
+pub(crate) fn mcnemar_exact(b: u64, c: u64) -> f64 {
     let n = b + c;
     if n == 0 {
         return 1.0;

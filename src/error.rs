@@ -60,7 +60,7 @@ impl Error {
         }
     }
 
-    pub fn param(key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn param(key: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Param {
             key: key.into(),
             message: message.into(),
@@ -69,7 +69,7 @@ impl Error {
 }
 
 /// Attaches a path to `std::io` results, so no I/O error reaches the user without its file.
-pub trait IoContext<T> {
+pub(crate) trait IoContext<T> {
     fn at(self, path: impl AsRef<Path>) -> Result<T>;
 }
 

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use crate::error::{IoContext, Result};
 
 /// Marker in the names of temporary files; anything carrying it is never taken for an output.
-pub const TMP_MARKER: &str = ".asl-tmp-";
+pub(crate) const TMP_MARKER: &str = ".asl-tmp-";
 
 /// The temporary name used while `path` is being written.
-pub fn tmp_path_for(path: &Path) -> PathBuf {
+pub(crate) fn tmp_path_for(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -43,7 +43,7 @@ pub fn is_tmp_name(path: &Path) -> bool {
 
 /// A file being written under a temporary name; `commit` makes it visible atomically. Dropping
 /// it uncommitted removes the temporary file.
-pub struct AtomicFile {
+pub(crate) struct AtomicFile {
     tmp: PathBuf,
     dest: PathBuf,
     file: Option<File>,
@@ -67,7 +67,7 @@ impl AtomicFile {
         self.file.as_mut().expect("AtomicFile used after commit")
     }
 
-    pub fn try_clone_file(&self) -> Result<File> {
+    pub(crate) fn try_clone_file(&self) -> Result<File> {
         self.file
             .as_ref()
             .expect("AtomicFile used after commit")
@@ -75,7 +75,7 @@ impl AtomicFile {
             .at(&self.tmp)
     }
 
-    pub fn commit(mut self) -> Result<()> {
+    pub(crate) fn commit(mut self) -> Result<()> {
         let file = self.file.take().expect("AtomicFile committed twice");
         file.sync_all().at(&self.tmp)?;
         drop(file);
@@ -94,7 +94,7 @@ impl Drop for AtomicFile {
 }
 
 /// Writes `bytes` to `dest` atomically.
-pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
     let mut out = AtomicFile::create(dest)?;
     out.file().write_all(bytes).at(&out.tmp)?;
     out.commit()
@@ -113,7 +113,7 @@ fn sync_dir(path: &Path) {
 /// a process that is still running is left alone: parts of one stage (`--shard i/n`) write into
 /// the same folder at the same time, and one part starting must not delete another's
 /// half-written output.
-pub fn remove_stale_tmp(dir: &Path) -> Result<()> {
+pub(crate) fn remove_stale_tmp(dir: &Path) -> Result<()> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Ok(());
     };
@@ -134,7 +134,7 @@ pub fn remove_stale_tmp(dir: &Path) -> Result<()> {
 /// file system allows and copied where it does not, built under a temporary name and renamed
 /// into place when complete. For checkpoints inside a run dir: asl never changes a written file
 /// in place (every write is a new file renamed over the old), so a link is as safe as a copy.
-pub fn link_folder(src: &Path, dest: &Path) -> Result<()> {
+pub(crate) fn link_folder(src: &Path, dest: &Path) -> Result<()> {
     let tmp = tmp_path_for(dest);
     if tmp.exists() {
         fs::remove_dir_all(&tmp).at(&tmp)?;

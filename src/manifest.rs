@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{is_tmp_name, write_atomic};
 
-pub const MANIFEST_FILE: &str = "manifest.json";
+pub(crate) const MANIFEST_FILE: &str = "manifest.json";
 const LOCK_FILE: &str = ".manifest.lock";
 const SCHEMA_VERSION: u32 = 1;
 
@@ -68,7 +68,7 @@ impl ShardSpec {
     pub const WHOLE: ShardSpec = ShardSpec { index: 0, count: 1 };
 
     /// Whether item number `i` of the stage's input belongs to this part.
-    pub fn owns(&self, i: usize) -> bool {
+    pub(crate) fn owns(&self, i: usize) -> bool {
         i % self.count as usize == self.index as usize
     }
 }
@@ -147,7 +147,7 @@ pub struct Entry {
 
 /// The Slurm job this process runs as, from the variables Slurm sets in a job's environment:
 /// `JOBID_TASK` for a task of a job array, `JOBID` otherwise, `None` outside Slurm.
-pub fn slurm_job_from_env() -> Option<String> {
+pub(crate) fn slurm_job_from_env() -> Option<String> {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     match (var("SLURM_ARRAY_JOB_ID"), var("SLURM_ARRAY_TASK_ID")) {
         (Some(job), Some(task)) => Some(format!("{job}_{task}")),
@@ -242,7 +242,7 @@ impl Manifest {
     }
 
     /// Loads, changes and saves the manifest under the run dir's lock.
-    pub fn update<T>(run_dir: &Path, change: impl FnOnce(&mut Manifest) -> T) -> Result<T> {
+    pub(crate) fn update<T>(run_dir: &Path, change: impl FnOnce(&mut Manifest) -> T) -> Result<T> {
         fs::create_dir_all(run_dir).at(run_dir)?;
         let lock_path = run_dir.join(LOCK_FILE);
         let lock = open_lock_file(&lock_path)?;
@@ -256,20 +256,6 @@ impl Manifest {
     /// Whether retention removed this recorded output.
     pub fn is_pruned(&self, recorded: &str) -> bool {
         self.pruned.iter().any(|p| p.path == recorded)
-    }
-
-    /// The newest entry of exactly this stage part (`step` 0 for a stage that does not step).
-    pub fn latest_part(
-        &self,
-        stage: &str,
-        round: u32,
-        step: u32,
-        shard: ShardSpec,
-    ) -> Option<&Entry> {
-        self.entries
-            .iter()
-            .rev()
-            .find(|e| e.stage == stage && e.round == round && e.step == step && e.shard == shard)
     }
 
     /// The newest `done` entry of exactly this stage part. A later failed attempt does not
@@ -329,7 +315,7 @@ impl Manifest {
 }
 
 /// The manifest's name for `path`: relative to the run dir when inside it.
-pub fn record_path(run_dir: &Path, path: &Path) -> String {
+pub(crate) fn record_path(run_dir: &Path, path: &Path) -> String {
     path.strip_prefix(run_dir)
         .unwrap_or(path)
         .to_string_lossy()
@@ -337,7 +323,7 @@ pub fn record_path(run_dir: &Path, path: &Path) -> String {
 }
 
 /// Resolves a recorded path back to a file path.
-pub fn resolve_path(run_dir: &Path, recorded: &str) -> PathBuf {
+pub(crate) fn resolve_path(run_dir: &Path, recorded: &str) -> PathBuf {
     let p = Path::new(recorded);
     if p.is_absolute() {
         p.to_path_buf()
@@ -348,7 +334,8 @@ pub fn resolve_path(run_dir: &Path, recorded: &str) -> PathBuf {
 
 /// Hashes a file, or a directory over its files (sorted relative paths and their hashes;
 /// temporary files skipped).
-pub fn hash_path(path: &Path) -> Result<(String, Option<u64>)> {
+#[cfg(test)]
+fn hash_path(path: &Path) -> Result<(String, Option<u64>)> {
     let meta = fs::metadata(path).at(path)?;
     if !meta.is_dir() {
         return Ok((hash_file(path)?, None));
@@ -403,7 +390,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Records a file or directory, with its row count when it is a Parquet shard. Hashes come
 /// from the run's hash cache where a file is unchanged.
-pub fn file_record(run_dir: &Path, path: &Path) -> Result<FileRecord> {
+pub(crate) fn file_record(run_dir: &Path, path: &Path) -> Result<FileRecord> {
     let (sha256, files) = HashCache::with(run_dir, |cache| cache.hash_path(path))?;
     let rows = if path.extension().is_some_and(|e| e == "parquet") {
         Some(crate::shards::count_rows(path)?)
@@ -421,7 +408,7 @@ pub fn file_record(run_dir: &Path, path: &Path) -> Result<FileRecord> {
 /// Whether every recorded output is present with its recorded hash (through the hash cache:
 /// a file whose size, mtime and inode are unchanged is not read again), or was removed by
 /// retention (`pruned` says which).
-pub fn outputs_intact(run_dir: &Path, outputs: &[FileRecord], pruned: &[Pruned]) -> bool {
+pub(crate) fn outputs_intact(run_dir: &Path, outputs: &[FileRecord], pruned: &[Pruned]) -> bool {
     HashCache::with(run_dir, |cache| {
         outputs.iter().all(|o| {
             pruned.iter().any(|p| p.path == o.path)
@@ -439,7 +426,7 @@ pub fn outputs_intact(run_dir: &Path, outputs: &[FileRecord], pruned: &[Pruned])
 /// a shortcut: a missing or unreadable cache file means hashing everything again, and two
 /// processes saving at once lose entries, never correctness.
 #[derive(Debug, Default, Serialize, Deserialize)]
-pub struct HashCache {
+pub(crate) struct HashCache {
     files: std::collections::BTreeMap<String, CachedHash>,
     #[serde(skip)]
     changed: bool,
@@ -453,7 +440,7 @@ struct CachedHash {
     sha256: String,
 }
 
-pub const HASH_CACHE_FILE: &str = ".hash-cache.json";
+pub(crate) const HASH_CACHE_FILE: &str = ".hash-cache.json";
 
 impl HashCache {
     /// Runs `f` with the run dir's cache and saves it when `f` added to it. The cache is read
@@ -488,7 +475,7 @@ impl HashCache {
     }
 
     /// As [`hash_path`], reading only files whose size, mtime or inode changed.
-    pub fn hash_path(&mut self, path: &Path) -> Result<(String, Option<u64>)> {
+    pub(crate) fn hash_path(&mut self, path: &Path) -> Result<(String, Option<u64>)> {
         let meta = fs::metadata(path).at(path)?;
         if !meta.is_dir() {
             return Ok((self.hash_file(path, &meta)?, None));
@@ -542,7 +529,7 @@ impl HashCache {
     }
 }
 
-pub fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 

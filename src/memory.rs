@@ -12,7 +12,7 @@
 
 /// Returns every arena's free pages to the operating system. A no-op for memory that jemalloc
 /// does not manage (e.g. in test binaries, which keep the system allocator).
-pub fn release_free_memory() {
+pub(crate) fn release_free_memory() {
     #[cfg(not(target_env = "msvc"))]
     {
         // MALLCTL_ARENAS_ALL (4096): every arena at once.
@@ -35,7 +35,7 @@ pub fn release_free_memory() {
 /// (Linux; elsewhere it never purges). Called between training steps: below that mark the next
 /// step reuses the freed pages, above it fragmentation could grow the footprint past what the
 /// machine has.
-pub fn release_free_memory_if_large() {
+pub(crate) fn release_free_memory_if_large() {
     if let (Some(rss), Some(total)) = (resident_bytes(), total_memory_bytes())
         && rss > total / 2
     {

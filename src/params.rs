@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use crate::error::{Error, Result};
 
 /// Resolved parameters of one stage, in declaration order.
-pub type Params = Map<String, Value>;
+pub(crate) type Params = Map<String, Value>;
 
 /// One parameter a stage accepts.
 #[derive(Debug, Clone)]
@@ -46,7 +46,7 @@ impl ParamSpec {
     }
 
     /// A number ≥ `min`.
-    pub fn at_least(self, min: f64) -> Self {
+    pub(crate) fn at_least(self, min: f64) -> Self {
         self.range(min, false, f64::INFINITY)
     }
 
@@ -61,7 +61,7 @@ impl ParamSpec {
     }
 
     /// A number in `(min, max]`.
-    pub fn above_up_to(self, min: f64, max: f64) -> Self {
+    pub(crate) fn above_up_to(self, min: f64, max: f64) -> Self {
         self.range(min, true, max)
     }
 
@@ -71,13 +71,13 @@ impl ParamSpec {
     }
 
     /// One of `words`.
-    pub fn one_of(mut self, words: &'static [&'static str]) -> Self {
+    pub(crate) fn one_of(mut self, words: &'static [&'static str]) -> Self {
         self.allowed = Allowed::OneOf(words);
         self
     }
 
     /// A comma-separated list of `words`.
-    pub fn list_of(mut self, words: &'static [&'static str]) -> Self {
+    pub(crate) fn list_of(mut self, words: &'static [&'static str]) -> Self {
         self.allowed = Allowed::ListOf(words);
         self
     }
@@ -156,7 +156,7 @@ impl std::str::FromStr for SetOverride {
 
 /// Reads a command-line value as TOML (numbers, booleans, quoted strings, arrays); anything that
 /// is not TOML is taken as a bare string, so paths need no quoting.
-pub fn parse_value(text: &str) -> Value {
+pub(crate) fn parse_value(text: &str) -> Value {
     match toml::from_str::<toml::Table>(&format!("v = {text}")) {
         Ok(mut table) => table
             .remove("v")
@@ -166,7 +166,7 @@ pub fn parse_value(text: &str) -> Value {
     }
 }
 
-pub fn toml_to_json(value: toml::Value) -> Value {
+pub(crate) fn toml_to_json(value: toml::Value) -> Value {
     match value {
         toml::Value::String(s) => Value::String(s),
         toml::Value::Integer(i) => Value::from(i),
@@ -183,7 +183,7 @@ pub fn toml_to_json(value: toml::Value) -> Value {
 /// Defaults, then the pipeline's values, then `--set` overrides; unknown keys and values of the
 /// wrong type are refused with the key named.
 /// Stage parameters a `--set key=value` without a stage sets in every stage that declares them.
-pub const RUN_WIDE_KEYS: [&str; 3] = ["device", "dtype", "tool_format"];
+pub(crate) const RUN_WIDE_KEYS: [&str; 3] = ["device", "dtype", "tool_format"];
 
 pub fn resolve(
     stage: &str,
@@ -274,7 +274,7 @@ fn kind_name(v: &Value) -> &'static str {
 
 /// Typed access to resolved params. The stage declared the key, so a missing key or wrong type
 /// is a programming error in the stage, not user input.
-pub trait ParamsExt {
+pub(crate) trait ParamsExt {
     fn str(&self, key: &str) -> &str;
     fn u64(&self, key: &str) -> u64;
     fn f64(&self, key: &str) -> f64;

@@ -23,7 +23,7 @@ use crate::seed::derive_seed;
 use crate::shards::stage_dir;
 use crate::stages::{self, Reads, Stage, StageContext, Upstream};
 
-pub const ASL_VERSION: &str = env!("CARGO_PKG_VERSION");
+pub(crate) const ASL_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -118,7 +118,7 @@ impl Pipeline {
         Ok(pipeline)
     }
 
-    pub fn stage_names(&self) -> impl Iterator<Item = &String> {
+    pub(crate) fn stage_names(&self) -> impl Iterator<Item = &String> {
         self.setup.iter().chain(self.round.iter())
     }
 
@@ -214,7 +214,7 @@ impl Pipeline {
         }
     }
 
-    pub fn stage_params(&self, stage: &dyn Stage, sets: &[SetOverride]) -> Result<Params> {
+    pub(crate) fn stage_params(&self, stage: &dyn Stage, sets: &[SetOverride]) -> Result<Params> {
         let table = self.params.get(stage.name()).and_then(Value::as_object);
         resolve(stage.name(), &stage.params(), table, sets)
     }
@@ -319,7 +319,7 @@ fn merge_tables(base: &mut toml::Table, over: toml::Table) {
 }
 
 /// The run seed after a `--set seed=N` override.
-pub fn run_seed(base: u64, sets: &[SetOverride]) -> Result<u64> {
+pub(crate) fn run_seed(base: u64, sets: &[SetOverride]) -> Result<u64> {
     match sets
         .iter()
         .rev()
@@ -334,7 +334,7 @@ pub fn run_seed(base: u64, sets: &[SetOverride]) -> Result<u64> {
 }
 
 /// The seed of one stage in one round.
-pub fn stage_seed(run_seed: u64, stage: &str, round: u32) -> u64 {
+pub(crate) fn stage_seed(run_seed: u64, stage: &str, round: u32) -> u64 {
     derive_seed(run_seed, &format!("{stage}/round-{round}"))
 }
 
@@ -360,7 +360,7 @@ pub struct StageReport {
 
 /// A pipeline resolved for one run dir: the run seed, the rounds and every stage's params
 /// under the run's overrides — what the manifest records and every stage command reads back.
-pub struct ResolvedRun {
+pub(crate) struct ResolvedRun {
     pub seed: u64,
     pub rounds: u32,
     pub params: Map<String, Value>,
@@ -406,7 +406,7 @@ impl ResolvedRun {
     }
 
     /// One stage's resolved params.
-    pub fn stage_params(&self, name: &str) -> Params {
+    pub(crate) fn stage_params(&self, name: &str) -> Params {
         self.params[name]
             .as_object()
             .cloned()
@@ -421,7 +421,7 @@ impl ResolvedRun {
     /// Every stage run of the pipeline in order: the setup in round 0, then each round's
     /// stages with the stepped block repeated per optimizer step. Stages that skip a round
     /// (`Stage::runs_in_round`) are left out.
-    pub fn plan<'p>(&self, pipeline: &'p Pipeline) -> Vec<Planned<'p>> {
+    pub(crate) fn plan<'p>(&self, pipeline: &'p Pipeline) -> Vec<Planned<'p>> {
         let steps = self.steps();
         let mut plan: Vec<(u32, &String, u32)> = pipeline.setup.iter().map(|s| (0, s, 0)).collect();
         for r in 1..=self.rounds {
@@ -442,7 +442,7 @@ impl ResolvedRun {
 }
 
 /// One stage run of a pipeline's plan.
-pub struct Planned<'p> {
+pub(crate) struct Planned<'p> {
     pub round: u32,
     pub stage: &'p dyn Stage,
     pub at: StepAt,
@@ -613,14 +613,14 @@ fn round_plan(names: &[String], steps: u32) -> impl Iterator<Item = (&String, u3
 
 /// Where a stage run sits among a round's optimizer steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StepAt {
+pub(crate) struct StepAt {
     /// 1..=`steps` for a stepped stage, 0 for any other.
     pub step: u32,
     pub steps: u32,
 }
 
 impl StepAt {
-    pub const NONE: StepAt = StepAt { step: 0, steps: 0 };
+    pub(crate) const NONE: StepAt = StepAt { step: 0, steps: 0 };
 
     fn new(step: u32, steps: u32) -> StepAt {
         if step == 0 {
@@ -811,7 +811,7 @@ fn prepare_and_run(
 /// Whether part `shard` of a planned stage run is done and up to date (same params, seed,
 /// code version and inputs, outputs intact). False when its upstream has not finished: what
 /// `asl submit` uses to submit only what is not done.
-pub fn part_is_current(
+pub(crate) fn part_is_current(
     manifest: &Manifest,
     run_dir: &Path,
     run: &ResolvedRun,

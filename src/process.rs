@@ -25,7 +25,7 @@ macro_rules! use_jemalloc {
         #[cfg(not(target_env = "msvc"))]
         #[allow(non_upper_case_globals)]
         #[unsafe(export_name = "_rjem_malloc_conf")]
-        pub static malloc_conf: &[u8; 67] = $crate::process::JEMALLOC_CONF;
+        pub(crate) static malloc_conf: &[u8; 67] = $crate::process::JEMALLOC_CONF;
     };
 }
 

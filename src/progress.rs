@@ -4,7 +4,7 @@
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// A bar over `len` items; `len` 0 gives a spinner for work of unknown size.
-pub fn bar(len: u64, what: &str) -> ProgressBar {
+pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
     let pb = if len == 0 {
         ProgressBar::new_spinner()
     } else {

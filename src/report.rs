@@ -47,7 +47,7 @@ fn step_outputs(run_dir: &Path, m: &Manifest, stage: &str, round: u32) -> Vec<(u
 /// One row per optimizer step and role of the round: the mean per-sequence loss, ratio, clip
 /// fraction, KL and entropy of the step's sequences (`train`'s updates) and the norm of the
 /// role's summed gradient (`apply`'s steps shard).
-pub fn updates_table(run_dir: &Path, round: u32) -> Result<Table> {
+pub(crate) fn updates_table(run_dir: &Path, round: u32) -> Result<Table> {
     let m = Manifest::load(run_dir)?;
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
@@ -247,7 +247,11 @@ pub fn round_table(run_dir: &Path, round: u32) -> Result<Table> {
 /// The round's figures as (tag, value) scalars, the round table's and every eval metric
 /// (`eval/<dataset>/<role>/<metric>`): what TensorBoard shows at step = round. Figures whose
 /// shards are absent are left out.
-pub fn round_scalars(run_dir: &Path, m: &Manifest, round: u32) -> Result<Vec<(String, f64)>> {
+pub(crate) fn round_scalars(
+    run_dir: &Path,
+    m: &Manifest,
+    round: u32,
+) -> Result<Vec<(String, f64)>> {
     let n = RoundNumbers::read(run_dir, m, round)?;
     let mut out = Vec::new();
     if n.tasks > 0 {
@@ -291,7 +295,11 @@ pub fn round_scalars(run_dir: &Path, m: &Manifest, round: u32) -> Result<Vec<(St
 /// global step being (round − 1) × the round's steps + the step within the round:
 /// the updates table's means per role (`train/<role>/loss`, `ratio`, `clip_fraction`, `kl`,
 /// `entropy`) and each role's gradient norm and learning rate from `apply`.
-pub fn step_scalars(run_dir: &Path, m: &Manifest, round: u32) -> Result<Vec<(u64, String, f64)>> {
+pub(crate) fn step_scalars(
+    run_dir: &Path,
+    m: &Manifest,
+    round: u32,
+) -> Result<Vec<(u64, String, f64)>> {
     let steps = m
         .entries
         .iter()

@@ -24,7 +24,7 @@ use crate::shards::ShardKind;
 
 /// Which round checkpoints to keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retention {
+pub(crate) struct Retention {
     /// The last `keep_last` rounds' checkpoints are kept (at least 1).
     pub keep_last: u32,
     /// And every round that is a multiple of this (0: none).
@@ -33,7 +33,7 @@ pub struct Retention {
 
 impl Retention {
     /// From `apply`'s params: `None` when `keep_checkpoints` is 0 (keep everything).
-    pub fn from_params(params: &Params) -> Result<Option<Retention>> {
+    pub(crate) fn from_params(params: &Params) -> Result<Option<Retention>> {
         let int = |key: &str| -> Result<u32> {
             let v = params.get(key);
             v.and_then(Value::as_u64)
@@ -66,7 +66,7 @@ impl Retention {
 /// Prunes what `retention` lets go once round `closed` is done, and returns what it removed.
 /// `seen` is the caller's copy of the manifest: most calls (every round of a resumed run) find
 /// nothing new in it, and then neither the lock is taken nor the manifest rewritten.
-pub fn prune(
+pub(crate) fn prune(
     run_dir: &Path,
     seen: &Manifest,
     closed: u32,

@@ -4,7 +4,7 @@
 use sha2::{Digest, Sha256};
 
 /// A 64-bit hash of a sequence of strings that is the same on every machine and every run.
-pub fn stable_u64(parts: &[&str]) -> u64 {
+pub(crate) fn stable_u64(parts: &[&str]) -> u64 {
     let mut hasher = Sha256::new();
     for part in parts {
         hasher.update((part.len() as u64).to_le_bytes());
@@ -15,13 +15,13 @@ pub fn stable_u64(parts: &[&str]) -> u64 {
 }
 
 /// The seed of one consumer (a stage, a row, an attempt) derived from a parent seed.
-pub fn derive_seed(parent: u64, label: &str) -> u64 {
+pub(crate) fn derive_seed(parent: u64, label: &str) -> u64 {
     stable_u64(&[&parent.to_string(), label])
 }
 
 /// A 64-bit FNV-1a hash of `bytes`: cheap, and the same everywhere. Ids and the corpus
 /// fingerprint stored beside every index derive from it, so it must never change.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
         h ^= u64::from(b);
@@ -31,13 +31,13 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// The splits [`split_for`] assigns.
-pub const SPLITS: [&str; 3] = ["train", "dev", "test"];
+pub(crate) const SPLITS: [&str; 3] = ["train", "dev", "test"];
 
 /// The one split assignment of labelled questions: `key` (an article, or a multi-hop question
 /// whose sub-questions must stay together) goes to train / dev / test in proportions 80 / 10 /
 /// 10 by its hash, so everything sharing a key lands in one split. The salt lets a future
 /// scheme reshuffle without colliding with this one; changing it reshuffles every run's splits.
-pub fn split_for(key: &str) -> &'static str {
+pub(crate) fn split_for(key: &str) -> &'static str {
     match fnv1a(format!("asl-qa-split-v1\u{0}{key}").as_bytes()) % 10 {
         8 => "dev",
         9 => "test",

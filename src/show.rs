@@ -108,7 +108,7 @@ fn columns(batch: &RecordBatch) -> Result<String> {
 }
 
 /// Splits a completion into runs of model tokens and tool text by its loss mask.
-pub fn segments(ids: &[u32], mask: &[bool]) -> Vec<(bool, Vec<u32>)> {
+pub(crate) fn segments(ids: &[u32], mask: &[bool]) -> Vec<(bool, Vec<u32>)> {
     let mut out: Vec<(bool, Vec<u32>)> = Vec::new();
     for (id, m) in ids.iter().zip(mask) {
         match out.last_mut() {

@@ -27,7 +27,7 @@ use crate::stages::{self, Reads};
 /// What a job asks Slurm for. Every field is optional: what is unset is the cluster's default.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct Resources {
+pub(crate) struct Resources {
     pub partition: Option<String>,
     /// `--cpus-per-task`.
     pub cpus: Option<u32>,
@@ -89,13 +89,13 @@ struct SlurmTable {
 
 /// Job resources per stage, from a pipeline's `[slurm]` table.
 #[derive(Debug, Clone, Default)]
-pub struct JobResources {
+pub(crate) struct JobResources {
     default: Resources,
     stages: BTreeMap<String, Resources>,
 }
 
 impl JobResources {
-    pub fn from_pipeline(pipeline: &Pipeline) -> Result<JobResources> {
+    pub(crate) fn from_pipeline(pipeline: &Pipeline) -> Result<JobResources> {
         let perr = |message: String| Error::Pipeline {
             path: pipeline.path.clone(),
             message,
@@ -126,7 +126,7 @@ impl JobResources {
         })
     }
 
-    pub fn for_stage(&self, stage: &str) -> Resources {
+    pub(crate) fn for_stage(&self, stage: &str) -> Resources {
         match self.stages.get(stage) {
             Some(over) => self.default.overridden(over),
             None => self.default.clone(),
@@ -208,7 +208,7 @@ impl Submissions {
     }
 
     /// The newest job that ran part `shard` of (round, stage, step).
-    pub fn job_of_part(
+    pub(crate) fn job_of_part(
         &self,
         round: u32,
         stage: &str,

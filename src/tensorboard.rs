@@ -23,12 +23,12 @@ pub fn dir(run_dir: &Path) -> PathBuf {
 }
 
 /// The event file of `round`.
-pub fn round_file(run_dir: &Path, round: u32) -> PathBuf {
+pub(crate) fn round_file(run_dir: &Path, round: u32) -> PathBuf {
     dir(run_dir).join(format!("events.out.tfevents.{round:06}.asl"))
 }
 
 /// Writes the event file of `round` from the round's shards as they are now.
-pub fn write_round(run_dir: &Path, round: u32) -> Result<()> {
+pub(crate) fn write_round(run_dir: &Path, round: u32) -> Result<()> {
     let manifest = Manifest::load(run_dir)?;
     let done: Vec<_> = manifest
         .entries

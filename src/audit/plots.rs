@@ -162,7 +162,7 @@ fn role_color(role: &str) -> RGBColor {
 
 /// Writes every plot into `dir` and returns their paths. `reward_hist` is the chosen round's
 /// (role, lower edge, upper edge, count) reward histogram.
-pub fn write_plots(
+pub(crate) fn write_plots(
     dir: &Path,
     rounds: &[RoundAudit],
     chosen: Option<&RoundAudit>,

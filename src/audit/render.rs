@@ -19,7 +19,7 @@ fn show(x: Option<f64>) -> String {
 }
 
 /// Every statistic of a round as (name, value): the rows of `stats.csv` and of `audit diff`.
-pub fn stat_rows(r: &RoundAudit) -> Vec<(String, Option<f64>)> {
+pub(crate) fn stat_rows(r: &RoundAudit) -> Vec<(String, Option<f64>)> {
     let mut out: Vec<(String, Option<f64>)> = Vec::new();
     let mut push = |name: String, v: f64| out.push((name, Some(v)));
     if let Some(t) = &r.tasks {
@@ -361,7 +361,7 @@ fn csv_field(s: &str) -> String {
 }
 
 /// Writes `audit.md`, `rounds.csv`, `stats.csv` and `audit.json` into `dir`.
-pub fn write_reports(dir: &Path, report: &AuditReport) -> Result<Vec<PathBuf>> {
+pub(crate) fn write_reports(dir: &Path, report: &AuditReport) -> Result<Vec<PathBuf>> {
     let plots: Vec<PathBuf> = report
         .files
         .iter()

@@ -10,7 +10,7 @@ use crate::manifest::{Manifest, resolve_path};
 use crate::shards::ShardKind;
 
 /// The kinds an audit looks at.
-pub const AUDITED: [ShardKind; 5] = [
+pub(crate) const AUDITED: [ShardKind; 5] = [
     ShardKind::Tasks,
     ShardKind::Trajectories,
     ShardKind::Judgments,
@@ -20,7 +20,7 @@ pub const AUDITED: [ShardKind; 5] = [
 
 /// The readable shards of one round, by kind, and what was wrong with the rest.
 #[derive(Debug, Default, Clone)]
-pub struct RoundFiles {
+pub(crate) struct RoundFiles {
     pub round: u32,
     pub shards: BTreeMap<ShardKind, Vec<PathBuf>>,
 }
@@ -33,7 +33,7 @@ impl RoundFiles {
 
 /// Every round directory in the run that holds at least one audited shard, and the notes
 /// (one line each) about what could not be read.
-pub fn discover(run_dir: &Path, notes: &mut Vec<String>) -> Vec<RoundFiles> {
+pub(crate) fn discover(run_dir: &Path, notes: &mut Vec<String>) -> Vec<RoundFiles> {
     // A run dir without a manifest (shards copied or made by hand) has nothing to compare with.
     let manifest = match Manifest::load(run_dir) {
         Ok(m) if m.entries.is_empty() => None,

@@ -79,7 +79,7 @@ pub struct TaskStats {
 }
 
 impl TaskStats {
-    pub fn duplicate_share(&self) -> f64 {
+    pub(crate) fn duplicate_share(&self) -> f64 {
         ratio(self.near_duplicates, self.rows)
     }
 }
@@ -105,7 +105,8 @@ pub struct SolveStats {
     pub histogram: Vec<Count>,
 }
 
-pub const SOLVE_BUCKETS: [&str; 6] = ["0", "(0, .25]", "(.25, .5]", "(.5, .75]", "(.75, 1)", "1"];
+pub(crate) const SOLVE_BUCKETS: [&str; 6] =
+    ["0", "(0, .25]", "(.25, .5]", "(.5, .75]", "(.75, 1)", "1"];
 
 /// Everything the audit says about one round.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -139,12 +140,12 @@ impl RoundAudit {
         self.metric("policy", "em")
     }
 
-    pub fn grm_accuracy(&self) -> Option<f64> {
+    pub(crate) fn grm_accuracy(&self) -> Option<f64> {
         self.metric("grm", "accuracy")
     }
 
     /// Tasks that passed the generator's self-check too (the reward stage's `valid` label).
-    pub fn tasks_after_check(&self) -> Option<u64> {
+    pub(crate) fn tasks_after_check(&self) -> Option<u64> {
         let g = self.role("generator")?;
         g.reward.as_ref()?;
         Some(
@@ -156,13 +157,13 @@ impl RoundAudit {
         )
     }
 
-    pub fn grm_pass_rate(&self) -> Option<f64> {
+    pub(crate) fn grm_pass_rate(&self) -> Option<f64> {
         self.judge("policy")
             .filter(|j| j.judgments > 0)
             .map(|j| j.pass_rate)
     }
 
-    pub fn grm_rule_agreement(&self) -> Option<f64> {
+    pub(crate) fn grm_rule_agreement(&self) -> Option<f64> {
         self.judge("policy")
             .filter(|j| j.judgments > 0)
             .map(|j| j.rule_agreement)
@@ -231,7 +232,7 @@ pub fn strings(df: &DataFrame, name: &str) -> Result<Vec<Option<String>>> {
         .collect())
 }
 
-pub fn u64s(df: &DataFrame, name: &str) -> Result<Vec<u64>> {
+pub(crate) fn u64s(df: &DataFrame, name: &str) -> Result<Vec<u64>> {
     let s = series(df, name, &DataType::UInt64)?;
     Ok(s.u64()
         .map_err(polars_error)?
@@ -240,7 +241,7 @@ pub fn u64s(df: &DataFrame, name: &str) -> Result<Vec<u64>> {
         .collect())
 }
 
-pub fn f64s(df: &DataFrame, name: &str) -> Result<Vec<f64>> {
+pub(crate) fn f64s(df: &DataFrame, name: &str) -> Result<Vec<f64>> {
     let s = series(df, name, &DataType::Float64)?;
     Ok(s.f64()
         .map_err(polars_error)?
@@ -250,7 +251,7 @@ pub fn f64s(df: &DataFrame, name: &str) -> Result<Vec<f64>> {
 }
 
 /// SQuAD normalisation ([`normalize_answer`], its one home) applied to a string column.
-pub fn normalized(e: Expr) -> Expr {
+pub(crate) fn normalized(e: Expr) -> Expr {
     e.map(
         |c: Column| {
             let out: StringChunked = c
@@ -266,7 +267,7 @@ pub fn normalized(e: Expr) -> Expr {
 /// question words and common function words, its words sorted. "Who wrote Dune?" and "Dune
 /// was written by whom?" differ; "What is the capital of France?" and "France: what is its
 /// capital?" do not.
-pub fn near_key(question: Expr) -> Expr {
+pub(crate) fn near_key(question: Expr) -> Expr {
     normalized(question)
         .str()
         .replace_all(
@@ -300,7 +301,7 @@ fn top_counts(df: &DataFrame, value: &str, n: &str) -> Result<Vec<Count>> {
 }
 
 /// Computes every statistic of one round.
-pub fn round_audit(files: &RoundFiles) -> Result<RoundAudit> {
+pub(crate) fn round_audit(files: &RoundFiles) -> Result<RoundAudit> {
     let mut audit = RoundAudit {
         round: files.round,
         ..Default::default()
@@ -705,7 +706,10 @@ fn judge_stats(paths: &[PathBuf]) -> Result<Vec<JudgeStats>> {
 
 /// Histogram of total reward per role for one round: `bins` equal bins between the round's
 /// minimum and maximum; (role, bin lower edge, bin upper edge, count).
-pub fn reward_histogram(paths: &[PathBuf], bins: u32) -> Result<Vec<(String, f64, f64, u64)>> {
+pub(crate) fn reward_histogram(
+    paths: &[PathBuf],
+    bins: u32,
+) -> Result<Vec<(String, f64, f64, u64)>> {
     if paths.is_empty() {
         return Ok(Vec::new());
     }
@@ -754,7 +758,7 @@ pub fn reward_histogram(paths: &[PathBuf], bins: u32) -> Result<Vec<(String, f64
 
 /// Distinct exact question keys of one round's tasks, and how many of another round's tasks
 /// repeat one of them; for `asl audit diff`.
-pub fn repeated_questions(earlier: &[PathBuf], later: &[PathBuf]) -> Result<(u64, u64)> {
+pub(crate) fn repeated_questions(earlier: &[PathBuf], later: &[PathBuf]) -> Result<(u64, u64)> {
     if earlier.is_empty() || later.is_empty() {
         return Ok((0, 0));
     }

@@ -121,7 +121,7 @@ impl ChatTemplate {
     /// `messages` (`{"role", "content", …}` objects) as the model's prompt text, with the
     /// assistant header at the end when `add_generation_prompt`; `tools` as the template reads
     /// them (JSON schemas), if any.
-    pub fn render(
+    pub(crate) fn render(
         &self,
         messages: &[serde_json::Value],
         tools: Option<&serde_json::Value>,
@@ -148,7 +148,7 @@ impl ChatTemplate {
     }
 
     /// [`ChatTemplate::render`] of `(role, content)` pairs.
-    pub fn render_pairs(
+    pub(crate) fn render_pairs(
         &self,
         messages: &[(&str, &str)],
         add_generation_prompt: bool,
@@ -169,7 +169,7 @@ impl ChatTemplate {
     /// The text around a tool result, as the template renders a `tool` message after an
     /// assistant call and opens the next assistant turn: `(before, after)`. When the template
     /// does not wrap the result in `<result_tag>` itself (ChatML), the wrap is added inside.
-    pub fn tool_turn(&self, result_tag: &str) -> Result<(String, String)> {
+    pub(crate) fn tool_turn(&self, result_tag: &str) -> Result<(String, String)> {
         const CALL: &str = "ASL-TOOL-CALL-PROBE";
         const BODY: &str = "ASL-TOOL-RESULT-PROBE";
         let messages = [

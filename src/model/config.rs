@@ -2,6 +2,7 @@
 //! `transformers` 4 and 5 write it: what each field means for the math, and the refusal of a
 //! field that would change the math but is not understood.
 
+use candle_nn::Activation;
 use std::path::Path;
 
 use super::error::{ModelError, Result};
@@ -9,7 +10,7 @@ use super::io::read_json;
 
 /// The longest context a config may declare: the rotary tables (2 × positions × head_dim / 2
 /// f32) are precomputed at load, 512 MiB at head_dim 128.
-pub const MAX_POSITIONS: usize = 1 << 20;
+pub(crate) const MAX_POSITIONS: usize = 1 << 20;
 
 /// `eos_token_id` of a HF config: one id or a list.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -41,8 +42,8 @@ fn default_rope_theta() -> f64 {
 fn default_max_pos() -> usize {
     2048
 }
-fn default_act() -> String {
-    "silu".to_string()
+fn default_act() -> Activation {
+    Activation::Silu
 }
 
 /// The decoder families asl computes, by `model_type`. They share this file: they differ only
@@ -58,7 +59,7 @@ pub enum Family {
 }
 
 /// The `model_type`s [`Family::of`] accepts, for error messages.
-pub const SUPPORTED_MODEL_TYPES: &str = "llama, qwen2, qwen3";
+pub(crate) const SUPPORTED_MODEL_TYPES: &str = "llama, qwen2, qwen3";
 
 impl Family {
     pub fn of(model_type: &str) -> Option<Family> {
@@ -137,8 +138,9 @@ pub struct Config {
     pub eos_token_id: Option<EosTokenId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pad_token_id: Option<u32>,
+    /// The MLP's activation; asl computes SwiGLU (`silu`) only and refuses the others at load.
     #[serde(default = "default_act")]
-    pub hidden_act: String,
+    pub hidden_act: Activation,
     /// transformers 4's RoPE scaling: `null`, or `{"rope_type" (or "type"), "factor", …}`.
     #[serde(default)]
     pub rope_scaling: Option<serde_json::Value>,
@@ -171,7 +173,7 @@ impl Config {
     }
 
     /// Per-head dimension.
-    pub fn head_dim(&self) -> usize {
+    pub(crate) fn head_dim(&self) -> usize {
         self.head_dim
             .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
@@ -272,7 +274,7 @@ impl Config {
                 self.model_type
             ));
         }
-        if self.hidden_act != "silu" {
+        if self.hidden_act != Activation::Silu {
             return bad(format!("hidden_act {:?} (only \"silu\")", self.hidden_act));
         }
         self.rope()?;
@@ -359,4 +361,29 @@ pub fn load_config(dir: &Path) -> Result<Config> {
         other => other,
     })?;
     Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(act: &str) -> std::result::Result<Config, serde_json::Error> {
+        serde_json::from_str(&format!(
+            r#"{{"model_type": "llama", "hidden_size": 8, "intermediate_size": 16,
+                "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+                "rms_norm_eps": 1e-5, "vocab_size": 32, "hidden_act": "{act}"}}"#
+        ))
+    }
+
+    #[test]
+    fn the_activation_is_typed_and_only_silu_is_computed() {
+        assert_eq!(config("silu").unwrap().hidden_act, Activation::Silu);
+        config("silu").unwrap().validate().unwrap();
+        let gelu = config("gelu").unwrap().validate().unwrap_err().to_string();
+        assert!(
+            gelu.contains("hidden_act") && gelu.contains("silu"),
+            "{gelu}"
+        );
+        assert!(config("no_such_activation").is_err());
+    }
 }

@@ -38,14 +38,14 @@ use super::sample::{
 };
 
 /// How far back (in requests) a prompt looks for a donor to share its beginning with.
-pub const SHARE_WINDOW: usize = 64;
+pub(crate) const SHARE_WINDOW: usize = 64;
 
 /// A shared beginning that is not a whole prompt is cut down to a multiple of this: the fused
 /// attention computes a prefill chunk in blocks of this many queries from its first token, and
 /// the matmul of a block rounds differently with its shape, so only a cut on a block boundary
 /// gives every later query the block it would have had in a prefill from position 0 (measured:
 /// unaligned cuts changed judge log-probs in the 6th digit).
-pub const SHARE_ALIGN: usize = super::fused::attention::BLOCK_ROWS;
+pub(crate) const SHARE_ALIGN: usize = super::fused::attention::BLOCK_ROWS;
 
 /// How a call's requests are scheduled onto the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +71,7 @@ impl Default for Batching {
 
 /// What a call cost, in tokens and steps.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct GenStats {
+pub(crate) struct GenStats {
     /// Prompt tokens of all requests.
     pub prompt_tokens: usize,
     /// Of those, tokens whose keys and values were copied from a donor instead of computed.
@@ -99,7 +99,7 @@ impl std::ops::AddAssign for GenStats {
 
 impl GenStats {
     /// One line for a stage's summary: what was read and written, and how fast, over `secs`.
-    pub fn describe(&self, secs: f64) -> String {
+    pub(crate) fn describe(&self, secs: f64) -> String {
         let per_s = |n: usize| n as f64 / secs.max(1e-9);
         format!(
             "tokens: {} sampled, {} tool, {} prompt ({} of them shared), {} through the model in {} steps; {:.1} sampled/s, {:.0} processed/s",
@@ -117,7 +117,7 @@ impl GenStats {
 
 /// The outputs of a call, in request order, and its cost.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Generation {
+pub(crate) struct Generation {
     pub outputs: Vec<SeqOutput>,
     pub stats: GenStats,
 }
@@ -141,7 +141,7 @@ where
 
 /// [`generate`], calling `finished(request_index)` as each sequence ends and returning the
 /// call's [`GenStats`] too.
-pub fn generate_with<F, D>(
+pub(crate) fn generate_with<F, D>(
     model: &Model,
     tokenizer: &Tokenizer,
     requests: &[SeqRequest],

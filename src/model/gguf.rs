@@ -148,7 +148,7 @@ pub fn config_from_gguf(path: &Path, ct: &gguf_file::Content) -> Result<Config> 
             .opt_u32("tokenizer.ggml.eos_token_id")
             .map(EosTokenId::One),
         pad_token_id: m.opt_u32("tokenizer.ggml.padding_token_id"),
-        hidden_act: "silu".into(),
+        hidden_act: candle_nn::Activation::Silu,
         rope_scaling: None,
         attention_bias: false,
         mlp_bias: false,
@@ -243,7 +243,7 @@ pub fn tokenizer_json_from_gguf(path: &Path, ct: &gguf_file::Content) -> Result<
 
 /// Writes `tokenizer_config.json` for SmolLM2's special tokens with
 /// `chat_template`.
-pub fn write_tokenizer_config(dir: &Path, chat_template: &str) -> Result<()> {
+pub(crate) fn write_tokenizer_config(dir: &Path, chat_template: &str) -> Result<()> {
     let specials = [
         "<|endoftext|>",
         "<|im_start|>",
@@ -289,7 +289,7 @@ pub fn write_tokenizer_config(dir: &Path, chat_template: &str) -> Result<()> {
 }
 
 /// Writes `generation_config.json` (bos/eos/pad ids of `cfg`).
-pub fn write_generation_config(dir: &Path, cfg: &Config) -> Result<()> {
+pub(crate) fn write_generation_config(dir: &Path, cfg: &Config) -> Result<()> {
     let v = json!({
         "_from_model_config": true,
         "bos_token_id": cfg.bos_token_id,

@@ -110,7 +110,7 @@ impl Guide {
     }
 
     /// Only the final (non-tool) actions: a role that has no search tool.
-    pub fn without_tools(mut self) -> Guide {
+    pub(crate) fn without_tools(mut self) -> Guide {
         self.actions.retain(|a| !a.tool);
         self.min_tool_calls = 0;
         self
@@ -119,7 +119,7 @@ impl Guide {
     /// Tool calls written as `open` `prefix` query `terminator` `close` (the `qwen` format's
     /// `<tool_call>` JSON); the model may close the call itself, the terminator is forced only
     /// when the query's budget runs out.
-    pub fn with_tool_call(
+    pub(crate) fn with_tool_call(
         mut self,
         open: &str,
         prefix: &str,
@@ -139,7 +139,7 @@ impl Guide {
     /// reading the corpus before it writes a task) does not skip straight to its answer. The
     /// requirement lapses when no tool turn or too little budget is left, so the format still
     /// completes.
-    pub fn with_min_tool_calls(mut self, n: usize) -> Guide {
+    pub(crate) fn with_min_tool_calls(mut self, n: usize) -> Guide {
         self.min_tool_calls = n;
         self
     }
@@ -147,7 +147,7 @@ impl Guide {
 
 /// What the guide allows at the next position.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Next {
+pub(crate) enum Next {
     /// Sample freely, except these tokens.
     Free { ban: Vec<u32> },
     /// This token, not sampled.
@@ -177,7 +177,7 @@ enum Choice {
 
 /// The guide's state for one sequence.
 #[derive(Debug, Clone)]
-pub struct GuideState {
+pub(crate) struct GuideState {
     guide: Guide,
     phase: Phase,
     queue: VecDeque<u32>,
@@ -213,7 +213,7 @@ fn chain_cost(seg: &Segment) -> usize {
 
 /// How a guided turn ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TurnEnd {
+pub(crate) enum TurnEnd {
     /// A tool segment closed: the tool's text comes next.
     Tool,
     /// The format is complete.
@@ -252,12 +252,12 @@ impl GuideState {
         }
     }
 
-    pub fn forced_in_loss(&self) -> bool {
+    pub(crate) fn forced_in_loss(&self) -> bool {
         self.guide.forced_in_loss
     }
 
     /// Whether the turn is over, once the queued tag tokens are out.
-    pub fn turn_end(&self) -> Option<TurnEnd> {
+    pub(crate) fn turn_end(&self) -> Option<TurnEnd> {
         if !self.queue.is_empty() {
             return None;
         }
@@ -399,7 +399,7 @@ impl GuideState {
     /// Records the token just appended. `since_phase_start` decodes the completion from
     /// [`GuideState::phase_start`]; it is called only in free phases, where the model may close
     /// the tag itself.
-    pub fn observe(
+    pub(crate) fn observe(
         &mut self,
         tok: &Tokenizer,
         token: u32,
@@ -460,7 +460,7 @@ impl GuideState {
     }
 
     /// The tool's text was appended: a new turn begins.
-    pub fn on_tool_text(&mut self) {
+    pub(crate) fn on_tool_text(&mut self) {
         self.tool_calls += 1;
         self.phase = Phase::TurnStart;
         self.queue.clear();

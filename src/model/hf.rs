@@ -13,7 +13,7 @@ use super::llama::Model;
 use super::placement::Placement;
 
 /// Reads `dir/tokenizer.json`.
-pub fn load_tokenizer(dir: &Path) -> Result<tokenizers::Tokenizer> {
+pub(crate) fn load_tokenizer(dir: &Path) -> Result<tokenizers::Tokenizer> {
     let path = dir.join("tokenizer.json");
     if !path.exists() {
         return Err(ModelError::MissingFile {

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use super::error::{ModelError, Result};
 
 /// Reads and parses a JSON file; `what` names the file's role in errors.
-pub fn read_json<T: DeserializeOwned>(path: &Path, what: &'static str) -> Result<T> {
+pub(crate) fn read_json<T: DeserializeOwned>(path: &Path, what: &'static str) -> Result<T> {
     if !path.exists() {
         return Err(ModelError::MissingFile {
             path: path.to_path_buf(),
@@ -42,7 +42,7 @@ pub fn load_safetensors_dir(dir: &Path, device: &Device) -> Result<HashMap<Strin
 
 /// [`load_safetensors_dir`] converting every tensor to `dtype` (whatever the file stores: f32,
 /// bf16 or f16 checkpoints all load).
-pub fn load_safetensors_dir_as(
+pub(crate) fn load_safetensors_dir_as(
     dir: &Path,
     device: &Device,
     dtype: DType,
@@ -176,7 +176,7 @@ fn candle_dtype(name: &str) -> Option<DType> {
 
 /// Writes tensors (converted to f32) as one safetensors file with the
 /// `{"format": "pt"}` metadata that `transformers` expects. Names are sorted.
-pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+pub(crate) fn save_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let t = t.to_dtype(DType::F32)?;
@@ -207,7 +207,7 @@ pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()>
 
 /// A temporary sibling directory that is renamed onto `final_dir` by
 /// [`StagingDir::publish`], or removed when dropped unpublished.
-pub struct StagingDir {
+pub(crate) struct StagingDir {
     tmp: PathBuf,
     final_dir: PathBuf,
     published: bool,
@@ -245,7 +245,7 @@ impl StagingDir {
     }
 
     /// Replaces `final_dir` (if present) by the staged directory.
-    pub fn publish(mut self) -> Result<()> {
+    pub(crate) fn publish(mut self) -> Result<()> {
         if self.final_dir.exists() {
             std::fs::remove_dir_all(&self.final_dir)
                 .map_err(|e| ModelError::io(&self.final_dir, e))?;

@@ -42,7 +42,7 @@ const MASK_NEG: f64 = -1e9;
 
 /// Rotary position embedding (HF "rotate half" layout), precomputed tables.
 #[derive(Debug, Clone)]
-pub struct RotaryEmbedding {
+pub(crate) struct RotaryEmbedding {
     /// (max_position_embeddings, head_dim / 2)
     cos: Tensor,
     /// (max_position_embeddings, head_dim / 2)
@@ -73,7 +73,7 @@ impl RotaryEmbedding {
     }
 
     /// Number of positions the tables cover.
-    pub fn max_positions(&self) -> usize {
+    pub(crate) fn max_positions(&self) -> usize {
         self.cos.dim(0).unwrap_or(0)
     }
 
@@ -203,7 +203,7 @@ impl Proj {
 
 /// RMSNorm with a learned scale (`weight`).
 #[derive(Debug, Clone)]
-pub struct RmsNorm {
+pub(crate) struct RmsNorm {
     weight: Tensor,
     eps: f64,
 }
@@ -237,7 +237,7 @@ impl RmsNorm {
 
 /// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
 #[derive(Debug, Clone)]
-pub struct Mlp {
+pub(crate) struct Mlp {
     gate_proj: Proj,
     up_proj: Proj,
     down_proj: Proj,
@@ -289,7 +289,7 @@ fn softmax_last(x: &Tensor) -> Result<Tensor> {
 
 /// Multi-head self-attention with grouped key/value heads.
 #[derive(Debug, Clone)]
-pub struct Attention {
+pub(crate) struct Attention {
     q_proj: Proj,
     k_proj: Proj,
     v_proj: Proj,
@@ -470,7 +470,7 @@ impl Attention {
 
 /// Pre-norm decoder block: attention and MLP, each with a residual.
 #[derive(Debug, Clone)]
-pub struct DecoderLayer {
+pub(crate) struct DecoderLayer {
     input_layernorm: RmsNorm,
     self_attn: Attention,
     post_attention_layernorm: RmsNorm,
@@ -557,7 +557,7 @@ fn right_padded_lengths(attention_mask: &Tensor) -> Result<Option<Arc<[usize]>>>
 
 /// KV cache of one sequence (all layers).
 #[derive(Debug, Clone)]
-pub struct SeqCache {
+pub(crate) struct SeqCache {
     layers: Vec<candle_nn::kv_cache::KvCache>,
     len: usize,
 }
@@ -579,13 +579,14 @@ impl SeqCache {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// A cache of its own (new buffers) holding the first `len` positions of this one: a
     /// sequence that begins like this one starts from it instead of recomputing them.
-    pub fn fork(&self, len: usize) -> Result<SeqCache> {
+    pub(crate) fn fork(&self, len: usize) -> Result<SeqCache> {
         if len > self.len {
             return Err(ModelError::InvalidArgument(format!(
                 "fork of {len} positions from a cache of {}",
@@ -607,7 +608,8 @@ impl SeqCache {
     }
 
     /// Forgets everything (the buffers are released).
-    pub fn clear(&mut self) {
+    #[cfg(test)]
+    fn clear(&mut self) {
         for l in &mut self.layers {
             l.reset();
         }
@@ -711,7 +713,7 @@ impl Model {
     }
 
     /// A fresh, empty cache for one sequence.
-    pub fn new_cache(&self) -> SeqCache {
+    pub(crate) fn new_cache(&self) -> SeqCache {
         SeqCache::new(&self.cfg)
     }
 
@@ -724,12 +726,16 @@ impl Model {
     }
 
     /// Logits (f32) of final-norm hidden states `(.., hidden)`.
-    pub fn project(&self, h: &Tensor) -> Result<Tensor> {
+    pub(crate) fn project(&self, h: &Tensor) -> Result<Tensor> {
         Ok(linear(&self.lm_head, h)?.to_dtype(DType::F32)?)
     }
 
     /// Final-norm hidden states `(B, L, hidden)` of a padded batch.
-    pub fn forward_hidden(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward_hidden(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+    ) -> Result<Tensor> {
         let (b, l) = input_ids.dims2()?;
         if attention_mask.dims2()? != (b, l) {
             return Err(ModelError::InvalidArgument(format!(
@@ -783,7 +789,11 @@ impl Model {
     /// (one or more new tokens) to the sequence whose cache is `caches[i]`
     /// (positions continue at `caches[i].len()`), appends to the caches and
     /// returns the logits of each chunk's last token, `(chunks.len(), V)`.
-    pub fn forward_step(&self, chunks: &[&[u32]], caches: &mut [&mut SeqCache]) -> Result<Tensor> {
+    pub(crate) fn forward_step(
+        &self,
+        chunks: &[&[u32]],
+        caches: &mut [&mut SeqCache],
+    ) -> Result<Tensor> {
         if chunks.len() != caches.len() || chunks.is_empty() {
             return Err(ModelError::InvalidArgument(format!(
                 "forward_step: {} chunks for {} caches",

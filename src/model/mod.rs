@@ -72,7 +72,7 @@ pub(crate) mod test_util {
     }
 
     /// Largest absolute element-wise difference of two same-shape f32 tensors.
-    pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
         (a - b)
             .and_then(|d| d.abs())
             .and_then(|d| d.flatten_all())
@@ -83,7 +83,7 @@ pub(crate) mod test_util {
 
     /// `n` deterministic values spread over `(-amp/2, amp/2)`, a different pattern per `seed`:
     /// inputs for the kernel tests.
-    pub fn spread_values(n: usize, seed: usize, amp: f32) -> Vec<f32> {
+    pub(crate) fn spread_values(n: usize, seed: usize, amp: f32) -> Vec<f32> {
         (0..n)
             .map(|i| (((i * 7919 + seed * 104_729) % 1009) as f32 / 1009.0 - 0.5) * amp)
             .collect()
@@ -91,7 +91,7 @@ pub(crate) mod test_util {
 
     /// Gradients of `sum(out ⊙ weights)` with respect to each of `vars`. With weights that
     /// differ everywhere, comparing two such gradients checks every entry of the backward.
-    pub fn weighted_grads<const N: usize>(
+    pub(crate) fn weighted_grads<const N: usize>(
         out: &candle_core::Tensor,
         weights: &candle_core::Tensor,
         vars: [&candle_core::Var; N],
@@ -104,7 +104,7 @@ pub(crate) mod test_util {
     }
 
     /// Asserts that the gradients of two outputs (see [`weighted_grads`]) agree within `tol`.
-    pub fn assert_same_grads<const N: usize>(
+    pub(crate) fn assert_same_grads<const N: usize>(
         got: &candle_core::Tensor,
         want: &candle_core::Tensor,
         weights: &candle_core::Tensor,
@@ -130,7 +130,7 @@ pub(crate) mod test_util {
     }
 
     /// `tokenizer.json` rebuilt from the asset's metadata.
-    pub fn tokenizer_json() -> Option<PathBuf> {
+    pub(crate) fn tokenizer_json() -> Option<PathBuf> {
         static P: OnceLock<Option<PathBuf>> = OnceLock::new();
         P.get_or_init(|| {
             let g = gguf_asset()?;
@@ -158,7 +158,7 @@ pub(crate) mod test_util {
     /// same way for any number of rows above one, as at SmolLM2's, so tests can compare
     /// outputs bit for bit across batch shapes; at the tiny model's widths the gemm crate
     /// switches kernels with the row count.
-    pub fn wide_tiny_model(seed: u64) -> Option<PathBuf> {
+    pub(crate) fn wide_tiny_model(seed: u64) -> Option<PathBuf> {
         let tc = super::tiny::TinyConfig {
             seed,
             hidden: 576,
@@ -183,7 +183,7 @@ pub(crate) mod test_util {
     }
 
     /// The asset imported as a dense HF folder (once per process).
-    pub fn imported_smollm2() -> Option<PathBuf> {
+    pub(crate) fn imported_smollm2() -> Option<PathBuf> {
         static P: OnceLock<Option<PathBuf>> = OnceLock::new();
         P.get_or_init(|| {
             let g = gguf_asset()?;

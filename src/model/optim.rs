@@ -76,7 +76,7 @@ pub(crate) struct AdamW {
 impl AdamW {
     /// The state saved in `dir` for `vars`; tensors without saved moments (a different
     /// `train_last_k`, a first training) start from zero, and without a saved step count at 0.
-    pub fn resume(
+    pub(crate) fn resume(
         dir: &Path,
         device: &Device,
         cfg: TrainConfig,
@@ -112,11 +112,6 @@ impl AdamW {
             0
         };
         Ok(AdamW { cfg, m, v, step })
-    }
-
-    /// Optimizer steps taken since the weights were first trained.
-    pub fn steps_done(&self) -> usize {
-        self.step
     }
 
     fn lr_at(&self, step: usize) -> f64 {

@@ -33,7 +33,7 @@ pub enum Part {
 
 impl Part {
     /// The parameter that holds this half.
-    pub fn param(self) -> &'static str {
+    pub(crate) fn param(self) -> &'static str {
         match self {
             Part::Device => "device",
             Part::Dtype => "dtype",
@@ -54,7 +54,7 @@ impl Placement {
     }
 
     /// f32 on `device`: what training uses on any device.
-    pub fn f32_on(device: &Device) -> Self {
+    pub(crate) fn f32_on(device: &Device) -> Self {
         Self {
             device: device.clone(),
             dtype: DType::F32,
@@ -69,7 +69,10 @@ impl Placement {
 
     /// [`Placement::parse`], saying which of the two values was refused, so that a caller can
     /// name the parameter.
-    pub fn parse_each(device: &str, dtype: &str) -> std::result::Result<Self, (Part, ModelError)> {
+    pub(crate) fn parse_each(
+        device: &str,
+        dtype: &str,
+    ) -> std::result::Result<Self, (Part, ModelError)> {
         let device = parse_device(device).map_err(|e| (Part::Device, e))?;
         let (dtype, quant) = parse_dtype(dtype, &device).map_err(|e| (Part::Dtype, e))?;
         Ok(Self {
@@ -79,28 +82,25 @@ impl Placement {
         })
     }
 
-    /// `cpu/f32`, `cuda:0/bf16`, … for logs and tables.
-    pub fn describe(&self) -> String {
+    /// `cpu/f32`, `cuda:0/bf16`, … for test messages.
+    #[cfg(test)]
+    fn describe(&self) -> String {
         let device = match self.device.location() {
             candle_core::DeviceLocation::Cpu => "cpu".to_string(),
             candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
             candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
         };
+        let dtype = match self.dtype {
+            DType::F32 => "f32",
+            DType::BF16 => "bf16",
+            DType::F16 => "f16",
+            other => other.as_str(),
+        };
         match self.quant {
             Some(GgmlDType::Q8_0) => format!("{device}/q8_0"),
             Some(q) => format!("{device}/{q:?}"),
-            None => format!("{device}/{}", dtype_name(self.dtype)),
+            None => format!("{device}/{dtype}"),
         }
-    }
-}
-
-/// The name `dtype` parameters use for `dtype`.
-pub fn dtype_name(dtype: DType) -> &'static str {
-    match dtype {
-        DType::F32 => "f32",
-        DType::BF16 => "bf16",
-        DType::F16 => "f16",
-        other => other.as_str(),
     }
 }
 

@@ -112,7 +112,7 @@ pub struct SeqOutput {
 
 /// Per-sequence seed from a run seed, a row id and an attempt number
 /// (SplitMix64 finalizer over the combination).
-pub fn seq_seed(run_seed: u64, row_id: u64, attempt: u64) -> u64 {
+pub(crate) fn seq_seed(run_seed: u64, row_id: u64, attempt: u64) -> u64 {
     let mut z = run_seed
         ^ row_id.wrapping_mul(0x9E37_79B9_7F4A_7C15)
         ^ attempt.wrapping_mul(0xD1B5_4A32_D192_ED03).rotate_left(17);
@@ -124,7 +124,7 @@ pub fn seq_seed(run_seed: u64, row_id: u64, attempt: u64) -> u64 {
 /// Picks the next token from `logits`; returns `(token, logprob at the
 /// sampling temperature over the full vocabulary, logprob under the sampled
 /// distribution)`.
-pub fn sample_token(
+pub(crate) fn sample_token(
     logits: &[f32],
     params: &SamplingParams,
     rng: &mut ChaCha8Rng,
@@ -224,7 +224,7 @@ pub(crate) fn sample_constrained(
 }
 
 /// The temperature log-probs are scored at: the sampling temperature, 1 when greedy.
-pub fn scoring_temperature(params: &SamplingParams) -> f64 {
+pub(crate) fn scoring_temperature(params: &SamplingParams) -> f64 {
     if params.greedy || params.temperature <= 0.0 {
         1.0
     } else {

@@ -107,7 +107,8 @@ pub fn token_logprobs(
 
 /// `sum(x * mask) / max(sum(mask), 1)`: a scalar; 0 (not NaN) for an empty
 /// mask.
-pub fn masked_mean(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+#[cfg(test)]
+pub(crate) fn masked_mean(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let mask = mask.to_dtype(x.dtype())?;
     let num = (x * &mask)?.sum_all()?;
     let den = mask.sum_all()?.maximum(1.0)?;
@@ -152,7 +153,7 @@ impl LossPositions {
 /// The logits `(N, V)` at the loss positions `pos`, divided by `temperature` (the distribution a
 /// role sampled from). Only loss positions go through the vocabulary projection, which
 /// dominates the cost of training a small model with a large vocabulary.
-pub fn selected_logits(
+pub(crate) fn selected_logits(
     model: &Model,
     batch: &SeqBatch,
     pos: &LossPositions,

@@ -39,7 +39,7 @@ impl Default for TinyConfig {
 
 /// The HF config of a tiny model with `vocab_size` tokens (tied
 /// embeddings, SmolLM2 special ids: bos 1, eos 2).
-pub fn tiny_config(tc: &TinyConfig, vocab_size: usize) -> Config {
+pub(crate) fn tiny_config(tc: &TinyConfig, vocab_size: usize) -> Config {
     Config {
         architectures: vec!["LlamaForCausalLM".into()],
         model_type: "llama".into(),
@@ -57,7 +57,7 @@ pub fn tiny_config(tc: &TinyConfig, vocab_size: usize) -> Config {
         bos_token_id: Some(1),
         eos_token_id: Some(EosTokenId::One(2)),
         pad_token_id: Some(2),
-        hidden_act: "silu".into(),
+        hidden_act: candle_nn::Activation::Silu,
         rope_scaling: None,
         attention_bias: false,
         mlp_bias: false,

@@ -131,17 +131,13 @@ impl Trainer {
         })
     }
 
-    /// Optimizer steps taken since the weights were first trained.
-    pub fn steps_done(&self) -> usize {
-        self.opt.steps_done()
-    }
-
     pub fn model(&self) -> &Model {
         &self.model
     }
 
     /// Names of the trainable tensors, sorted.
-    pub fn trainable_names(&self) -> Vec<&str> {
+    #[cfg(test)]
+    fn trainable_names(&self) -> Vec<&str> {
         self.vars.iter().map(|(n, _)| n.as_str()).collect()
     }
 
@@ -179,7 +175,7 @@ impl Trainer {
 
     /// One optimizer step from exported gradients (e.g. [`sum_grads`] of
     /// several workers). Every trainable tensor must be present.
-    pub fn step_with_grads(&mut self, grads: &[NamedGrad]) -> Result<StepStats> {
+    pub(crate) fn step_with_grads(&mut self, grads: &[NamedGrad]) -> Result<StepStats> {
         let by_name: HashMap<&str, &NamedGrad> =
             grads.iter().map(|g| (g.name.as_str(), g)).collect();
         // A GradStore holding every trainable var (zero gradients), then
@@ -216,7 +212,7 @@ impl Trainer {
     /// the source folder has a frozen shard with exactly these tensors (the
     /// previous optimizer step's), it is hard-linked instead of written again,
     /// so a run's checkpoints share their untrained weights on disk.
-    pub fn save_checkpoint(&self, dir: &Path) -> Result<()> {
+    pub(crate) fn save_checkpoint(&self, dir: &Path) -> Result<()> {
         let sorted = |it: &mut dyn Iterator<Item = (String, Tensor)>| {
             let mut v: Vec<(String, Tensor)> = it.collect();
             v.sort_by(|a, b| a.0.cmp(&b.0));
@@ -278,7 +274,7 @@ impl Trainer {
 /// The shard of a partly trained checkpoint that holds its untrained tensors.
 pub const FROZEN_SHARD: &str = "model-00001-of-00002.safetensors";
 /// The shard of a partly trained checkpoint that holds its trained tensors.
-pub const TRAINED_SHARD: &str = "model-00002-of-00002.safetensors";
+pub(crate) const TRAINED_SHARD: &str = "model-00002-of-00002.safetensors";
 const SHARD_INDEX_FILE: &str = "model.safetensors.index.json";
 
 /// The tensor names (sorted) a folder's index maps to [`FROZEN_SHARD`], when it has one.

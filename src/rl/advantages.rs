@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 /// How advantages are scaled after the group mean is subtracted (TRL's `scale_rewards`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scale {
+pub(crate) enum Scale {
     Group,
     Batch,
     None,
@@ -27,15 +27,15 @@ impl std::str::FromStr for Scale {
     }
 }
 
-pub const EPS: f64 = 1e-4;
+pub(crate) const EPS: f64 = 1e-4;
 
 /// Relative spread below which a group's rewards count as all equal.
-pub const FLAT_TOLERANCE: f64 = 1e-9;
+pub(crate) const FLAT_TOLERANCE: f64 = 1e-9;
 
 /// Whether `xs` are all equal, decided from the spread `max − min` (relative to the magnitude of
 /// the largest value, at least 1), never from a float comparison of a computed std: eight
 /// rewards of 5/12 have a computed std of about 1e-16, not 0. An empty group is flat.
-pub fn is_flat(xs: &[f64]) -> bool {
+pub(crate) fn is_flat(xs: &[f64]) -> bool {
     if xs.is_empty() {
         return true;
     }
@@ -49,7 +49,7 @@ pub fn is_flat(xs: &[f64]) -> bool {
 
 /// Advantages of a batch and which rows sit in a flat group.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Advantages {
+pub(crate) struct Advantages {
     /// One per reward; exactly 0 for every row of a flat group.
     pub values: Vec<f64>,
     /// One per reward: the row's group is flat (no learning signal).

@@ -9,7 +9,7 @@ use crate::rl::metrics::{normalize_answer, sub_exact_match};
 
 /// What one GRM judgment judged, as its label sees it.
 #[derive(Debug, Clone, Copy)]
-pub enum Judged<'a> {
+pub(crate) enum Judged<'a> {
     /// A labelled verification item: correct exactly when the candidate is its gold answer.
     Verification { gold: &'a str },
     /// The generator's own answer (the self-check). It *is* the task's reference, so it has no
@@ -22,7 +22,7 @@ pub enum Judged<'a> {
 /// One GRM judgment: the question (task) it belongs to, the candidate answer, whether the
 /// verdict parsed and what it said.
 #[derive(Debug, Clone, Copy)]
-pub struct Judgment<'a> {
+pub(crate) struct Judgment<'a> {
     pub question: &'a str,
     pub candidate: &'a str,
     pub parsed: bool,
@@ -33,7 +33,7 @@ pub struct Judgment<'a> {
 /// Every judgment's label under `mode` (`Some(true)`: correct); `None` trains nothing.
 /// `self` votes are every parsable judgment of one (question, normalised answer) key but
 /// verification items; an unparsable verdict is no opinion and casts no vote.
-pub fn grm_labels(mode: LabelMode, judgments: &[Judgment]) -> Vec<Option<bool>> {
+pub(crate) fn grm_labels(mode: LabelMode, judgments: &[Judgment]) -> Vec<Option<bool>> {
     fn key<'a>(j: &Judgment<'a>) -> (&'a str, String) {
         (j.question, normalize_answer(j.candidate))
     }
@@ -73,7 +73,7 @@ pub fn grm_labels(mode: LabelMode, judgments: &[Judgment]) -> Vec<Option<bool>> 
 
 /// Which judgments train, given their `labels`: every labelled one, but `self` labels only as
 /// `balance` keeps them (`order_key` orders each class's items for the seeded sample).
-pub fn grm_trains(
+pub(crate) fn grm_trains(
     mode: LabelMode,
     balance: GrmBalance,
     judgments: &[Judgment],
@@ -102,7 +102,7 @@ pub fn grm_trains(
 
 impl LabelMode {
     /// The `scheme` column of a GRM reward row (`real` for a verification item).
-    pub fn row_name(self, judged: &Judged) -> &'static str {
+    pub(crate) fn row_name(self, judged: &Judged) -> &'static str {
         if let Judged::Verification { .. } = judged {
             return "grm-label/real";
         }
@@ -116,7 +116,7 @@ impl LabelMode {
 
 /// GRM label modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LabelMode {
+pub(crate) enum LabelMode {
     /// The GRM's own verdicts, class-balanced.
     SelfVerdict,
     /// Does the attempt match the generator's reference (SubEM)?
@@ -143,7 +143,7 @@ impl std::str::FromStr for LabelMode {
 /// included (`own_correct` is its verdict). `None`, and the judgment does not train, when no
 /// other judgment of the key exists (a single vote has no independent label) or when the others
 /// tie (no majority to learn).
-pub fn leave_one_out_label(
+pub(crate) fn leave_one_out_label(
     key_correct: usize,
     key_votes: usize,
     own_correct: bool,
@@ -155,7 +155,7 @@ pub fn leave_one_out_label(
 
 /// The majority of `votes` verdicts of which `correct` said correct: `None` without votes or on
 /// a tie.
-pub fn majority_label(correct: usize, votes: usize) -> Option<bool> {
+pub(crate) fn majority_label(correct: usize, votes: usize) -> Option<bool> {
     if votes == 0 || correct > votes || 2 * correct == votes {
         return None;
     }
@@ -165,7 +165,7 @@ pub fn majority_label(correct: usize, votes: usize) -> Option<bool> {
 /// Class balancing for `self` labels: keep every item of the minority verdict and an equal
 /// number of the majority, chosen by a seeded order (`order_key` per item). Returns the kept
 /// indices in input order.
-pub fn class_balance(verdicts: &[bool], order_key: impl Fn(usize) -> u64) -> Vec<usize> {
+pub(crate) fn class_balance(verdicts: &[bool], order_key: impl Fn(usize) -> u64) -> Vec<usize> {
     let (pos, neg): (Vec<usize>, Vec<usize>) = (0..verdicts.len()).partition(|&i| verdicts[i]);
     let (minority, mut majority) = if pos.len() <= neg.len() {
         (pos, neg)
@@ -181,7 +181,7 @@ pub fn class_balance(verdicts: &[bool], order_key: impl Fn(usize) -> u64) -> Vec
 
 /// Where `self` labels are class-balanced (`reward.grm_balance`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GrmBalance {
+pub(crate) enum GrmBalance {
     /// Per question, as the seed does (the default). Leave-one-out labels agree within a
     /// question far more often than the seed's raw verdicts, so few rows train.
     Question,
@@ -207,7 +207,7 @@ impl std::str::FromStr for GrmBalance {
 
 /// The `self` labels that train under `mode`: indices into `labels` (input order), `groups`
 /// holding each label's question.
-pub fn balance_self_labels<K: Ord>(
+pub(crate) fn balance_self_labels<K: Ord>(
     mode: GrmBalance,
     labels: &[bool],
     groups: &[K],
@@ -223,7 +223,7 @@ pub fn balance_self_labels<K: Ord>(
 /// [`class_balance`] within each group (the seed balances per question): a group keeps its
 /// minority class and as many of its majority; a group with one class only (no disagreement)
 /// keeps nothing. Returns the kept indices in input order.
-pub fn class_balance_by_group<K: Ord>(
+pub(crate) fn class_balance_by_group<K: Ord>(
     labels: &[bool],
     groups: &[K],
     order_key: impl Fn(usize) -> u64,

@@ -37,7 +37,7 @@ pub enum LossType {
 }
 
 impl LossType {
-    pub const NAMES: &'static str = "grpo, dr_grpo, token_mean";
+    pub(crate) const NAMES: &'static str = "grpo, dr_grpo, token_mean";
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -117,13 +117,13 @@ pub fn sequence_weight(cfg: &LossConfig, role: &RoleCounts, tokens: u32) -> f64 
 /// verl's `low_var_kl`: the k3 estimator `exp(ref - logp) - (ref - logp) - 1`, with the log-ratio
 /// clamped to ±20 and the result to ±10, so one token the reference finds very unlikely cannot
 /// blow the loss up.
-pub fn kl_k3_clamped(logp: &Tensor, ref_logp: &Tensor) -> Result<Tensor> {
+pub(crate) fn kl_k3_clamped(logp: &Tensor, ref_logp: &Tensor) -> Result<Tensor> {
     let d = (ref_logp - logp)?.clamp(-20f32, 20f32)?;
     Ok(((d.exp()? - &d)? - 1.0)?.clamp(-10f32, 10f32)?)
 }
 
 /// Per-token entropies `(N,)` of rows of logits `(N, V)`, differentiable.
-pub fn entropy_of_logits(logits: &Tensor) -> Result<Tensor> {
+pub(crate) fn entropy_of_logits(logits: &Tensor) -> Result<Tensor> {
     let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
     Ok((logp.exp()? * &logp)?.sum(D::Minus1)?.neg()?)
 }

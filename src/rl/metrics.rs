@@ -4,7 +4,7 @@
 //! answers.
 
 /// SQuAD's answer normalisation.
-pub fn normalize_answer(text: &str) -> String {
+pub(crate) fn normalize_answer(text: &str) -> String {
     let lower = text.to_lowercase();
     let no_punct: String = lower
         .chars()
@@ -19,13 +19,13 @@ pub fn normalize_answer(text: &str) -> String {
         .join(" ")
 }
 
-pub fn exact_match(prediction: &str, golds: &[String]) -> f64 {
+pub(crate) fn exact_match(prediction: &str, golds: &[String]) -> f64 {
     let p = normalize_answer(prediction);
     bool_score(golds.iter().any(|g| normalize_answer(g) == p))
 }
 
 /// A gold answer is contained in the prediction (after normalisation, on word boundaries).
-pub fn sub_exact_match(prediction: &str, golds: &[String]) -> f64 {
+pub(crate) fn sub_exact_match(prediction: &str, golds: &[String]) -> f64 {
     let p = format!(" {} ", normalize_answer(prediction));
     bool_score(golds.iter().any(|g| {
         let g = normalize_answer(g);

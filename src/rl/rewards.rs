@@ -50,13 +50,13 @@ pub fn generator_reward(scheme: GeneratorScheme, p: f64) -> f64 {
 
 /// The generator's reward for a valid task of solve rate `p`, less R-Zero's repetition
 /// `penalty` (0 for the other schemes), never below 0.
-pub fn penalised_generator_reward(scheme: GeneratorScheme, p: f64, penalty: f64) -> f64 {
+pub(crate) fn penalised_generator_reward(scheme: GeneratorScheme, p: f64, penalty: f64) -> f64 {
     (generator_reward(scheme, p) - penalty).max(0.0)
 }
 
 impl GeneratorScheme {
     /// The `scheme` column of a generator reward row.
-    pub fn row_name(self) -> &'static str {
+    pub(crate) fn row_name(self) -> &'static str {
         match self {
             Self::Entropy => "asl-entropy",
             Self::Uncertainty => "r-zero",
@@ -67,7 +67,7 @@ impl GeneratorScheme {
 
 /// How a policy attempt is decided correct (`reward.verifier`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verifier {
+pub(crate) enum Verifier {
     /// The GRM's verdict, the majority when it judged the attempt several times.
     Grm,
     /// Exact match, after SQuAD normalisation, against the reference or an alias.
@@ -90,7 +90,7 @@ impl std::str::FromStr for Verifier {
 
 impl Verifier {
     /// The `scheme` column of a policy reward row.
-    pub fn row_name(self) -> &'static str {
+    pub(crate) fn row_name(self) -> &'static str {
         match self {
             Self::Grm => "grm-verdict",
             Self::Rule => "rule-em",
@@ -102,7 +102,7 @@ impl Verifier {
 /// What decides one attempt: the task's question, the attempt's answer, the task's reference
 /// and aliases, the group's majority answer (normalised) and the GRM's verdicts on it (correct,
 /// judged).
-pub struct Attempt<'a> {
+pub(crate) struct Attempt<'a> {
     pub question: &'a str,
     pub answer: Option<&'a str>,
     pub golds: &'a [String],
@@ -118,7 +118,7 @@ pub struct Attempt<'a> {
 /// the attempt cannot match it, whatever a lenient judge or a majority of echoes says. Without
 /// this rule the default's policy learned to answer with its question (223 of 300 held-out
 /// answers after 30 rounds, docs/rounds.md).
-pub fn attempt_correct(verifier: Verifier, a: &Attempt) -> Option<bool> {
+pub(crate) fn attempt_correct(verifier: Verifier, a: &Attempt) -> Option<bool> {
     let Some(answer) = a.answer else {
         return Some(false);
     };
@@ -138,7 +138,7 @@ pub fn attempt_correct(verifier: Verifier, a: &Attempt) -> Option<bool> {
 
 /// The most common normalised answer of a group (ties: the smallest string), R-Zero's
 /// pseudo-label.
-pub fn majority_answer<'a>(answers: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub(crate) fn majority_answer<'a>(answers: impl IntoIterator<Item = &'a str>) -> Option<String> {
     let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
     for answer in answers {
         *counts.entry(normalize_answer(answer)).or_default() += 1;
@@ -157,14 +157,14 @@ pub fn solve_rate(correct: &[bool]) -> f64 {
 }
 
 /// The policy's reward for one attempt: 1 when correct.
-pub fn policy_reward(correct: bool) -> f64 {
+pub(crate) fn policy_reward(correct: bool) -> f64 {
     f64::from(u8::from(correct))
 }
 
 /// Why a generated task is invalid, if it is (SPEC §2: validity): [`format_validity`], then at
 /// least `v_min` of the GRM's verdicts on the generator's own answer saying correct
 /// (`self_correct`). The self-check with its judgment count is [`self_check`].
-pub fn validity(
+pub(crate) fn validity(
     question: &str,
     answer: Option<&str>,
     self_correct: usize,
@@ -190,7 +190,7 @@ pub fn contains_answer(text: &str, answer: &str) -> bool {
 /// A generator that copies the start of a passage as its answer (`What is the history of
 /// Peru?` → `The history of Peru spans 15`) does; of the 7,965 corpus-built questions, whose
 /// answers are article titles and facts, 4 do (`World War II` after `World War I`).
-pub fn restates_question(question: &str, answer: &str) -> bool {
+pub(crate) fn restates_question(question: &str, answer: &str) -> bool {
     let q = normalize_answer(question);
     let q: Vec<&str> = q.split_whitespace().collect();
     let a = normalize_answer(answer);
@@ -223,7 +223,7 @@ pub fn grounding<'a>(answer: &str, passages: impl IntoIterator<Item = &'a str>) 
 /// The checks on the text alone: a question of at least 10 characters ending in `?`, an
 /// answer, a question that does not contain its answer ([`contains_answer`]) and an answer
 /// that does not restate its question ([`restates_question`]).
-pub fn format_validity(question: &str, answer: Option<&str>) -> Option<String> {
+pub(crate) fn format_validity(question: &str, answer: Option<&str>) -> Option<String> {
     let q = question.trim();
     if q.chars().count() < 10 {
         return Some("question shorter than 10 characters".into());
@@ -246,7 +246,7 @@ pub fn format_validity(question: &str, answer: Option<&str>) -> Option<String> {
 /// The outcome of the generator's self-check (SPEC §2): the GRM judged the generator's own
 /// answer `judged` times and said correct `correct` times.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SelfCheck {
+pub(crate) enum SelfCheck {
     /// At least `v_min` judgments, at least `v_min` of them correct.
     Passed,
     /// Fewer than `v_min` verdicts said correct.
@@ -261,12 +261,12 @@ pub enum SelfCheck {
 }
 
 /// Start of the invalid reason of a task the self-check rejected.
-pub const SELF_CHECK_REJECTED: &str = "self-check: the judge accepted";
+pub(crate) const SELF_CHECK_REJECTED: &str = "self-check: the judge accepted";
 /// Start of the invalid reason of a task with fewer self-judgments than `v_min`.
-pub const SELF_CHECK_TOO_FEW: &str = "self-check: only";
+pub(crate) const SELF_CHECK_TOO_FEW: &str = "self-check: only";
 
 /// The self-check's decision (see [`SelfCheck`]).
-pub fn self_check(correct: usize, judged: usize, v_min: usize) -> SelfCheck {
+pub(crate) fn self_check(correct: usize, judged: usize, v_min: usize) -> SelfCheck {
     if judged < v_min {
         SelfCheck::TooFewJudgments { judged, v_min }
     } else if correct < v_min {
@@ -302,7 +302,7 @@ impl SelfCheck {
 
     /// Which self-check failure an invalid reason records: `Some("rejected")`,
     /// `Some("too_few_judgments")`, or `None` for a reason of another kind.
-    pub fn of_reason(reason: &str) -> Option<&'static str> {
+    pub(crate) fn of_reason(reason: &str) -> Option<&'static str> {
         if reason.starts_with(SELF_CHECK_REJECTED) {
             Some("rejected")
         } else if reason.starts_with(SELF_CHECK_TOO_FEW) {
@@ -326,7 +326,7 @@ pub fn format_bonus(turns: usize, turns_opening_with_think: usize, searched: boo
 /// The format bonus of one trajectory from its own text (tool results removed): its turns end at
 /// a tool call in either format (`</search>`, `</tool_call>`), and a turn counts when it opens
 /// with `<think>` (at most `turns` of them).
-pub fn format_bonus_of_text(own_text: &str, turns: usize, searched: bool) -> f64 {
+pub(crate) fn format_bonus_of_text(own_text: &str, turns: usize, searched: bool) -> f64 {
     let own = own_text.replace("</tool_call>", "</search>");
     let think = own
         .split("</search>")
@@ -338,7 +338,7 @@ pub fn format_bonus_of_text(own_text: &str, turns: usize, searched: bool) -> f64
 
 /// R-Zero's repetition penalty: questions are clustered by BLEU similarity (single linkage at
 /// `threshold`), and each is penalised by its cluster's share of the batch.
-pub fn repetition_penalties(questions: &[String], threshold: f64) -> Vec<f64> {
+pub(crate) fn repetition_penalties(questions: &[String], threshold: f64) -> Vec<f64> {
     let n = questions.len();
     let mut parent: Vec<usize> = (0..n).collect();
     fn find(parent: &mut [usize], i: usize) -> usize {
@@ -375,7 +375,7 @@ pub fn repetition_penalties(questions: &[String], threshold: f64) -> Vec<f64> {
 }
 
 /// Sentence BLEU-4 with add-one smoothing on higher orders, as a similarity in [0, 1].
-pub fn bleu(candidate: &[String], reference: &[String]) -> f64 {
+pub(crate) fn bleu(candidate: &[String], reference: &[String]) -> f64 {
     if candidate.is_empty() || reference.is_empty() {
         return 0.0;
     }
@@ -413,7 +413,7 @@ pub fn bleu(candidate: &[String], reference: &[String]) -> f64 {
 }
 
 /// The GRM's reward: 1 when its verdict equals the label.
-pub fn grm_reward(verdict_correct: bool, label_correct: bool) -> f64 {
+pub(crate) fn grm_reward(verdict_correct: bool, label_correct: bool) -> f64 {
     if verdict_correct == label_correct {
         1.0
     } else {

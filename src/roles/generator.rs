@@ -5,12 +5,12 @@
 use super::tool::{self, ToolFormat};
 use super::{Message, tags};
 
-pub const SYSTEM: &str =
+pub(crate) const SYSTEM: &str =
     "You write quiz questions with short answers, using a search engine to check facts.";
 
 /// Curriculum direction for a task built from a previous one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
+pub(crate) enum Direction {
     Harder,
     Easier,
 }
@@ -18,7 +18,7 @@ pub enum Direction {
 /// Curriculum template: *width* (a similar question needing different knowledge) or *depth*
 /// (add or remove one reasoning hop).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Template {
+pub(crate) enum Template {
     Width,
     Depth,
 }
@@ -45,7 +45,7 @@ must not contain its answer.",
 }
 
 /// A first-round prompt from a topic seed.
-pub fn seed_prompt(topic: &str, tools: ToolFormat) -> Vec<Message> {
+pub(crate) fn seed_prompt(topic: &str, tools: ToolFormat) -> Vec<Message> {
     vec![
         Message::system(SYSTEM),
         Message::user(format!(
@@ -57,7 +57,7 @@ pub fn seed_prompt(topic: &str, tools: ToolFormat) -> Vec<Message> {
 }
 
 /// A prompt that rewrites a previous task.
-pub fn evolve_prompt(
+pub(crate) fn evolve_prompt(
     question: &str,
     answer: &str,
     direction: Direction,
@@ -90,7 +90,7 @@ pub fn evolve_prompt(
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GeneratorOutput {
+pub(crate) struct GeneratorOutput {
     pub question: Option<String>,
     pub answer: Option<String>,
     pub error: Option<String>,

@@ -5,7 +5,7 @@
 use super::tool::{self, ToolFormat};
 use super::{Message, tags};
 
-pub const SYSTEM: &str = "You are a careful judge of answers to factual questions.";
+pub(crate) const SYSTEM: &str = "You are a careful judge of answers to factual questions.";
 
 /// The judge's prompt; the reference answer is shown only when `reference` is given.
 pub fn prompt(
@@ -36,17 +36,17 @@ with <answer>conclusion: correct</answer> or <answer>conclusion: wrong</answer>.
 /// case-insensitive) so `asl audit` counts such answers in its polars scan. The judge's prompt
 /// quotes answers through `roles::quoted` and its verdict comes from its own output only, so these
 /// answers cannot decide a verdict by their text; the count shows whether a policy is trying.
-pub const JUDGE_STEERING: &str = r"(?i)(conclusion\s*:|verdict|\b(judge|grader|evaluator|reviewer)\b|\b(is|was|be) (correct|right|true)\b|\bmark(ed)? (it|this|as)\b|ignore (all |the |any )?(previous|above|prior|earlier)|<\|im_(start|end)\|>|</?(answer|information|question|search|think|tool_call|tool_response)>)";
+pub(crate) const JUDGE_STEERING: &str = r"(?i)(conclusion\s*:|verdict|\b(judge|grader|evaluator|reviewer)\b|\b(is|was|be) (correct|right|true)\b|\bmark(ed)? (it|this|as)\b|ignore (all |the |any )?(previous|above|prior|earlier)|<\|im_(start|end)\|>|</?(answer|information|question|search|think|tool_call|tool_response)>)";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Correct,
     Wrong,
 }
 
 impl Verdict {
     /// `Correct` when `correct`, else `Wrong`.
-    pub fn from_correct(correct: bool) -> Verdict {
+    pub(crate) fn from_correct(correct: bool) -> Verdict {
         if correct {
             Verdict::Correct
         } else {
@@ -63,13 +63,13 @@ impl Verdict {
     }
 
     /// Whether a `verdict` or `label` column's word says correct.
-    pub fn says_correct(word: &str) -> bool {
+    pub(crate) fn says_correct(word: &str) -> bool {
         word == Verdict::Correct.name()
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GrmOutput {
+pub(crate) struct GrmOutput {
     pub verdict: Verdict,
     pub parsed: bool,
     pub error: Option<String>,

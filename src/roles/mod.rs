@@ -48,7 +48,7 @@ impl std::str::FromStr for Role {
 /// The most characters of one role's output (a question, an answer) placed in another role's
 /// prompt; longer text is cut with `…` (a 10 kB answer must not push a judge's prompt past the
 /// model's context).
-pub const MAX_QUOTED_CHARS: usize = 1000;
+pub(crate) const MAX_QUOTED_CHARS: usize = 1000;
 
 /// Text one role wrote, made safe to place in another role's prompt: what one role writes is
 /// data for the next, and a model trained on a reward is adversarial by construction. Tags and
@@ -56,7 +56,7 @@ pub const MAX_QUOTED_CHARS: usize = 1000;
 /// (`search::render::neutralise`), so a question cannot close the prompt's turn, fake a tool
 /// result or plant a verdict; text is trimmed and cut at [`MAX_QUOTED_CHARS`]. Ordinary text is
 /// returned unchanged.
-pub fn quoted(text: &str) -> String {
+pub(crate) fn quoted(text: &str) -> String {
     let text = text.trim();
     let cut: String = match text.char_indices().nth(MAX_QUOTED_CHARS) {
         Some((at, _)) => format!("{}…", &text[..at]),
@@ -67,7 +67,7 @@ pub fn quoted(text: &str) -> String {
 
 /// One chat message; rendering into a model's chat template is the model runtime's job.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
+pub(crate) struct Message {
     pub role: &'static str,
     pub content: String,
 }

@@ -7,7 +7,7 @@
 use super::tool::{self, ToolFormat};
 use super::{Message, tags};
 
-pub const SYSTEM: &str =
+pub(crate) const SYSTEM: &str =
     "You are a research assistant that answers questions with a search engine.";
 
 /// The policy's chat prompt for one question, with search calls in `tools`' format.
@@ -28,7 +28,7 @@ no further external knowledge needed, you can directly provide the answer inside
 
 /// A parsed policy rollout. `answer` is set only when the rollout followed the format.
 /// The policy prompt when no search tool is offered (R-Zero's solver): think, then answer.
-pub fn prompt_without_tools(question: &str) -> Vec<Message> {
+pub(crate) fn prompt_without_tools(question: &str) -> Vec<Message> {
     let user = format!(
         "Answer the given question. Reason inside <think> and </think> first, then give the \
 answer inside <answer> and </answer>, without detailed illustrations. For example, \
@@ -42,7 +42,7 @@ answer inside <answer> and </answer>, without detailed illustrations. For exampl
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyOutput {
+pub(crate) struct PolicyOutput {
     pub answer: Option<String>,
     pub searches: Vec<String>,
     pub error: Option<String>,

@@ -22,12 +22,12 @@ pub fn blocks<'a>(text: &'a str, tag: &str) -> Vec<&'a str> {
 }
 
 /// Number of opening tags, complete or not.
-pub fn count_open(text: &str, tag: &str) -> usize {
+pub(crate) fn count_open(text: &str, tag: &str) -> usize {
     text.matches(&format!("<{tag}>")).count()
 }
 
 /// `text` with every `<tag>…</tag>` block removed (an unclosed one runs to the end).
-pub fn without_blocks(text: &str, tag: &str) -> String {
+pub(crate) fn without_blocks(text: &str, tag: &str) -> String {
     let open = format!("<{tag}>");
     let close = format!("</{tag}>");
     let mut out = String::with_capacity(text.len());
@@ -48,7 +48,7 @@ pub fn without_blocks(text: &str, tag: &str) -> String {
 }
 
 /// The text after the last complete `<tag>…</tag>` block.
-pub fn after_last_block<'a>(text: &'a str, tag: &str) -> &'a str {
+pub(crate) fn after_last_block<'a>(text: &'a str, tag: &str) -> &'a str {
     let close = format!("</{tag}>");
     match text.rfind(&close) {
         Some(i) => &text[i + close.len()..],

@@ -23,15 +23,15 @@ pub enum ToolFormat {
 }
 
 /// The values `tool_format` takes, for error messages.
-pub const TOOL_FORMATS: &str = "tags, qwen";
+pub(crate) const TOOL_FORMATS: &str = "tags, qwen";
 
 /// The tags of a tool result, in either format: parsers remove these blocks before they read
 /// the model's own text.
-pub const RESULT_TAGS: [&str; 2] = ["information", "tool_response"];
+pub(crate) const RESULT_TAGS: [&str; 2] = ["information", "tool_response"];
 
 /// The text around a search result in the `tags` format (the `qwen` format's comes from the
 /// model's chat template).
-pub const TAGS_RESULT: (&str, &str) = ("\n\n<information>", "</information>\n\n");
+pub(crate) const TAGS_RESULT: (&str, &str) = ("\n\n<information>", "</information>\n\n");
 
 /// `<tool_call>` JSON starts with this (`"query": ` follows); the guide forces it.
 const QWEN_CALL_PREFIX: &str = "\n{\"name\": \"search\", \"arguments\": {\"query\": \"";
@@ -54,7 +54,7 @@ impl ToolFormat {
     }
 
     /// The tag a call is written in.
-    pub fn call_tag(self) -> &'static str {
+    pub(crate) fn call_tag(self) -> &'static str {
         match self {
             ToolFormat::Tags => "search",
             ToolFormat::Qwen => "tool_call",
@@ -62,7 +62,7 @@ impl ToolFormat {
     }
 
     /// The text that ends a call: the model stops there and the tool answers.
-    pub fn call_close(self) -> &'static str {
+    pub(crate) fn call_close(self) -> &'static str {
         match self {
             ToolFormat::Tags => "</search>",
             ToolFormat::Qwen => "</tool_call>",
@@ -70,7 +70,7 @@ impl ToolFormat {
     }
 
     /// The tag the result is wrapped in.
-    pub fn result_tag(self) -> &'static str {
+    pub(crate) fn result_tag(self) -> &'static str {
         match self {
             ToolFormat::Tags => "information",
             ToolFormat::Qwen => "tool_response",
@@ -90,7 +90,7 @@ impl ToolFormat {
     }
 
     /// What the guide forces after the call's opening tag, and before its closing tag.
-    pub fn guided_call(self) -> (&'static str, &'static str) {
+    pub(crate) fn guided_call(self) -> (&'static str, &'static str) {
         match self {
             ToolFormat::Tags => ("", ""),
             ToolFormat::Qwen => (QWEN_CALL_PREFIX, QWEN_CALL_SUFFIX),
@@ -98,7 +98,7 @@ impl ToolFormat {
     }
 
     /// A call as the prompts show it.
-    pub fn call_example(self) -> &'static str {
+    pub(crate) fn call_example(self) -> &'static str {
         match self {
             ToolFormat::Tags => "<search> query </search>",
             ToolFormat::Qwen => {
@@ -108,7 +108,7 @@ impl ToolFormat {
     }
 
     /// Where the prompts say results come back ("between X and Y").
-    pub fn results_example(self) -> &'static str {
+    pub(crate) fn results_example(self) -> &'static str {
         match self {
             ToolFormat::Tags => "<information> and </information>",
             ToolFormat::Qwen => "<tool_response> and </tool_response>",
@@ -117,7 +117,7 @@ impl ToolFormat {
 }
 
 /// The model's own text: `completion` without tool results of either format.
-pub fn own_text(completion: &str) -> String {
+pub(crate) fn own_text(completion: &str) -> String {
     RESULT_TAGS.iter().fold(completion.to_string(), |t, tag| {
         tags::without_blocks(&t, tag)
     })

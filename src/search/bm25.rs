@@ -23,14 +23,14 @@ use tantivy::{DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, Tantivy
 use super::{Hit, Passage, Result, SearchError, io_err, sort_hits};
 
 /// Name of asl's metadata file inside the index directory.
-pub const META_FILE: &str = "asl-index.json";
+pub(crate) const META_FILE: &str = "asl-index.json";
 const FORMAT_VERSION: u32 = 1;
 /// Far above the ~6 MB the wiki corpus needs in one segment, far below what
 /// a 24 GB machine shared with a model can spare.
 const WRITER_MEMORY_BYTES: usize = 50_000_000;
 /// Long queries are cut here: beyond a few dozen terms BM25 only gets slower
 /// (one posting list per term), not better.
-pub const MAX_QUERY_TERMS: usize = 64;
+pub(crate) const MAX_QUERY_TERMS: usize = 64;
 /// Bounds tokenising work on pathological input (e.g. 100 kB of one word).
 const MAX_QUERY_TOKENS_SCANNED: usize = 4096;
 
@@ -182,23 +182,6 @@ impl Bm25Index {
         Ok(opened)
     }
 
-    /// Opens the index in `dir` if it matches `fingerprint`, otherwise builds
-    /// it there (the directory must then be absent or empty).
-    pub fn open_or_build<I>(
-        dir: &Path,
-        fingerprint: &str,
-        passages: impl FnOnce() -> I,
-    ) -> Result<Self>
-    where
-        I: IntoIterator<Item = Passage>,
-    {
-        if dir.join(META_FILE).exists() {
-            Self::open(dir, fingerprint)
-        } else {
-            Self::build(dir, passages(), fingerprint)
-        }
-    }
-
     fn from_index(dir: &Path, index: Index, fields: Fields, meta: Bm25Meta) -> Result<Self> {
         let reader = index
             .reader_builder()
@@ -232,7 +215,7 @@ impl Bm25Index {
 
     /// The distinct analysed terms of `query`, in first-seen order, at most
     /// [`MAX_QUERY_TERMS`].
-    pub fn query_terms(&self, query: &str) -> Result<Vec<String>> {
+    pub(crate) fn query_terms(&self, query: &str) -> Result<Vec<String>> {
         let mut analyzer = self
             .index
             .tokenizer_for_field(self.fields.text)

@@ -28,10 +28,10 @@ use tokenizers::{Tokenizer, TruncationParams};
 use super::{Passage, Result, SearchError, io_err};
 
 /// Token cap per input; the checkpoint's `max_seq_length`.
-pub const MAX_TOKENS: usize = 256;
+pub(crate) const MAX_TOKENS: usize = 256;
 /// Inputs per forward pass. Larger batches barely help on 2 cores and cost
 /// memory proportional to batch × length².
-pub const BATCH_SIZE: usize = 32;
+pub(crate) const BATCH_SIZE: usize = 32;
 /// Input bytes looked at per text; 32 bytes per token is far more than any
 /// real text needs to fill MAX_TOKENS.
 const MAX_INPUT_BYTES: usize = MAX_TOKENS * 32;
@@ -125,10 +125,6 @@ impl Embedder {
         self.dim
     }
 
-    pub fn model_dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Unit-length embeddings, one per input, in input order.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         if texts.is_empty() {
@@ -200,7 +196,7 @@ impl Embedder {
 
 /// What a passage contributes to its embedding. The title is prepended
 /// because some extracts never name their subject.
-pub fn passage_embedding_text(p: &Passage) -> String {
+pub(crate) fn passage_embedding_text(p: &Passage) -> String {
     format!("{}. {}", p.title, p.text)
 }
 

@@ -232,11 +232,11 @@ pub fn passages_from_articles(articles: &[WikiArticle]) -> Vec<Passage> {
 
 /// Reciprocal-rank fusion constant from Cormack et al. (2009); large enough
 /// that the first few ranks of either list do not dominate.
-pub const RRF_K: f32 = 60.0;
+pub(crate) const RRF_K: f32 = 60.0;
 
 /// Fuses ranked lists of doc ids: `score(d) = Σ 1 / (RRF_K + rank)`, ranks
 /// starting at 1. Returns (doc_id, score) sorted by score, then doc_id.
-pub fn reciprocal_rank_fusion(lists: &[Vec<String>]) -> Vec<(String, f32)> {
+pub(crate) fn reciprocal_rank_fusion(lists: &[Vec<String>]) -> Vec<(String, f32)> {
     let mut fused: HashMap<&str, f32> = HashMap::new();
     for list in lists {
         for (i, id) in list.iter().enumerate() {
@@ -283,7 +283,7 @@ impl fmt::Debug for SearchEnv {
 
 impl SearchEnv {
     /// Number of candidates each retriever contributes to hybrid fusion.
-    pub fn fusion_depth(k: usize) -> usize {
+    pub(crate) fn fusion_depth(k: usize) -> usize {
         (4 * k).max(50)
     }
 
@@ -301,13 +301,6 @@ impl SearchEnv {
             bm25: None,
             dense: None,
         })
-    }
-
-    /// Builds the passage store from the documents stored in the BM25 index,
-    /// so a persisted index is all that is needed for BM25 search.
-    pub fn from_bm25(index: Bm25Index) -> Result<Self> {
-        let passages = index.passages()?;
-        Ok(SearchEnv::new(passages)?.with_bm25(index))
     }
 
     pub fn with_bm25(mut self, index: Bm25Index) -> Self {
@@ -349,7 +342,7 @@ impl SearchEnv {
         self.by_id.get(doc_id).map(|&i| &self.passages[i])
     }
 
-    pub fn has_mode(&self, mode: SearchMode) -> bool {
+    pub(crate) fn has_mode(&self, mode: SearchMode) -> bool {
         match mode {
             SearchMode::Bm25 => self.bm25.is_some(),
             SearchMode::Dense => self.dense.is_some(),

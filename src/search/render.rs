@@ -13,7 +13,7 @@ use super::Hit;
 /// One line per hit: `Doc i (Title: T) text`, i from 1, no trailing newline.
 /// Title and text are neutralised and flattened to one line each, so a
 /// passage can neither fake another `Doc` line nor close the block.
-pub fn render_information(hits: &[Hit]) -> String {
+pub(crate) fn render_information(hits: &[Hit]) -> String {
     let mut out = String::new();
     for (i, h) in hits.iter().enumerate() {
         if i > 0 {
@@ -45,7 +45,7 @@ const MAX_TAG_SPAN: usize = 64;
 /// parser that matches on a prefix like `<answer` must not fire either. The
 /// matching `>` within [`MAX_TAG_SPAN`] bytes is defused too. Comparisons
 /// such as `x < 2` and `>C=O` are left alone.
-pub fn neutralise(text: &str) -> String {
+pub(crate) fn neutralise(text: &str) -> String {
     let chars: Vec<char> = text.chars().collect();
     let mut out = String::with_capacity(text.len() + 8);
     let mut close_at: Option<usize> = None;

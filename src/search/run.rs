@@ -106,7 +106,7 @@ pub fn read_embeddings(files: &[PathBuf]) -> Result<DenseIndex> {
 }
 
 /// A batch of embeddings rows.
-pub fn embeddings_batch(ids: &[String], vectors: &[f32]) -> RecordBatch {
+pub(crate) fn embeddings_batch(ids: &[String], vectors: &[f32]) -> RecordBatch {
     let item = Arc::new(Field::new("item", DataType::Float32, false));
     let list = FixedSizeListArray::new(
         item,

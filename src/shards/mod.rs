@@ -15,18 +15,18 @@ pub use io::{
 pub use schema::{EMBEDDING_DIM, ShardKind};
 
 /// Directory of one stage's outputs in one round.
-pub fn stage_dir(run_dir: &Path, round: u32, stage: &str) -> PathBuf {
+pub(crate) fn stage_dir(run_dir: &Path, round: u32, stage: &str) -> PathBuf {
     run_dir.join(format!("round-{round:03}")).join(stage)
 }
 
 /// Path of shard number `index` of `kind` in a stage directory.
-pub fn shard_path(stage_dir: &Path, kind: ShardKind, index: u32) -> PathBuf {
+pub(crate) fn shard_path(stage_dir: &Path, kind: ShardKind, index: u32) -> PathBuf {
     stage_dir.join(format!("{}-{index:05}.parquet", kind.name()))
 }
 
 /// The files among a stage's outputs that hold shards of `kind` (a stage may write several
 /// kinds, and directories).
-pub fn shards_of(files: &[PathBuf], kind: ShardKind) -> Vec<PathBuf> {
+pub(crate) fn shards_of(files: &[PathBuf], kind: ShardKind) -> Vec<PathBuf> {
     let prefix = format!("{}-", kind.name());
     files
         .iter()
@@ -39,6 +39,6 @@ pub fn shards_of(files: &[PathBuf], kind: ShardKind) -> Vec<PathBuf> {
 }
 
 /// Every row of the `R::KIND` shards among a stage's output files.
-pub fn read_kind<R: rows::ShardRow>(files: &[PathBuf]) -> crate::error::Result<Vec<R>> {
+pub(crate) fn read_kind<R: rows::ShardRow>(files: &[PathBuf]) -> crate::error::Result<Vec<R>> {
     read_rows(&shards_of(files, R::KIND))
 }

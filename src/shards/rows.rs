@@ -77,7 +77,7 @@ pub trait ShardRow: Serialize + DeserializeOwned {
 }
 
 /// Builds a batch of `rows` with the kind's exact schema.
-pub fn to_batch<R: ShardRow>(rows: &[R]) -> RecordBatch {
+pub(crate) fn to_batch<R: ShardRow>(rows: &[R]) -> RecordBatch {
     let schema = R::KIND.schema();
     let batch = serde_arrow::to_record_batch(schema.fields(), &rows)
         .unwrap_or_else(|e| panic!("{} rows match their schema: {e}", R::KIND));
@@ -86,7 +86,7 @@ pub fn to_batch<R: ShardRow>(rows: &[R]) -> RecordBatch {
 }
 
 /// Reads the rows of a batch whose schema `open_shard` checked.
-pub fn from_batch<R: ShardRow>(batch: &RecordBatch) -> Result<Vec<R>, String> {
+pub(crate) fn from_batch<R: ShardRow>(batch: &RecordBatch) -> Result<Vec<R>, String> {
     serde_arrow::from_record_batch(batch).map_err(|e| format!("rows do not decode: {e}"))
 }
 
@@ -291,12 +291,8 @@ pub fn corpus_rows(batch: &RecordBatch) -> Vec<CorpusRow> {
     from_batch(batch).expect("corpus shard schema checked")
 }
 
-pub fn qa_batch(rows: &[QaRow]) -> RecordBatch {
+pub(crate) fn qa_batch(rows: &[QaRow]) -> RecordBatch {
     to_batch(rows)
-}
-
-pub fn qa_rows(batch: &RecordBatch) -> Vec<QaRow> {
-    from_batch(batch).expect("qa shard schema checked")
 }
 
 #[cfg(test)]

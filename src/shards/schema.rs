@@ -60,7 +60,7 @@ impl ShardKind {
 
     /// Rows per row group: small where a row is large (a gradient row holds a whole tensor), so
     /// neither the writer nor a reader ever holds more than a bounded slice of a shard.
-    pub fn max_row_group_rows(self) -> usize {
+    pub(crate) fn max_row_group_rows(self) -> usize {
         match self {
             ShardKind::Gradients => 1,
             ShardKind::Trajectories => 1024,

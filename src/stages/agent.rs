@@ -23,7 +23,7 @@ use crate::shards::rows::TrajectoryRow;
 
 /// The upstreams naming the checkpoint a round's model stages start from: the previous round's
 /// `apply` when there is one, else the run's `warmup` (when the pipeline has one), else `init`.
-pub const CHECKPOINT_UPSTREAM: [Upstream; 3] = [
+pub(crate) const CHECKPOINT_UPSTREAM: [Upstream; 3] = [
     Upstream::needs("init"),
     Upstream::optional("warmup"),
     Upstream::previous_round("apply"),
@@ -33,7 +33,7 @@ pub const CHECKPOINT_UPSTREAM: [Upstream; 3] = [
 /// `apply?` (for `eval`, which scores the round's new checkpoint) and the previous optimizer
 /// step's `apply@prev_step?` (for `train` and `apply` from a round's second step on), the first
 /// of these the stage declared and found.
-pub fn checkpoint_dir(ctx: &StageContext, stage: &str) -> Result<PathBuf> {
+pub(crate) fn checkpoint_dir(ctx: &StageContext, stage: &str) -> Result<PathBuf> {
     [
         Upstream::optional("apply"),
         Upstream::previous_step("apply"),
@@ -52,7 +52,7 @@ pub fn checkpoint_dir(ctx: &StageContext, stage: &str) -> Result<PathBuf> {
 }
 
 /// The `device` parameter of every model stage.
-pub fn device_spec() -> ParamSpec {
+pub(crate) fn device_spec() -> ParamSpec {
     ParamSpec::new(
         "device",
         "cpu",
@@ -72,7 +72,11 @@ pub fn placement(params: &Params, stage: &str) -> Result<Placement> {
 }
 
 /// Sampling and tool parameters every model stage declares, with per-stage defaults.
-pub fn sampling_specs(max_new_tokens: u64, max_turns: u64, temperature: f64) -> Vec<ParamSpec> {
+pub(crate) fn sampling_specs(
+    max_new_tokens: u64,
+    max_turns: u64,
+    temperature: f64,
+) -> Vec<ParamSpec> {
     vec![
         device_spec(),
         ParamSpec::new(
@@ -144,7 +148,7 @@ pub use crate::roles::Role;
 /// again when the stage opens its agent. A stage that reconfigures its agent (`warmup` scores
 /// greedily, one token; `eval --model` without a run has no search tool) changes these fields.
 #[derive(Debug, Clone)]
-pub struct AgentSettings {
+pub(crate) struct AgentSettings {
     pub placement: Placement,
     /// 0: greedy.
     pub temperature: f64,
@@ -166,7 +170,7 @@ impl AgentSettings {
     /// An agent that only renders prompts and runs searches (the warm-up builds demonstrations
     /// with it): greedy, one token, one turn, unguided. Reads only the tool and search params
     /// and the device.
-    pub fn tools_only(params: &Params, stage: &str) -> Result<Self> {
+    pub(crate) fn tools_only(params: &Params, stage: &str) -> Result<Self> {
         Ok(Self {
             placement: placement(params, stage)?,
             temperature: 0.0,
@@ -188,7 +192,7 @@ impl AgentSettings {
 
     /// The settings of `stage` from its resolved params (declared by [`sampling_specs`], their
     /// ranges already checked against the specs).
-    pub fn from_params(params: &Params, stage: &str) -> Result<Self> {
+    pub(crate) fn from_params(params: &Params, stage: &str) -> Result<Self> {
         Ok(Self {
             temperature: params.f64("temperature"),
             top_p: params.f64("top_p"),
@@ -211,7 +215,7 @@ impl AgentSettings {
 /// Checks the settings every model stage shares (tool format, search mode, device and dtype)
 /// when the pipeline loads, by building them, so a typo fails before any stage runs, not when
 /// the first model stage starts.
-pub fn check_agent_params(params: &Params, stage: &str) -> Result<()> {
+pub(crate) fn check_agent_params(params: &Params, stage: &str) -> Result<()> {
     AgentSettings::from_params(params, stage).map(|_| ())
 }
 
@@ -241,7 +245,7 @@ pub fn search_mode(params: &Params, stage: &str) -> Result<Option<SearchMode>> {
 }
 
 /// The search stages a model stage reads, by its `search_mode`.
-pub fn search_upstream(params: &Params) -> Vec<Upstream> {
+pub(crate) fn search_upstream(params: &Params) -> Vec<Upstream> {
     let names: &[&'static str] = match params.str("search_mode") {
         "none" => &[],
         "dense" => &["corpus", "embed"],
@@ -252,13 +256,13 @@ pub fn search_upstream(params: &Params) -> Vec<Upstream> {
 }
 
 /// One prompt to run.
-pub struct Request {
+pub(crate) struct Request {
     pub messages: Vec<Message>,
     pub seed: u64,
 }
 
 /// A finished sequence with what the tool loop counted.
-pub struct Completion {
+pub(crate) struct Completion {
     pub prompt_ids: Vec<u32>,
     pub out: SeqOutput,
     pub searches: u32,
@@ -313,7 +317,7 @@ impl Completion {
 }
 
 /// The identifying columns of a trajectory row.
-pub struct TrajectoryIds {
+pub(crate) struct TrajectoryIds {
     pub trajectory_id: String,
     pub task_id: String,
     pub role: &'static str,
@@ -322,7 +326,7 @@ pub struct TrajectoryIds {
 }
 
 /// A loaded checkpoint with the run's search environment.
-pub struct Agent {
+pub(crate) struct Agent {
     hf: HfModel,
     env: Option<SearchEnv>,
     search_k: usize,
@@ -399,16 +403,16 @@ impl Agent {
 
     /// With guided decoding and a search tool: searches each sequence makes before its final
     /// action (see [`Guide::with_min_tool_calls`]).
-    pub fn require_searches(mut self, n: usize) -> Agent {
+    pub(crate) fn require_searches(mut self, n: usize) -> Agent {
         self.min_searches = n;
         self
     }
 
-    pub fn has_search(&self) -> bool {
+    pub(crate) fn has_search(&self) -> bool {
         self.env.is_some()
     }
 
-    pub fn search_env(&self) -> Option<&SearchEnv> {
+    pub(crate) fn search_env(&self) -> Option<&SearchEnv> {
         self.env.as_ref()
     }
 
@@ -471,7 +475,7 @@ impl Agent {
     }
 
     /// [`Agent::run`], with what the call cost in tokens and steps.
-    pub fn run_with_stats(
+    pub(crate) fn run_with_stats(
         &self,
         requests: &[Request],
         what: &str,
@@ -525,7 +529,7 @@ impl Agent {
     }
 
     /// What this agent's calls cost so far, as one summary clause ([`GenStats::describe`]).
-    pub fn spent(&self) -> String {
+    pub(crate) fn spent(&self) -> String {
         let (stats, secs) = self.spent.get();
         stats.describe(secs)
     }
@@ -549,7 +553,7 @@ impl Agent {
     /// A search result as the model reads it after its call: `<information>` in the `tags`
     /// format; with `qwen`, the tool turn the chat template renders, with the result in
     /// `<tool_response>` (the template's own, or added when it has none).
-    pub fn tool_result(&self, body: &str) -> String {
+    pub(crate) fn tool_result(&self, body: &str) -> String {
         format!("{}{body}{}", self.result_wrap.0, self.result_wrap.1)
     }
 }

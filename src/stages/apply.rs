@@ -19,7 +19,7 @@ use crate::params::{ParamSpec, Params, ParamsExt};
 use crate::shards::rows::{GradientRow, StepRow};
 use crate::shards::{ShardKind, read_rows, shard_path, shards_of, write_rows};
 
-pub struct ApplyStage;
+pub(crate) struct ApplyStage;
 
 impl Stage for ApplyStage {
     fn name(&self) -> &'static str {

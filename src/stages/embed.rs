@@ -10,7 +10,7 @@ use crate::search::dense::{BATCH_SIZE, Embedder, passage_embedding_text};
 use crate::search::run::{SHIPPED_EMBEDDER, embeddings_batch, passages};
 use crate::shards::{ShardKind, ShardWriter, shard_path};
 
-pub struct EmbedStage;
+pub(crate) struct EmbedStage;
 
 fn model_dir(params: &Params) -> PathBuf {
     match params.str("model") {

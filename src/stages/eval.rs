@@ -33,7 +33,7 @@ use crate::seed::stable_u64;
 use crate::shards::rows::{CorpusRow, EvalItemRow, EvalRow, QaRow};
 use crate::shards::{ShardKind, read_rows, shard_path, write_rows};
 
-pub struct EvalStage;
+pub(crate) struct EvalStage;
 
 impl Stage for EvalStage {
     /// 2: guided decoding completes a closing tag the budget cuts.
@@ -135,11 +135,8 @@ impl Stage for EvalStage {
     }
 
     fn runs_in_round(&self, params: &Params, round: u32, last: u32) -> bool {
-        let every = params
-            .get("every")
-            .and_then(|v| v.as_u64())
-            .unwrap_or(1)
-            .max(1);
+        // The pipeline checked the settings when it loaded (`every` ≥ 1).
+        let every = EvalSettings::from_params(params).map_or(1, |s| s.every);
         round == last || u64::from(round).is_multiple_of(every)
     }
 
@@ -175,7 +172,7 @@ impl Stage for EvalStage {
 
 /// Which reference the GRM sees when eval measures it (`eval.grm_reference`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GrmReference {
+pub(crate) enum GrmReference {
     Shown,
     Hidden,
     /// As the round's `judge` was run (`show_reference`).
@@ -185,7 +182,7 @@ pub enum GrmReference {
 /// The eval stage's own settings, typed and checked when the pipeline loads (the sampling
 /// settings are [`AgentSettings`]).
 #[derive(Debug, Clone)]
-pub struct EvalSettings {
+pub(crate) struct EvalSettings {
     /// The `qa` splits scored, each its own dataset (empty: every question, one dataset).
     pub splits: Vec<String>,
     /// Questions per split (0: all).
@@ -199,7 +196,7 @@ pub struct EvalSettings {
 }
 
 impl EvalSettings {
-    pub fn from_params(params: &Params) -> Result<EvalSettings> {
+    pub(crate) fn from_params(params: &Params) -> Result<EvalSettings> {
         let samples = at_least_one(params, "samples")?;
         let every = at_least_one(params, "every")?;
         if samples > 1 && params.f64("temperature") <= 0.0 {
@@ -278,7 +275,10 @@ pub fn summary(rows: &[EvalRow]) -> String {
 /// Whether the GRM sees the gold answer when eval measures it (`grm_reference`): `judge` reads
 /// `show_reference` from the newest done `judge` of `run`'s round (true when there is none, the
 /// judge's default).
-pub fn grm_show_reference(reference: GrmReference, run: Option<(&Path, u32)>) -> Result<bool> {
+pub(crate) fn grm_show_reference(
+    reference: GrmReference,
+    run: Option<(&Path, u32)>,
+) -> Result<bool> {
     match reference {
         GrmReference::Shown => Ok(true),
         GrmReference::Hidden => Ok(false),
@@ -334,7 +334,7 @@ impl Evaluation {
 /// held-out predictions (the gold answer shown when `show_reference`) and on dev verification
 /// pairs, and the generator on `topics`. Rows have round 0 and an empty checkpoint; callers
 /// stamp them.
-pub fn evaluate(
+pub(crate) fn evaluate(
     agent: &Agent,
     settings: &EvalSettings,
     qa: &[QaRow],

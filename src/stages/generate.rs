@@ -22,7 +22,7 @@ use crate::seed::stable_u64;
 use crate::shards::rows::{CorpusRow, QaRow, RewardRow, TaskRow};
 use crate::shards::{ShardKind, read_rows, shard_path, write_rows};
 
-pub struct GenerateStage;
+pub(crate) struct GenerateStage;
 
 /// What one task is asked to be before the generator writes it.
 struct Seed {

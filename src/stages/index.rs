@@ -11,7 +11,7 @@ use crate::search::bm25::Bm25Index;
 use crate::search::corpus_fingerprint;
 use crate::search::run::passages;
 
-pub struct IndexStage;
+pub(crate) struct IndexStage;
 
 impl Stage for IndexStage {
     fn name(&self) -> &'static str {

@@ -9,7 +9,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::model::{SHIPPED_GGUF, gguf, tiny};
 use crate::params::{ParamSpec, Params, ParamsExt};
 
-pub struct InitStage;
+pub(crate) struct InitStage;
 
 fn model_source(params: &Params) -> Source {
     match params.str("model") {
@@ -137,7 +137,7 @@ impl Stage for InitStage {
 }
 
 /// Copies the files of a model folder (not subfolders) under a temporary name, then renames it.
-pub fn copy_folder(src: &Path, dest: &Path) -> Result<()> {
+pub(crate) fn copy_folder(src: &Path, dest: &Path) -> Result<()> {
     let tmp = crate::fsutil::tmp_path_for(dest);
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).at(&tmp)?;

@@ -23,7 +23,7 @@ use crate::seed::stable_u64;
 use crate::shards::rows::{JudgmentRow, QaRow, TaskRow};
 use crate::shards::{ShardKind, read_rows, shard_path, write_rows};
 
-pub struct JudgeStage;
+pub(crate) struct JudgeStage;
 
 /// One answer to judge.
 struct Item {

@@ -10,10 +10,10 @@ use crate::shards::read_kind;
 use crate::shards::rows::{TaskRow, TrajectoryRow};
 
 /// Target name of the labelled verification items (`judge` writes them, `reward` scores them).
-pub const VERIFICATION: &str = "verification";
+pub(crate) const VERIFICATION: &str = "verification";
 
 /// Target name of the self-judgments (the generator's own answer).
-pub const SELF_CHECK_TARGET: &str = "generator";
+pub(crate) const SELF_CHECK_TARGET: &str = "generator";
 
 /// The trajectories among a stage's outputs.
 pub fn trajectories(files: &[PathBuf]) -> Result<Vec<TrajectoryRow>> {
@@ -37,7 +37,7 @@ pub fn round_tasks(ctx: &StageContext) -> Result<Vec<TaskRow>> {
 }
 
 /// A trajectory as the trainer takes it: prompt ids, completion ids, completion loss mask.
-pub fn training_sequence(t: &TrajectoryRow) -> (Vec<u32>, Vec<u32>, Vec<u8>) {
+pub(crate) fn training_sequence(t: &TrajectoryRow) -> (Vec<u32>, Vec<u32>, Vec<u8>) {
     (
         t.prompt_ids.clone(),
         t.completion_ids.clone(),

@@ -51,7 +51,7 @@ pub fn find(name: &str) -> Option<&'static dyn Stage> {
     all().into_iter().find(|s| s.name() == name)
 }
 
-pub fn known_names() -> String {
+pub(crate) fn known_names() -> String {
     all()
         .iter()
         .map(|s| s.name())

@@ -40,7 +40,7 @@ use crate::seed::stable_u64;
 use crate::shards::rows::{JudgmentRow, RewardRow, TaskRow, TrajectoryRow};
 use crate::shards::{ShardKind, read_kind, shard_path, write_rows};
 
-pub struct RewardStage;
+pub(crate) struct RewardStage;
 
 /// This round's judgments, when the pipeline has a `judge` stage.
 const JUDGE: Upstream = Upstream::optional("judge");
@@ -235,7 +235,7 @@ impl Stage for RewardStage {
 }
 
 /// Rewards of one round and the counts a person checks.
-pub struct Computed {
+pub(crate) struct Computed {
     pub rows: Vec<RewardRow>,
     pub tasks: usize,
     pub valid_tasks: usize,
@@ -334,7 +334,7 @@ fn bonus_of(s: &Settings, t: Option<&TrajectoryRow>) -> f64 {
 /// The rewards of one round (pure: the stage only reads and writes around it). `task_rows` are
 /// the round's tasks with their final validity (the self-check's output when the round has
 /// one); `judgments` and `judge_runs` are every GRM judgment of the round and its trajectory.
-pub fn compute(
+pub(crate) fn compute(
     s: &Settings,
     seed: u64,
     task_rows: &[TaskRow],

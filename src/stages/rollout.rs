@@ -23,7 +23,7 @@ use crate::seed::stable_u64;
 use crate::shards::rows::TaskRow;
 use crate::shards::{ShardKind, shard_path, write_rows};
 
-pub struct RolloutStage;
+pub(crate) struct RolloutStage;
 
 impl Stage for RolloutStage {
     /// 2: guided decoding completes a closing tag the budget cuts.
@@ -159,7 +159,7 @@ impl Stage for RolloutStage {
 }
 
 /// The tasks a rollout attempts, and what it skipped.
-pub struct Attempted {
+pub(crate) struct Attempted {
     pub tasks: Vec<TaskRow>,
     /// Invalid tasks (format, or the self-check when the round has one).
     pub invalid: usize,

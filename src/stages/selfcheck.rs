@@ -32,7 +32,7 @@ use crate::seed::stable_u64;
 use crate::shards::rows::{JudgmentRow, TaskRow};
 use crate::shards::{ShardKind, shard_path, write_rows};
 
-pub struct SelfCheckStage;
+pub(crate) struct SelfCheckStage;
 
 /// The self-check's own settings, checked when the pipeline loads: each task's answer is judged
 /// `self_judgments` times and needs `v_min` "correct" verdicts.
@@ -202,7 +202,7 @@ fn needs_check(task: &TaskRow) -> bool {
 
 /// The tasks after the self-check and what it decided.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Decided {
+pub(crate) struct Decided {
     pub tasks: Vec<TaskRow>,
     /// Valid after the check (checked or not).
     pub valid: usize,
@@ -233,7 +233,7 @@ impl Decided {
 /// Applies the self-check to `tasks`: a checked task stays valid when at least `v_min` of its
 /// `judgments` (target `generator`, matched by task id; an unparsable verdict counts as a
 /// judgment that said wrong) say correct and there are at least `v_min` of them.
-pub fn decide(tasks: Vec<TaskRow>, judgments: &[JudgmentRow], v_min: usize) -> Decided {
+pub(crate) fn decide(tasks: Vec<TaskRow>, judgments: &[JudgmentRow], v_min: usize) -> Decided {
     let mut votes: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     for j in judgments.iter().filter(|j| j.target == TARGET) {
         let e = votes.entry(j.task_id.as_str()).or_default();

@@ -13,11 +13,11 @@ use serde_json::{Map, Value};
 use crate::error::{Error, IoContext, Result};
 use crate::shards::rows::QaRow;
 
-pub type Record = Map<String, Value>;
-pub type Records = Box<dyn Iterator<Item = Result<Record>>>;
+pub(crate) type Record = Map<String, Value>;
+pub(crate) type Records = Box<dyn Iterator<Item = Result<Record>>>;
 
 /// Opens `path` as a stream of records, choosing the reader by extension.
-pub fn open_records(path: &Path) -> Result<Records> {
+pub(crate) fn open_records(path: &Path) -> Result<Records> {
     if !path.exists() {
         return Err(Error::input(path, "file not found"));
     }
@@ -163,7 +163,7 @@ fn batch_records(
 }
 
 /// A field as text: strings as they are, numbers and booleans printed; null or absent → None.
-pub fn text_field(record: &Record, key: &str) -> Option<String> {
+pub(crate) fn text_field(record: &Record, key: &str) -> Option<String> {
     match record.get(key)? {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),

@@ -30,13 +30,13 @@ use crate::seed::derive_seed;
 use crate::shards::rows::{GradientRow, RewardRow, TrajectoryRow, UpdateRow};
 use crate::shards::{ShardKind, read_rows, shard_path, write_rows};
 
-pub struct TrainStage;
+pub(crate) struct TrainStage;
 
 /// The roles that can train, in the order their gradients are written and summed.
 const ROLES: [&str; 3] = ["generator", "grm", "policy"];
 
 /// `train_last_k` as the trainer takes it: 0 means every tensor.
-pub fn last_k(params: &Params) -> Option<usize> {
+pub(crate) fn last_k(params: &Params) -> Option<usize> {
     match params.u64("train_last_k") {
         0 => None,
         k => Some(k as usize),
@@ -135,7 +135,7 @@ pub fn settings(params: &Params) -> Result<Settings> {
 }
 
 /// Optimizer steps per round: `steps_per_round × epochs`.
-pub fn optimizer_steps(params: &Params) -> Result<u32> {
+pub(crate) fn optimizer_steps(params: &Params) -> Result<u32> {
     let s = settings(params)?;
     Ok(s.steps_per_round * s.epochs)
 }
@@ -143,7 +143,7 @@ pub fn optimizer_steps(params: &Params) -> Result<u32> {
 /// The reward rows of step `step` (1-based) of a round: each role's training rows, shuffled
 /// once per epoch with a seed of the epoch and role, cut into `steps_per_round` near-equal
 /// mini-batches; the step takes mini-batch `(step − 1) mod K` of epoch `(step − 1) / K`.
-pub fn minibatch<'a>(
+pub(crate) fn minibatch<'a>(
     rows: &[&'a RewardRow],
     s: &Settings,
     seed: u64,

@@ -30,12 +30,12 @@ use crate::seed::stable_u64;
 use crate::shards::rows::{QaRow, TrajectoryRow};
 use crate::shards::{ShardKind, read_rows, shard_path, write_rows};
 
-pub struct WarmupStage;
+pub(crate) struct WarmupStage;
 
 /// One demonstration: the prompt, then completion pieces that are the model's own text (in the
 /// loss) or tool text (masked).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Demo {
+pub(crate) struct Demo {
     pub id: String,
     pub role: Role,
     pub messages: Vec<Message>,
@@ -57,7 +57,7 @@ impl Demo {
 /// kept only when the search results they show hold the answer (the count of the others is
 /// returned); a generator demonstration also needs a question that does not contain its answer.
 #[allow(clippy::too_many_arguments)]
-pub fn build_demos(
+pub(crate) fn build_demos(
     qa: &[QaRow],
     counts: [usize; 3],
     seed: u64,

@@ -23,7 +23,7 @@ use crate::model::error::{ModelError, Result};
 /// prefilled from a cache cut at a multiple of this computes every query in the same block
 /// shape as a prefill from position 0: bit for bit the same keys, values and logits
 /// ([`crate::model::generate`] cuts shared prefixes there).
-pub const BLOCK_ROWS: usize = 64;
+pub(crate) const BLOCK_ROWS: usize = 64;
 
 /// Attention of q `(B, H, L, D)` over k, v `(B, KV, L, D)` (`H` a multiple of `KV`; query head
 /// `h` reads kv head `h / (H / KV)`), scores scaled by `scale`; returns `(B, H, L, D)`.
@@ -70,7 +70,7 @@ pub fn causal_attention(
 }
 
 /// Whether [`causal_attention`] and [`cached_attention`] run for a model in `dtype` on `device`.
-pub fn applies(dtype: DType, device: &Device) -> bool {
+pub(crate) fn applies(dtype: DType, device: &Device) -> bool {
     runs_on(dtype, device)
 }
 
@@ -82,7 +82,7 @@ pub fn applies(dtype: DType, device: &Device) -> bool {
 ///
 /// One parallel pass per layer replaces candle's eight or so small ops per sequence, whose
 /// dispatch and thread wake-ups dominate a decoding step at batch 8 and beyond.
-pub fn cached_attention(
+pub(crate) fn cached_attention(
     q: &Tensor,
     segs: &[(usize, usize)],
     caches: &[(Tensor, Tensor)],

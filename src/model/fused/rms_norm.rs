@@ -33,7 +33,7 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
 }
 
 /// Whether [`rms_norm`] runs for `x` and `weight`.
-pub fn applies(x: &Tensor, weight: &Tensor) -> bool {
+pub(crate) fn applies(x: &Tensor, weight: &Tensor) -> bool {
     covers(x) && covers(weight)
 }
 

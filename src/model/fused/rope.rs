@@ -37,7 +37,7 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 }
 
 /// Whether [`rope`] runs for `x`.
-pub fn applies(x: &Tensor) -> bool {
+pub(crate) fn applies(x: &Tensor) -> bool {
     covers(x)
 }
 

@@ -30,7 +30,7 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 }
 
 /// Whether [`swiglu`] runs for `gate` and `up`.
-pub fn applies(gate: &Tensor, up: &Tensor) -> bool {
+pub(crate) fn applies(gate: &Tensor, up: &Tensor) -> bool {
     covers(gate) && covers(up)
 }
 

@@ -26,11 +26,11 @@ use crate::shards::{ShardKind, ShardWriter, shard_path};
 use questions::build_qa;
 
 const BATCH_ROWS: usize = 4096;
-pub const BUILTIN_FANOUTQA: &str = "fanoutqa/data/fanout-final-dev.json";
+pub(crate) const BUILTIN_FANOUTQA: &str = "fanoutqa/data/fanout-final-dev.json";
 /// The split of `extra = fanoutqa` rows: scored by eval when named, never trained on.
-pub const FANOUTQA_SPLIT: &str = "fanoutqa";
+pub(crate) const FANOUTQA_SPLIT: &str = "fanoutqa";
 
-pub struct QaStage;
+pub(crate) struct QaStage;
 
 fn source_path(params: &Params) -> PathBuf {
     match params.str("source") {

@@ -38,7 +38,7 @@ const MAX_NAME_WORDS: usize = 5;
 
 /// Builds the QA rows for `articles`. Output order follows `articles`
 /// (sorted by doc_id when loaded with `load_wiki_corpus`), then family.
-pub fn build_qa(articles: &[WikiArticle]) -> Vec<QaRow> {
+pub(crate) fn build_qa(articles: &[WikiArticle]) -> Vec<QaRow> {
     let normalised: Vec<WikiArticle> = articles.iter().map(plain_spaces).collect();
     let articles = normalised.as_slice();
     let mut def_count: HashMap<String, usize> = HashMap::new();
