@@ -15,7 +15,7 @@ use super::agent::{
 };
 use super::kit::{VERIFICATION, tasks, trajectories};
 use super::{Stage, StageContext, StageOutput, Upstream};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::sample::seq_seed;
 use crate::params::{ParamSpec, Params, ParamsExt};
 use crate::roles::grm;
@@ -24,6 +24,33 @@ use crate::shards::rows::{JudgmentRow, QaRow, TaskRow};
 use crate::shards::{ShardKind, read_rows, shard_path, write_rows};
 
 pub(crate) struct JudgeStage;
+
+/// The judge's own settings (sampling and search are the agent's), read when the pipeline loads.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    /// Show the generator's reference answer with each attempt.
+    show_reference: bool,
+    /// Labelled verification questions judged per round (a gold and a wrong answer each).
+    real_items: usize,
+    /// The first round that judges them.
+    real_from_round: u32,
+}
+
+impl Settings {
+    fn from_params(params: &Params) -> Result<Settings> {
+        let real_from_round = u32::try_from(params.u64("real_from_round")).map_err(|_| {
+            Error::param(
+                "judge.real_from_round",
+                format!("{} is not a round number", params.u64("real_from_round")),
+            )
+        })?;
+        Ok(Settings {
+            show_reference: params.bool("show_reference"),
+            real_items: params.u64("real_items") as usize,
+            real_from_round,
+        })
+    }
+}
 
 /// One answer to judge.
 struct Item {
@@ -52,7 +79,8 @@ impl Stage for JudgeStage {
     }
 
     fn check(&self, params: &Params) -> Result<()> {
-        super::agent::check_agent_params(params, "judge")
+        super::agent::check_agent_params(params, "judge")?;
+        Settings::from_params(params).map(|_| ())
     }
 
     fn about(&self) -> &'static str {
@@ -60,7 +88,7 @@ impl Stage for JudgeStage {
     }
 
     fn qa_splits_read(&self, params: &Params) -> Vec<(String, String)> {
-        if params.u64("real_items") > 0 {
+        if Settings::from_params(params).is_ok_and(|s| s.real_items > 0) {
             vec![("judge.real_items".into(), "dev".into())]
         } else {
             Vec::new()
@@ -93,7 +121,7 @@ impl Stage for JudgeStage {
         let mut up = vec![Upstream::needs("generate"), Upstream::needs("rollout")];
         up.extend(search_upstream(params));
         up.extend(CHECKPOINT_UPSTREAM);
-        if params.u64("real_items") > 0 {
+        if Settings::from_params(params).is_ok_and(|s| s.real_items > 0) {
             up.push(Upstream::needs("qa"));
         }
         up.dedup();
@@ -109,7 +137,8 @@ impl Stage for JudgeStage {
         let by_id: BTreeMap<&str, &TaskRow> =
             task_rows.iter().map(|t| (t.task_id.as_str(), t)).collect();
         let attempts = trajectories(ctx.input_files(Upstream::needs("rollout"))?)?;
-        let show_reference = ctx.params.bool("show_reference");
+        let settings = Settings::from_params(ctx.params)?;
+        let show_reference = settings.show_reference;
         let mut items = Vec::new();
         let mut orphans = 0;
         for a in &attempts {
@@ -128,7 +157,7 @@ impl Stage for JudgeStage {
                 show_reference,
             });
         }
-        items.extend(verification_items(ctx)?);
+        items.extend(verification_items(ctx, &settings)?);
 
         let mut requests = Vec::new();
         let tools = tool_format(ctx.params, "judge")?;
@@ -244,9 +273,9 @@ impl Stage for JudgeStage {
 
 /// Labelled verification pairs for this round: dev questions with their gold answer and with the
 /// gold answer of another question of the same sample (plausible, and wrong).
-fn verification_items(ctx: &StageContext) -> Result<Vec<Item>> {
-    let n = ctx.params.u64("real_items") as usize;
-    if n == 0 || u64::from(ctx.round) < ctx.params.u64("real_from_round") {
+fn verification_items(ctx: &StageContext, settings: &Settings) -> Result<Vec<Item>> {
+    let n = settings.real_items;
+    if n == 0 || ctx.round < settings.real_from_round {
         return Ok(Vec::new());
     }
     let mut qa: Vec<QaRow> = read_rows::<QaRow>(ctx.input_files(Upstream::needs("qa"))?)?

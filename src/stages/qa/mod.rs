@@ -32,10 +32,55 @@ pub(crate) const FANOUTQA_SPLIT: &str = "fanoutqa";
 
 pub(crate) struct QaStage;
 
-fn source_path(params: &Params) -> PathBuf {
-    match params.str("source") {
-        "fanoutqa" => assets_dir().join(BUILTIN_FANOUTQA),
-        path => PathBuf::from(path),
+/// Where the questions come from (`source`).
+#[derive(Debug, Clone, PartialEq)]
+enum Source {
+    /// Single-hop questions built from the corpus (docs/qa.md).
+    Corpus,
+    /// The shipped FanOutQA sub-questions.
+    FanOutQa,
+    /// A user's JSONL / JSON / Parquet file; rows without a split get `default_split`.
+    File(PathBuf),
+}
+
+/// The qa stage's settings, typed when the pipeline loads.
+#[derive(Debug, Clone)]
+struct Settings {
+    source: Source,
+    default_split: String,
+    /// Questions kept from the source (0: all).
+    max_rows: usize,
+    /// Also import FanOutQA's sub-questions the corpus holds, as split `fanoutqa`.
+    extra_fanoutqa: bool,
+}
+
+impl Settings {
+    fn from_params(params: &Params) -> Settings {
+        Settings {
+            source: match params.str("source") {
+                "corpus" => Source::Corpus,
+                "fanoutqa" => Source::FanOutQa,
+                path => Source::File(PathBuf::from(path)),
+            },
+            default_split: params.str("default_split").to_string(),
+            max_rows: params.u64("max_rows") as usize,
+            // `extra` is one of "" and "fanoutqa" (checked by its ParamSpec).
+            extra_fanoutqa: params.str("extra") == "fanoutqa",
+        }
+    }
+
+    /// The file the questions are read from (none for corpus-built ones).
+    fn source_file(&self) -> Option<PathBuf> {
+        match &self.source {
+            Source::Corpus => None,
+            Source::FanOutQa => Some(assets_dir().join(BUILTIN_FANOUTQA)),
+            Source::File(path) => Some(path.clone()),
+        }
+    }
+
+    /// Whether the stage reads the corpus (to build questions, or to keep FanOutQA's extra ones).
+    fn reads_corpus(&self) -> bool {
+        self.source == Source::Corpus || self.extra_fanoutqa
     }
 }
 
@@ -74,18 +119,19 @@ impl Stage for QaStage {
     }
 
     fn qa_splits_written(&self, params: &Params) -> Option<Vec<&'static str>> {
-        let mut splits = match params.str("source") {
-            "corpus" | "fanoutqa" => SPLITS.to_vec(),
-            _ => return None,
+        let s = Settings::from_params(params);
+        let mut splits = match s.source {
+            Source::Corpus | Source::FanOutQa => SPLITS.to_vec(),
+            Source::File(_) => return None,
         };
-        if params.str("extra") == "fanoutqa" {
+        if s.extra_fanoutqa {
             splits.push(FANOUTQA_SPLIT);
         }
         Some(splits)
     }
 
     fn upstream(&self, params: &Params) -> Vec<Upstream> {
-        if params.str("source") == "corpus" || params.str("extra") == "fanoutqa" {
+        if Settings::from_params(params).reads_corpus() {
             vec![Upstream::needs("corpus")]
         } else {
             Vec::new()
@@ -93,37 +139,32 @@ impl Stage for QaStage {
     }
 
     fn external_inputs(&self, params: &Params) -> Result<Vec<PathBuf>> {
-        let mut paths = Vec::new();
-        match params.str("extra") {
-            "" => {}
-            "fanoutqa" => paths.push(assets_dir().join(BUILTIN_FANOUTQA)),
-            other => {
-                return Err(Error::param(
-                    "qa.extra",
-                    format!("unknown value {other:?} (`fanoutqa` or empty)"),
-                ));
-            }
-        }
-        if params.str("source") != "corpus" {
-            paths.insert(0, source_path(params));
+        let s = Settings::from_params(params);
+        let mut paths: Vec<PathBuf> = s.source_file().into_iter().collect();
+        if s.extra_fanoutqa {
+            paths.push(assets_dir().join(BUILTIN_FANOUTQA));
         }
         for path in &paths {
-            check_source(params, path)?;
+            check_source(path)?;
         }
         Ok(paths)
     }
 
     fn run(&self, ctx: &StageContext) -> Result<StageOutput> {
-        let source = source_path(ctx.params);
-        let rows: Box<dyn Iterator<Item = Result<QaRow>>> = match ctx.params.str("source") {
-            "fanoutqa" => Box::new(fanoutqa_rows(&source)?.into_iter().map(Ok)),
-            "corpus" => Box::new(
+        let settings = Settings::from_params(ctx.params);
+        // Named in the "no questions" error; the corpus-built source has no file.
+        let source = settings
+            .source_file()
+            .unwrap_or_else(|| PathBuf::from("corpus"));
+        let rows: Box<dyn Iterator<Item = Result<QaRow>>> = match &settings.source {
+            Source::FanOutQa => Box::new(fanoutqa_rows(&source)?.into_iter().map(Ok)),
+            Source::Corpus => Box::new(
                 corpus_qa_rows(ctx.input_files(Upstream::needs("corpus"))?)?
                     .into_iter()
                     .map(Ok),
             ),
-            _ => {
-                let default_split = ctx.params.str("default_split").to_string();
+            Source::File(_) => {
+                let default_split = settings.default_split.clone();
                 let stem = source
                     .file_stem()
                     .map(|s| s.to_string_lossy().into_owned())
@@ -136,16 +177,17 @@ impl Stage for QaStage {
                 }))
             }
         };
-        let max_rows = match ctx.params.u64("max_rows") as usize {
+        let max_rows = match settings.max_rows {
             0 => usize::MAX,
             n => n,
         };
-        let extra = match ctx.params.str("extra") {
-            "fanoutqa" => fanoutqa_held_by_corpus(
+        let extra = if settings.extra_fanoutqa {
+            fanoutqa_held_by_corpus(
                 &assets_dir().join(BUILTIN_FANOUTQA),
                 ctx.input_files(Upstream::needs("corpus"))?,
-            )?,
-            _ => Vec::new(),
+            )?
+        } else {
+            Vec::new()
         };
         let rows = rows.take(max_rows).chain(extra.into_iter().map(Ok));
         let out = shard_path(&ctx.out_dir, ShardKind::Qa, ctx.shard.index);
@@ -180,12 +222,11 @@ impl Stage for QaStage {
 }
 
 /// A QA source file that must exist before the stage runs.
-fn check_source(params: &Params, path: &std::path::Path) -> Result<()> {
+fn check_source(path: &std::path::Path) -> Result<()> {
     if path.is_file() {
         return Ok(());
     }
-    let builtin = params.str("source") == "fanoutqa" || params.str("extra") == "fanoutqa";
-    let hint = if builtin && path.ends_with(BUILTIN_FANOUTQA) {
+    let hint = if path == assets_dir().join(BUILTIN_FANOUTQA) {
         " (run scripts/fetch-assets.sh, or set ASL_ASSETS)"
     } else {
         ""
