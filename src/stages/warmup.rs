@@ -197,7 +197,15 @@ impl Stage for WarmupStage {
     }
 
     fn check(&self, params: &Params) -> Result<()> {
-        AgentSettings::tools_only(params, "warmup").map(|_| ())
+        AgentSettings::tools_only(params, "warmup")?;
+        let keys = ["policy_examples", "generator_examples", "grm_examples"];
+        if keys.iter().all(|k| params.u64(k) == 0) {
+            return Err(Error::param(
+                "warmup.policy_examples",
+                "policy_examples, generator_examples and grm_examples are all 0: nothing to train on",
+            ));
+        }
+        Ok(())
     }
 
     fn about(&self) -> &'static str {

@@ -290,6 +290,11 @@ fn out_of_range_and_closed_set_values_in_a_pipeline_file_are_refused_at_load() {
             &["generate.grounding_k", "needs a search index"][..],
         ),
         ("warmup", "epochs = 0", &["warmup.epochs", "≥ 1"][..]),
+        (
+            "warmup",
+            "policy_examples = 0\ngenerator_examples = 0\ngrm_examples = 0",
+            &["warmup.policy_examples", "nothing to train on"][..],
+        ),
         // A split the pipeline's qa does not write (smoke's corpus QA: train, dev, test).
         (
             "eval",
