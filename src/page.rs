@@ -18,6 +18,7 @@ use crate::audit::{scan, signals, stats};
 use crate::error::Result;
 use crate::manifest::{Manifest, Status};
 use crate::report::outputs;
+use crate::roles::Role;
 use crate::roles::grm::Verdict;
 use crate::shards::read_kind;
 use crate::shards::rows::{JudgmentRow, RewardRow, TaskRow, TrajectoryRow};
@@ -258,12 +259,12 @@ pub fn write_page(run_dir: &Path, out: &Path, opts: &PageOptions) -> Result<Page
     html.push_str(&select(
         "f-role",
         "role",
-        &["generator".into(), "policy".into(), "grm".into()],
+        &[Role::Generator, Role::Policy, Role::Grm].map(|r| r.as_str().to_string()),
     ));
     html.push_str(&select(
         "f-verdict",
         "verdict",
-        &["correct".into(), "wrong".into()],
+        &Verdict::ALL.map(|v| v.name().to_string()),
     ));
     write!(
         html,

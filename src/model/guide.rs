@@ -92,15 +92,16 @@ impl Guide {
         }
     }
 
-    /// The GRM: think, then search, or conclude `correct` or `wrong`.
-    pub fn grm(think_budget: usize, query_budget: usize) -> Guide {
+    /// The GRM: think, then search, or conclude with one of `verdicts` (the judge's words are
+    /// the GRM role's to define, `roles::grm::Verdict`).
+    pub fn grm(think_budget: usize, query_budget: usize, verdicts: &[&str]) -> Guide {
         Guide {
             think_budget,
             actions: vec![
                 Segment::search(query_budget),
                 Segment {
                     prefix: "conclusion: ".into(),
-                    choices: vec!["correct".into(), "wrong".into()],
+                    choices: verdicts.iter().map(|v| v.to_string()).collect(),
                     ..Segment::free("answer", 4)
                 },
             ],
@@ -519,7 +520,7 @@ mod fuzz {
             let guide = match role {
                 0 => Guide::policy(16, 8, 8),
                 1 => Guide::generator(16, 8, 16),
-                _ => Guide::grm(16, 8),
+                _ => Guide::grm(16, 8, &["correct", "wrong"]),
             };
             let guide = if tools { guide } else { guide.without_tools() };
             let mut state = GuideState::new(&guide, &eos);

@@ -45,6 +45,8 @@ pub(crate) enum Verdict {
 }
 
 impl Verdict {
+    pub(crate) const ALL: [Verdict; 2] = [Verdict::Correct, Verdict::Wrong];
+
     /// `Correct` when `correct`, else `Wrong`.
     pub(crate) fn from_correct(correct: bool) -> Verdict {
         if correct {

@@ -15,6 +15,7 @@ use crate::model::sample::{
     FinishReason, SamplingParams, SeqOutput, SeqRequest, scoring_temperature,
 };
 use crate::params::{ParamSpec, Params, ParamsExt};
+use crate::roles::grm::Verdict;
 use crate::roles::tool::{self, TOOL_FORMATS, ToolFormat};
 use crate::roles::{Message, tags};
 use crate::search::render::render_information;
@@ -452,7 +453,7 @@ impl Agent {
             let guide = match role {
                 Role::Policy => Guide::policy(think, 24, 24),
                 Role::Generator => Guide::generator(think, 24, 48),
-                Role::Grm => Guide::grm(think, 24),
+                Role::Grm => Guide::grm(think, 24, &Verdict::ALL.map(Verdict::name)),
             };
             if self.env.is_some() {
                 let (prefix, terminator) = self.tools.guided_call();
