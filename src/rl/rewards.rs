@@ -161,6 +161,14 @@ pub(crate) fn policy_reward(correct: bool) -> f64 {
     f64::from(u8::from(correct))
 }
 
+/// Search-R1's format term (its `structure_format_score`): a wrong attempt that still ends in a
+/// parsed answer earns `score`, one without an answer earns nothing, and a correct one gets no
+/// more than its 1. It is what pushes unparsable attempts back under a rule reward, where they
+/// otherwise score the same as a wrong answer.
+pub(crate) fn answered_bonus(correct: bool, answered: bool, score: f64) -> f64 {
+    if !correct && answered { score } else { 0.0 }
+}
+
 /// Why a generated task is invalid, if it is (SPEC §2: validity): [`format_validity`], then at
 /// least `v_min` of the GRM's verdicts on the generator's own answer saying correct
 /// (`self_correct`). The self-check with its judgment count is [`self_check`].
@@ -586,6 +594,14 @@ mod tests {
         let r = too_few.reason().unwrap();
         assert_eq!(SelfCheck::of_reason(&r), Some("too_few_judgments"), "{r}");
         assert_eq!(SelfCheck::of_reason("no answer"), None);
+    }
+
+    #[test]
+    fn answered_bonus_rewards_a_wrong_answer_over_none_and_never_a_correct_one() {
+        assert_eq!(answered_bonus(false, true, 0.2), 0.2);
+        assert_eq!(answered_bonus(false, false, 0.2), 0.0);
+        assert_eq!(answered_bonus(true, true, 0.2), 0.0);
+        assert_eq!(answered_bonus(false, true, 0.0), 0.0);
     }
 
     #[test]

@@ -30,9 +30,9 @@ use crate::params::{ParamSpec, Params, ParamsExt};
 use crate::rl::advantages::{Scale, advantages};
 use crate::rl::labels::{GrmBalance, Judged, Judgment, LabelMode, grm_labels, grm_trains};
 use crate::rl::rewards::{
-    Attempt, GeneratorScheme, SelfCheck, Verifier, attempt_correct, format_bonus_of_text,
-    grm_reward, majority_answer, penalised_generator_reward, policy_reward, repetition_penalties,
-    solve_rate,
+    Attempt, GeneratorScheme, SelfCheck, Verifier, answered_bonus, attempt_correct,
+    format_bonus_of_text, grm_reward, majority_answer, penalised_generator_reward, policy_reward,
+    repetition_penalties, solve_rate,
 };
 use crate::roles::Role;
 use crate::roles::grm::Verdict;
@@ -69,6 +69,7 @@ pub struct Settings {
     labels: LabelMode,
     balance: GrmBalance,
     bonus: bool,
+    answered: f64,
     repetition_threshold: f64,
     band: (f64, f64),
     roles: Vec<Role>,
@@ -95,6 +96,7 @@ pub fn settings(params: &Params) -> Result<Settings> {
             .parse()
             .map_err(|e| bad("grm_balance", e))?,
         bonus: params.bool("format_bonus"),
+        answered: params.f64("answered_score"),
         repetition_threshold: params.f64("repetition_threshold"),
         band: (params.f64("solve_rate_min"), params.f64("solve_rate_max")),
         roles: train_roles(params)?,
@@ -147,6 +149,11 @@ impl Stage for RewardStage {
                 "class-balance `self` labels per `question` (the seed), over the `round`, or `none` (docs/rounds.md: `round` measured a collapse)",
             ).one_of(&["question", "round", "none"]),
             ParamSpec::new("format_bonus", true, "add the format bonus to every reward"),
+            ParamSpec::new(
+                "answered_score",
+                0.0,
+                "a wrong policy attempt that ends in a parsed answer earns this, one without an answer nothing (Search-R1's structure_format_score; 0 = off)",
+            ).between(0.0, 0.5),
             ParamSpec::new(
                 "repetition_threshold",
                 0.5,
@@ -463,7 +470,7 @@ pub(crate) fn compute(
         let policy_trains = trains(Role::Policy) && valid && in_band && (labelled || gen_raw > 0.0);
         for (a, &c) in group.iter().zip(&correct) {
             let reward = policy_reward(c);
-            let total = reward + bonus_of(s, Some(a));
+            let total = reward + bonus_of(s, Some(a)) + answered_bonus(c, a.parsed, s.answered);
             rows.push(RewardRow {
                 trajectory_id: a.trajectory_id.clone(),
                 task_id: task.task_id.clone(),
@@ -621,6 +628,7 @@ mod tests {
             labels,
             balance: GrmBalance::Question,
             bonus: false,
+            answered: 0.0,
             repetition_threshold: 0.5,
             band: (0.0, 1.0),
             roles: Role::ALL.to_vec(),
@@ -1120,5 +1128,29 @@ mod tests {
         assert_eq!(row(&c, "t1-p3").reward, 0.0);
         assert_eq!(row(&c, "t1-g").reward, 0.0);
         assert_eq!(c.unparsable["policy"], 1);
+    }
+
+    /// Search-R1's format term: under the rule, the wrong answer earns 0.2 over the attempt
+    /// with no answer, the correct ones exactly 1, and the reward column stays the verdict.
+    #[test]
+    fn answered_score_puts_a_wrong_answer_above_no_answer() {
+        let tasks = vec![task("t1", "Who wrote Dune, the novel?", "Frank Herbert")];
+        let answers = [Some("Frank Herbert"), Some("Asimov"), None, None];
+        let attempts: Vec<TrajectoryRow> = answers
+            .iter()
+            .enumerate()
+            .map(|(k, a)| traj(&format!("t1-p{k}"), "t1", "policy", *a))
+            .collect();
+        let s = Settings {
+            answered: 0.2,
+            ..settings(Verifier::Rule, GeneratorScheme::Entropy, LabelMode::Rule)
+        };
+        let c = compute(&s, 1, &tasks, &[], &attempts, &[], &[]);
+        let totals: Vec<f32> = (0..4).map(|k| row(&c, &format!("t1-p{k}")).total).collect();
+        assert_eq!(totals, vec![1.0, 0.2, 0.0, 0.0]);
+        assert_eq!(row(&c, "t1-p1").reward, 0.0);
+        assert!((row(&c, "t1-p1").format_bonus - 0.2).abs() < 1e-7);
+        let adv = |k: usize| row(&c, &format!("t1-p{k}")).advantage;
+        assert!(adv(0) > adv(1) && adv(1) > adv(2) && adv(2) == adv(3));
     }
 }
