@@ -2,7 +2,8 @@
 //! once, in round 0), the stages of every round, the run seed and the stages' parameters. The
 //! runner executes them in order and records each run in the manifest; a stage whose params,
 //! seed and input hashes match its last `done` entry, and whose outputs are intact, is skipped.
-//! A stage that runs makes every stage downstream of it run too.
+//! A stage that reruns with byte-identical outputs leaves what reads it up to date (the input
+//! hashes are the same); `--force` reruns a stage and everything downstream of it.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -462,7 +463,10 @@ pub fn run_pipeline(
     let _lock = RunLock::exclusive(run_dir, &format!("asl run {}", pipeline.path.display()))?;
     run.record(pipeline, run_dir)?;
     let (seed, resolved) = (run.seed, &run.params);
-    let mut ran: BTreeSet<String> = BTreeSet::new();
+    // Stages run by `--force` or downstream of one: what reads them runs too. A stage that ran
+    // because it was stale does not force anything; what reads it compares the input hashes its
+    // new manifest entry records, so identical outputs leave the rest of the run up to date.
+    let mut forced_ran: BTreeSet<String> = BTreeSet::new();
     let mut reports = Vec::new();
     let mut current_round = 0;
     // Whether a stage of the current round ran (a round that was all skipped prints no table).
@@ -513,18 +517,15 @@ pub fn run_pipeline(
             writeln!(log, "round {round} {name}: not this round").ok();
             continue;
         }
-        let upstream_ran = stage
-            .upstream(&params)
-            .iter()
-            .any(|u| ran.contains(u.stage));
-        let forced = opts.force.iter().any(|f| f == name);
+        let forced = opts.force.iter().any(|f| f == name)
+            || stage
+                .upstream(&params)
+                .iter()
+                .any(|u| forced_ran.contains(u.stage));
         let seed = stage_seed(seed, name, round);
         let prepared = prepare(&manifest, run_dir, stage, round, at, &params, seed)?;
         let label = at.label(name);
-        if !forced
-            && !upstream_ran
-            && prepared.is_up_to_date(&manifest, run_dir, ShardSpec::WHOLE)?
-        {
+        if !forced && prepared.is_up_to_date(&manifest, run_dir, ShardSpec::WHOLE)? {
             writeln!(log, "round {round} {label}: didn't change, skipping").ok();
             reports.push(StageReport {
                 round,
@@ -544,7 +545,9 @@ pub fn run_pipeline(
                 entry.wall_s.unwrap_or_default()
             )
             .ok();
-            ran.insert(name.clone());
+            if forced {
+                forced_ran.insert(name.clone());
+            }
             reports.push(StageReport {
                 round,
                 stage: name.clone(),

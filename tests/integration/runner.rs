@@ -80,6 +80,62 @@ fn force_and_changed_params_rerun_the_stage() {
     assert_eq!(ran_stages(&out), ["round 0 corpus", "round 0 qa"]);
 }
 
+/// Early cutoff: a stage that reruns (a changed param) and writes the same bytes leaves what
+/// reads it up to date; one that writes different bytes reruns it; `--force` reruns a stage
+/// and what reads it whatever the bytes.
+#[test]
+fn a_rerun_with_identical_outputs_leaves_what_reads_it_up_to_date() {
+    let fx = Fixture::new(50);
+    let pipe = fx.dir.path().join("indexed.toml");
+    let text = std::fs::read_to_string(&fx.pipeline).unwrap().replace(
+        "setup = [\"corpus\", \"qa\"]",
+        "setup = [\"corpus\", \"qa\", \"index\"]",
+    );
+    std::fs::write(&pipe, text).unwrap();
+    let rd = fx.run_dir("run");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            pipe.to_str().unwrap(),
+            "--run-dir",
+            rd.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = asl(&args);
+        assert_ok(&out);
+        ran_stages(&out)
+    };
+    assert_eq!(run(&[]), ["round 0 corpus", "round 0 qa", "round 0 index"]);
+    let before = shard_hashes(&rd);
+    // Every one of the 50 records: the same corpus shard, so the index is not rebuilt.
+    let out = asl(&[
+        "run",
+        pipe.to_str().unwrap(),
+        "--run-dir",
+        rd.to_str().unwrap(),
+        "--set",
+        "corpus.max_docs=50",
+    ]);
+    assert_ok(&out);
+    assert_eq!(ran_stages(&out), ["round 0 corpus"]);
+    assert!(
+        stdout(&out).contains("round 0 index: didn't change, skipping"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(shard_hashes(&rd), before);
+    // Fewer records: a different shard, and the index reads it.
+    assert_eq!(
+        run(&["--set", "corpus.max_docs=20"]),
+        ["round 0 corpus", "round 0 index"]
+    );
+    assert_eq!(
+        run(&["--set", "corpus.max_docs=20", "--force", "corpus"]),
+        ["round 0 corpus", "round 0 index"]
+    );
+    assert!(run(&["--set", "corpus.max_docs=20"]).is_empty());
+}
+
 #[test]
 fn a_changed_input_file_reruns_the_stage() {
     let fx = Fixture::new(50);
