@@ -86,36 +86,22 @@ fn force_and_changed_params_rerun_the_stage() {
 #[test]
 fn a_rerun_with_identical_outputs_leaves_what_reads_it_up_to_date() {
     let fx = Fixture::new(50);
-    let pipe = fx.dir.path().join("indexed.toml");
+    // The fixture's pipeline with the index, which reads the corpus.
     let text = std::fs::read_to_string(&fx.pipeline).unwrap().replace(
         "setup = [\"corpus\", \"qa\"]",
         "setup = [\"corpus\", \"qa\", \"index\"]",
     );
-    std::fs::write(&pipe, text).unwrap();
+    std::fs::write(&fx.pipeline, text).unwrap();
     let rd = fx.run_dir("run");
-    let run = |extra: &[&str]| {
-        let mut args = vec![
-            "run",
-            pipe.to_str().unwrap(),
-            "--run-dir",
-            rd.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let out = asl(&args);
-        assert_ok(&out);
-        ran_stages(&out)
-    };
-    assert_eq!(run(&[]), ["round 0 corpus", "round 0 qa", "round 0 index"]);
+    let out = fx.run(&rd, &[]);
+    assert_ok(&out);
+    assert_eq!(
+        ran_stages(&out),
+        ["round 0 corpus", "round 0 qa", "round 0 index"]
+    );
     let before = shard_hashes(&rd);
     // Every one of the 50 records: the same corpus shard, so the index is not rebuilt.
-    let out = asl(&[
-        "run",
-        pipe.to_str().unwrap(),
-        "--run-dir",
-        rd.to_str().unwrap(),
-        "--set",
-        "corpus.max_docs=50",
-    ]);
+    let out = fx.run(&rd, &["--set", "corpus.max_docs=50"]);
     assert_ok(&out);
     assert_eq!(ran_stages(&out), ["round 0 corpus"]);
     assert!(
@@ -125,15 +111,15 @@ fn a_rerun_with_identical_outputs_leaves_what_reads_it_up_to_date() {
     );
     assert_eq!(shard_hashes(&rd), before);
     // Fewer records: a different shard, and the index reads it.
-    assert_eq!(
-        run(&["--set", "corpus.max_docs=20"]),
-        ["round 0 corpus", "round 0 index"]
-    );
-    assert_eq!(
-        run(&["--set", "corpus.max_docs=20", "--force", "corpus"]),
-        ["round 0 corpus", "round 0 index"]
-    );
-    assert!(run(&["--set", "corpus.max_docs=20"]).is_empty());
+    let out = fx.run(&rd, &["--set", "corpus.max_docs=20"]);
+    assert_ok(&out);
+    assert_eq!(ran_stages(&out), ["round 0 corpus", "round 0 index"]);
+    let out = fx.run(&rd, &["--set", "corpus.max_docs=20", "--force", "corpus"]);
+    assert_ok(&out);
+    assert_eq!(ran_stages(&out), ["round 0 corpus", "round 0 index"]);
+    let out = fx.run(&rd, &["--set", "corpus.max_docs=20"]);
+    assert_ok(&out);
+    assert!(ran_stages(&out).is_empty(), "{}", stdout(&out));
 }
 
 #[test]
