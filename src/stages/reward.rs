@@ -109,8 +109,9 @@ pub fn settings(params: &Params) -> Result<Settings> {
 
 impl Stage for RewardStage {
     /// 2: an answer taken from the question is wrong under the label-free verifiers.
+    /// 3: `answered_score` no longer pays an answer taken from the question.
     fn version(&self) -> u32 {
-        2
+        3
     }
 
     fn name(&self) -> &'static str {
@@ -152,7 +153,7 @@ impl Stage for RewardStage {
             ParamSpec::new(
                 "answered_score",
                 0.0,
-                "a wrong policy attempt that ends in a parsed answer earns this, one without an answer nothing (Search-R1's structure_format_score; 0 = off)",
+                "a wrong policy attempt that ends in an answer not taken from its question earns this, one without an answer nothing (Search-R1's structure_format_score; 0 = off)",
             ).between(0.0, 0.5),
             ParamSpec::new(
                 "repetition_threshold",
@@ -416,7 +417,7 @@ pub(crate) fn compute(
             .chain(task.answer_aliases.iter().cloned())
             .collect();
         let majority = majority_answer(group.iter().filter_map(|a| a.answer.as_deref()));
-        let correct: Vec<bool> = group
+        let (correct, answered): (Vec<bool>, Vec<f64>) = group
             .iter()
             .map(|a| {
                 let attempt = Attempt {
@@ -426,12 +427,18 @@ pub(crate) fn compute(
                     majority: majority.as_deref(),
                     verdicts: policy_verdicts.get(a.trajectory_id.as_str()).copied(),
                 };
-                attempt_correct(s.verifier, &attempt).unwrap_or_else(|| {
+                let c = attempt_correct(s.verifier, &attempt).unwrap_or_else(|| {
                     unjudged += 1;
                     false
-                })
+                });
+                let answered = if a.parsed {
+                    answered_bonus(&attempt, c, s.answered)
+                } else {
+                    0.0
+                };
+                (c, answered)
             })
-            .collect();
+            .unzip();
         let p = solve_rate(&correct);
         let valid = invalid.is_none();
         let mut gen_raw = 0.0;
@@ -468,9 +475,9 @@ pub(crate) fn compute(
         let labelled = task.template == "labelled";
         let in_band = p >= s.band.0 && p <= s.band.1;
         let policy_trains = trains(Role::Policy) && valid && in_band && (labelled || gen_raw > 0.0);
-        for (a, &c) in group.iter().zip(&correct) {
+        for ((a, &c), answered) in group.iter().zip(&correct).zip(answered) {
             let reward = policy_reward(c);
-            let total = reward + bonus_of(s, Some(a)) + answered_bonus(c, a.parsed, s.answered);
+            let total = reward + bonus_of(s, Some(a)) + answered;
             rows.push(RewardRow {
                 trajectory_id: a.trajectory_id.clone(),
                 task_id: task.task_id.clone(),
@@ -1131,11 +1138,17 @@ mod tests {
     }
 
     /// Search-R1's format term: under the rule, the wrong answer earns 0.2 over the attempt
-    /// with no answer, the correct ones exactly 1, and the reward column stays the verdict.
+    /// with no answer and the one that answers with the question, the correct one exactly 1,
+    /// and the reward column stays the verdict.
     #[test]
     fn answered_score_puts_a_wrong_answer_above_no_answer() {
         let tasks = vec![task("t1", "Who wrote Dune, the novel?", "Frank Herbert")];
-        let answers = [Some("Frank Herbert"), Some("Asimov"), None, None];
+        let answers = [
+            Some("Frank Herbert"),
+            Some("Asimov"),
+            None,
+            Some("Who wrote Dune, the novel?"),
+        ];
         let attempts: Vec<TrajectoryRow> = answers
             .iter()
             .enumerate()
