@@ -30,6 +30,30 @@ pub(crate) const CHECKPOINT_UPSTREAM: [Upstream; 3] = [
     Upstream::previous_round("apply"),
 ];
 
+/// The `judge_model` parameter of the GRM's stages (`selfcheck`, `judge`): `latest` judges with
+/// the checkpoint every other stage of the round uses, `start` with the run's starting one
+/// (`warmup`, else `init`) in every round, so the judge stays the one the run began with even
+/// though the backbone is shared: the seed's frozen GRM, which the GRM's own loss being off
+/// (`reward.train_roles`) does not give while the policy's and the generator's steps move it.
+pub(crate) fn judge_model_spec() -> ParamSpec {
+    ParamSpec::new(
+        "judge_model",
+        "latest",
+        "checkpoint the GRM judges with: `latest` (the round's, shared with the policy) or `start` (the warm-up's, else init's, in every round: a frozen judge)",
+    )
+    .one_of(&["latest", "start"])
+}
+
+/// The checkpoint upstreams of a GRM stage (see [`judge_model_spec`]): [`CHECKPOINT_UPSTREAM`], or
+/// without the previous round's `apply` when the judge is the run's starting checkpoint.
+pub(crate) fn judge_checkpoint_upstream(params: &Params) -> Vec<Upstream> {
+    let start = params.get("judge_model").and_then(|v| v.as_str()) == Some("start");
+    CHECKPOINT_UPSTREAM
+        .into_iter()
+        .filter(|up| !start || *up != Upstream::previous_round("apply"))
+        .collect()
+}
+
 /// The checkpoint folder a stage uses (see [`CHECKPOINT_UPSTREAM`]), also accepting this round's
 /// `apply?` (for `eval`, which scores the round's new checkpoint) and the previous optimizer
 /// step's `apply@prev_step?` (for `train` and `apply` from a round's second step on), the first

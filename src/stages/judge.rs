@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::agent::{
-    Agent, CHECKPOINT_UPSTREAM, Request, Role, TrajectoryIds, sampling_specs, search_upstream,
-    tool_format,
+    Agent, Request, Role, TrajectoryIds, judge_checkpoint_upstream, judge_model_spec,
+    sampling_specs, search_upstream, tool_format,
 };
 use super::kit::{VERIFICATION, tasks, trajectories};
 use super::{Stage, StageContext, StageOutput, Upstream};
@@ -112,6 +112,7 @@ impl Stage for JudgeStage {
                 1,
                 "first round that judges verification items",
             ),
+            judge_model_spec(),
         ];
         specs.extend(sampling_specs(256, 2, 1.0));
         specs
@@ -120,7 +121,7 @@ impl Stage for JudgeStage {
     fn upstream(&self, params: &Params) -> Vec<Upstream> {
         let mut up = vec![Upstream::needs("generate"), Upstream::needs("rollout")];
         up.extend(search_upstream(params));
-        up.extend(CHECKPOINT_UPSTREAM);
+        up.extend(judge_checkpoint_upstream(params));
         if Settings::from_params(params).is_ok_and(|s| s.real_items > 0) {
             up.push(Upstream::needs("qa"));
         }

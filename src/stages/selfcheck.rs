@@ -18,8 +18,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::agent::{
-    Agent, CHECKPOINT_UPSTREAM, Request, Role, TrajectoryIds, sampling_specs, search_upstream,
-    tool_format,
+    Agent, Request, Role, TrajectoryIds, judge_checkpoint_upstream, judge_model_spec,
+    sampling_specs, search_upstream, tool_format,
 };
 use super::kit::{SELF_CHECK_TARGET as TARGET, tasks};
 use super::{Stage, StageContext, StageOutput, Upstream};
@@ -94,6 +94,7 @@ impl Stage for SelfCheckStage {
                 4,
                 "correct verdicts a task needs to stay valid (at most self_judgments)",
             ),
+            judge_model_spec(),
         ];
         specs.extend(sampling_specs(256, 2, 1.0));
         specs
@@ -102,7 +103,7 @@ impl Stage for SelfCheckStage {
     fn upstream(&self, params: &Params) -> Vec<Upstream> {
         let mut up = vec![Upstream::needs("generate")];
         up.extend(search_upstream(params));
-        up.extend(CHECKPOINT_UPSTREAM);
+        up.extend(judge_checkpoint_upstream(params));
         up.dedup();
         up
     }

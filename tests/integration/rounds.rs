@@ -268,7 +268,8 @@ fn a_run_whose_rounds_train_nothing_stops_after_stall_rounds() {
         format!(
             "extends = {SMOKE:?}\nrounds = 5\nstall_rounds = 2\n\
              [params.reward]\ntrain_roles = \"policy\"\nsolve_rate_min = 1.0\nsolve_rate_max = 0.0\n\
-             [params.eval]\nevery = 10\n"
+             [params.eval]\nevery = 10\n\
+             [params.selfcheck]\njudge_model = \"start\"\n[params.judge]\njudge_model = \"start\"\n"
         ),
     )
     .unwrap();
@@ -295,6 +296,23 @@ fn a_run_whose_rounds_train_nothing_stops_after_stall_rounds() {
             .is_some_and(|(r, _)| r == 2)
     );
     assert!(!rd.join("round-003").exists());
+    // A frozen judge (`judge_model = "start"`): round 2's GRM stages judge with the warm-up's
+    // checkpoint while its rollout samples from round 1's `apply`.
+    let reads = |stage: &str, round: u32, path: &str| {
+        manifest
+            .entries
+            .iter()
+            .find(|e| e.stage == stage && e.round == round && e.status == Status::Done)
+            .unwrap_or_else(|| panic!("no round {round} {stage}"))
+            .inputs
+            .iter()
+            .any(|i| i.path.starts_with(path))
+    };
+    assert!(reads("rollout", 2, "round-001/apply"));
+    for stage in ["selfcheck", "judge"] {
+        assert!(!reads(stage, 2, "round-001/apply"), "{stage}");
+        assert!(reads(stage, 2, "round-000/warmup"), "{stage}");
+    }
     // Resuming finds the same stall from the shards and skips everything.
     let again = run();
     assert_ok(&again);
