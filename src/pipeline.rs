@@ -1124,7 +1124,8 @@ mod tests {
         assert!(e.contains("extends") && e.contains("string"), "{e}");
     }
 
-    /// The shipped ablations are the default plus what they ablate, nothing else.
+    /// The shipped ablations are the default plus what they ablate, nothing else (the frozen
+    /// judge: no GRM loss, and the warm-up's checkpoint for the GRM's stages).
     #[test]
     fn shipped_ablations_differ_from_the_default_only_in_what_they_ablate() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
@@ -1144,6 +1145,12 @@ mod tests {
             .as_object_mut()
             .unwrap()
             .insert("train_roles".into(), "policy,generator".into());
+        for stage in ["selfcheck", "judge"] {
+            expected[stage]
+                .as_object_mut()
+                .unwrap()
+                .insert("judge_model".into(), "start".into());
+        }
         assert_eq!(frozen.params, expected);
         let mut expected = base.params.clone();
         let judge = expected["judge"].as_object_mut().unwrap();
