@@ -431,12 +431,7 @@ pub(crate) fn compute(
                     unjudged += 1;
                     false
                 });
-                let answered = if a.parsed {
-                    answered_bonus(&attempt, c, s.answered)
-                } else {
-                    0.0
-                };
-                (c, answered)
+                (c, answered_bonus(&attempt, c, s.answered))
             })
             .unzip();
         let p = solve_rate(&correct);
