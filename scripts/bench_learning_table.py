@@ -7,7 +7,8 @@ Columns: rounds done; training reward, last quarter of rounds minus the first, w
 interval; T=1 parse rate in the last round; held-out EM start -> end, the paired difference
 with its bootstrap 95 % interval and McNemar's p, on the corpus-built test questions and on the
 human-written FanOutQA sub-questions the corpus answers; GRM accuracy on the verification pairs start
--> end; GRM-rule agreement first -> last round; and whether the audit raised reward_hacking or heldout_regression.
+-> end; GRM-rule agreement and GRM false accepts (passed where the rule label says wrong) first
+-> last round; and whether the audit raised reward_hacking or heldout_regression.
 """
 import json
 import math
@@ -53,7 +54,7 @@ def main():
     header = ["arm", "rounds", "train reward Δ (last−first ¼) [95%]", "parse T=1 end",
               "EM start→end", "ΔEM [95%]", "McNemar p",
               "FanOutQA EM start→end", "FanOutQA ΔEM [95%]", "p", "GRM acc start→end",
-              "GRM–rule agr. first→last", "reward_hacking", "heldout_regression"]
+              "GRM–rule agr. first→last", "GRM false acc. first→last", "reward_hacking", "heldout_regression"]
     rows = []
     for arm in arms:
         run_dir = out / arm
@@ -73,14 +74,16 @@ def main():
         fan = compare.get(("policy", "qa:fanoutqa"))
         ver = next((v for (role, ds), v in compare.items()
                     if role == "grm" and "verification" in ds), None)
-        agreement, hacking, regression = (None, None), "-", "-"
+        agreement, false_acc, hacking, regression = (None, None), (None, None), "-", "-"
         aj = out / f"{arm}.audit.json"
         if aj.exists() and aj.stat().st_size > 0:
             audit = json.loads(aj.read_text())
-            agr = [j["rule_agreement"] for r in audit["rounds"] if r["round"] > 0
-                   for j in r["judges"] if j["target"] == "policy" and j["judgments"] > 0]
-            if agr:
-                agreement = (agr[0], agr[-1])
+            policy = [j for r in audit["rounds"] if r["round"] > 0
+                      for j in r["judges"] if j["target"] == "policy" and j["judgments"] > 0]
+            if policy:
+                agreement = (policy[0]["rule_agreement"], policy[-1]["rule_agreement"])
+                # Audits written before the statistic existed lack it.
+                false_acc = (policy[0].get("false_accept"), policy[-1].get("false_accept"))
             def fired(name):
                 hits = [s for s in audit["signals"] if s["name"] == name]
                 return f"yes (round {hits[0]['round']})" if hits else "no"
@@ -100,6 +103,7 @@ def main():
             fmt(fan["p_value"], "{:.4f}") if fan else "-",
             f"{fmt(ver['mean_a'])}→{fmt(ver['mean_b'])} (n={ver['n']})" if ver else "-",
             f"{fmt(agreement[0])}→{fmt(agreement[1])}",
+            f"{fmt(false_acc[0])}→{fmt(false_acc[1])}",
             hacking,
             regression,
         ])

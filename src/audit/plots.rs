@@ -202,6 +202,11 @@ pub(crate) fn write_plots(
             color: RGBColor(214, 39, 40),
             points: series(&|r| r.grm_pass_rate()),
         },
+        Curve {
+            label: "GRM false accepts (passed, rule says wrong)".into(),
+            color: RGBColor(148, 103, 189),
+            points: series(&|r| r.grm_false_accept()),
+        },
     ];
     let path = dir.join("heldout.png");
     emit(

@@ -71,6 +71,7 @@ pub(crate) fn stat_rows(r: &RoundAudit) -> Vec<(String, Option<f64>)> {
         push(format!("{p}.parse_rate"), ratio(j.parsed, j.judgments));
         push(format!("{p}.pass_rate"), j.pass_rate);
         push(format!("{p}.rule_agreement"), j.rule_agreement);
+        push(format!("{p}.false_accept"), j.false_accept);
     }
     if let Some(s) = &r.solve {
         push("solve.tasks".into(), s.tasks as f64);
@@ -88,13 +89,14 @@ pub(crate) fn stat_rows(r: &RoundAudit) -> Vec<(String, Option<f64>)> {
     out
 }
 
-const ROUND_COLUMNS: [&str; 9] = [
+const ROUND_COLUMNS: [&str; 10] = [
     "round",
     "tasks / valid / self-checked",
     "near-dup share",
     "solve rate",
     "GRM pass rate",
     "GRM–rule agree",
+    "GRM false accepts",
     "held-out EM",
     "GRM accuracy",
     "flat policy groups",
@@ -118,6 +120,7 @@ fn round_cells(r: &RoundAudit) -> Vec<String> {
         show(r.solve.as_ref().map(|s| s.mean)),
         show(r.grm_pass_rate()),
         show(r.grm_rule_agreement()),
+        show(r.grm_false_accept()),
         show(r.em()),
         show(r.grm_accuracy()),
         policy
@@ -218,8 +221,8 @@ fn detail_lines(r: &RoundAudit) -> Vec<String> {
     for j in &r.judges {
         lines.push(format!(
             "GRM on {} answers: {} verdicts, {} parsed, pass rate {:.3}, agreement with the rule \
-             label {:.3}",
-            j.target, j.judgments, j.parsed, j.pass_rate, j.rule_agreement
+             label {:.3}, false accepts {:.3}",
+            j.target, j.judgments, j.parsed, j.pass_rate, j.rule_agreement, j.false_accept
         ));
     }
     if let Some(s) = &r.solve {

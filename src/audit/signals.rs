@@ -146,17 +146,29 @@ pub fn signals(rounds: &[RoundAudit], t: &Thresholds) -> Vec<Signal> {
         let pass_rise = last.1 - pass_first.1;
         let em_rise = last.2 - em_first.1;
         if pass_rise >= t.hacking_pass_rise && em_rise < t.hacking_em_rise {
+            // The false accepts at both ends say how much of the rise the rule label rejects.
+            let false_accept = |round: u32| {
+                rounds
+                    .iter()
+                    .find(|r| r.round == round)
+                    .and_then(|r| r.grm_false_accept())
+                    .map(|v| format!("{v:.2}"))
+                    .unwrap_or_else(|| "-".into())
+            };
             out.push(Signal {
                 name: "reward_hacking".into(),
                 round: last.0,
                 message: format!(
-                    "GRM pass rate rose {:.2} → {:.2} (rounds {}→{}) while held-out EM went \
-                     {:.2} → {:.2} (rounds {}→{}): the generator and policy may be exploiting \
-                     the judge (rule: pass rise ≥ {:.2} and EM rise < {:.2})",
+                    "GRM pass rate rose {:.2} → {:.2} (rounds {}→{}; false accepts, passed \
+                     where the rule says wrong, {} → {}) while held-out EM went {:.2} → {:.2} \
+                     (rounds {}→{}): the generator and policy may be exploiting the judge \
+                     (rule: pass rise ≥ {:.2} and EM rise < {:.2})",
                     pass_first.1,
                     last.1,
                     pass_first.0,
                     last.0,
+                    false_accept(pass_first.0),
+                    false_accept(last.0),
                     em_first.1,
                     last.2,
                     em_first.0,

@@ -94,6 +94,9 @@ pub struct JudgeStats {
     pub pass_rate: f64,
     /// Share of verdicts that agree with the rule label (normalised candidate = reference).
     pub rule_agreement: f64,
+    /// Share of verdicts that say `correct` where the rule label says wrong: the lenient side of
+    /// the disagreement, where a judge that is being exploited lets answers through.
+    pub false_accept: f64,
 }
 
 /// Per-task solve rates of the policy (mean reward over a task's attempts).
@@ -167,6 +170,12 @@ impl RoundAudit {
         self.judge("policy")
             .filter(|j| j.judgments > 0)
             .map(|j| j.rule_agreement)
+    }
+
+    pub(crate) fn grm_false_accept(&self) -> Option<f64> {
+        self.judge("policy")
+            .filter(|j| j.judgments > 0)
+            .map(|j| j.false_accept)
     }
 }
 
@@ -684,7 +693,15 @@ fn judge_stats(paths: &[PathBuf]) -> Result<Vec<JudgeStats>> {
                 len().cast(DataType::UInt64).alias("n"),
                 col("parsed").cast(DataType::UInt64).sum().alias("parsed"),
                 pass.clone().cast(DataType::Float64).mean().alias("pass"),
-                pass.eq(rule).cast(DataType::Float64).mean().alias("agree"),
+                pass.clone()
+                    .eq(rule.clone())
+                    .cast(DataType::Float64)
+                    .mean()
+                    .alias("agree"),
+                pass.and(rule.not())
+                    .cast(DataType::Float64)
+                    .mean()
+                    .alias("false_accept"),
             ])
             .sort(["target"], Default::default()),
     )?;
@@ -693,6 +710,7 @@ fn judge_stats(paths: &[PathBuf]) -> Result<Vec<JudgeStats>> {
     let parsed = u64s(&df, "parsed")?;
     let pass = f64s(&df, "pass")?;
     let agree = f64s(&df, "agree")?;
+    let false_accept = f64s(&df, "false_accept")?;
     Ok((0..df.height())
         .map(|i| JudgeStats {
             target: targets[i].clone().unwrap_or_default(),
@@ -700,6 +718,7 @@ fn judge_stats(paths: &[PathBuf]) -> Result<Vec<JudgeStats>> {
             parsed: parsed[i],
             pass_rate: pass[i],
             rule_agreement: agree[i],
+            false_accept: false_accept[i],
         })
         .collect())
 }
@@ -985,6 +1004,8 @@ mod tests {
         assert_eq!(j.judgments, 4);
         assert!((j.pass_rate - 0.5).abs() < 1e-9);
         assert!((j.rule_agreement - 0.75).abs() < 1e-9);
+        // "Lyon" for "Paris", judged correct: one false accept in four verdicts.
+        assert!((j.false_accept - 0.25).abs() < 1e-9);
 
         let policy = r.roles.iter().find(|s| s.role == "policy").unwrap();
         assert_eq!((policy.groups, policy.all_equal_groups), (3, 2));

@@ -37,6 +37,16 @@ fn signal_names(dir: &Path) -> Vec<String> {
     report.signals.iter().map(|s| s.name.clone()).collect()
 }
 
+/// The judge's false accepts on policy answers (passed where the rule label says wrong), by round.
+fn false_accepts(dir: &Path) -> Vec<f64> {
+    let report = audit(&options(dir, false)).unwrap();
+    report
+        .rounds
+        .iter()
+        .filter_map(|r| r.judge("policy").map(|j| j.false_accept))
+        .collect()
+}
+
 #[test]
 fn frozen_judge_pattern_raises_reward_hacking() {
     let dir = tempfile::tempdir().unwrap();
@@ -45,6 +55,9 @@ fn frozen_judge_pattern_raises_reward_hacking() {
     assert!(names.contains(&"reward_hacking".to_string()), "{names:?}");
     // The judge also drifts from the rule label as it passes wrong answers.
     assert!(names.contains(&"judge_drift".to_string()), "{names:?}");
+    // Those passes are false accepts: their share rises from the first round to the last.
+    let fa = false_accepts(dir.path());
+    assert!(fa.len() >= 2 && fa[fa.len() - 1] > fa[0] + 0.1, "{fa:?}");
 }
 
 /// A run that scores held-out EM only at its ends (round 0, the start checkpoint, and the last
@@ -78,6 +91,9 @@ fn healthy_run_keeps_reward_hacking_quiet() {
     let names = signal_names(dir.path());
     assert!(!names.contains(&"reward_hacking".to_string()), "{names:?}");
     assert!(!names.contains(&"judge_drift".to_string()), "{names:?}");
+    // The pass rate rises because the answers get right, not because the judge lets more through.
+    let fa = false_accepts(dir.path());
+    assert!(fa.len() >= 2 && fa[fa.len() - 1] <= fa[0] + 0.05, "{fa:?}");
 }
 
 #[test]
