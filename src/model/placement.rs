@@ -124,7 +124,15 @@ fn parse_device(text: &str) -> Result<Device> {
                 .into(),
         ));
     }
-    Device::new_cuda(ordinal).map_err(|e| bad(e.to_string()))
+    Device::new_cuda(ordinal).map_err(|e| {
+        // The driver's answer without candle's captured backtrace: one line. A machine without
+        // the NVIDIA driver answers CUDA_ERROR_STUB_LIBRARY (scripts/build-cuda.sh's stub).
+        let e = match e {
+            candle_core::Error::WithBacktrace { inner, .. } => *inner,
+            e => e,
+        };
+        bad(format!("no usable GPU ({e})"))
+    })
 }
 
 /// The activation dtype and, for `q8_0`, the weights' quantization.
