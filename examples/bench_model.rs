@@ -63,13 +63,15 @@ struct Args {
     grpo: bool,
     /// The decode's `dtype` (f32, bf16, f16, q8_0): asl's side only.
     dtype: String,
+    /// `cpu`, `cuda` or `cuda:N`: where every phase runs (training keeps f32 weights).
+    device: String,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut it = std::env::args().skip(1);
     let usage = "usage: bench_model MODEL_DIR [--check OUT.json] [--batches 1,8,32] \
                  [--new-tokens 128] [--train-batch 8] [--train-len 256] [--no-train] [--no-grpo] \
-                 [--dtype f32|bf16|f16|q8_0]";
+                 [--dtype f32|bf16|f16|q8_0] [--device cpu|cuda|cuda:N]";
     let mut a = Args {
         dir: PathBuf::from(it.next().context(usage)?),
         check: None,
@@ -80,6 +82,7 @@ fn parse_args() -> anyhow::Result<Args> {
         train: true,
         grpo: true,
         dtype: "f32".into(),
+        device: "cpu".into(),
     };
     while let Some(flag) = it.next() {
         let mut val = || {
@@ -100,6 +103,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--no-train" => a.train = false,
             "--no-grpo" => a.grpo = false,
             "--dtype" => a.dtype = val()?,
+            "--device" => a.device = val()?,
             _ => bail!("unknown argument {flag:?}; {usage}"),
         }
     }
@@ -181,7 +185,8 @@ fn bench_decode(hf: &HfModel, batch: usize, new_tokens: usize, dtype: &str) -> a
 /// recorded log-probs against the f32 model's on the same tokens (what `train` recomputes):
 /// mean and largest `|Δ log p|` and the spread of the PPO ratio `exp(Δ)` at step 1.
 fn bench_gap(hf: &HfModel, dir: &Path, dtype: &str) -> anyhow::Result<()> {
-    let exact = HfModel::load(dir, &Device::Cpu)?;
+    let device = hf.model.device().clone();
+    let exact = HfModel::load(dir, &device)?;
     let mut reqs = Vec::new();
     for (p, text) in [DECODE_PROMPT, FRANCE].iter().enumerate() {
         let ids = chat_ids(hf, text)?;
@@ -204,7 +209,7 @@ fn bench_gap(hf: &HfModel, dir: &Path, dtype: &str) -> anyhow::Result<()> {
         let t = Tensor::from_vec(
             ids,
             (1, req.prompt_ids.len() + out.tokens.len()),
-            &Device::Cpu,
+            &device,
         )?;
         // logp[t] scores token t + 1: the completion's start at the prompt's last position.
         let logp = token_logprobs(&exact.model, &t, &t.ones_like()?)?
@@ -231,8 +236,8 @@ fn bench_gap(hf: &HfModel, dir: &Path, dtype: &str) -> anyhow::Result<()> {
 }
 
 /// Two full fine-tuning steps on `b` random sequences of `l` tokens; the second is reported.
-fn bench_train(dir: &Path, b: usize, l: usize, grpo: bool) -> anyhow::Result<()> {
-    let device = Device::Cpu;
+fn bench_train(dir: &Path, device: &Device, b: usize, l: usize, grpo: bool) -> anyhow::Result<()> {
+    let device = device.clone();
     let loaded = Instant::now();
     let mut trainer = Trainer::load(
         dir,
@@ -314,6 +319,8 @@ fn bench_train(dir: &Path, b: usize, l: usize, grpo: bool) -> anyhow::Result<()>
         let mut grads = trainer.backward(&loss)?;
         let t2 = Instant::now();
         let stats = trainer.step(&mut grads)?;
+        // A GPU queues its kernels: the step ends when the device has run them.
+        device.synchronize()?;
         let t3 = Instant::now();
         drop(grads);
         if step == 1 {
@@ -385,7 +392,8 @@ fn main() -> anyhow::Result<()> {
     unsafe { asl::process::set_thread_count_from_cores() };
     let a = parse_args()?;
     let loaded = Instant::now();
-    let hf = HfModel::load_on(&a.dir, &Placement::parse("cpu", &a.dtype)?)?;
+    let placement = Placement::parse(&a.device, &a.dtype)?;
+    let hf = HfModel::load_on(&a.dir, &placement)?;
     if let Some(out) = &a.check {
         return check(&hf, out);
     }
@@ -403,9 +411,10 @@ fn main() -> anyhow::Result<()> {
     }
     drop(hf);
     if a.train {
-        bench_train(&a.dir, a.train_batch, a.train_len, false)?;
+        let device = &placement.device;
+        bench_train(&a.dir, device, a.train_batch, a.train_len, false)?;
         if a.grpo {
-            bench_train(&a.dir, a.train_batch, a.train_len, true)?;
+            bench_train(&a.dir, device, a.train_batch, a.train_len, true)?;
         }
     }
     emit(json!({"side": "asl", "bench": "peak_rss", "peak_rss_mib": peak_rss_mib()}));
