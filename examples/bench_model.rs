@@ -206,11 +206,7 @@ fn bench_gap(hf: &HfModel, dir: &Path, dtype: &str) -> anyhow::Result<()> {
     let (mut n, mut sum, mut max, mut r_sum, mut r_sq) = (0usize, 0f64, 0f64, 0f64, 0f64);
     for (req, out) in reqs.iter().zip(&outs) {
         let ids: Vec<u32> = req.prompt_ids.iter().chain(&out.tokens).copied().collect();
-        let t = Tensor::from_vec(
-            ids,
-            (1, req.prompt_ids.len() + out.tokens.len()),
-            &device,
-        )?;
+        let t = Tensor::from_vec(ids, (1, req.prompt_ids.len() + out.tokens.len()), &device)?;
         // logp[t] scores token t + 1: the completion's start at the prompt's last position.
         let logp = token_logprobs(&exact.model, &t, &t.ones_like()?)?
             .squeeze(0)?

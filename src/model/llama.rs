@@ -421,7 +421,6 @@ impl Attention {
         segs: &[(usize, usize)],
         caches: &mut [&mut candle_nn::kv_cache::KvCache],
     ) -> Result<Tensor> {
-        let n = x.dim(1)?;
         let (q, k, v) = self.qkv(x, cos, sin)?; // (1, H|KV, N, D)
         // Each sequence's new keys and values join its cache: (1, KV, past+len, D).
         let mut kv = Vec::with_capacity(segs.len());
@@ -434,8 +433,46 @@ impl Attention {
             let y = fused::attention::cached_attention(&q, segs, &kv, self.scale() as f32)?;
             return linear(&self.o_proj, &y);
         }
+        let y = self.cached_attention(&q, segs, &kv)?;
+        linear(&self.o_proj, &y)
+    }
+
+    /// The composite path of [`Self::forward_packed`] (any device and dtype the fused kernel
+    /// does not cover: a GPU, bf16): q `(1, H, N, D)` packed as `segs`, each sequence's keys and
+    /// values `(1, KV, past+len, D)`; returns `(1, N, H*D)`.
+    ///
+    /// Rows that add one token (decoding) attend in one padded batch: a GPU pays per kernel
+    /// launch, and a loop over sequences launches about ten kernels per row and layer, which
+    /// at batch 128 would cost more than reading the weights. Rows that add a chunk (a prompt,
+    /// a tool result) are few and long, and each attends on its own with a causal mask.
+    fn cached_attention(
+        &self,
+        q: &Tensor,
+        segs: &[(usize, usize)],
+        kv: &[(Tensor, Tensor)],
+    ) -> Result<Tensor> {
+        let n = q.dim(2)?;
+        let width = self.num_heads * self.head_dim;
+        let single: Vec<usize> = (0..segs.len()).filter(|&i| segs[i].1 == 1).collect();
+        let batched = if single.len() > 1 {
+            Some(self.attend_single_rows(q, segs, kv, &single)?) // (R, H, 1, D)
+        } else {
+            None
+        };
+        if let Some(y) = &batched {
+            if single.len() == segs.len() {
+                // Every row decodes: (N, H, 1, D) is already token-major.
+                return Ok(y.reshape((1, n, width))?);
+            }
+        }
         let mut ys = Vec::with_capacity(segs.len());
-        for (&(off, len), (k_all, v_all)) in segs.iter().zip(&kv) {
+        let mut next_single = 0;
+        for (&(off, len), (k_all, v_all)) in segs.iter().zip(kv) {
+            if let (Some(y), true) = (&batched, len == 1) {
+                ys.push(y.narrow(0, next_single, 1)?); // (1, H, 1, D)
+                next_single += 1;
+                continue;
+            }
             let past = k_all.dim(2)? - len;
             let qi = q.narrow(2, off, len)?; // (1, H, len, D)
             let mask = if len > 1 {
@@ -452,19 +489,66 @@ impl Attention {
                         })
                     })
                     .collect();
-                Some(Tensor::from_vec(m, (len, total), x.device())?.to_dtype(x.dtype())?)
+                Some(Tensor::from_vec(m, (len, total), q.device())?.to_dtype(q.dtype())?)
             } else {
                 None
             };
             ys.push(self.attend(&qi, k_all, v_all, mask.as_ref())?);
         }
         // n x (1, H, len_i, D) -> (1, H, N, D) -> (1, N, H, D) -> (1, N, H*D)
-        let y = Tensor::cat(&ys, 2)?.transpose(1, 2)?.reshape((
-            1,
-            n,
-            self.num_heads * self.head_dim,
-        ))?;
-        linear(&self.o_proj, &y)
+        Ok(Tensor::cat(&ys, 2)?
+            .transpose(1, 2)?
+            .reshape((1, n, width))?)
+    }
+
+    /// The one-token rows `rows` (indices into `segs`) of q `(1, H, N, D)` against their caches,
+    /// padded with zero keys to the longest and masked: `(R, H, 1, D)`.
+    fn attend_single_rows(
+        &self,
+        q: &Tensor,
+        segs: &[(usize, usize)],
+        kv: &[(Tensor, Tensor)],
+        rows: &[usize],
+    ) -> Result<Tensor> {
+        let (_, nh, n, hd) = q.dims4()?;
+        let r = rows.len();
+        let q = if r == n {
+            q.clone()
+        } else {
+            let at: Vec<u32> = rows.iter().map(|&i| segs[i].0 as u32).collect();
+            q.index_select(&Tensor::new(at, q.device())?, 2)?
+        };
+        // (1, H, R, D) -> (R, H, 1, D)
+        let q = q.transpose(1, 2)?.contiguous()?.reshape((r, nh, 1, hd))?;
+        let lens: Vec<usize> = rows
+            .iter()
+            .map(|&i| kv[i].0.dim(2))
+            .collect::<candle_core::Result<_>>()?;
+        let longest = lens.iter().copied().max().unwrap_or(0);
+        let pad = |t: &Tensor, len: usize| -> candle_core::Result<Tensor> {
+            if len == longest {
+                Ok(t.clone())
+            } else {
+                t.pad_with_zeros(2, 0, longest - len)
+            }
+        };
+        let mut ks = Vec::with_capacity(r);
+        let mut vs = Vec::with_capacity(r);
+        for (&i, &len) in rows.iter().zip(&lens) {
+            ks.push(pad(&kv[i].0, len)?);
+            vs.push(pad(&kv[i].1, len)?);
+        }
+        let (k, v) = (Tensor::cat(&ks, 0)?, Tensor::cat(&vs, 0)?); // (R, KV, longest, D)
+        // Row i sees its own keys 0..lens[i]; the padding none.
+        let mask: Vec<f32> = lens
+            .iter()
+            .flat_map(|&len| {
+                (0..longest).map(move |kk| if kk < len { 0.0 } else { f32::NEG_INFINITY })
+            })
+            .collect();
+        let mask =
+            Tensor::from_vec(mask, (r, 1, 1, 1, longest), q.device())?.to_dtype(q.dtype())?;
+        self.attend(&q, &k, &v, Some(&mask))
     }
 }
 
@@ -993,6 +1077,25 @@ mod tests {
             let last = row0(&got).get(seqs[0].len() - 1).unwrap();
             let d = max_abs_diff(&step.get(0).unwrap(), &last);
             assert!(d < 0.05 * scale + 0.02, "{name} cache: {d}");
+            // Two sequences decoding one token each in one step (bf16 and f16 attend through
+            // the composite path's batch of single rows) agree with the full pass too.
+            let (a, b) = (&seqs[0][..4], &seqs[1][..2]);
+            let mut caches = [model.new_cache(), model.new_cache()];
+            let [ca, cb] = &mut caches;
+            model
+                .forward_step(&[a, b], &mut [&mut *ca, &mut *cb])
+                .unwrap();
+            let step = model
+                .forward_step(&[&seqs[0][4..5], &seqs[1][2..3]], &mut [ca, cb])
+                .unwrap();
+            for (row, at) in [(0, 4), (1, 2)] {
+                let full = got.get(row).unwrap().get(at).unwrap();
+                let d = max_abs_diff(&step.get(row).unwrap(), &full);
+                assert!(
+                    d < 0.05 * scale + 0.02,
+                    "{name} batched decode row {row}: {d}"
+                );
+            }
         }
     }
 
@@ -1021,6 +1124,50 @@ mod tests {
         let d = max_abs_diff(&got, &want);
         assert!(d > 0.0 && d < 0.05 * max_abs(&want) + 0.02, "{d}");
         std::fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    /// Deterministic values in [-1, 1] for a tensor of `shape`, different per `salt`.
+    fn wavy(shape: &[usize], salt: f32) -> Tensor {
+        let count: usize = shape.iter().product();
+        let v: Vec<f32> = (0..count).map(|i| (i as f32 * 0.37 + salt).sin()).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn decode_rows_attend_in_one_batch_as_they_do_one_by_one() {
+        let Some(dir) = tiny_model(7) else { return };
+        let cfg = load_config(&dir).unwrap();
+        let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
+        let attn = Attention::new(&cfg, vb).unwrap();
+        let (nh, nkv, hd) = (attn.num_heads, attn.num_kv_heads, attn.head_dim);
+        // One step of the composite path: three rows decode, one adds a 3-token chunk, and
+        // the caches (new keys included) have different lengths; then a step that only decodes.
+        for (segs, totals) in [
+            (vec![(0, 1), (1, 3), (4, 1), (5, 1)], vec![5, 9, 1, 12]),
+            (vec![(0, 1), (1, 1), (2, 1)], vec![7, 2, 30]),
+        ] {
+            let n: usize = segs.iter().map(|s| s.1).sum();
+            let q = wavy(&[1, nh, n, hd], 0.0);
+            let kv: Vec<(Tensor, Tensor)> = totals
+                .iter()
+                .enumerate()
+                .map(|(i, &t)| {
+                    let k = wavy(&[1, nkv, t, hd], 1.0 + i as f32);
+                    (k, wavy(&[1, nkv, t, hd], 7.0 + i as f32))
+                })
+                .collect();
+            let got = attn.cached_attention(&q, &segs, &kv).unwrap(); // (1, N, H*D)
+            assert_eq!(got.dims(), &[1, n, nh * hd]);
+            for (i, &(off, len)) in segs.iter().enumerate() {
+                // A step of one sequence never takes the batched path.
+                let qi = q.narrow(2, off, len).unwrap();
+                let want = attn
+                    .cached_attention(&qi, &[(0, len)], &kv[i..i + 1])
+                    .unwrap();
+                let d = max_abs_diff(&got.narrow(1, off, len).unwrap(), &want);
+                assert!(d < 1e-5, "row {i} of {segs:?}: {d}");
+            }
+        }
     }
 
     #[test]
