@@ -459,11 +459,11 @@ impl Attention {
         } else {
             None
         };
-        if let Some(y) = &batched {
-            if single.len() == segs.len() {
-                // Every row decodes: (N, H, 1, D) is already token-major.
-                return Ok(y.reshape((1, n, width))?);
-            }
+        if let Some(y) = &batched
+            && single.len() == segs.len()
+        {
+            // Every row decodes: (N, H, 1, D) is already token-major.
+            return Ok(y.reshape((1, n, width))?);
         }
         let mut ys = Vec::with_capacity(segs.len());
         let mut next_single = 0;
