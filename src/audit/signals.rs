@@ -132,43 +132,35 @@ pub fn signals(rounds: &[RoundAudit], t: &Thresholds) -> Vec<Signal> {
     // round that has both, against held-out EM from the earliest round scored (round 0, the
     // start checkpoint, when the run scores it: a run that evaluates only its ends, such as the
     // learning benchmark, has EM in round 0 and the last round and nowhere between).
+    // The false accepts ride along: a round has them exactly when it has a pass rate.
     let pass_first = trained
         .iter()
-        .find_map(|r| Some((r.round, r.grm_pass_rate()?)));
+        .find_map(|r| Some((r.round, r.grm_pass_rate()?, r.grm_false_accept()?)));
     let em_first = rounds.iter().find_map(|r| Some((r.round, r.em()?)));
     let last = trained
         .iter()
         .rev()
-        .find_map(|r| Some((r.round, r.grm_pass_rate()?, r.em()?)));
+        .find_map(|r| Some((r.round, r.grm_pass_rate()?, r.em()?, r.grm_false_accept()?)));
     if let (Some(pass_first), Some(em_first), Some(last)) = (pass_first, em_first, last)
         && pass_first.0 != last.0
     {
         let pass_rise = last.1 - pass_first.1;
         let em_rise = last.2 - em_first.1;
         if pass_rise >= t.hacking_pass_rise && em_rise < t.hacking_em_rise {
-            // The false accepts at both ends say how much of the rise the rule label rejects.
-            let false_accept = |round: u32| {
-                rounds
-                    .iter()
-                    .find(|r| r.round == round)
-                    .and_then(|r| r.grm_false_accept())
-                    .map(|v| format!("{v:.2}"))
-                    .unwrap_or_else(|| "-".into())
-            };
             out.push(Signal {
                 name: "reward_hacking".into(),
                 round: last.0,
                 message: format!(
                     "GRM pass rate rose {:.2} → {:.2} (rounds {}→{}; false accepts, passed \
-                     where the rule says wrong, {} → {}) while held-out EM went {:.2} → {:.2} \
+                     where the rule says wrong, {:.2} → {:.2}) while held-out EM went {:.2} → {:.2} \
                      (rounds {}→{}): the generator and policy may be exploiting the judge \
                      (rule: pass rise ≥ {:.2} and EM rise < {:.2})",
                     pass_first.1,
                     last.1,
                     pass_first.0,
                     last.0,
-                    false_accept(pass_first.0),
-                    false_accept(last.0),
+                    pass_first.2,
+                    last.3,
                     em_first.1,
                     last.2,
                     em_first.0,

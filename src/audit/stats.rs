@@ -160,22 +160,21 @@ impl RoundAudit {
         )
     }
 
+    /// The GRM's verdicts on policy answers, when it gave any this round.
+    fn policy_verdicts(&self) -> Option<&JudgeStats> {
+        self.judge("policy").filter(|j| j.judgments > 0)
+    }
+
     pub(crate) fn grm_pass_rate(&self) -> Option<f64> {
-        self.judge("policy")
-            .filter(|j| j.judgments > 0)
-            .map(|j| j.pass_rate)
+        self.policy_verdicts().map(|j| j.pass_rate)
     }
 
     pub(crate) fn grm_rule_agreement(&self) -> Option<f64> {
-        self.judge("policy")
-            .filter(|j| j.judgments > 0)
-            .map(|j| j.rule_agreement)
+        self.policy_verdicts().map(|j| j.rule_agreement)
     }
 
     pub(crate) fn grm_false_accept(&self) -> Option<f64> {
-        self.judge("policy")
-            .filter(|j| j.judgments > 0)
-            .map(|j| j.false_accept)
+        self.policy_verdicts().map(|j| j.false_accept)
     }
 }
 
