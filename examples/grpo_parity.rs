@@ -34,7 +34,9 @@ use anyhow::{Context, bail, ensure};
 use asl::model::llama::Model;
 use asl::model::scoring::{LossPositions, build_batch};
 use asl::model::train::{NamedGrad, TrainConfig, Trainer, sum_grads};
-use asl::rl::loss::{LossConfig, LossType, MicroBatch, RoleCounts, SeqStats, micro_batch_loss};
+use asl::rl::loss::{
+    LossConfig, LossType, MicroBatch, Reference, RoleCounts, SeqStats, micro_batch_loss,
+};
 use candle_core::{Device, Tensor};
 use serde::Deserialize;
 use serde_json::json;
@@ -83,7 +85,7 @@ struct CaseResult {
 
 fn run_case(
     trainer: &Trainer,
-    reference: Option<&Model>,
+    reference: Option<Reference>,
     seqs: &[Sequence],
     case: &Case,
     device: &Device,
@@ -228,10 +230,18 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("loading {}", spec.policy.display()))?;
     let reference = match &spec.reference {
         Some(dir) => {
-            Some(Model::load(dir, &device).with_context(|| format!("loading {}", dir.display()))?)
+            let model =
+                Model::load(dir, &device).with_context(|| format!("loading {}", dir.display()))?;
+            // What `train` does: layers equal to the trainer's frozen ones run once for both
+            // (none here, since every layer trains).
+            Some((model, trainer.layers_shared_with(dir)?))
         }
         None => None,
     };
+    let reference = reference.as_ref().map(|(model, shared_layers)| Reference {
+        model,
+        shared_layers: *shared_layers,
+    });
     let mut ran = 0;
     for case in &spec.cases {
         if only.as_ref().is_some_and(|n| n != &case.name) {
@@ -242,7 +252,7 @@ fn main() -> anyhow::Result<()> {
             "case {}: beta > 0 needs a reference model",
             case.name
         );
-        let r = run_case(&trainer, reference.as_ref(), &spec.sequences, case, &device)
+        let r = run_case(&trainer, reference, &spec.sequences, case, &device)
             .with_context(|| format!("case {}", case.name))?;
         write_case(&out, &case.name, &r)?;
         eprintln!(

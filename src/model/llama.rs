@@ -619,6 +619,7 @@ impl DecoderLayer {
 }
 
 /// How the rows of a padded batch are masked.
+#[derive(Debug)]
 enum PaddedMask {
     /// Every row is tokens then padding, with these token counts: the fused causal kernel.
     Lengths(Arc<[usize]>),
@@ -699,6 +700,20 @@ impl SeqCache {
         }
         self.len = 0;
     }
+}
+
+/// A padded batch part-way up the decoder stack: the residual stream `(B, L, hidden)` after the
+/// embeddings and the first `layers` layers, with the rotary tables and the mask the rest of the
+/// stack reads. Two models whose embeddings and first `layers` layers are equal bit for bit (a
+/// trainer and its KL reference when only the last blocks train) can both finish one partial,
+/// so the layers they share run once ([`Model::forward_partial`], [`Model::finish_hidden`]).
+#[derive(Debug)]
+pub(crate) struct Partial {
+    x: Tensor,
+    layers: usize,
+    cos: Tensor,
+    sin: Tensor,
+    mask: PaddedMask,
 }
 
 /// The causal LM: embeddings, decoder stack, final norm, LM head.
@@ -820,6 +835,24 @@ impl Model {
         input_ids: &Tensor,
         attention_mask: &Tensor,
     ) -> Result<Tensor> {
+        self.finish_hidden(&self.forward_partial(input_ids, attention_mask, 0)?)
+    }
+
+    /// A padded batch through the embeddings and the first `layers` decoder layers (see
+    /// [`Partial`]): `input_ids` `(B, L)` u32, `attention_mask` `(B, L)` as in
+    /// [`Model::forward_full`].
+    pub(crate) fn forward_partial(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        layers: usize,
+    ) -> Result<Partial> {
+        if layers > self.layers.len() {
+            return Err(ModelError::InvalidArgument(format!(
+                "forward_partial: {layers} layers asked of a model with {}",
+                self.layers.len()
+            )));
+        }
         let (b, l) = input_ids.dims2()?;
         if attention_mask.dims2()? != (b, l) {
             return Err(ModelError::InvalidArgument(format!(
@@ -843,8 +876,41 @@ impl Model {
         let (cos, sin) = self.rotary.prefix(l)?;
         let mask = self.padded_mask(attention_mask, b, l)?;
         let mut x = self.embed_tokens.forward(input_ids)?; // (B, L, hidden)
-        for layer in &self.layers {
+        for layer in &self.layers[..layers] {
             x = layer.forward_padded(&x, &cos, &sin, &mask)?;
+        }
+        Ok(Partial {
+            x,
+            layers,
+            cos,
+            sin,
+            mask,
+        })
+    }
+
+    /// Final-norm hidden states `(B, L, hidden)` of a [`Partial`]: this model's layers from
+    /// `partial.layers` on, then the final norm. The partial may come from another model whose
+    /// embeddings and first layers equal this one's (the caller's promise); it must have been
+    /// made with this model's dtype and device, since its mask is chosen for them.
+    pub(crate) fn finish_hidden(&self, partial: &Partial) -> Result<Tensor> {
+        let x = &partial.x;
+        if partial.layers > self.layers.len()
+            || x.dtype() != self.dtype()
+            || !x.device().same_device(&self.device)
+        {
+            return Err(ModelError::InvalidArgument(format!(
+                "finish_hidden: a {:?} partial after {} layers on {:?} does not fit a {:?} model of {} layers on {:?}",
+                x.dtype(),
+                partial.layers,
+                x.device().location(),
+                self.dtype(),
+                self.layers.len(),
+                self.device.location()
+            )));
+        }
+        let mut x = x.clone();
+        for layer in &self.layers[partial.layers..] {
+            x = layer.forward_padded(&x, &partial.cos, &partial.sin, &partial.mask)?;
         }
         self.norm.forward(&x)
     }

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::error::{ModelError, Result};
 use super::fused::target_logprobs;
-use super::llama::Model;
+use super::llama::{Model, Partial};
 
 /// A right-padded batch of prompt + completion sequences.
 #[derive(Debug, Clone)]
@@ -159,9 +159,22 @@ pub(crate) fn selected_logits(
     pos: &LossPositions,
     temperature: f64,
 ) -> Result<Tensor> {
+    let partial = model.forward_partial(&batch.input_ids, &batch.attention_mask, 0)?;
+    selected_logits_from(model, &partial, batch, pos, temperature)
+}
+
+/// [`selected_logits`] of a batch already part-way up the stack: `partial` is `batch` through
+/// the first layers, of `model` or of a model that shares them (see [`Partial`]).
+pub(crate) fn selected_logits_from(
+    model: &Model,
+    partial: &Partial,
+    batch: &SeqBatch,
+    pos: &LossPositions,
+    temperature: f64,
+) -> Result<Tensor> {
     let (b, l) = batch.input_ids.dims2()?;
     let dev = batch.input_ids.device();
-    let h = model.forward_hidden(&batch.input_ids, &batch.attention_mask)?;
+    let h = model.finish_hidden(partial)?;
     let hidden = h.dim(2)?;
     let flat = Tensor::from_slice(&pos.flat, pos.flat.len(), dev)?;
     let h = h

@@ -135,6 +135,49 @@ impl Trainer {
         &self.model
     }
 
+    /// How many leading decoder layers of the checkpoint in `dir` equal this trainer's frozen
+    /// weights bit for bit, the embeddings included (0 when the embeddings differ or train).
+    /// Those layers compute the same for both models, so a KL reference loaded from `dir` can
+    /// finish the trainer's [`super::llama::Partial`] instead of running them again.
+    pub fn layers_shared_with(&self, dir: &Path) -> Result<usize> {
+        let other = load_safetensors_dir(dir, self.model.device())?;
+        let equal = |name: &str| -> Result<bool> {
+            match (self.frozen.get(name), other.get(name)) {
+                (Some(a), Some(b)) => bitwise_equal(a, b),
+                _ => Ok(false),
+            }
+        };
+        if !equal("model.embed_tokens.weight")? {
+            return Ok(0);
+        }
+        let mut shared = 0;
+        for i in 0..self.config.num_hidden_layers {
+            let prefix = format!("model.layers.{i}.");
+            let theirs: Vec<&String> = other.keys().filter(|n| n.starts_with(&prefix)).collect();
+            let mine = self
+                .frozen
+                .keys()
+                .filter(|n| n.starts_with(&prefix))
+                .count();
+            let trains = self.vars.iter().any(|(n, _)| n.starts_with(&prefix));
+            if trains || theirs.is_empty() || mine != theirs.len() {
+                break;
+            }
+            let mut same = true;
+            for name in theirs {
+                if !equal(name)? {
+                    same = false;
+                    break;
+                }
+            }
+            if !same {
+                break;
+            }
+            shared += 1;
+        }
+        Ok(shared)
+    }
+
     /// Names of the trainable tensors, sorted.
     #[cfg(test)]
     fn trainable_names(&self) -> Vec<&str> {
@@ -295,6 +338,18 @@ fn frozen_shard_names(dir: &Path) -> Option<Vec<String>> {
     )
 }
 
+/// Same dtype, shape and bits (f32 only: what the trainer and the KL reference load as).
+fn bitwise_equal(a: &Tensor, b: &Tensor) -> Result<bool> {
+    if a.dtype() != DType::F32 || b.dtype() != DType::F32 || a.shape() != b.shape() {
+        return Ok(false);
+    }
+    let (a, b) = (
+        a.flatten_all()?.to_vec1::<f32>()?,
+        b.flatten_all()?.to_vec1::<f32>()?,
+    );
+    Ok(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()))
+}
+
 /// Sums gradients of several workers element-wise, in the given worker
 /// order (deterministic). All parts must list the same names and shapes.
 pub fn sum_grads(parts: &[Vec<NamedGrad>]) -> Result<Vec<NamedGrad>> {
@@ -425,6 +480,38 @@ mod tests {
             .sum_all()
             .unwrap();
         assert_eq!(scalar(&frozen_before), scalar(&frozen_after));
+    }
+
+    /// A trainer shares with a checkpoint the leading layers whose weights are the same bits,
+    /// and none when the embeddings differ or train.
+    #[test]
+    fn layers_shared_with_counts_equal_frozen_layers() {
+        let (Some(dir), Some(other)) = (tiny_model(3), tiny_model(4)) else {
+            return;
+        };
+        let last = |k| TrainConfig {
+            lr: 3e-3,
+            train_last_k: k,
+            ..Default::default()
+        };
+        let mut trainer = Trainer::load(&dir, &Device::Cpu, last(Some(1))).unwrap();
+        assert_eq!(trainer.layers_shared_with(&dir).unwrap(), 1);
+        assert_eq!(trainer.layers_shared_with(&other).unwrap(), 0);
+        let b = target_batch(trainer.model());
+        train_steps(&mut trainer, &b, 1);
+        let out = std::env::temp_dir().join(format!("asl-shared-{}", std::process::id()));
+        trainer.save_checkpoint(&out).unwrap();
+        // The trained checkpoint against its start: the frozen layer is still shared.
+        let again = Trainer::load(&out, &Device::Cpu, last(Some(1))).unwrap();
+        assert_eq!(again.layers_shared_with(&dir).unwrap(), 1);
+        // Training every layer (the embeddings too) shares nothing.
+        let full = Trainer::load(&out, &Device::Cpu, last(None)).unwrap();
+        assert_eq!(full.layers_shared_with(&dir).unwrap(), 0);
+        // A start whose last layer is frozen but not the one trained: only what is equal.
+        let two = Trainer::load(&out, &Device::Cpu, last(Some(0))).unwrap();
+        assert_eq!(two.layers_shared_with(&dir).unwrap(), 1);
+        assert_eq!(two.layers_shared_with(&out).unwrap(), 2);
+        std::fs::remove_dir_all(&out).unwrap();
     }
 
     #[test]

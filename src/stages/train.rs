@@ -25,7 +25,7 @@ use crate::model::llama::Model;
 use crate::model::scoring::{LossPositions, build_batch};
 use crate::model::train::{NamedGrad, TrainConfig, Trainer, sum_grads};
 use crate::params::{ParamSpec, Params, ParamsExt};
-use crate::rl::loss::{LossConfig, LossType, MicroBatch, RoleCounts, micro_batch_loss};
+use crate::rl::loss::{LossConfig, LossType, MicroBatch, Reference, RoleCounts, micro_batch_loss};
 use crate::seed::derive_seed;
 use crate::shards::rows::{GradientRow, RewardRow, TrajectoryRow, UpdateRow};
 use crate::shards::{ShardKind, read_rows, shard_path, write_rows};
@@ -363,10 +363,15 @@ impl Stage for TrainStage {
                 .into_iter()
                 .find_map(|up| ctx.declared(up)?.iter().find(|p| p.is_dir()).cloned())
                 .ok_or_else(|| Error::stage("train", "kl_beta > 0 needs the `init` checkpoint"))?;
-            Some(Model::load(&start, &device).map_err(err)?)
+            let shared_layers = trainer.layers_shared_with(&start).map_err(err)?;
+            Some((Model::load(&start, &device).map_err(err)?, shared_layers))
         } else {
             None
         };
+        let reference = reference.as_ref().map(|(model, shared_layers)| Reference {
+            model,
+            shared_layers: *shared_layers,
+        });
         let pad = trainer.model().config().pad_token_id.unwrap_or(0);
         let bar = crate::progress::bar(mine.len() as u64, "train");
         let mut per_role: BTreeMap<&str, (Vec<NamedGrad>, u32, u64)> = BTreeMap::new();
@@ -418,7 +423,7 @@ impl Stage for TrainStage {
             let (loss, stats) = micro_batch_loss(
                 &s.loss,
                 trainer.model(),
-                reference.as_ref(),
+                reference,
                 &MicroBatch {
                     batch: &batch,
                     pos: &pos,
@@ -482,6 +487,13 @@ impl Stage for TrainStage {
             // Before the round's first update the weights are the ones that sampled: what
             // separates the two log-probs is the sampling precision (`dtype`) and the kernels.
             summary.push_str(&format!("; {gap}"));
+        }
+        if let Some(r) = reference.filter(|_| step == 1) {
+            summary.push_str(&format!(
+                "; the KL reference shares {} of {} layers",
+                r.shared_layers,
+                trainer.model().config().num_hidden_layers
+            ));
         }
         if missing > 0 {
             summary.push_str(&format!("; {missing} rewards without a trajectory skipped"));
