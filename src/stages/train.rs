@@ -167,6 +167,11 @@ pub(crate) fn minibatch<'a>(
 }
 
 impl Stage for TrainStage {
+    /// 2: micro-batches group sequences by length (another summation order, so other bits).
+    fn version(&self) -> u32 {
+        2
+    }
+
     fn splits(&self) -> bool {
         true
     }
@@ -322,11 +327,7 @@ impl Stage for TrainStage {
             .filter(|(i, _)| ctx.shard.owns(*i))
             .map(|(_, r)| (*r, &by_id[&r.trajectory_id]))
             .collect();
-        // Micro-batches hold one role at one temperature, so each role's gradient stays apart.
-        mine.sort_by(|a, b| {
-            (a.0.role.as_str(), a.1.temperature.to_bits())
-                .cmp(&(b.0.role.as_str(), b.1.temperature.to_bits()))
-        });
+        micro_batch_order(&mut mine);
         let grad_path = shard_path(&ctx.out_dir, ShardKind::Gradients, ctx.shard.index);
         let updates_path = shard_path(&ctx.out_dir, ShardKind::Updates, ctx.shard.index);
         if mine.is_empty() {
@@ -505,6 +506,18 @@ impl Stage for TrainStage {
     }
 }
 
+/// The order a worker's rows are cut into micro-batches in: by role and temperature, so each
+/// micro-batch holds one role at one temperature and each role's gradient stays apart, then by
+/// length, so a micro-batch pads little (on the ASL benchmark's rows, 199–578 tokens, ~10 %
+/// fewer tokens through the model than the mini-batch's shuffled order). Stable: ties keep the
+/// mini-batch's seeded order.
+fn micro_batch_order(rows: &mut [(&RewardRow, &TrajectoryRow)]) {
+    rows.sort_by_cached_key(|(r, t)| {
+        let len = t.prompt_ids.len() + t.completion_ids.len();
+        (r.role.clone(), t.temperature.to_bits(), len)
+    });
+}
+
 /// How far the sampling-time log-probs are from the ones `train` recomputes in f32, pooled over
 /// tokens: mean `|Δ log p|` and the spread of the PPO ratio.
 #[derive(Debug, Default)]
@@ -575,6 +588,61 @@ mod tests {
     use crate::params::resolve;
     use crate::stages::apply::ApplyStage;
     use candle_core::Device;
+
+    /// Micro-batches: one role at one temperature, shortest first, ties in the given order.
+    #[test]
+    fn micro_batches_group_role_temperature_then_length() {
+        let reward = |id: &str, role: &str| RewardRow {
+            trajectory_id: id.into(),
+            task_id: "t".into(),
+            role: role.into(),
+            group_id: "t".into(),
+            scheme: "test".into(),
+            reward: 0.0,
+            format_bonus: 0.0,
+            total: 0.0,
+            advantage: 1.0,
+            label: None,
+            train: true,
+        };
+        let traj = |id: &str, role: &str, temperature: f32, len: usize| TrajectoryRow {
+            trajectory_id: id.into(),
+            task_id: "t".into(),
+            role: role.into(),
+            attempt: 0,
+            seed: 0,
+            prompt_ids: vec![1; len - 1],
+            completion_ids: vec![2],
+            loss_mask: vec![true],
+            sampling_logprobs: vec![0.0],
+            behavior_logprobs: vec![0.0],
+            temperature,
+            text: String::new(),
+            turns: 1,
+            searches: 0,
+            answer: None,
+            parsed: true,
+            parse_error: None,
+            finish_reason: "stop".into(),
+        };
+        let spec = [
+            ("p-long", "policy", 1.0, 500),
+            ("g-cold", "generator", 0.7, 300),
+            ("p-short", "policy", 1.0, 200),
+            ("g-hot", "generator", 1.0, 100),
+            ("p-tie-a", "policy", 1.0, 300),
+            ("p-tie-b", "policy", 1.0, 300),
+        ];
+        let rewards: Vec<RewardRow> = spec.iter().map(|s| reward(s.0, s.1)).collect();
+        let trajs: Vec<TrajectoryRow> = spec.iter().map(|s| traj(s.0, s.1, s.2, s.3)).collect();
+        let mut rows: Vec<(&RewardRow, &TrajectoryRow)> = rewards.iter().zip(&trajs).collect();
+        micro_batch_order(&mut rows);
+        let order: Vec<&str> = rows.iter().map(|(r, _)| r.trajectory_id.as_str()).collect();
+        assert_eq!(
+            order,
+            ["g-cold", "g-hot", "p-short", "p-tie-a", "p-tie-b", "p-long"]
+        );
+    }
 
     /// A round with fewer training rows than `steps_per_round` trains each row once and leaves
     /// the other steps' mini-batches empty (a run of a few valid tasks a round must not stop).
