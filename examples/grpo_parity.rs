@@ -31,6 +31,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail, ensure};
+use asl::model::io::load_safetensors_dir;
 use asl::model::llama::Model;
 use asl::model::scoring::{LossPositions, build_batch};
 use asl::model::train::{NamedGrad, TrainConfig, Trainer, sum_grads};
@@ -230,11 +231,15 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("loading {}", spec.policy.display()))?;
     let reference = match &spec.reference {
         Some(dir) => {
-            let model =
-                Model::load(dir, &device).with_context(|| format!("loading {}", dir.display()))?;
             // What `train` does: layers equal to the trainer's frozen ones run once for both
             // (none here, since every layer trains).
-            Some((model, trainer.layers_shared_with(dir)?))
+            let loading = || format!("loading {}", dir.display());
+            let weights = load_safetensors_dir(dir, &device).with_context(loading)?;
+            let shared_layers = trainer.layers_shared_with(&weights)?;
+            Some((
+                Model::from_tensors(dir, weights, &device).with_context(loading)?,
+                shared_layers,
+            ))
         }
         None => None,
     };

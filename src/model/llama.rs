@@ -23,6 +23,7 @@
 //!   (tool text for one, a sampled token for another), and finished
 //!   sequences simply drop out of the batch.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -761,6 +762,19 @@ impl Model {
     /// index) as f32 on `device`, for inference.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         Self::load_on(dir, &Placement::f32_on(device))
+    }
+
+    /// [`Model::load`] from the weights of `dir` already read (`io::load_safetensors_dir`, f32
+    /// on `device`), for a caller that needs them too: `train` compares its KL reference's with
+    /// the trainer's frozen ones ([`crate::model::train::Trainer::layers_shared_with`]).
+    pub fn from_tensors(
+        dir: &Path,
+        tensors: HashMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<Self> {
+        let cfg = load_config(dir)?;
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        Self::new(&cfg, vb).map_err(|e| weights_error(dir, e))
     }
 
     /// Loads a HF folder with weights and activations in `placement.dtype` on its device.

@@ -135,17 +135,25 @@ impl Trainer {
         &self.model
     }
 
-    /// How many leading decoder layers of the checkpoint in `dir` equal this trainer's frozen
-    /// weights bit for bit, the embeddings included (0 when the embeddings differ or train).
-    /// Those layers compute the same for both models, so a KL reference loaded from `dir` can
-    /// finish the trainer's [`super::llama::Partial`] instead of running them again.
-    pub fn layers_shared_with(&self, dir: &Path) -> Result<usize> {
-        let other = load_safetensors_dir(dir, self.model.device())?;
+    /// How many leading decoder layers of a checkpoint's `weights` (as
+    /// [`load_safetensors_dir`] reads them) equal this trainer's frozen weights bit for bit, the
+    /// embeddings included (0 when the embeddings differ or train). Those layers compute the
+    /// same for both models, so a KL reference built from `weights` can finish the trainer's
+    /// [`super::llama::Partial`] instead of running them again.
+    pub fn layers_shared_with(&self, weights: &HashMap<String, Tensor>) -> Result<usize> {
         let equal = |name: &str| -> Result<bool> {
-            match (self.frozen.get(name), other.get(name)) {
+            match (self.frozen.get(name), weights.get(name)) {
                 (Some(a), Some(b)) => bitwise_equal(a, b),
                 _ => Ok(false),
             }
+        };
+        let all_equal = |names: &[&String]| -> Result<bool> {
+            for name in names {
+                if !equal(name)? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
         };
         if !equal("model.embed_tokens.weight")? {
             return Ok(0);
@@ -153,24 +161,14 @@ impl Trainer {
         let mut shared = 0;
         for i in 0..self.config.num_hidden_layers {
             let prefix = format!("model.layers.{i}.");
-            let theirs: Vec<&String> = other.keys().filter(|n| n.starts_with(&prefix)).collect();
+            let theirs: Vec<&String> = weights.keys().filter(|n| n.starts_with(&prefix)).collect();
             let mine = self
                 .frozen
                 .keys()
                 .filter(|n| n.starts_with(&prefix))
                 .count();
             let trains = self.vars.iter().any(|(n, _)| n.starts_with(&prefix));
-            if trains || theirs.is_empty() || mine != theirs.len() {
-                break;
-            }
-            let mut same = true;
-            for name in theirs {
-                if !equal(name)? {
-                    same = false;
-                    break;
-                }
-            }
-            if !same {
+            if trains || theirs.is_empty() || mine != theirs.len() || !all_equal(&theirs)? {
                 break;
             }
             shared += 1;
@@ -494,23 +492,27 @@ mod tests {
             train_last_k: k,
             ..Default::default()
         };
+        let shared = |t: &Trainer, d: &Path| {
+            let weights = load_safetensors_dir(d, &Device::Cpu).unwrap();
+            t.layers_shared_with(&weights).unwrap()
+        };
         let mut trainer = Trainer::load(&dir, &Device::Cpu, last(Some(1))).unwrap();
-        assert_eq!(trainer.layers_shared_with(&dir).unwrap(), 1);
-        assert_eq!(trainer.layers_shared_with(&other).unwrap(), 0);
+        assert_eq!(shared(&trainer, &dir), 1);
+        assert_eq!(shared(&trainer, &other), 0);
         let b = target_batch(trainer.model());
         train_steps(&mut trainer, &b, 1);
         let out = std::env::temp_dir().join(format!("asl-shared-{}", std::process::id()));
         trainer.save_checkpoint(&out).unwrap();
         // The trained checkpoint against its start: the frozen layer is still shared.
         let again = Trainer::load(&out, &Device::Cpu, last(Some(1))).unwrap();
-        assert_eq!(again.layers_shared_with(&dir).unwrap(), 1);
+        assert_eq!(shared(&again, &dir), 1);
         // Training every layer (the embeddings too) shares nothing.
         let full = Trainer::load(&out, &Device::Cpu, last(None)).unwrap();
-        assert_eq!(full.layers_shared_with(&dir).unwrap(), 0);
+        assert_eq!(shared(&full, &dir), 0);
         // A start whose last layer is frozen but not the one trained: only what is equal.
         let two = Trainer::load(&out, &Device::Cpu, last(Some(0))).unwrap();
-        assert_eq!(two.layers_shared_with(&dir).unwrap(), 1);
-        assert_eq!(two.layers_shared_with(&out).unwrap(), 2);
+        assert_eq!(shared(&two, &dir), 1);
+        assert_eq!(shared(&two, &out), 2);
         std::fs::remove_dir_all(&out).unwrap();
     }
 

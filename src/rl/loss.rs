@@ -310,11 +310,13 @@ pub fn micro_batch_loss(
     let shared = model.forward_partial(ids, mask, reference.map_or(0, |r| r.shared_layers))?;
     let logits = selected_logits_from(model, &shared, mb.batch, mb.pos, mb.temperature)?;
     let targets = Tensor::from_slice(&mb.pos.targets, mb.pos.targets.len(), logits.device())?;
-    let (logp, entropy) = if cfg.entropy_coef > 0.0 {
-        let (logp, _) = target_logprobs(&logits, &targets)?;
-        (logp, entropy_of_logits(&logits)?)
+    let (logp, entropy) = target_logprobs(&logits, &targets)?;
+    // The bonus needs an entropy the gradient flows through; the stats' detached one will do
+    // otherwise.
+    let entropy = if cfg.entropy_coef > 0.0 {
+        entropy_of_logits(&logits)?
     } else {
-        target_logprobs(&logits, &targets)?
+        entropy
     };
     let ref_logp = match reference {
         Some(r) => {
@@ -571,7 +573,8 @@ mod tests {
         // One step first, so the trainer's last layer differs from the reference's.
         let (_, _, g) = run(&trainer, 0);
         trainer.step_with_grads(&g).unwrap();
-        assert_eq!(trainer.layers_shared_with(&dir).unwrap(), 1);
+        let weights = crate::model::io::load_safetensors_dir(&dir, &dev).unwrap();
+        assert_eq!(trainer.layers_shared_with(&weights).unwrap(), 1);
         let (loss0, kl0, grads0) = run(&trainer, 0);
         let (loss1, kl1, grads1) = run(&trainer, 1);
         assert!(

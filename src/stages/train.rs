@@ -21,6 +21,7 @@ use super::agent::{CHECKPOINT_UPSTREAM, checkpoint_dir, device_spec, placement};
 use super::kit::{training_sequence, trajectories};
 use super::{Stage, StageContext, StageOutput, Upstream};
 use crate::error::{Error, Result};
+use crate::model::io::load_safetensors_dir;
 use crate::model::llama::Model;
 use crate::model::scoring::{LossPositions, build_batch};
 use crate::model::train::{NamedGrad, TrainConfig, Trainer, sum_grads};
@@ -364,8 +365,11 @@ impl Stage for TrainStage {
                 .into_iter()
                 .find_map(|up| ctx.declared(up)?.iter().find(|p| p.is_dir()).cloned())
                 .ok_or_else(|| Error::stage("train", "kl_beta > 0 needs the `init` checkpoint"))?;
-            let shared_layers = trainer.layers_shared_with(&start).map_err(err)?;
-            Some((Model::load(&start, &device).map_err(err)?, shared_layers))
+            // Read once: compared with the trainer's frozen weights, then built into the model.
+            let weights = load_safetensors_dir(&start, &device).map_err(err)?;
+            let shared_layers = trainer.layers_shared_with(&weights).map_err(err)?;
+            let model = Model::from_tensors(&start, weights, &device).map_err(err)?;
+            Some((model, shared_layers))
         } else {
             None
         };
@@ -589,10 +593,9 @@ mod tests {
     use crate::stages::apply::ApplyStage;
     use candle_core::Device;
 
-    /// Micro-batches: one role at one temperature, shortest first, ties in the given order.
-    #[test]
-    fn micro_batches_group_role_temperature_then_length() {
-        let reward = |id: &str, role: &str| RewardRow {
+    /// A training row of `role` with advantage 1 (its task and group `t`).
+    fn reward_row(id: &str, role: &str) -> RewardRow {
+        RewardRow {
             trajectory_id: id.into(),
             task_id: "t".into(),
             role: role.into(),
@@ -604,7 +607,12 @@ mod tests {
             advantage: 1.0,
             label: None,
             train: true,
-        };
+        }
+    }
+
+    /// Micro-batches: one role at one temperature, shortest first, ties in the given order.
+    #[test]
+    fn micro_batches_group_role_temperature_then_length() {
         let traj = |id: &str, role: &str, temperature: f32, len: usize| TrajectoryRow {
             trajectory_id: id.into(),
             task_id: "t".into(),
@@ -633,7 +641,7 @@ mod tests {
             ("p-tie-a", "policy", 1.0, 300),
             ("p-tie-b", "policy", 1.0, 300),
         ];
-        let rewards: Vec<RewardRow> = spec.iter().map(|s| reward(s.0, s.1)).collect();
+        let rewards: Vec<RewardRow> = spec.iter().map(|s| reward_row(s.0, s.1)).collect();
         let trajs: Vec<TrajectoryRow> = spec.iter().map(|s| traj(s.0, s.1, s.2, s.3)).collect();
         let mut rows: Vec<(&RewardRow, &TrajectoryRow)> = rewards.iter().zip(&trajs).collect();
         micro_batch_order(&mut rows);
@@ -648,20 +656,11 @@ mod tests {
     /// the other steps' mini-batches empty (a run of a few valid tasks a round must not stop).
     #[test]
     fn fewer_rows_than_steps_leave_empty_minibatches_and_train_each_row_once() {
-        let row = |i: usize, role: &str| RewardRow {
-            trajectory_id: format!("{role}-{i}"),
-            task_id: "t".into(),
-            role: role.into(),
-            group_id: "t".into(),
-            scheme: "test".into(),
-            reward: 0.0,
-            format_bonus: 0.0,
-            total: 0.0,
-            advantage: 1.0,
-            label: None,
-            train: true,
-        };
-        let rows = [row(0, "policy"), row(1, "policy"), row(0, "grm")];
+        let rows = [
+            reward_row("policy-0", "policy"),
+            reward_row("policy-1", "policy"),
+            reward_row("grm-0", "grm"),
+        ];
         let refs: Vec<&RewardRow> = rows.iter().collect();
         let mut p = resolve("train", &TrainStage.params(), None, &[]).unwrap();
         p.insert("steps_per_round".into(), 4.into());
