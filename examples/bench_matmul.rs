@@ -1,7 +1,9 @@
 //! The matmul roof of this machine for `scripts/bench-rollout.sh`: GFLOP/s of candle's CPU
 //! matmul (the one the model runs) at SmolLM2-135M's projection shapes, in f32 and bf16, for a
 //! decode-sized and a prefill-sized batch of rows, and through `QMatMul` with q8_0 weights (the
-//! `quant = "q8_0"` sampling path: f32 activations, int8 weights). Prints one JSON object per
+//! `quant = "q8_0"` sampling path: f32 activations, int8 weights), and on a CPU with AMX through
+//! asl's bf16 tiles (the `amx_bf16` path: f32 activations rounded to bf16 in each call, timed
+//! too). Prints one JSON object per
 //! line: `{"bench": "matmul", "dtype", "m", "k", "n", "gflops"}` (best of `--repeats`).
 //!
 //! cargo run --release --example bench_matmul -- [--rows 32,512] [--repeats 5]
@@ -57,6 +59,19 @@ fn main() -> anyhow::Result<()> {
             report("q8_0", (m, k, n), repeats, || {
                 q.forward(&x.pad_with_zeros(1, 0, pad)?)
             })?;
+        }
+    }
+    if asl::model::amx::available() {
+        for &m in &rows {
+            for &(k, n) in &shapes {
+                let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
+                let w = Tensor::randn(0f32, 0.05, (n, k), &dev)?;
+                let packed = asl::model::amx::PackedBf16::pack(&w.flatten_all()?.to_vec1()?, n, k);
+                report("amx_bf16", (m, k, n), repeats, || {
+                    let values = x.flatten_all()?.to_vec1::<f32>()?;
+                    Tensor::from_vec(packed.matmul(&values, m), (m, n), &dev)
+                })?;
+            }
         }
     }
     Ok(())

@@ -61,7 +61,7 @@ struct Args {
     train_len: usize,
     train: bool,
     grpo: bool,
-    /// The decode's `dtype` (f32, bf16, f16, q8_0): asl's side only.
+    /// The decode's `dtype` (f32, bf16, f16, q8_0, amx_bf16): asl's side only.
     dtype: String,
     /// `cpu`, `cuda` or `cuda:N`: where every phase runs (training keeps f32 weights).
     device: String,
@@ -71,7 +71,7 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut it = std::env::args().skip(1);
     let usage = "usage: bench_model MODEL_DIR [--check OUT.json] [--batches 1,8,32] \
                  [--new-tokens 128] [--train-batch 8] [--train-len 256] [--no-train] [--no-grpo] \
-                 [--dtype f32|bf16|f16|q8_0] [--device cpu|cuda|cuda:N]";
+                 [--dtype f32|bf16|f16|q8_0|amx_bf16] [--device cpu|cuda|cuda:N]";
     let mut a = Args {
         dir: PathBuf::from(it.next().context(usage)?),
         check: None,

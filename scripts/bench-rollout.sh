@@ -8,6 +8,8 @@
 #   new    continuous batching, batch BATCH, shared prompt prefixes (the default now)
 #   q8     new with dtype = q8_0 (int8 weights through candle's QMatMul; not in the default
 #          paths: its outputs differ from f32 by design, and the table says by how much)
+#   amx    new with dtype = amx_bf16 (bf16 weights and matmul inputs on Intel AMX tiles, f32
+#          accumulation; CPUs with AMX-BF16 only; differs from f32 by design, as q8)
 # For each it reports the model (sampled), tool and prompt tokens, the tokens that went through
 # the model, wall time, sampled and processed tokens/s, and the share of the machine's matmul
 # roof: processed tokens x linear-layer FLOPs per token / wall time / the best candle matmul
@@ -17,7 +19,7 @@
 # BASE_RUN is a run dir of pipelines/default.toml with round 1 done (scripts/run-default.sh makes
 # one); its first round is run into it when missing. Each path works on a hard-linked copy
 # (stages write new files and rename them, so BASE_RUN is never changed).
-# Usage: scripts/bench-rollout.sh [BASE_RUN] [--batch N] [--paths "old cont8 wide new q8"] [--out DIR]
+# Usage: scripts/bench-rollout.sh [BASE_RUN] [--batch N] [--paths "old cont8 wide new q8 amx"] [--out DIR]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -53,7 +55,8 @@ settings() {
     wide) echo "batch_size=$batch continuous=true share_prefix=false" ;;
     new) echo "batch_size=$batch continuous=true share_prefix=true" ;;
     q8) echo "batch_size=$batch continuous=true share_prefix=true dtype=q8_0" ;;
-    *) echo "bench-rollout: unknown path $1 (old, cont8, wide, new, q8)" >&2; exit 1 ;;
+    amx) echo "batch_size=$batch continuous=true share_prefix=true dtype=amx_bf16" ;;
+    *) echo "bench-rollout: unknown path $1 (old, cont8, wide, new, q8, amx)" >&2; exit 1 ;;
   esac
 }
 
@@ -91,19 +94,22 @@ import json, os, sys
 out, model_dir = sys.argv[1], sys.argv[2]
 rows = [json.loads(l) for l in open(os.path.join(out, "results.jsonl"))]
 mm = [json.loads(l) for l in open(os.path.join(out, "matmul.jsonl"))]
-roof = {d: max(r["gflops"] for r in mm if r["dtype"] == d) for d in ("f32", "bf16", "q8_0")}
+roof = {d: max([r["gflops"] for r in mm if r["dtype"] == d] or [0.0])
+        for d in ("f32", "bf16", "q8_0", "amx_bf16")}
 cfg = json.load(open(os.path.join(model_dir, "config.json")))
 h, i, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
 heads = cfg["num_attention_heads"]
 kv = cfg.get("num_key_value_heads", heads) * (h // heads)
 per_token = 2 * layers * (2 * h * h + 2 * h * kv + 3 * h * i)  # linear layers, no attention
 lm_head = 2 * h * cfg["vocab_size"]
-# Dense paths are charged against the best dense roof, q8 against the int8 one.
+# Dense paths are charged against the best dense roof, q8 against the int8 one, amx against the
+# AMX tiles' one.
 best = max(roof["f32"], roof["bf16"])
 print(f"\nmodel {model_dir}: {per_token / 1e6:.0f} MFLOP per processed token (linear layers) "
       f"+ {lm_head / 1e6:.0f} MFLOP per sampled token (LM head)")
 print(f"matmul roof, best candle GFLOP/s at the model's shapes: f32 {roof['f32']:.1f}, "
-      f"bf16 {roof['bf16']:.1f}, q8_0 {roof['q8_0']:.1f}")
+      f"bf16 {roof['bf16']:.1f}, q8_0 {roof['q8_0']:.1f}, amx_bf16 {roof['amx_bf16']:.1f}")
+own_roof = {"q8": roof["q8_0"], "amx": roof["amx_bf16"]}
 print()
 print("| stage | path | wall s | sampled | tool | prompt (shared) | processed | sampled/s | processed/s | % of roof | outputs |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -114,23 +120,25 @@ for r in rows:
         print(f"| {r['stage']} | {r['path']} | {r['secs']:.1f} | (no token counts in the log) |")
         continue
     flops = r["processed"] * per_token + r["sampled"] * lm_head
-    share = flops / r["secs"] / ((roof["q8_0"] if r["path"] == "q8" else best) * 1e9) * 100
+    share = flops / r["secs"] / (own_roof.get(r["path"], best) * 1e9) * 100
     print(f"| {r['stage']} | {r['path']} | {r['secs']:.1f} | {r['sampled']} | {r['tool']} | "
           f"{r['prompt']} ({r['shared']}) | {r['processed']} | {r['sampled'] / r['secs']:.1f} | "
           f"{r['processed'] / r['secs']:.0f} | {share:.0f} % | {r['outputs']} |")
 print()
 for stage in ("rollout", "judge"):
     o = by.get((stage, "old"))
-    for path in ("cont8", "wide", "new", "q8"):
+    for path in ("cont8", "wide", "new", "q8", "amx"):
         n = by.get((stage, path))
         if o and n:
             same = "identical" if o["outputs"] == n["outputs"] else "DIFFERENT"
-            if path == "q8":
-                same += " (int8 weights: expected to differ)"
+            if path in ("q8", "amx"):
+                same += " (low-precision matmuls: expected to differ)"
             print(f"{stage}: {path} {o['secs'] / n['secs']:.2f}x as fast as old; outputs {same}")
 o = [by.get((s, "old")) for s in ("rollout", "judge")]
-n = [by.get((s, "new")) for s in ("rollout", "judge")]
-if all(o) and all(n):
-    print(f"rollout + judge: {sum(r['secs'] for r in o) / sum(r['secs'] for r in n):.2f}x faster")
+for path in ("new", "q8", "amx"):
+    n = [by.get((s, path)) for s in ("rollout", "judge")]
+    if all(o) and all(n):
+        print(f"rollout + judge: {path} {sum(r['secs'] for r in o) / sum(r['secs'] for r in n):.2f}x "
+              f"as fast as old ({sum(r['secs'] for r in o):.1f} s -> {sum(r['secs'] for r in n):.1f} s)")
 print(f"load average now: {open('/proc/loadavg').read().split()[:3]}")
 PY

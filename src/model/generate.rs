@@ -780,13 +780,15 @@ mod tests {
     /// Outputs do not depend on the schedule: prefix sharing on or off, batch sizes 1, 8 and
     /// 32 (more than the requests), continuous or static batches, with tool turns. Compared
     /// byte for byte (tokens, loss masks, both log-probs, text) against one sequence at a time,
-    /// unshared, in f32 and with q8_0 weights on a model as wide as SmolLM2-135M.
+    /// unshared, in f32, with q8_0 weights and (on a CPU with AMX) with AMX bf16 tiles, on a
+    /// model as wide as SmolLM2-135M.
     #[test]
     fn sharing_and_schedules_leave_every_output_unchanged() {
         let Some(dir) = crate::model::test_util::wide_tiny_model(12) else {
             return;
         };
-        for dtype in ["f32", "q8_0"] {
+        let amx = crate::model::amx::available().then_some("amx_bf16");
+        for dtype in ["f32", "q8_0"].into_iter().chain(amx) {
             let placement = crate::model::placement::Placement::parse("cpu", dtype).unwrap();
             let model = Model::load_on(&dir, &placement).unwrap();
             schedules_leave_outputs_unchanged(&model, &load_tokenizer(&dir).unwrap());

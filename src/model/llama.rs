@@ -1,5 +1,5 @@
 //! Dense llama-architecture decoder (Llama, Qwen2, Qwen3) on candle, in f32, bf16 or f16, with
-//! q8_0 projections for sampling. The config is [`super::config`], a whole folder [`super::hf`].
+//! q8_0 or AMX-bf16 projections for sampling. The config is [`super::config`], a whole folder [`super::hf`].
 //!
 //! Weight names mirror Hugging Face `LlamaForCausalLM` one-to-one
 //! (`model.embed_tokens.weight`, `model.layers.N.self_attn.q_proj.weight`,
@@ -31,11 +31,12 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Init, Linear, VarBuilder};
 
+use super::amx::PackedBf16;
 use super::config::{Config, Family, RopeScaling, load_config};
 use super::error::{ModelError, Result};
 use super::fused;
 use super::io::load_safetensors_dir_as;
-use super::placement::Placement;
+use super::placement::{Placement, Quant};
 
 /// Additive mask value of blocked attention entries (finite, so a fully
 /// masked padding row yields a uniform distribution instead of NaN).
@@ -148,8 +149,9 @@ fn projection(i: usize, o: usize, bias: bool, vb: VarBuilder) -> Result<Proj> {
     }))
 }
 
-/// A projection's weights: dense (training, and sampling in f32/bf16/f16), or quantized for the
-/// `dtype = "q8_0"` sampling path (int8 blocks through candle's `QMatMul`, activations in f32).
+/// A projection's weights: dense (training, and sampling in f32/bf16/f16), quantized for the
+/// `dtype = "q8_0"` sampling path (int8 blocks through candle's `QMatMul`, activations in f32),
+/// or bf16 AMX tiles for the `dtype = "amx_bf16"` one (activations in f32, [`super::amx`]).
 #[derive(Debug, Clone)]
 enum Proj {
     Dense(Linear),
@@ -160,6 +162,10 @@ enum Proj {
         /// whole number of [`QUANT_WIDTH`]s.
         pad: usize,
     },
+    Tiles {
+        weight: Arc<PackedBf16>,
+        bias: Option<Tensor>,
+    },
 }
 
 /// The input width candle's repacked int8 kernels (AVX-512 VNNI) need: a multiple of 256.
@@ -168,18 +174,32 @@ enum Proj {
 const QUANT_WIDTH: usize = 256;
 
 impl Proj {
-    /// This projection with its weight quantized to `q` (q8_0: blocks of 32 int8 with an f16
-    /// scale), its input width padded with zeros to a multiple of [`QUANT_WIDTH`].
-    fn quantized(&self, q: GgmlDType) -> Result<Proj> {
+    /// This projection with its weight stored as `q` says: q8_0 (blocks of 32 int8 with an f16
+    /// scale, the input width padded with zeros to a multiple of [`QUANT_WIDTH`]) or bf16 AMX
+    /// tiles.
+    fn quantized(&self, q: Quant) -> Result<Proj> {
         let Proj::Dense(l) = self else {
             return Ok(self.clone());
         };
+        let bias = l.bias().map(|b| b.to_dtype(DType::F32)).transpose()?;
+        if q == Quant::AmxBf16 {
+            let (n, k) = l.weight().dims2()?;
+            let w = l
+                .weight()
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            return Ok(Proj::Tiles {
+                weight: Arc::new(PackedBf16::pack(&w, n, k)),
+                bias,
+            });
+        }
         let k = l.weight().dim(1)?;
         let pad = k.next_multiple_of(QUANT_WIDTH) - k;
         let w = l.weight().to_dtype(DType::F32)?.pad_with_zeros(1, 0, pad)?;
         Ok(Proj::Quantized {
-            weight: QMatMul::from_qtensor(QTensor::quantize(&w, q)?)?,
-            bias: l.bias().map(|b| b.to_dtype(DType::F32)).transpose()?,
+            weight: QMatMul::from_qtensor(QTensor::quantize(&w, GgmlDType::Q8_0)?)?,
+            bias,
             pad,
         })
     }
@@ -193,6 +213,21 @@ impl Proj {
                     &p => x.pad_with_zeros(D::Minus1, 0, p)?,
                 };
                 let y = weight.forward(&x)?;
+                Ok(match bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                })
+            }
+            Proj::Tiles { weight, bias } => {
+                let dims = x.dims();
+                let k = weight.in_dim();
+                let m = x.elem_count() / k;
+                let flat = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let mut out_dims = dims.to_vec();
+                *out_dims
+                    .last_mut()
+                    .expect("a projection's input has a last dim") = weight.out_dim();
+                let y = Tensor::from_vec(weight.matmul(&flat, m), out_dims, x.device())?;
                 Ok(match bias {
                     Some(b) => y.broadcast_add(b)?,
                     None => y,
@@ -273,7 +308,9 @@ impl Mlp {
 /// sequence decoding alone gives bit for bit what it gives in a batch.
 fn linear(l: &Proj, x: &Tensor) -> Result<Tensor> {
     let rank = x.rank();
-    if rank < 2 || !x.device().is_cpu() || x.elem_count() != x.dim(rank - 1)? {
+    // AMX tiles compute each row alike whatever the number of rows (a test in `amx`).
+    let tiles = matches!(l, Proj::Tiles { .. });
+    if tiles || rank < 2 || !x.device().is_cpu() || x.elem_count() != x.dim(rank - 1)? {
         return l.forward(x);
     }
     let two = Tensor::cat(&[x, x], rank - 2)?;
@@ -790,9 +827,9 @@ impl Model {
         }
     }
 
-    /// This model with every projection and the LM head quantized to `q` (the embeddings and
-    /// norms stay as they are): an inference-only copy for sampling, never trained.
-    pub fn quantized(&self, q: GgmlDType) -> Result<Self> {
+    /// This model with every projection and the LM head stored as `q` (the embeddings and norms
+    /// stay as they are): an inference-only copy for sampling, never trained.
+    pub fn quantized(&self, q: Quant) -> Result<Self> {
         let mut model = self.clone();
         for layer in &mut model.layers {
             let (a, m) = (&mut layer.self_attn, &mut layer.mlp);
@@ -1137,14 +1174,17 @@ mod tests {
         let exact = Model::load(&dir, &Device::Cpu).unwrap();
         let want = exact.forward_full(&ids, &mask).unwrap();
         let scale = max_abs(&want);
-        for name in ["bf16", "f16", "q8_0"] {
+        let amx = super::super::amx::available().then_some("amx_bf16");
+        for name in ["bf16", "f16", "q8_0"].into_iter().chain(amx) {
             let placement = Placement::parse("cpu", name).unwrap();
             let dtype = placement.dtype;
             let model = Model::load_on(&dir, &placement).unwrap();
             assert_eq!(model.dtype(), dtype);
-            if placement.quant.is_some() {
+            match placement.quant {
                 // The tiny model's widths are whole q8_0 blocks, so every projection is quantized.
-                assert!(matches!(model.lm_head, Proj::Quantized { .. }));
+                Some(Quant::Q8_0) => assert!(matches!(model.lm_head, Proj::Quantized { .. })),
+                Some(Quant::AmxBf16) => assert!(matches!(model.lm_head, Proj::Tiles { .. })),
+                None => {}
             }
             let got = model.forward_full(&ids, &mask).unwrap();
             assert_eq!(got.dtype(), DType::F32, "logits come back in f32");

@@ -10,8 +10,10 @@
 //! - [`sample`]: sampling one token, the settings and results of generation.
 //! - [`generate`]: batched generation: continuous batching, prefix sharing, stop strings, tool turns.
 //! - [`fused`]: CPU kernels with their own backward: log-probs, causal attention, RMSNorm.
+//! - [`amx`]: bf16 matrix products on Intel AMX tiles (the `amx_bf16` sampling path).
 //! - [`train`]: per-token log-probs, GRPO loss, AdamW steps, checkpoints.
 
+pub mod amx;
 pub(crate) mod chat;
 pub mod config;
 pub(crate) mod error;

@@ -3,16 +3,25 @@
 //!
 //! - device: `cpu` (default), `cuda` / `cuda:N` (needs a build with `--features cuda`), or
 //!   `auto` (the first CUDA device when there is one, else the CPU).
-//! - dtype: `f32` (default), `bf16`, `f16`, `q8_0`, or `auto` (bf16 on CUDA, f32 on the CPU).
-//!   Half precision and `q8_0` (int8 weight blocks through candle's `QMatMul`, f32 activations,
-//!   CPU only) are for inference (sampling, judging, evaluation); training keeps f32 weights,
+//! - dtype: `f32` (default), `bf16`, `f16`, `q8_0`, `amx_bf16`, or `auto` (bf16 on CUDA, f32 on
+//!   the CPU). Half precision, `q8_0` (int8 weight blocks through candle's `QMatMul`, f32
+//!   activations, CPU only) and `amx_bf16` (bf16 weights and matmul inputs on Intel AMX tiles,
+//!   f32 accumulation and activations, CPUs with AMX-BF16 only: [`super::amx`]) are for inference (sampling, judging, evaluation); training keeps f32 weights,
 //!   moments and gradients, because the gradient shards are f32 by design and AdamW's updates at
 //!   lr 1e-5 vanish below bf16's precision, and `train` recomputes every log-prob in f32.
 
-use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device};
 
 use super::error::{ModelError, Result};
+
+/// How the projections' weights are stored for sampling when not dense in `dtype`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quant {
+    /// Blocks of 32 int8 with an f16 scale, through candle's `QMatMul`.
+    Q8_0,
+    /// bf16 in Intel AMX tiles ([`super::amx::PackedBf16`]).
+    AmxBf16,
+}
 
 /// A device and the dtype weights and activations use on it.
 #[derive(Debug, Clone)]
@@ -20,8 +29,8 @@ pub struct Placement {
     pub device: Device,
     /// Activations, and the weights unless `quant` is set.
     pub dtype: DType,
-    /// The projections' weights quantized to this (activations in `dtype`, f32).
-    pub quant: Option<GgmlDType>,
+    /// The projections' weights stored this way (activations in `dtype`, f32).
+    pub quant: Option<Quant>,
 }
 
 /// The two halves of a placement, to say which value was refused.
@@ -97,8 +106,8 @@ impl Placement {
             other => other.as_str(),
         };
         match self.quant {
-            Some(GgmlDType::Q8_0) => format!("{device}/q8_0"),
-            Some(q) => format!("{device}/{q:?}"),
+            Some(Quant::Q8_0) => format!("{device}/q8_0"),
+            Some(Quant::AmxBf16) => format!("{device}/amx_bf16"),
             None => format!("{device}/{dtype}"),
         }
     }
@@ -136,7 +145,7 @@ fn parse_device(text: &str) -> Result<Device> {
 }
 
 /// The activation dtype and, for `q8_0`, the weights' quantization.
-fn parse_dtype(text: &str, device: &Device) -> Result<(DType, Option<GgmlDType>)> {
+fn parse_dtype(text: &str, device: &Device) -> Result<(DType, Option<Quant>)> {
     let dense = |d| Ok((d, None));
     match text.trim() {
         "f32" | "float32" => dense(DType::F32),
@@ -144,13 +153,24 @@ fn parse_dtype(text: &str, device: &Device) -> Result<(DType, Option<GgmlDType>)
         "f16" | "float16" => dense(DType::F16),
         "auto" if device.is_cpu() => dense(DType::F32),
         "auto" => dense(DType::BF16),
-        "q8_0" if device.is_cpu() => Ok((DType::F32, Some(GgmlDType::Q8_0))),
+        "q8_0" if device.is_cpu() => Ok((DType::F32, Some(Quant::Q8_0))),
         "q8_0" => Err(ModelError::InvalidArgument(
             "dtype \"q8_0\": the quantized path is measured on the CPU only; use bf16 on CUDA"
                 .into(),
         )),
+        "amx_bf16" if device.is_cpu() && super::amx::available() => {
+            Ok((DType::F32, Some(Quant::AmxBf16)))
+        }
+        "amx_bf16" if device.is_cpu() => Err(ModelError::InvalidArgument(
+            "dtype \"amx_bf16\": this CPU (or its OS) has no AMX-BF16 tiles (lscpu flag amx_bf16); \
+             use q8_0 or f32"
+                .into(),
+        )),
+        "amx_bf16" => Err(ModelError::InvalidArgument(
+            "dtype \"amx_bf16\": AMX tiles are a CPU feature; use bf16 on CUDA".into(),
+        )),
         other => Err(ModelError::InvalidArgument(format!(
-            "dtype {other:?}: expected f32, bf16, f16, q8_0 or auto"
+            "dtype {other:?}: expected f32, bf16, f16, q8_0, amx_bf16 or auto"
         ))),
     }
 }
@@ -172,8 +192,21 @@ mod tests {
         );
         assert_eq!(Placement::default().describe(), "cpu/f32");
         let q = Placement::parse("cpu", "q8_0").unwrap();
-        assert_eq!((q.dtype, q.quant), (DType::F32, Some(GgmlDType::Q8_0)));
+        assert_eq!((q.dtype, q.quant), (DType::F32, Some(Quant::Q8_0)));
         assert_eq!(q.describe(), "cpu/q8_0");
+        // amx_bf16 where the CPU has AMX tiles, one line saying it has none elsewhere.
+        match Placement::parse("cpu", "amx_bf16") {
+            Ok(a) => {
+                assert!(super::super::amx::available());
+                assert_eq!((a.dtype, a.quant), (DType::F32, Some(Quant::AmxBf16)));
+                assert_eq!(a.describe(), "cpu/amx_bf16");
+            }
+            Err(e) => {
+                assert!(!super::super::amx::available());
+                let e = e.to_string();
+                assert!(e.contains("amx_bf16") && !e.contains('\n'), "{e}");
+            }
+        }
     }
 
     #[test]
