@@ -1,5 +1,6 @@
 //! Dense llama-architecture decoder (Llama, Qwen2, Qwen3) on candle, in f32, bf16 or f16, with
-//! q8_0 or AMX-bf16 projections for sampling. The config is [`super::config`], a whole folder [`super::hf`].
+//! q8_0 or AMX-bf16 projections for sampling. The config is [`super::config`], a whole folder
+//! [`super::hf`].
 //!
 //! Weight names mirror Hugging Face `LlamaForCausalLM` one-to-one
 //! (`model.embed_tokens.weight`, `model.layers.N.self_attn.q_proj.weight`,
