@@ -4,7 +4,7 @@ Reads what the benchmark wrote beside each arm's run dir (`ARM.compare.json` fro
 `asl eval compare --json --rounds 0 R`, `ARM.audit.json` from `asl audit --json`) and the
 arm's shards (per-round T=1 training reward and parse rate, as learning_curve.py reads them).
 Columns: rounds done; training reward, last quarter of rounds minus the first, with its 95 %
-interval; T=1 parse rate in the last round; held-out EM start -> end, the paired difference
+interval (standard error over tasks, each task the mean of its attempts); T=1 parse rate in the last round; held-out EM start -> end, the paired difference
 with its bootstrap 95 % interval and McNemar's p, on the corpus-built test questions and on the
 human-written FanOutQA sub-questions the corpus answers; GRM accuracy on the verification pairs start
 -> end; GRM-rule agreement and GRM false accepts (passed where the rule label says wrong) first
@@ -25,8 +25,14 @@ def training_curve(run_dir):
                      and e["stage"] == "reward" and e["status"] == "done"})
     per_round = {}
     for r in rounds:
-        rewards = [x["reward"] for x in read(run_dir, outputs(manifest, "reward", r), "rewards-")
-                   if x["role"] == "policy"]
+        # One value per task: the mean reward of its attempts. A task's attempts share its
+        # question, so they are not independent draws; the standard error is taken over tasks
+        # (as learning_curve.py does), not over attempts, which would understate it.
+        by_task = {}
+        for x in read(run_dir, outputs(manifest, "reward", r), "rewards-"):
+            if x["role"] == "policy":
+                by_task.setdefault(x["task_id"], []).append(x["reward"])
+        rewards = [sum(v) / len(v) for v in by_task.values()]
         attempts = read(run_dir, outputs(manifest, "rollout", r), "trajectories-")
         parsed = sum(a["parsed"] for a in attempts) / max(len(attempts), 1)
         per_round[r] = (rewards, parsed)
