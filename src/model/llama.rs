@@ -206,35 +206,31 @@ impl Proj {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Proj::Dense(l) => Ok(l.forward(x)?),
+        let (y, bias) = match self {
+            Proj::Dense(l) => return Ok(l.forward(x)?),
             Proj::Quantized { weight, bias, pad } => {
                 let x = match pad {
                     0 => x.contiguous()?,
                     &p => x.pad_with_zeros(D::Minus1, 0, p)?,
                 };
-                let y = weight.forward(&x)?;
-                Ok(match bias {
-                    Some(b) => y.broadcast_add(b)?,
-                    None => y,
-                })
+                (weight.forward(&x)?, bias)
             }
             Proj::Tiles { weight, bias } => {
-                let dims = x.dims();
-                let k = weight.in_dim();
-                let m = x.elem_count() / k;
-                let flat = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                let mut out_dims = dims.to_vec();
+                let m = x.elem_count() / weight.in_dim();
+                let mut out_dims = x.dims().to_vec();
                 *out_dims
                     .last_mut()
                     .expect("a projection's input has a last dim") = weight.out_dim();
-                let y = Tensor::from_vec(weight.matmul(&flat, m), out_dims, x.device())?;
-                Ok(match bias {
-                    Some(b) => y.broadcast_add(b)?,
-                    None => y,
-                })
+                // The input's values read in place (no copy); activations are f32 on this path.
+                let y =
+                    fused::with_f32_values([x], ["projection input"], |[v]| weight.matmul(v, m))?;
+                (Tensor::from_vec(y, out_dims, x.device())?, bias)
             }
-        }
+        };
+        Ok(match bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
     }
 }
 

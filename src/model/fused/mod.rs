@@ -54,8 +54,8 @@ fn u32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Resu
 
 /// Runs `f` on the f32 values of CPU tensors, each in row-major order (made contiguous first):
 /// how the backward passes read their saved inputs and the upstream gradient without copying
-/// them out. `names` name each tensor in errors.
-fn with_f32_values<const N: usize, R>(
+/// them out, and how the AMX projections read their input. `names` name each tensor in errors.
+pub(crate) fn with_f32_values<const N: usize, R>(
     tensors: [&Tensor; N],
     names: [&str; N],
     f: impl FnOnce([&[f32]; N]) -> R,
