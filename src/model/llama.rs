@@ -25,6 +25,7 @@
 //!   sequences simply drop out of the batch.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -167,6 +168,9 @@ enum Proj {
         weight: Arc<PackedBf16>,
         bias: Option<Tensor>,
     },
+    /// The f32 weight multiplied on AMX tiles in bf16, forward and backward
+    /// ([`fused::amx_linear`]): training with `train.precision = "amx_bf16"`.
+    TilesTrained(Linear),
 }
 
 /// The input width candle's repacked int8 kernels (AVX-512 VNNI) need: a multiple of 256.
@@ -208,6 +212,18 @@ impl Proj {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (y, bias) = match self {
             Proj::Dense(l) => return Ok(l.forward(x)?),
+            Proj::TilesTrained(l) => {
+                let (n, k) = l.weight().dims2()?;
+                let mut out_dims = x.dims().to_vec();
+                *out_dims
+                    .last_mut()
+                    .expect("a projection's input has a last dim") = n;
+                let y = fused::amx_linear(&x.reshape(((), k))?, l.weight())?.reshape(out_dims)?;
+                return Ok(match l.bias() {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                });
+            }
             Proj::Quantized { weight, bias, pad } => {
                 let x = match pad {
                     0 => x.contiguous()?,
@@ -306,7 +322,7 @@ impl Mlp {
 fn linear(l: &Proj, x: &Tensor) -> Result<Tensor> {
     let rank = x.rank();
     // AMX tiles compute each row alike whatever the number of rows (a test in `amx`).
-    let tiles = matches!(l, Proj::Tiles { .. });
+    let tiles = matches!(l, Proj::Tiles { .. } | Proj::TilesTrained(_));
     if tiles || rank < 2 || !x.device().is_cpu() || x.elem_count() != x.dim(rank - 1)? {
         return l.forward(x);
     }
@@ -828,7 +844,59 @@ impl Model {
     /// stay as they are): an inference-only copy for sampling, never trained.
     pub fn quantized(&self, q: Quant) -> Result<Self> {
         let mut model = self.clone();
-        for layer in &mut model.layers {
+        model.quantize_layers(0..model.layers.len(), q)?;
+        model.quantize_head(q)?;
+        Ok(model)
+    }
+
+    /// Every projection and the head computed in bf16 on AMX tiles for training
+    /// (`train.precision = "amx_bf16"`): the first `frozen` decoder layers, which nothing in trains
+    /// and no gradient flows through, packed once ([`Quant::AmxBf16`]); the others and the head
+    /// through the differentiable [`fused::amx_linear`], their weights staying the f32 tensors
+    /// the optimizer steps. Norms, attention and the loss stay f32.
+    pub(crate) fn train_on_amx(&mut self, frozen: usize) -> Result<()> {
+        let n = self.layers.len();
+        self.quantize_layers(0..frozen.min(n), Quant::AmxBf16)?;
+        let trained = |p: &mut Proj| {
+            if let Proj::Dense(l) = p {
+                *p = Proj::TilesTrained(l.clone());
+            }
+        };
+        for layer in &mut self.layers[frozen.min(n)..] {
+            let (a, m) = (&mut layer.self_attn, &mut layer.mlp);
+            for p in [
+                &mut a.q_proj,
+                &mut a.k_proj,
+                &mut a.v_proj,
+                &mut a.o_proj,
+                &mut m.gate_proj,
+                &mut m.up_proj,
+                &mut m.down_proj,
+            ] {
+                trained(p);
+            }
+        }
+        trained(&mut self.lm_head);
+        Ok(())
+    }
+
+    /// The LM head stored as `q`, in place.
+    pub(crate) fn quantize_head(&mut self, q: Quant) -> Result<()> {
+        self.lm_head = self.lm_head.quantized(q)?;
+        Ok(())
+    }
+
+    /// The projections of decoder layers `layers` stored as `q`, in place; nothing else changes.
+    /// Such a layer has no gradient: the trainer does this to the leading layers nothing in it
+    /// trains (`train.frozen_dtype`), never to one a gradient must flow through.
+    pub(crate) fn quantize_layers(&mut self, layers: Range<usize>, q: Quant) -> Result<()> {
+        let n = self.layers.len();
+        let layers = self.layers.get_mut(layers.clone()).ok_or_else(|| {
+            ModelError::InvalidArgument(format!(
+                "quantize_layers: layers {layers:?} of a model with {n}"
+            ))
+        })?;
+        for layer in layers {
             let (a, m) = (&mut layer.self_attn, &mut layer.mlp);
             for p in [
                 &mut a.q_proj,
@@ -842,8 +910,7 @@ impl Model {
                 *p = p.quantized(q)?;
             }
         }
-        model.lm_head = model.lm_head.quantized(q)?;
-        Ok(model)
+        Ok(())
     }
 
     /// The dtype of weights and activations.

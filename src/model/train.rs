@@ -17,6 +17,7 @@ use super::io::{StagingDir, load_safetensors_dir, save_safetensors, write_json};
 use super::llama::Model;
 use super::optim::AdamW;
 pub use super::optim::{OPTIMIZER_FILE, StepStats, TRAINER_STATE_FILE, TrainConfig};
+use super::placement::Quant;
 
 /// One parameter's gradient, for exchange between workers.
 #[derive(Debug, Clone, PartialEq)]
@@ -133,6 +134,34 @@ impl Trainer {
 
     pub fn model(&self) -> &Model {
         &self.model
+    }
+
+    /// The leading decoder layers nothing trains in (0 when the embeddings train): no gradient
+    /// flows through them.
+    fn frozen_layers(&self) -> usize {
+        if !self.frozen.contains_key("model.embed_tokens.weight") {
+            return 0;
+        }
+        (0..self.config.num_hidden_layers)
+            .take_while(|i| {
+                let prefix = format!("model.layers.{i}.");
+                !self.vars.iter().any(|(name, _)| name.starts_with(&prefix))
+            })
+            .count()
+    }
+
+    /// Runs the matrix products in bf16 on AMX tiles (`train.precision`): only those of the
+    /// leading frozen layers (`everywhere = false`), or every projection and the head, forward
+    /// and backward ([`Model::train_on_amx`]). Norms, attention and the loss stay f32, and the
+    /// weights the optimizer steps and checkpoints save stay f32. Returns the frozen layers.
+    pub fn use_amx(&mut self, everywhere: bool) -> Result<usize> {
+        let n = self.frozen_layers();
+        if everywhere {
+            self.model.train_on_amx(n)?;
+        } else {
+            self.model.quantize_layers(0..n, Quant::AmxBf16)?;
+        }
+        Ok(n)
     }
 
     /// How many leading decoder layers of a checkpoint's `weights` (as
@@ -478,6 +507,49 @@ mod tests {
             .sum_all()
             .unwrap();
         assert_eq!(scalar(&frozen_before), scalar(&frozen_after));
+    }
+
+    /// `train.precision = "amx_bf16"`: the frozen layer packed, the trained one and the head
+    /// through the differentiable AMX product. Every trained tensor's gradient points where the
+    /// f32 one does, training still raises the target, and the weights stepped stay f32.
+    #[test]
+    fn amx_training_follows_f32() {
+        if !crate::model::amx::available() {
+            eprintln!("no AMX-BF16 on this machine: train.precision refuses amx_bf16 (stage test)");
+            return;
+        }
+        let Some(dir) = tiny_model(3) else { return };
+        let cfg = TrainConfig {
+            lr: 3e-3,
+            train_last_k: Some(1),
+            ..Default::default()
+        };
+        let f32_trainer = Trainer::load(&dir, &Device::Cpu, cfg.clone()).unwrap();
+        let mut amx = Trainer::load(&dir, &Device::Cpu, cfg).unwrap();
+        assert_eq!(amx.use_amx(true).unwrap(), 1);
+        let b = target_batch(amx.model());
+        let grads = |t: &Trainer| {
+            let lp = token_logprobs(t.model(), &b.input_ids, &b.attention_mask).unwrap();
+            let loss = masked_mean(&lp.neg().unwrap(), &b.loss_mask).unwrap();
+            t.export_grads(&t.backward(&loss).unwrap()).unwrap()
+        };
+        for (a, b) in grads(&f32_trainer).iter().zip(grads(&amx)) {
+            assert_eq!(a.name, b.name);
+            let dot: f64 = a
+                .values
+                .iter()
+                .zip(&b.values)
+                .map(|(x, y)| f64::from(x * y))
+                .sum();
+            let norm = |v: &[f32]| v.iter().map(|x| f64::from(x * x)).sum::<f64>().sqrt();
+            let cos = dot / (norm(&a.values) * norm(&b.values));
+            assert!(cos > 0.99, "{}: cosine {cos} with the f32 gradient", a.name);
+        }
+        let before = target_logp(amx.model(), &b);
+        train_steps(&mut amx, &b, 4);
+        let after = target_logp(amx.model(), &b);
+        assert!(after > before + 0.3, "{before} -> {after}");
+        assert!(amx.vars.iter().all(|(_, v)| v.dtype() == DType::F32));
     }
 
     /// A trainer shares with a checkpoint the leading layers whose weights are the same bits,

@@ -40,6 +40,10 @@ impl ShardWriter {
             ))
             .set_max_row_group_row_count(Some(kind.max_row_group_rows()))
             .set_max_row_group_bytes(Some(MAX_ROW_GROUP_BYTES))
+            // A gradient's values are millions of distinct floats: building a dictionary for
+            // them was 7 % of a training step's samples under `perf` (docs/model-bench.md), and
+            // parquet drops it anyway once it outgrows its page.
+            .set_dictionary_enabled(kind != ShardKind::Gradients)
             // A fixed writer string keeps shard bytes independent of the asl build.
             .set_created_by("asl".to_string())
             .build();

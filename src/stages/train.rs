@@ -23,6 +23,7 @@ use super::{Stage, StageContext, StageOutput, Upstream};
 use crate::error::{Error, Result};
 use crate::model::io::load_safetensors_dir;
 use crate::model::llama::Model;
+use crate::model::placement::Quant;
 use crate::model::scoring::{LossPositions, build_batch};
 use crate::model::train::{NamedGrad, TrainConfig, Trainer, sum_grads};
 use crate::params::{ParamSpec, Params, ParamsExt};
@@ -56,6 +57,8 @@ pub struct Settings {
     pub micro_batch: usize,
     /// `w_ρ` per role.
     pub weights: BTreeMap<&'static str, f64>,
+    /// Where the matrix products run in bf16 on AMX tiles (`precision`).
+    pub precision: Precision,
 }
 
 fn non_negative_int(params: &Params, key: &str) -> Result<u64> {
@@ -132,7 +135,46 @@ pub fn settings(params: &Params) -> Result<Settings> {
         truncation_is_cap: number_at_least(params, "truncation_is_cap", 0.0)?,
         micro_batch: positive("micro_batch")? as usize,
         weights,
+        precision: precision(params)?,
     })
+}
+
+/// `train.precision`: where the training step's matrix products round to bf16.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// Everything f32: the log-probs the loss sees are the f32 ones.
+    F32,
+    /// The layers before the trained blocks (no gradient) in bf16 on AMX tiles.
+    AmxBf16Frozen,
+    /// Every projection and the head in bf16 on AMX tiles, forward and backward.
+    AmxBf16,
+}
+
+/// `precision`, checked: the AMX variants need a CPU with AMX, and `amx_bf16_frozen` layers that
+/// do not train.
+fn precision(params: &Params) -> Result<Precision> {
+    let bad = |msg: &str| Error::param("train.precision", msg);
+    let p = match params.str("precision") {
+        "f32" => return Ok(Precision::F32),
+        "amx_bf16_frozen" if last_k(params).is_none() => {
+            return Err(bad(
+                "amx_bf16_frozen needs train_last_k > 0: with every weight training no layer is frozen",
+            ));
+        }
+        "amx_bf16_frozen" => Precision::AmxBf16Frozen,
+        "amx_bf16" => Precision::AmxBf16,
+        other => {
+            return Err(bad(&format!(
+                "{other:?}: expected f32, amx_bf16_frozen or amx_bf16"
+            )));
+        }
+    };
+    if !crate::model::amx::available() {
+        return Err(bad(
+            "AMX: this CPU (or its OS) has no AMX-BF16 tiles (lscpu flag amx_bf16); use f32",
+        ));
+    }
+    Ok(p)
 }
 
 /// Optimizer steps per round: `steps_per_round × epochs`.
@@ -238,6 +280,11 @@ impl Stage for TrainStage {
                 0,
                 "train only the last k decoder blocks and the final norm (0: every weight)",
             ),
+            ParamSpec::new(
+                "precision",
+                "f32",
+                "matrix products of the training step: f32; amx_bf16_frozen (bf16 on AMX tiles, f32 accumulation, in the layers before the trained blocks, which carry no gradient); amx_bf16 (every projection and the head, forward and backward, as autocast(bfloat16)); norms, attention, loss and weights stay f32",
+            ).one_of(&["f32", "amx_bf16_frozen", "amx_bf16"]),
         ]
     }
 
@@ -358,7 +405,18 @@ impl Stage for TrainStage {
             ..TrainConfig::default()
         };
         let device = placement(ctx.params, "train")?.device;
-        let trainer = Trainer::load(&ckpt, &device, cfg).map_err(err)?;
+        let mut trainer = Trainer::load(&ckpt, &device, cfg).map_err(err)?;
+        if s.precision != Precision::F32 {
+            if !device.is_cpu() {
+                return Err(Error::param(
+                    "train.precision",
+                    "AMX tiles are a CPU feature; use f32 on CUDA",
+                ));
+            }
+            trainer
+                .use_amx(s.precision == Precision::AmxBf16)
+                .map_err(err)?;
+        }
         let reference = if s.loss.beta > 0.0 {
             // KL to the checkpoint RL starts from: the warm-up's output, else init's.
             let start = [Upstream::optional("warmup"), Upstream::needs("init")]
@@ -368,7 +426,15 @@ impl Stage for TrainStage {
             // Read once: compared with the trainer's frozen weights, then built into the model.
             let weights = load_safetensors_dir(&start, &device).map_err(err)?;
             let shared_layers = trainer.layers_shared_with(&weights).map_err(err)?;
-            let model = Model::from_tensors(&start, weights, &device).map_err(err)?;
+            let mut model = Model::from_tensors(&start, weights, &device).map_err(err)?;
+            if s.precision == Precision::AmxBf16 {
+                // The reference in the policy's precision, so the KL does not measure rounding.
+                let n = model.config().num_hidden_layers;
+                model
+                    .quantize_layers(shared_layers..n, Quant::AmxBf16)
+                    .map_err(err)?;
+                model.quantize_head(Quant::AmxBf16).map_err(err)?;
+            }
             Some((model, shared_layers))
         } else {
             None
@@ -650,6 +716,40 @@ mod tests {
             order,
             ["g-cold", "g-hot", "p-short", "p-tie-a", "p-tie-b", "p-long"]
         );
+    }
+
+    /// `precision`: f32 always; the AMX variants where the CPU has AMX (refused in one line
+    /// naming the key elsewhere); `amx_bf16_frozen` only when some layers do not train.
+    #[test]
+    fn precision_is_checked() {
+        let with = |precision: &str, last_k: u64| {
+            let mut p = resolve("train", &TrainStage.params(), None, &[]).unwrap();
+            p.insert("precision".into(), precision.into());
+            p.insert("train_last_k".into(), last_k.into());
+            settings(&p).map(|s| s.precision)
+        };
+        assert_eq!(with("f32", 0).unwrap(), Precision::F32);
+        let e = with("amx_bf16_frozen", 0).unwrap_err().to_string();
+        assert!(
+            e.contains("train.precision") && e.contains("train_last_k"),
+            "{e}"
+        );
+        for (name, want) in [
+            ("amx_bf16", Precision::AmxBf16),
+            ("amx_bf16_frozen", Precision::AmxBf16Frozen),
+        ] {
+            match with(name, 4) {
+                Ok(p) => {
+                    assert!(crate::model::amx::available());
+                    assert_eq!(p, want);
+                }
+                Err(e) => {
+                    assert!(!crate::model::amx::available());
+                    let e = e.to_string();
+                    assert!(e.contains("train.precision") && e.contains("AMX"), "{e}");
+                }
+            }
+        }
     }
 
     /// A round with fewer training rows than `steps_per_round` trains each row once and leaves

@@ -12,13 +12,16 @@
 //! - [`rms_norm`]: RMSNorm with a learned scale.
 //! - [`rope`]: rotary position embedding.
 //! - [`swiglu`]: the MLP's `silu(gate) · up`.
+//! - [`amx_linear`]: a projection on AMX tiles in bf16 (`train.precision = "amx_bf16"`).
 
+pub mod amx_linear;
 pub mod attention;
 pub mod logprob;
 pub mod rms_norm;
 pub mod rope;
 pub mod swiglu;
 
+pub use amx_linear::amx_linear;
 pub use attention::causal_attention;
 pub use logprob::target_logprobs;
 pub use rms_norm::rms_norm;

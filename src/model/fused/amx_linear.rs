@@ -1,0 +1,166 @@
+//! `x · wᵀ` on AMX tiles with its backward, for training with `train.precision = "amx_bf16"`.
+//!
+//! Mixed precision as PyTorch's `autocast(bfloat16)` trains on these CPUs: the weight stays f32
+//! (the optimizer's master copy), every product rounds its two operands to bf16 and accumulates
+//! in f32 on the tiles ([`crate::model::amx`]), forward and backward alike:
+//! `dx = dy · w` and `dw = dyᵀ · x`. The weight is packed into tiles on each call, since it
+//! trains; `dw` is computed only when `w` needs a gradient (not for the tied, frozen head), and
+//! `dx` only when `x` does (not for the first trained layer's input).
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+
+use super::{f32_slice, with_f32_values};
+use crate::model::amx::PackedBf16;
+
+/// `x (m, k) · w (n, k)ᵀ → (m, n)`, both f32 and contiguous, on AMX tiles (bf16 operands, f32
+/// accumulation). Callers check [`crate::model::amx::available`] first.
+pub fn amx_linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op2(&w.contiguous()?, AmxLinear)
+}
+
+struct AmxLinear;
+
+/// The row-major values of `t` transposed (`t` is 2-D): `(c, r)` for an `(r, c)` tensor.
+fn transposed(t: &Tensor, what: &str) -> candle_core::Result<Vec<f32>> {
+    let (r, c) = t.dims2()?;
+    with_f32_values([t], [what], |[v]| {
+        let mut out = vec![0f32; r * c];
+        for (i, row) in v.chunks(c).enumerate() {
+            for (j, &x) in row.iter().enumerate() {
+                out[j * r + i] = x;
+            }
+        }
+        out
+    })
+}
+
+impl CustomOp2 for AmxLinear {
+    fn name(&self) -> &'static str {
+        "amx-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (m, k) = l1.shape().dims2()?;
+        let (n, kw) = l2.shape().dims2()?;
+        if k != kw {
+            candle_core::bail!("amx-linear: input of width {k}, weight of width {kw}");
+        }
+        let x = f32_slice(s1, l1, "amx-linear input")?;
+        let w = f32_slice(s2, l2, "amx-linear weight")?;
+        let y = PackedBf16::pack(w, n, k).matmul(x, m);
+        Ok((CpuStorage::F32(y), Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (m, k) = x.dims2()?;
+        let n = w.dim(0)?;
+        // dx = dy · w: the tiles hold wᵀ as a (k, n) "weight".
+        let dx = if x.track_op() {
+            let wt = PackedBf16::pack(&transposed(w, "amx-linear weight")?, k, n);
+            let dx = with_f32_values([dy], ["amx-linear gradient"], |[g]| wt.matmul(g, m))?;
+            Some(Tensor::from_vec(dx, (m, k), x.device())?)
+        } else {
+            None
+        };
+        // dw = dyᵀ · x: rows of dyᵀ (n, m) against xᵀ packed as a (k, m) "weight".
+        let dw = if w.track_op() {
+            let xt = PackedBf16::pack(&transposed(x, "amx-linear input")?, k, m);
+            let dyt = transposed(dy, "amx-linear gradient")?;
+            Some(Tensor::from_vec(xt.matmul(&dyt, n), (n, k), w.device())?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::amx::{available, bf16_bits, bf16_value};
+    use crate::model::test_util::spread_values;
+    use candle_core::{Device, Var};
+
+    fn round(v: &[f32]) -> Vec<f32> {
+        v.iter().map(|&x| bf16_value(bf16_bits(x))).collect()
+    }
+
+    /// `a (r, c) · b (c, s)` in f64.
+    fn product(a: &[f32], b: &[f32], r: usize, c: usize, s: usize) -> Vec<f64> {
+        let mut out = vec![0f64; r * s];
+        for i in 0..r {
+            for j in 0..s {
+                out[i * s + j] = (0..c)
+                    .map(|l| f64::from(a[i * c + l]) * f64::from(b[l * s + j]))
+                    .sum();
+            }
+        }
+        out
+    }
+
+    fn transpose(v: &[f32], r: usize, c: usize) -> Vec<f32> {
+        (0..c)
+            .flat_map(|j| (0..r).map(move |i| v[i * c + j]))
+            .collect()
+    }
+
+    fn assert_close(got: &Tensor, want: &[f64], what: &str) {
+        let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            // f32 accumulation of exact bf16 products: a few ulps of the sum's magnitude.
+            assert!(
+                (f64::from(*g) - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                "{what}[{i}]: {g} against {w}"
+            );
+        }
+    }
+
+    /// The forward product and both gradients equal the bf16-rounded operands multiplied in f64,
+    /// at shapes that pad every tile dimension; a frozen weight gets no gradient.
+    #[test]
+    fn forward_and_gradients_are_the_bf16_products() {
+        if !available() {
+            eprintln!("no AMX-BF16 on this machine: amx-linear is refused where it is chosen");
+            assert!(crate::model::placement::Placement::parse("cpu", "amx_bf16").is_err());
+            return;
+        }
+        let dev = Device::Cpu;
+        for (m, k, n) in [(3, 40, 20), (37, 64, 70), (16, 576, 32)] {
+            let xs = spread_values(m * k, 1, 2.0);
+            let ws = spread_values(n * k, 2, 0.5);
+            let gs = spread_values(m * n, 3, 1.0);
+            let x = Var::from_vec(xs.clone(), (m, k), &dev).unwrap();
+            let w = Var::from_vec(ws.clone(), (n, k), &dev).unwrap();
+            let y = amx_linear(&x, &w).unwrap();
+            let (xr, wr, gr) = (round(&xs), round(&ws), round(&gs));
+            assert_close(&y, &product(&xr, &transpose(&wr, n, k), m, k, n), "y");
+
+            let g = Tensor::from_vec(gs.clone(), (m, n), &dev).unwrap();
+            let grads = (y * g).unwrap().sum_all().unwrap().backward().unwrap();
+            let dx = grads.get(x.as_tensor()).unwrap();
+            let dw = grads.get(w.as_tensor()).unwrap();
+            assert_close(dx, &product(&gr, &wr, m, n, k), "dx");
+            assert_close(dw, &product(&transpose(&gr, m, n), &xr, n, m, k), "dw");
+
+            // A constant weight: the input's gradient only.
+            let frozen = Tensor::from_vec(ws, (n, k), &dev).unwrap();
+            let y = amx_linear(&x, &frozen).unwrap();
+            let grads = y.sum_all().unwrap().backward().unwrap();
+            assert!(grads.get(&frozen).is_none());
+            assert!(grads.get(x.as_tensor()).is_some());
+        }
+    }
+}
