@@ -93,6 +93,18 @@ impl PackedBf16 {
     /// Packs the row-major weight `w` of `n` rows (outputs) × `k` columns (inputs).
     pub fn pack(w: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k, "weight of {n} × {k}");
+        Self::pack_view(w, n, k, k, 1)
+    }
+
+    /// Packs the transpose of the row-major `w` of `k` rows × `n` columns: the weight `wᵀ` of
+    /// `n` outputs × `k` inputs, read in place (the backward passes' `dy · w` and `dyᵀ · x`).
+    pub fn pack_transposed(w: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k, "transposed weight of {n} × {k}");
+        Self::pack_view(w, n, k, 1, n)
+    }
+
+    /// Packs the weight whose element (`row`, `col`) is `w[row · row_stride + col · col_stride]`.
+    fn pack_view(w: &[f32], n: usize, k: usize, row_stride: usize, col_stride: usize) -> Self {
         let n_pad = n.next_multiple_of(2 * TILE_N);
         let k_pad = k.next_multiple_of(TILE_K);
         let k_tiles = k_pad / TILE_K;
@@ -109,7 +121,7 @@ impl PackedBf16 {
                                 let col = kb * TILE_K + 2 * pair + h;
                                 if row < n && col < k {
                                     tile[pair * 2 * TILE_N + 2 * c + h] =
-                                        bf16_bits(w[row * k + col]);
+                                        bf16_bits(w[row * row_stride + col * col_stride]);
                                 }
                             }
                         }
@@ -148,20 +160,47 @@ impl PackedBf16 {
     /// `x · wᵀ` for `m` rows of `x` (row-major, `m × k`): `m × n`, row-major. Panics where AMX is
     /// not [`available`] (callers check once, when they choose this path).
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        assert_eq!(x.len(), m * self.k, "input of {m} × {}", self.k);
+        self.matmul_view(x, m, self.k, 1)
+    }
+
+    /// `xᵀ · wᵀ` for the row-major `x` of `k` rows × `m` columns (read in place): `m × n`.
+    pub fn matmul_transposed(&self, x: &[f32], m: usize) -> Vec<f32> {
+        assert_eq!(x.len(), m * self.k, "transposed input of {} × {m}", self.k);
+        self.matmul_view(x, m, 1, m)
+    }
+
+    /// The product for the input whose element (`row`, `col`) is
+    /// `x[row · row_stride + col · col_stride]`.
+    fn matmul_view(&self, x: &[f32], m: usize, row_stride: usize, col_stride: usize) -> Vec<f32> {
         assert!(
             available(),
             "AMX-BF16 tiles are not available on this machine"
         );
-        assert_eq!(x.len(), m * self.k, "input of {m} × {}", self.k);
         let (k, k_pad, n_pad) = (self.k, self.k_pad, self.n_pad);
         let m_pad = m.next_multiple_of(TILE_M);
-        // The activations in bf16, zero-padded to whole tiles.
+        // The activations in bf16, zero-padded to whole tiles, one row tile per task. A
+        // transposed input is read column by column: 16 neighbouring values of each.
         let mut a = vec![0u16; m_pad * k_pad];
-        for (dst, src) in a.chunks_mut(k_pad).zip(x.chunks(k)) {
-            for (d, &s) in dst.iter_mut().zip(src) {
-                *d = bf16_bits(s);
-            }
-        }
+        a.par_chunks_mut(TILE_M * k_pad)
+            .enumerate()
+            .for_each(|(rb, block)| {
+                let rows = (rb * TILE_M..m).take(TILE_M);
+                if col_stride == 1 {
+                    for (dst, r) in block.chunks_mut(k_pad).zip(rows) {
+                        let src = &x[r * row_stride..][..k];
+                        for (d, &s) in dst.iter_mut().zip(src) {
+                            *d = bf16_bits(s);
+                        }
+                    }
+                } else {
+                    for c in 0..k {
+                        for (i, r) in rows.clone().enumerate() {
+                            block[i * k_pad + c] = bf16_bits(x[r * row_stride + c * col_stride]);
+                        }
+                    }
+                }
+            });
         let mut out = vec![0f32; m_pad * n_pad];
         // Column-tile pairs split across threads: each writes its own columns of every row.
         let pairs = n_pad / (2 * TILE_N);

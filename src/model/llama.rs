@@ -37,6 +37,7 @@ use super::amx::PackedBf16;
 use super::config::{Config, Family, RopeScaling, load_config};
 use super::error::{ModelError, Result};
 use super::fused;
+use super::fused::amx_linear::PackedWeight;
 use super::io::load_safetensors_dir_as;
 use super::placement::{Placement, Quant};
 
@@ -169,8 +170,12 @@ enum Proj {
         bias: Option<Tensor>,
     },
     /// The f32 weight multiplied on AMX tiles in bf16, forward and backward
-    /// ([`fused::amx_linear`]): training with `train.precision = "amx_bf16"`.
-    TilesTrained(Linear),
+    /// ([`fused::amx_linear`]): training with `train.precision = "amx_bf16"`. A weight that
+    /// does not train (the tied head) is packed once, in `packed`.
+    TilesTrained {
+        linear: Linear,
+        packed: Option<PackedWeight>,
+    },
 }
 
 /// The input width candle's repacked int8 kernels (AVX-512 VNNI) need: a multiple of 256.
@@ -212,13 +217,14 @@ impl Proj {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (y, bias) = match self {
             Proj::Dense(l) => return Ok(l.forward(x)?),
-            Proj::TilesTrained(l) => {
+            Proj::TilesTrained { linear: l, packed } => {
                 let (n, k) = l.weight().dims2()?;
                 let mut out_dims = x.dims().to_vec();
                 *out_dims
                     .last_mut()
                     .expect("a projection's input has a last dim") = n;
-                let y = fused::amx_linear(&x.reshape(((), k))?, l.weight())?.reshape(out_dims)?;
+                let y = fused::amx_linear(&x.reshape(((), k))?, l.weight(), packed.as_ref())?
+                    .reshape(out_dims)?;
                 return Ok(match l.bias() {
                     Some(b) => y.broadcast_add(b)?,
                     None => y,
@@ -322,7 +328,7 @@ impl Mlp {
 fn linear(l: &Proj, x: &Tensor) -> Result<Tensor> {
     let rank = x.rank();
     // AMX tiles compute each row alike whatever the number of rows (a test in `amx`).
-    let tiles = matches!(l, Proj::Tiles { .. } | Proj::TilesTrained(_));
+    let tiles = matches!(l, Proj::Tiles { .. } | Proj::TilesTrained { .. });
     if tiles || rank < 2 || !x.device().is_cpu() || x.elem_count() != x.dim(rank - 1)? {
         return l.forward(x);
     }
@@ -857,10 +863,19 @@ impl Model {
     pub(crate) fn train_on_amx(&mut self, frozen: usize) -> Result<()> {
         let n = self.layers.len();
         self.quantize_layers(0..frozen.min(n), Quant::AmxBf16)?;
-        let trained = |p: &mut Proj| {
+        let trained = |p: &mut Proj| -> Result<()> {
             if let Proj::Dense(l) = p {
-                *p = Proj::TilesTrained(l.clone());
+                // A constant weight (no Var: the tied, frozen head) is packed once.
+                let packed = match l.weight().track_op() {
+                    true => None,
+                    false => Some(PackedWeight::new(l.weight())?),
+                };
+                *p = Proj::TilesTrained {
+                    linear: l.clone(),
+                    packed,
+                };
             }
+            Ok(())
         };
         for layer in &mut self.layers[frozen.min(n)..] {
             let (a, m) = (&mut layer.self_attn, &mut layer.mlp);
@@ -873,11 +888,10 @@ impl Model {
                 &mut m.up_proj,
                 &mut m.down_proj,
             ] {
-                trained(p);
+                trained(p)?;
             }
         }
-        trained(&mut self.lm_head);
-        Ok(())
+        trained(&mut self.lm_head)
     }
 
     /// The LM head stored as `q`, in place.

@@ -7,31 +7,48 @@
 //! trains; `dw` is computed only when `w` needs a gradient (not for the tied, frozen head), and
 //! `dx` only when `x` does (not for the first trained layer's input).
 
+use std::sync::Arc;
+
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
 use super::{f32_slice, with_f32_values};
 use crate::model::amx::PackedBf16;
 
-/// `x (m, k) · w (n, k)ᵀ → (m, n)`, both f32 and contiguous, on AMX tiles (bf16 operands, f32
-/// accumulation). Callers check [`crate::model::amx::available`] first.
-pub fn amx_linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    x.contiguous()?.apply_op2(&w.contiguous()?, AmxLinear)
+/// `x (m, k) · w (n, k)ᵀ → (m, n)`, both f32, on AMX tiles (bf16 operands, f32 accumulation).
+/// `packed` holds `w` and `wᵀ` already packed when `w` is a constant (the tied, frozen head), so
+/// they are not packed again for every micro-batch. Callers check
+/// [`crate::model::amx::available`] first.
+pub fn amx_linear(
+    x: &Tensor,
+    w: &Tensor,
+    packed: Option<&PackedWeight>,
+) -> candle_core::Result<Tensor> {
+    let op = AmxLinear {
+        packed: packed.cloned(),
+    };
+    x.contiguous()?.apply_op2(&w.contiguous()?, op)
 }
 
-struct AmxLinear;
+/// A constant weight packed both ways: `w` for the forward product, `wᵀ` for `dx = dy · w`.
+#[derive(Debug, Clone)]
+pub struct PackedWeight {
+    w: Arc<PackedBf16>,
+    wt: Arc<PackedBf16>,
+}
 
-/// The row-major values of `t` transposed (`t` is 2-D): `(c, r)` for an `(r, c)` tensor.
-fn transposed(t: &Tensor, what: &str) -> candle_core::Result<Vec<f32>> {
-    let (r, c) = t.dims2()?;
-    with_f32_values([t], [what], |[v]| {
-        let mut out = vec![0f32; r * c];
-        for (i, row) in v.chunks(c).enumerate() {
-            for (j, &x) in row.iter().enumerate() {
-                out[j * r + i] = x;
-            }
-        }
-        out
-    })
+impl PackedWeight {
+    /// Packs the f32 weight `(n, k)`.
+    pub fn new(w: &Tensor) -> candle_core::Result<Self> {
+        let (n, k) = w.dims2()?;
+        with_f32_values([w], ["amx-linear weight"], |[v]| Self {
+            w: Arc::new(PackedBf16::pack(v, n, k)),
+            wt: Arc::new(PackedBf16::pack_transposed(v, k, n)),
+        })
+    }
+}
+
+struct AmxLinear {
+    packed: Option<PackedWeight>,
 }
 
 impl CustomOp2 for AmxLinear {
@@ -52,8 +69,10 @@ impl CustomOp2 for AmxLinear {
             candle_core::bail!("amx-linear: input of width {k}, weight of width {kw}");
         }
         let x = f32_slice(s1, l1, "amx-linear input")?;
-        let w = f32_slice(s2, l2, "amx-linear weight")?;
-        let y = PackedBf16::pack(w, n, k).matmul(x, m);
+        let y = match &self.packed {
+            Some(p) => p.w.matmul(x, m),
+            None => PackedBf16::pack(f32_slice(s2, l2, "amx-linear weight")?, n, k).matmul(x, m),
+        };
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
 
@@ -66,23 +85,31 @@ impl CustomOp2 for AmxLinear {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (m, k) = x.dims2()?;
         let n = w.dim(0)?;
-        // dx = dy · w: the tiles hold wᵀ as a (k, n) "weight".
-        let dx = if x.track_op() {
-            let wt = PackedBf16::pack(&transposed(w, "amx-linear weight")?, k, n);
-            let dx = with_f32_values([dy], ["amx-linear gradient"], |[g]| wt.matmul(g, m))?;
-            Some(Tensor::from_vec(dx, (m, k), x.device())?)
-        } else {
-            None
-        };
-        // dw = dyᵀ · x: rows of dyᵀ (n, m) against xᵀ packed as a (k, m) "weight".
-        let dw = if w.track_op() {
-            let xt = PackedBf16::pack(&transposed(x, "amx-linear input")?, k, m);
-            let dyt = transposed(dy, "amx-linear gradient")?;
-            Some(Tensor::from_vec(xt.matmul(&dyt, n), (n, k), w.device())?)
-        } else {
-            None
-        };
-        Ok((dx, dw))
+        let names = [
+            "amx-linear input",
+            "amx-linear weight",
+            "amx-linear gradient",
+        ];
+        with_f32_values([x, w, dy], names, |[xs, ws, dys]| {
+            // dx = dy · w: the tiles hold wᵀ as a (k, n) weight.
+            let dx = x.track_op().then(|| match &self.packed {
+                Some(p) => p.wt.matmul(dys, m),
+                None => PackedBf16::pack_transposed(ws, k, n).matmul(dys, m),
+            });
+            // dw = dyᵀ · x: the rows of dyᵀ (n, m) against xᵀ packed as a (k, m) weight.
+            let dw = w
+                .track_op()
+                .then(|| PackedBf16::pack_transposed(xs, k, m).matmul_transposed(dys, n));
+            (dx, dw)
+        })
+        .and_then(|(dx, dw)| {
+            Ok((
+                dx.map(|v| Tensor::from_vec(v, (m, k), x.device()))
+                    .transpose()?,
+                dw.map(|v| Tensor::from_vec(v, (n, k), w.device()))
+                    .transpose()?,
+            ))
+        })
     }
 }
 
@@ -144,7 +171,7 @@ mod tests {
             let gs = spread_values(m * n, 3, 1.0);
             let x = Var::from_vec(xs.clone(), (m, k), &dev).unwrap();
             let w = Var::from_vec(ws.clone(), (n, k), &dev).unwrap();
-            let y = amx_linear(&x, &w).unwrap();
+            let y = amx_linear(&x, &w, None).unwrap();
             let (xr, wr, gr) = (round(&xs), round(&ws), round(&gs));
             assert_close(&y, &product(&xr, &transpose(&wr, n, k), m, k, n), "y");
 
@@ -155,12 +182,24 @@ mod tests {
             assert_close(dx, &product(&gr, &wr, m, n, k), "dx");
             assert_close(dw, &product(&transpose(&gr, m, n), &xr, n, m, k), "dw");
 
-            // A constant weight: the input's gradient only.
+            // A constant weight, packed once: the same product and input gradient, and no
+            // weight gradient.
             let frozen = Tensor::from_vec(ws, (n, k), &dev).unwrap();
-            let y = amx_linear(&x, &frozen).unwrap();
-            let grads = y.sum_all().unwrap().backward().unwrap();
+            let packed = PackedWeight::new(&frozen).unwrap();
+            let y2 = amx_linear(&x, &frozen, Some(&packed)).unwrap();
+            assert_close(
+                &y2,
+                &product(&xr, &transpose(&wr, n, k), m, k, n),
+                "y (packed)",
+            );
+            let g = Tensor::from_vec(gs, (m, n), &dev).unwrap();
+            let grads = (y2 * g).unwrap().sum_all().unwrap().backward().unwrap();
             assert!(grads.get(&frozen).is_none());
-            assert!(grads.get(x.as_tensor()).is_some());
+            assert_close(
+                grads.get(x.as_tensor()).unwrap(),
+                &product(&gr, &wr, m, n, k),
+                "dx (packed)",
+            );
         }
     }
 }
