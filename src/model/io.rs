@@ -85,7 +85,100 @@ pub fn load_safetensors_dir_file(file: &Path, device: &Device) -> Result<HashMap
     load_safetensors_file_as(file, device, DType::F32)
 }
 
+/// Tensors this process has read, by file: `asl run` loads a checkpoint in nearly every stage
+/// of a round, and every checkpoint hard-links the shard of weights that do not train (481 of
+/// SmolLM2's 538 MB under the default's last-4-block training), so later stages take those
+/// tensors from here instead of reading, copying and page-faulting them in again. A file is
+/// known by (device, inode, size, mtime): a rewrite is a new inode or a new mtime, as in the
+/// manifest's hash cache. Tensors are immutable (a trainer copies what it trains into `Var`s),
+/// so sharing them is safe. CPU only; least recently used files go first beyond
+/// [`LOAD_CACHE_BYTES`].
+struct LoadCache {
+    entries: Vec<(FileKey, u64, HashMap<String, Tensor>)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    dtype: DType,
+}
+
+/// What [`LoadCache`] keeps at most: the shared shard, a trained shard and a second model (a
+/// KL reference) of SmolLM2's size.
+const LOAD_CACHE_BYTES: u64 = 1536 << 20;
+
+static LOAD_CACHE: std::sync::Mutex<LoadCache> = std::sync::Mutex::new(LoadCache {
+    entries: Vec::new(),
+});
+
+impl FileKey {
+    #[cfg(unix)]
+    fn of(file: &Path, dtype: DType) -> Option<FileKey> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(file).ok()?;
+        Some(FileKey {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            dtype,
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn of(_file: &Path, _dtype: DType) -> Option<FileKey> {
+        None
+    }
+}
+
+impl LoadCache {
+    fn get(&mut self, key: &FileKey) -> Option<HashMap<String, Tensor>> {
+        let i = self.entries.iter().position(|(k, _, _)| k == key)?;
+        let entry = self.entries.remove(i);
+        let tensors = entry.2.clone();
+        self.entries.push(entry);
+        Some(tensors)
+    }
+
+    fn put(&mut self, key: FileKey, tensors: &HashMap<String, Tensor>) {
+        let bytes: u64 = tensors
+            .values()
+            .map(|t| (t.elem_count() * t.dtype().size_in_bytes()) as u64)
+            .sum();
+        if bytes > LOAD_CACHE_BYTES {
+            return;
+        }
+        self.entries.retain(|(k, _, _)| k != &key);
+        self.entries.push((key, bytes, tensors.clone()));
+        while self.entries.iter().map(|(_, b, _)| b).sum::<u64>() > LOAD_CACHE_BYTES {
+            self.entries.remove(0);
+        }
+    }
+}
+
 fn load_safetensors_file_as(
+    file: &Path,
+    device: &Device,
+    dtype: DType,
+) -> Result<HashMap<String, Tensor>> {
+    let key = device.is_cpu().then(|| FileKey::of(file, dtype)).flatten();
+    let cache = || LOAD_CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(key) = &key
+        && let Some(tensors) = cache().get(key)
+    {
+        return Ok(tensors);
+    }
+    let tensors = read_safetensors_file_as(file, device, dtype)?;
+    if let Some(key) = key {
+        cache().put(key, &tensors);
+    }
+    Ok(tensors)
+}
+
+fn read_safetensors_file_as(
     file: &Path,
     device: &Device,
     dtype: DType,
@@ -277,6 +370,36 @@ mod tests {
         bytes.extend_from_slice(data);
         std::fs::write(&path, bytes).unwrap();
         path
+    }
+
+    /// A file read again comes from the process's cache (the very same tensors) until it is
+    /// replaced by a rename, as every asl write is; another dtype is another entry.
+    #[test]
+    fn a_file_read_again_comes_from_the_cache_until_it_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        let write = |v: f32| {
+            let header = r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+            let tmp = file(dir.path(), header, &v.to_le_bytes());
+            std::fs::rename(tmp, &path).unwrap();
+        };
+        let value = |t: &HashMap<String, Tensor>| {
+            t["w"]
+                .to_dtype(DType::F32)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()[0]
+        };
+        write(1.0);
+        let a = load_safetensors_file_as(&path, &Device::Cpu, DType::F32).unwrap();
+        let b = load_safetensors_file_as(&path, &Device::Cpu, DType::F32).unwrap();
+        assert_eq!(a["w"].id(), b["w"].id());
+        let half = load_safetensors_file_as(&path, &Device::Cpu, DType::BF16).unwrap();
+        assert_eq!(half["w"].dtype(), DType::BF16);
+        write(2.0);
+        let c = load_safetensors_file_as(&path, &Device::Cpu, DType::F32).unwrap();
+        assert_ne!(a["w"].id(), c["w"].id());
+        assert_eq!((value(&a), value(&c)), (1.0, 2.0));
     }
 
     #[test]
