@@ -225,17 +225,14 @@ impl Proj {
                     .expect("a projection's input has a last dim") = n;
                 let y = fused::amx_linear(&x.reshape(((), k))?, l.weight(), packed.as_ref())?
                     .reshape(out_dims)?;
-                return Ok(match l.bias() {
-                    Some(b) => y.broadcast_add(b)?,
-                    None => y,
-                });
+                (y, l.bias())
             }
             Proj::Quantized { weight, bias, pad } => {
                 let x = match pad {
                     0 => x.contiguous()?,
                     &p => x.pad_with_zeros(D::Minus1, 0, p)?,
                 };
-                (weight.forward(&x)?, bias)
+                (weight.forward(&x)?, bias.as_ref())
             }
             Proj::Tiles { weight, bias } => {
                 let m = x.elem_count() / weight.in_dim();
@@ -246,7 +243,7 @@ impl Proj {
                 // The input's values read in place (no copy); activations are f32 on this path.
                 let y =
                     fused::with_f32_values([x], ["projection input"], |[v]| weight.matmul(v, m))?;
-                (Tensor::from_vec(y, out_dims, x.device())?, bias)
+                (Tensor::from_vec(y, out_dims, x.device())?, bias.as_ref())
             }
         };
         Ok(match bias {
@@ -636,6 +633,21 @@ impl DecoderLayer {
         })
     }
 
+    /// The layer's seven projections (attention q, k, v, o; MLP gate, up, down), for changing how
+    /// they are stored.
+    fn projections_mut(&mut self) -> [&mut Proj; 7] {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        [
+            &mut a.q_proj,
+            &mut a.k_proj,
+            &mut a.v_proj,
+            &mut a.o_proj,
+            &mut m.gate_proj,
+            &mut m.up_proj,
+            &mut m.down_proj,
+        ]
+    }
+
     fn mlp_residual(&self, x: &Tensor) -> Result<Tensor> {
         let h = self
             .mlp
@@ -878,16 +890,7 @@ impl Model {
             Ok(())
         };
         for layer in &mut self.layers[frozen.min(n)..] {
-            let (a, m) = (&mut layer.self_attn, &mut layer.mlp);
-            for p in [
-                &mut a.q_proj,
-                &mut a.k_proj,
-                &mut a.v_proj,
-                &mut a.o_proj,
-                &mut m.gate_proj,
-                &mut m.up_proj,
-                &mut m.down_proj,
-            ] {
+            for p in layer.projections_mut() {
                 trained(p)?;
             }
         }
@@ -902,7 +905,7 @@ impl Model {
 
     /// The projections of decoder layers `layers` stored as `q`, in place; nothing else changes.
     /// Such a layer has no gradient: the trainer does this to the leading layers nothing in it
-    /// trains (`train.frozen_dtype`), never to one a gradient must flow through.
+    /// trains (`train.precision`), never to one a gradient must flow through.
     pub(crate) fn quantize_layers(&mut self, layers: Range<usize>, q: Quant) -> Result<()> {
         let n = self.layers.len();
         let layers = self.layers.get_mut(layers.clone()).ok_or_else(|| {
@@ -911,16 +914,7 @@ impl Model {
             ))
         })?;
         for layer in layers {
-            let (a, m) = (&mut layer.self_attn, &mut layer.mlp);
-            for p in [
-                &mut a.q_proj,
-                &mut a.k_proj,
-                &mut a.v_proj,
-                &mut a.o_proj,
-                &mut m.gate_proj,
-                &mut m.up_proj,
-                &mut m.down_proj,
-            ] {
+            for p in layer.projections_mut() {
                 *p = p.quantized(q)?;
             }
         }

@@ -188,7 +188,7 @@ impl Trainer {
             return Ok(0);
         }
         let mut shared = 0;
-        for i in 0..self.config.num_hidden_layers {
+        for i in 0..self.frozen_layers() {
             let prefix = format!("model.layers.{i}.");
             let theirs: Vec<&String> = weights.keys().filter(|n| n.starts_with(&prefix)).collect();
             let mine = self
@@ -196,8 +196,7 @@ impl Trainer {
                 .keys()
                 .filter(|n| n.starts_with(&prefix))
                 .count();
-            let trains = self.vars.iter().any(|(n, _)| n.starts_with(&prefix));
-            if trains || theirs.is_empty() || mine != theirs.len() || !all_equal(&theirs)? {
+            if theirs.is_empty() || mine != theirs.len() || !all_equal(&theirs)? {
                 break;
             }
             shared += 1;
