@@ -97,17 +97,8 @@ TOML
     done
   fi
   if [ -n "$first" ] && [ ! -d "$dir" ]; then
-    # The first arm's setup (round 0) only, hard-linked (stages replace files by rename, so
-    # the arms never write into each other's files).
-    mkdir -p "$dir"
-    cp -al "$out/$first/round-000" "$dir/round-000"
-    python3 - "$out/$first/manifest.json" "$dir/manifest.json" <<'PY'
-import json, sys
-m = json.load(open(sys.argv[1]))
-m["entries"] = [e for e in m["entries"] if e["round"] == 0]
-m["pruned"] = [p for p in m.get("pruned", []) if p["round"] == 0]
-json.dump(m, open(sys.argv[2], "w"), indent=1)
-PY
+    # The first arm's setup (round 0) only (scripts/copy-setup.sh).
+    scripts/copy-setup.sh "$out/$first" "$dir"
   fi
   echo "== $arm: $rounds rounds (log $dir.log)"
   start=$(date +%s)

@@ -57,15 +57,7 @@ for v in $variants; do
     continue
   fi
   rm -rf "$dir"
-  mkdir -p "$dir"
-  cp -al "$setup/round-000" "$dir/round-000"
-  python3 - "$setup/manifest.json" "$dir/manifest.json" <<'PY'
-import json, sys
-m = json.load(open(sys.argv[1]))
-m["entries"] = [e for e in m["entries"] if e["round"] == 0]
-m["pruned"] = [p for p in m.get("pruned", []) if p["round"] == 0]
-json.dump(m, open(sys.argv[2], "w"), indent=1)
-PY
+  scripts/copy-setup.sh "$setup" "$dir"
   echo "== $v: $rounds rounds (log $dir.log)"
   start=$(date +%s)
   "$asl" run pipelines/default.toml --run-dir "$dir" --rounds "$rounds" \
