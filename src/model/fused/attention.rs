@@ -108,7 +108,15 @@ pub(crate) fn cached_attention(
     let mut views = Vec::with_capacity(caches.len());
     for (((k_s, k_l), (v_s, v_l)), &(_, len)) in guards.iter().zip(segs) {
         let (k, v) = (cache_view(k_s, k_l, d)?, cache_view(v_s, v_l, d)?);
-        if k.kv_heads != v.kv_heads || k.rows != v.rows || k.rows < len || h % k.kv_heads != 0 {
+        let first_kv = views
+            .first()
+            .map_or(k.kv_heads, |(k0, _): &(CacheView, CacheView)| k0.kv_heads);
+        if k.kv_heads != v.kv_heads
+            || k.kv_heads != first_kv
+            || k.rows != v.rows
+            || k.rows < len
+            || h % k.kv_heads != 0
+        {
             return Err(bad(format!(
                 "{} query heads and {len} new tokens over keys {:?} and values {:?}",
                 h,
@@ -137,6 +145,11 @@ pub(crate) fn cached_attention(
 
 /// The attention output of every (sequence, head) of a decoding step, `len × D` each, in
 /// (sequence, head) order; `q` holds the step's queries `(H, N, D)` row-major.
+///
+/// One task per (sequence, kv head) runs the query heads that read that kv head one after the
+/// other, so its keys and values come from memory once and stay in the core's cache for the
+/// others (SmolLM2: three query heads per kv head). While decoding, reading the caches is most
+/// of attention's time. Each head's arithmetic is what a task of its own would do.
 fn cached_blocks(
     q: &[f32],
     views: &[(CacheView, CacheView)],
@@ -144,34 +157,41 @@ fn cached_blocks(
     (h, n, d): (usize, usize, usize),
     scale: f32,
 ) -> Vec<Vec<f32>> {
-    (0..segs.len() * h)
+    let kv_heads = views.first().map_or(1, |(k, _)| k.kv_heads);
+    let group = h / kv_heads;
+    let grouped: Vec<Vec<Vec<f32>>> = (0..segs.len() * kv_heads)
         .into_par_iter()
         .map(|task| {
-            let (seq, head) = (task / h, task % h);
+            let (seq, kv_head) = (task / kv_heads, task % kv_heads);
             let (off, len) = segs[seq];
             let (k, v) = &views[seq];
-            let kv_head = head / (h / k.kv_heads);
             let (k, v) = (k.head(kv_head, d), v.head(kv_head, d));
             let past = k.len() / d - len;
-            let q_rows = &q[(head * n + off) * d..(head * n + off + len) * d];
-            let mut out = vec![0f32; len * d];
             let mut p = vec![0f32; BLOCK_ROWS.min(len) * (past + len)];
-            for r0 in (0..len).step_by(BLOCK_ROWS) {
-                let rows = BLOCK_ROWS.min(len - r0);
-                let keys = past + r0 + rows;
-                let q_block = MatView::dense(&q_rows[r0 * d..], rows, d);
-                block_probabilities(q_block, k, keys, scale, |i| past + r0 + i + 1, &mut p);
-                gemm_into(
-                    &mut out[r0 * d..(r0 + rows) * d],
-                    MatView::dense(&p, rows, keys),
-                    MatView::dense(v, keys, d),
-                    1.0,
-                    false,
-                );
-            }
-            out
+            (kv_head * group..(kv_head + 1) * group)
+                .map(|head| {
+                    let q_rows = &q[(head * n + off) * d..(head * n + off + len) * d];
+                    let mut out = vec![0f32; len * d];
+                    for r0 in (0..len).step_by(BLOCK_ROWS) {
+                        let rows = BLOCK_ROWS.min(len - r0);
+                        let keys = past + r0 + rows;
+                        let q_block = MatView::dense(&q_rows[r0 * d..], rows, d);
+                        let visible = |i| past + r0 + i + 1;
+                        block_probabilities(q_block, k, keys, scale, visible, &mut p);
+                        gemm_into(
+                            &mut out[r0 * d..(r0 + rows) * d],
+                            MatView::dense(&p, rows, keys),
+                            MatView::dense(v, keys, d),
+                            1.0,
+                            false,
+                        );
+                    }
+                    out
+                })
+                .collect()
         })
-        .collect()
+        .collect();
+    grouped.into_iter().flatten().collect()
 }
 
 /// One sequence's cached keys or values `(1, KV, T, D)` inside a larger buffer: kv head `h`'s
