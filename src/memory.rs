@@ -4,11 +4,13 @@
 //! ([`crate::process::JEMALLOC_CONF`]). A training step frees and reallocates tensors of tens to hundreds of MiB
 //! hundreds of times; glibc's malloc, and jemalloc with its default 10 s decay, returned those
 //! pages in between, so every reuse faulted them in and zeroed them again: 40–50 % of a step,
-//! measured with `perf` (docs/model-bench.md). Instead asl purges where it chooses: after each
-//! stage, and after a training step only when the process holds more than half the machine's
-//! memory. Purging after every step regardless made the `train` stage's small micro-batches
-//! fault their memory in again each time (22 % of its samples in `clear_page_erms`, 120 s
-//! against 103 s on the default's round 1).
+//! measured with `perf` (docs/model-bench.md). Instead asl purges where it chooses: after a
+//! stage and after a training step, each only when the process holds more than half the
+//! machine's memory. Purging after every step regardless made the `train` stage's small
+//! micro-batches fault their memory in again each time (22 % of its samples in
+//! `clear_page_erms`, 120 s against 103 s on the default's round 1); purging after every stage
+//! did the same to `asl run`, where each train step and each apply is a stage (100k page faults
+//! against 10k in one AMX round of the default, 4 % of its CPU time).
 
 /// Returns every arena's free pages to the operating system. A no-op for memory that jemalloc
 /// does not manage (e.g. in test binaries, which keep the system allocator).

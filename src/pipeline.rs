@@ -1021,8 +1021,10 @@ impl Prepared<'_> {
                 .collect::<Result<Vec<_>>>()?;
             Ok((records, out.summary))
         });
-        // The next stage's memory pattern differs; give this one's high-water mark back.
-        crate::memory::release_free_memory();
+        // Freed pages stay with the process for the next stage (a round's stages reuse the same
+        // sizes: every train step and apply of `asl run` is a stage), unless it holds more than
+        // half the machine's memory.
+        crate::memory::release_free_memory_if_large();
         entry.finished_at = Some(now_rfc3339());
         entry.wall_s = Some((started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0);
         let outcome = match result {
