@@ -108,15 +108,7 @@ pub(crate) fn cached_attention(
     let mut views = Vec::with_capacity(caches.len());
     for (((k_s, k_l), (v_s, v_l)), &(_, len)) in guards.iter().zip(segs) {
         let (k, v) = (cache_view(k_s, k_l, d)?, cache_view(v_s, v_l, d)?);
-        let first_kv = views
-            .first()
-            .map_or(k.kv_heads, |(k0, _): &(CacheView, CacheView)| k0.kv_heads);
-        if k.kv_heads != v.kv_heads
-            || k.kv_heads != first_kv
-            || k.rows != v.rows
-            || k.rows < len
-            || h % k.kv_heads != 0
-        {
+        if k.kv_heads != v.kv_heads || k.rows != v.rows || k.rows < len || h % k.kv_heads != 0 {
             return Err(bad(format!(
                 "{} query heads and {len} new tokens over keys {:?} and values {:?}",
                 h,
@@ -126,8 +118,16 @@ pub(crate) fn cached_attention(
         }
         views.push((k, v));
     }
+    // One layer's caches: every sequence has the same kv heads (a task reads one of them).
+    let kv_heads = views.first().map_or(1, |(k, _)| k.kv_heads);
+    if views.iter().any(|(k, _)| k.kv_heads != kv_heads) {
+        return Err(bad(format!(
+            "caches with different kv heads: {:?}",
+            views.iter().map(|(k, _)| k.kv_heads).collect::<Vec<_>>()
+        )));
+    }
     let blocks = with_f32_values([q], ["cached_attention q"], |[q]| {
-        cached_blocks(q, &views, segs, (h, n, d), scale)
+        cached_blocks(q, &views, segs, (h, kv_heads, n, d), scale)
     })?;
     drop(guards);
     // Scatter the (seq, head) blocks into token-major rows: (N, H, D).
@@ -144,7 +144,8 @@ pub(crate) fn cached_attention(
 }
 
 /// The attention output of every (sequence, head) of a decoding step, `len × D` each, in
-/// (sequence, head) order; `q` holds the step's queries `(H, N, D)` row-major.
+/// (sequence, head) order; `q` holds the step's queries `(H, N, D)` row-major, and every cache
+/// has `KV` heads.
 ///
 /// One task per (sequence, kv head) runs the query heads that read that kv head one after the
 /// other, so its keys and values come from memory once and stay in the core's cache for the
@@ -154,10 +155,9 @@ fn cached_blocks(
     q: &[f32],
     views: &[(CacheView, CacheView)],
     segs: &[(usize, usize)],
-    (h, n, d): (usize, usize, usize),
+    (h, kv_heads, n, d): (usize, usize, usize, usize),
     scale: f32,
 ) -> Vec<Vec<f32>> {
-    let kv_heads = views.first().map_or(1, |(k, _)| k.kv_heads);
     let group = h / kv_heads;
     let grouped: Vec<Vec<Vec<f32>>> = (0..segs.len() * kv_heads)
         .into_par_iter()
