@@ -1127,14 +1127,16 @@ mod tests {
     }
 
     /// The shipped ablations are the default plus what they ablate, nothing else (the frozen
-    /// judge: no GRM loss, and the warm-up's checkpoint for the GRM's stages).
+    /// judge: no GRM loss, and the warm-up's checkpoint for the GRM's stages; the rule-labelled
+    /// GRM: SubEM labels and no generator rows).
     #[test]
     fn shipped_ablations_differ_from_the_default_only_in_what_they_ablate() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
         let base = Pipeline::load(&dir.join("default.toml")).unwrap();
         let frozen = Pipeline::load(&dir.join("asl-frozen-grm.toml")).unwrap();
         let inject = Pipeline::load(&dir.join("asl-real-inject.toml")).unwrap();
-        for p in [&frozen, &inject] {
+        let rule_grm = Pipeline::load(&dir.join("asl-rule-grm.toml")).unwrap();
+        for p in [&frozen, &inject, &rule_grm] {
             assert_eq!(
                 (p.seed, p.rounds, &p.setup, &p.round),
                 (base.seed, base.rounds, &base.setup, &base.round)
@@ -1163,6 +1165,15 @@ mod tests {
             .unwrap()
             .insert("verification".into(), 6.into());
         assert_eq!(inject.params, expected);
+        let mut expected = base.params.clone();
+        let reward = expected
+            .entry("reward")
+            .or_insert_with(|| Value::Object(Map::new()))
+            .as_object_mut()
+            .unwrap();
+        reward.insert("train_roles".into(), "policy,grm".into());
+        reward.insert("grm_labels".into(), "rule".into());
+        assert_eq!(rule_grm.params, expected);
     }
 
     /// The shipped baselines extend the default: the same seed, setup (one shared warm-up
