@@ -1173,6 +1173,7 @@ mod tests {
             .unwrap();
         reward.insert("train_roles".into(), "policy,grm".into());
         reward.insert("grm_labels".into(), "rule".into());
+        reward.insert("grm_balance".into(), "round".into());
         assert_eq!(rule_grm.params, expected);
     }
 

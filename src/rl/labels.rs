@@ -71,8 +71,11 @@ pub(crate) fn grm_labels(mode: LabelMode, judgments: &[Judgment]) -> Vec<Option<
         .collect()
 }
 
-/// Which judgments train, given their `labels`: every labelled one, but `self` labels only as
-/// `balance` keeps them (`order_key` orders each class's items for the seeded sample).
+/// Which judgments train, given their `labels`: every labelled one, but `self` and `rule` labels
+/// only as `balance` keeps them (`order_key` orders each class's items for the seeded sample);
+/// verification items always train. Rule labels are balanced too: most of a 135M policy's
+/// attempts are wrong, and a GRM trained on every SubEM label learnt to reject everything (the
+/// self-check passed no task in rounds 2-3 of `asl-rule-grm`'s first run, docs/rounds.md).
 pub(crate) fn grm_trains(
     mode: LabelMode,
     balance: GrmBalance,
@@ -82,7 +85,7 @@ pub(crate) fn grm_trains(
 ) -> Vec<bool> {
     let balanced: Vec<usize> = (0..judgments.len())
         .filter(|&i| {
-            mode == LabelMode::SelfVerdict
+            matches!(mode, LabelMode::SelfVerdict | LabelMode::Rule)
                 && !matches!(judgments[i].judged, Judged::Verification { .. })
                 && labels[i].is_some()
         })
@@ -305,8 +308,9 @@ mod tests {
         assert_eq!(LabelMode::Rule.row_name(&js[2].judged), "grm-label/rule");
     }
 
-    /// Per-question balance trains only a question whose labels disagree, one of each class;
-    /// real labels are never balanced away; unlabelled judgments never train.
+    /// Per-question balance trains only a question whose labels disagree, one of each class, for
+    /// `self` and `rule` labels; real labels are never balanced away; unlabelled judgments never
+    /// train.
     #[test]
     fn training_judgments_balance_self_labels_per_question() {
         let js: Vec<Judgment> = [("a", "x"), ("a", "y"), ("a", "z"), ("b", "x"), ("b", "y")]
@@ -338,10 +342,15 @@ mod tests {
             |i| i as u64,
         );
         assert_eq!(all, [true, true, true, true, false, true]);
+        // Rule labels are balanced the same way; `real` labels (verification items only) never.
         let rule = grm_trains(LabelMode::Rule, GrmBalance::Question, &js, &labels, |i| {
             i as u64
         });
-        assert_eq!(rule, [true, true, true, true, false, true]);
+        assert_eq!(rule, trains);
+        let rule_all = grm_trains(LabelMode::Rule, GrmBalance::None, &js, &labels, |i| {
+            i as u64
+        });
+        assert_eq!(rule_all, all);
     }
 
     #[test]

@@ -110,8 +110,9 @@ pub fn settings(params: &Params) -> Result<Settings> {
 impl Stage for RewardStage {
     /// 2: an answer taken from the question is wrong under the label-free verifiers.
     /// 3: `answered_score` no longer pays an answer taken from the question.
+    /// 4: `rule` GRM labels are class-balanced (`grm_balance`) as `self` labels are.
     fn version(&self) -> u32 {
-        3
+        4
     }
 
     fn name(&self) -> &'static str {
@@ -147,7 +148,7 @@ impl Stage for RewardStage {
             ParamSpec::new(
                 "grm_balance",
                 "question",
-                "class-balance `self` labels per `question` (the seed), over the `round`, or `none` (docs/rounds.md: `round` measured a collapse)",
+                "class-balance `self` and `rule` labels per `question` (the seed), over the `round`, or `none` (docs/rounds.md: `round` measured a collapse with `self` labels)",
             ).one_of(&["question", "round", "none"]),
             ParamSpec::new("format_bonus", true, "add the format bonus to every reward"),
             ParamSpec::new(
@@ -1002,6 +1003,61 @@ mod tests {
         let all = trained(GrmBalance::None);
         assert_eq!(all.len(), 7, "{all:?}");
         assert_eq!(all.iter().filter(|(_, l)| l == "wrong").count(), 1);
+    }
+
+    /// `rule` labels are class-balanced as `self` labels are: a round of one right attempt and
+    /// three wrong ones trains the right one and one seeded wrong one over the `round`, the two
+    /// of question a (the only one with both labels) per `question`, and all four with `none`.
+    #[test]
+    fn rule_labels_are_class_balanced() {
+        let tasks = vec![
+            task("a", "What is the capital of France?", "Paris"),
+            task("b", "Which river flows through Rome?", "Tiber"),
+        ];
+        let attempts = vec![
+            traj("a-p0", "a", "policy", Some("Paris")),
+            traj("a-p1", "a", "policy", Some("Lyon")),
+            traj("b-p0", "b", "policy", Some("Arno")),
+            traj("b-p1", "b", "policy", Some("Po")),
+        ];
+        let judgments: Vec<JudgmentRow> = attempts
+            .iter()
+            .map(|a| {
+                let mut j = judgment(&a.trajectory_id, &a.task_id, "policy", "correct", 0);
+                j.candidate_answer = a.answer.clone();
+                j
+            })
+            .collect();
+        let trained = |balance: GrmBalance| {
+            let mut s = settings(Verifier::Grm, GeneratorScheme::Entropy, LabelMode::Rule);
+            s.roles = vec![Role::Grm];
+            s.balance = balance;
+            let c = compute(
+                &s,
+                9,
+                &tasks,
+                &[],
+                &attempts,
+                &judgments,
+                &runs_of(&judgments),
+            );
+            let mut t: Vec<(String, String)> = c
+                .rows
+                .iter()
+                .filter(|r| r.train)
+                .map(|r| (r.trajectory_id.clone(), r.label.clone().unwrap_or_default()))
+                .collect();
+            t.sort();
+            t
+        };
+        let round = trained(GrmBalance::Round);
+        assert_eq!(round.len(), 2, "{round:?}");
+        assert!(round.contains(&("a-p0-j0".to_string(), "correct".to_string())));
+        assert_eq!(round.iter().filter(|(_, l)| l == "wrong").count(), 1);
+        let per_question = trained(GrmBalance::Question);
+        let ids: Vec<&str> = per_question.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["a-p0-j0", "a-p1-j0"]);
+        assert_eq!(trained(GrmBalance::None).len(), 4);
     }
 
     /// An invalid task (here: the self-check rejected it upstream, or it had too few
