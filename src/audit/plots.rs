@@ -207,6 +207,16 @@ pub(crate) fn write_plots(
             color: RGBColor(148, 103, 189),
             points: series(&|r| r.grm_false_accept()),
         },
+        Curve {
+            label: "GRM pass rate on rule-right attempts".into(),
+            color: RGBColor(255, 127, 14),
+            points: series(&|r| r.grm_accept_right()),
+        },
+        Curve {
+            label: "GRM pass rate on rule-wrong attempts".into(),
+            color: RGBColor(140, 86, 75),
+            points: series(&|r| r.grm_accept_wrong()),
+        },
     ];
     let path = dir.join("heldout.png");
     emit(

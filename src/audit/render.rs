@@ -72,6 +72,13 @@ pub(crate) fn stat_rows(r: &RoundAudit) -> Vec<(String, Option<f64>)> {
         push(format!("{p}.pass_rate"), j.pass_rate);
         push(format!("{p}.rule_agreement"), j.rule_agreement);
         push(format!("{p}.false_accept"), j.false_accept);
+        push(format!("{p}.rule_right"), j.rule_right as f64);
+        if let Some(a) = j.accept_right {
+            push(format!("{p}.accept_right"), a);
+        }
+        if let Some(a) = j.accept_wrong {
+            push(format!("{p}.accept_wrong"), a);
+        }
     }
     if let Some(s) = &r.solve {
         push("solve.tasks".into(), s.tasks as f64);
@@ -219,10 +226,21 @@ fn detail_lines(r: &RoundAudit) -> Vec<String> {
         }
     }
     for j in &r.judges {
+        let rate = |a: Option<f64>| a.map_or("–".to_string(), |a| format!("{a:.3}"));
         lines.push(format!(
             "GRM on {} answers: {} verdicts, {} parsed, pass rate {:.3}, agreement with the rule \
-             label {:.3}, false accepts {:.3}",
-            j.target, j.judgments, j.parsed, j.pass_rate, j.rule_agreement, j.false_accept
+             label {:.3}, false accepts {:.3}; passes {} of the {} the rule calls right and {} of \
+             the {} it calls wrong",
+            j.target,
+            j.judgments,
+            j.parsed,
+            j.pass_rate,
+            j.rule_agreement,
+            j.false_accept,
+            rate(j.accept_right),
+            j.rule_right,
+            rate(j.accept_wrong),
+            j.judgments - j.rule_right,
         ));
     }
     if let Some(s) = &r.solve {

@@ -97,6 +97,14 @@ pub struct JudgeStats {
     /// Share of verdicts that say `correct` where the rule label says wrong: the lenient side of
     /// the disagreement, where a judge that is being exploited lets answers through.
     pub false_accept: f64,
+    /// Verdicts on answers the rule label calls right.
+    pub rule_right: u64,
+    /// Share of the rule-right answers the judge passed (none when there were none).
+    pub accept_right: Option<f64>,
+    /// Share of the rule-wrong answers the judge passed (none when there were none). A judge
+    /// whose two accept rates are close carries no signal, whatever its agreement: most answers
+    /// are wrong, so a judge that rejects more agrees more.
+    pub accept_wrong: Option<f64>,
 }
 
 /// Per-task solve rates of the policy (mean reward over a task's attempts).
@@ -175,6 +183,16 @@ impl RoundAudit {
 
     pub(crate) fn grm_false_accept(&self) -> Option<f64> {
         self.policy_verdicts().map(|j| j.false_accept)
+    }
+
+    /// The judge's pass rate on the policy answers the rule calls right.
+    pub(crate) fn grm_accept_right(&self) -> Option<f64> {
+        self.policy_verdicts().and_then(|j| j.accept_right)
+    }
+
+    /// The judge's pass rate on the policy answers the rule calls wrong.
+    pub(crate) fn grm_accept_wrong(&self) -> Option<f64> {
+        self.policy_verdicts().and_then(|j| j.accept_wrong)
     }
 }
 
@@ -697,10 +715,21 @@ fn judge_stats(paths: &[PathBuf]) -> Result<Vec<JudgeStats>> {
                     .cast(DataType::Float64)
                     .mean()
                     .alias("agree"),
-                pass.and(rule.not())
+                pass.clone()
+                    .and(rule.clone().not())
                     .cast(DataType::Float64)
                     .mean()
                     .alias("false_accept"),
+                rule.clone().cast(DataType::UInt64).sum().alias("right"),
+                pass.clone()
+                    .and(rule.clone())
+                    .cast(DataType::UInt64)
+                    .sum()
+                    .alias("accepted_right"),
+                pass.and(rule.not())
+                    .cast(DataType::UInt64)
+                    .sum()
+                    .alias("accepted_wrong"),
             ])
             .sort(["target"], Default::default()),
     )?;
@@ -710,6 +739,10 @@ fn judge_stats(paths: &[PathBuf]) -> Result<Vec<JudgeStats>> {
     let pass = f64s(&df, "pass")?;
     let agree = f64s(&df, "agree")?;
     let false_accept = f64s(&df, "false_accept")?;
+    let right = u64s(&df, "right")?;
+    let accepted_right = u64s(&df, "accepted_right")?;
+    let accepted_wrong = u64s(&df, "accepted_wrong")?;
+    let share = |a: u64, b: u64| (b > 0).then(|| a as f64 / b as f64);
     Ok((0..df.height())
         .map(|i| JudgeStats {
             target: targets[i].clone().unwrap_or_default(),
@@ -718,6 +751,9 @@ fn judge_stats(paths: &[PathBuf]) -> Result<Vec<JudgeStats>> {
             pass_rate: pass[i],
             rule_agreement: agree[i],
             false_accept: false_accept[i],
+            rule_right: right[i],
+            accept_right: share(accepted_right[i], right[i]),
+            accept_wrong: share(accepted_wrong[i], n[i] - right[i]),
         })
         .collect())
 }
@@ -1005,6 +1041,10 @@ mod tests {
         assert!((j.rule_agreement - 0.75).abs() < 1e-9);
         // "Lyon" for "Paris", judged correct: one false accept in four verdicts.
         assert!((j.false_accept - 0.25).abs() < 1e-9);
+        // One answer right by the rule, passed; one of the three wrong ones passed.
+        assert_eq!(j.rule_right, 1);
+        assert_eq!(j.accept_right, Some(1.0));
+        assert!((j.accept_wrong.unwrap() - 1.0 / 3.0).abs() < 1e-9);
 
         let policy = r.roles.iter().find(|s| s.role == "policy").unwrap();
         assert_eq!((policy.groups, policy.all_equal_groups), (3, 2));
