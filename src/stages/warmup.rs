@@ -57,9 +57,47 @@ impl Demo {
 /// kept only when the search results they show hold the answer (the count of the others is
 /// returned); a generator demonstration also needs a question that does not contain its answer.
 #[allow(clippy::too_many_arguments)]
+/// Which candidates the GRM's demonstrations judge (`warmup.grm_demos`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GrmDemos {
+    /// The gold answer or another question's answer, in turn.
+    Answers,
+    /// Six kinds in turn, three right and three wrong, shaped like a warmed-up policy's answers:
+    /// the gold answer, another question's, a sentence holding the gold answer, the question's
+    /// own subject (a restatement), the gold answer in a short phrase, and a sentence holding
+    /// another question's answer.
+    Mixed,
+}
+
+impl std::str::FromStr for GrmDemos {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "answers" => Ok(Self::Answers),
+            "mixed" => Ok(Self::Mixed),
+            _ => Err(format!("unknown GRM demonstrations {s:?} (answers, mixed)")),
+        }
+    }
+}
+
+/// The `i`-th GRM demonstration's candidate for question `q` (`other`: the next question).
+fn grm_candidate(kind: GrmDemos, i: usize, q: &QaRow, other: &QaRow) -> String {
+    let (gold, wrong) = (&q.answers[0], &other.answers[0]);
+    match (kind, i % if kind == GrmDemos::Mixed { 6 } else { 2 }) {
+        (_, 0) => gold.clone(),
+        (_, 1) => wrong.clone(),
+        (_, 2) => format!("The documents say it is {gold}."),
+        (_, 3) => topic_title(q),
+        (_, 4) => format!("It is {gold}."),
+        _ => format!("The documents say it is {wrong}."),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn build_demos(
     qa: &[QaRow],
     counts: [usize; 3],
+    grm_demos: GrmDemos,
     seed: u64,
     tools: ToolFormat,
     end_of_turn: &str,
@@ -143,11 +181,7 @@ pub(crate) fn build_demos(
     let pool: Vec<&QaRow> = it.take(n_grm + 1).collect();
     for (i, pair) in pool.windows(2).enumerate() {
         let (q, other) = (pair[0], pair[1]);
-        let candidate = if i.is_multiple_of(2) {
-            &q.answers[0]
-        } else {
-            &other.answers[0]
-        };
+        let candidate = &grm_candidate(grm_demos, i, q, other);
         let correct = sub_exact_match(candidate, &q.answers) > 0.0;
         let thought = if correct {
             "The candidate matches the reference."
@@ -218,6 +252,12 @@ impl Stage for WarmupStage {
             ParamSpec::new("policy_examples", 48, "policy demonstrations"),
             ParamSpec::new("generator_examples", 16, "generator demonstrations"),
             ParamSpec::new("grm_examples", 32, "GRM demonstrations"),
+            ParamSpec::new(
+                "grm_demos",
+                "answers",
+                "candidates the GRM demonstrations judge: `answers` (the gold or another question's answer) or `mixed` (also sentences holding either, and the question's own subject)",
+            )
+            .one_of(&["answers", "mixed"]),
             ParamSpec::new("epochs", 2, "passes over the demonstrations").at_least(1.0),
             ParamSpec::new("micro_batch", 4, "sequences per optimizer step").at_least(1.0),
             ParamSpec::new("lr", 5e-5, "AdamW learning rate").at_least(0.0),
@@ -263,9 +303,15 @@ impl Stage for WarmupStage {
             ctx.params.u64("generator_examples") as usize,
             ctx.params.u64("grm_examples") as usize,
         ];
+        let grm_demos: GrmDemos = ctx
+            .params
+            .str("grm_demos")
+            .parse()
+            .map_err(|e| Error::param("warmup.grm_demos", e))?;
         let (demos, ungrounded) = build_demos(
             &qa,
             counts,
+            grm_demos,
             ctx.seed,
             agent.tool_format(),
             agent.end_of_turn(),
@@ -431,6 +477,7 @@ mod tests {
         let (demos, ungrounded) = build_demos(
             &rows,
             [3, 2, 2],
+            GrmDemos::Answers,
             1,
             ToolFormat::Tags,
             "<|im_end|>",
@@ -502,5 +549,39 @@ mod tests {
             })
             .collect();
         assert_eq!(verdicts, vec![grm::Verdict::Correct, grm::Verdict::Wrong]);
+    }
+
+    /// `mixed` GRM demonstrations judge six kinds of candidate in turn, right and wrong
+    /// alternating, each labelled by SubEM against the question's answer.
+    #[test]
+    fn mixed_grm_demonstrations_judge_answers_shaped_like_the_policys() {
+        let (q, other) = (
+            qa("q1", "Who founded city number 1?", "Founder 1"),
+            qa("q2", "Who founded city number 2?", "Founder 2"),
+        );
+        let candidates: Vec<String> = (0..7)
+            .map(|i| grm_candidate(GrmDemos::Mixed, i, &q, &other))
+            .collect();
+        assert_eq!(
+            candidates,
+            [
+                "Founder 1",
+                "Founder 2",
+                "The documents say it is Founder 1.",
+                "city number 1",
+                "It is Founder 1.",
+                "The documents say it is Founder 2.",
+                "Founder 1",
+            ]
+        );
+        let right: Vec<bool> = candidates
+            .iter()
+            .map(|c| sub_exact_match(c, &q.answers) > 0.0)
+            .collect();
+        assert_eq!(right, [true, false, true, false, true, false, true]);
+        let answers: Vec<String> = (0..3)
+            .map(|i| grm_candidate(GrmDemos::Answers, i, &q, &other))
+            .collect();
+        assert_eq!(answers, ["Founder 1", "Founder 2", "Founder 1"]);
     }
 }
