@@ -93,7 +93,7 @@ pub(crate) fn grm_trains(
     let classes: Vec<bool> = balanced.iter().map(|&i| labels[i] == Some(true)).collect();
     let questions: Vec<&str> = balanced.iter().map(|&i| judgments[i].question).collect();
     let kept: BTreeSet<usize> =
-        balance_self_labels(balance, &classes, &questions, |k| order_key(balanced[k]))
+        balance_labels(balance, &classes, &questions, |k| order_key(balanced[k]))
             .into_iter()
             .map(|k| balanced[k])
             .collect();
@@ -182,7 +182,7 @@ pub(crate) fn class_balance(verdicts: &[bool], order_key: impl Fn(usize) -> u64)
     kept
 }
 
-/// Where `self` labels are class-balanced (`reward.grm_balance`).
+/// Where `self` and `rule` labels are class-balanced (`reward.grm_balance`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum GrmBalance {
     /// Per question, as the seed does (the default). Leave-one-out labels agree within a
@@ -208,9 +208,9 @@ impl std::str::FromStr for GrmBalance {
     }
 }
 
-/// The `self` labels that train under `mode`: indices into `labels` (input order), `groups`
+/// The `self` or `rule` labels that train under `mode`: indices into `labels` (input order), `groups`
 /// holding each label's question.
-pub(crate) fn balance_self_labels<K: Ord>(
+pub(crate) fn balance_labels<K: Ord>(
     mode: GrmBalance,
     labels: &[bool],
     groups: &[K],
@@ -312,7 +312,7 @@ mod tests {
     /// `self` and `rule` labels; real labels are never balanced away; unlabelled judgments never
     /// train.
     #[test]
-    fn training_judgments_balance_self_labels_per_question() {
+    fn training_judgments_balance_labels_per_question() {
         let js: Vec<Judgment> = [("a", "x"), ("a", "y"), ("a", "z"), ("b", "x"), ("b", "y")]
             .iter()
             .map(|(q, c)| judgment(q, c, true, Judged::SelfCheck))
