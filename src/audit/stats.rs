@@ -715,11 +715,6 @@ fn judge_stats(paths: &[PathBuf]) -> Result<Vec<JudgeStats>> {
                     .cast(DataType::Float64)
                     .mean()
                     .alias("agree"),
-                pass.clone()
-                    .and(rule.clone().not())
-                    .cast(DataType::Float64)
-                    .mean()
-                    .alias("false_accept"),
                 rule.clone().cast(DataType::UInt64).sum().alias("right"),
                 pass.clone()
                     .and(rule.clone())
@@ -738,7 +733,6 @@ fn judge_stats(paths: &[PathBuf]) -> Result<Vec<JudgeStats>> {
     let parsed = u64s(&df, "parsed")?;
     let pass = f64s(&df, "pass")?;
     let agree = f64s(&df, "agree")?;
-    let false_accept = f64s(&df, "false_accept")?;
     let right = u64s(&df, "right")?;
     let accepted_right = u64s(&df, "accepted_right")?;
     let accepted_wrong = u64s(&df, "accepted_wrong")?;
@@ -750,7 +744,7 @@ fn judge_stats(paths: &[PathBuf]) -> Result<Vec<JudgeStats>> {
             parsed: parsed[i],
             pass_rate: pass[i],
             rule_agreement: agree[i],
-            false_accept: false_accept[i],
+            false_accept: ratio(accepted_wrong[i], n[i]),
             rule_right: right[i],
             accept_right: share(accepted_right[i], right[i]),
             accept_wrong: share(accepted_wrong[i], n[i] - right[i]),

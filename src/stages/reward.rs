@@ -715,6 +715,29 @@ mod tests {
     }
 
     /// The GRM trajectory of every judgment.
+    /// The GRM rows that train when only the GRM trains, under `labels` and `balance` (seed 9):
+    /// (judgment trajectory id, label), sorted.
+    fn trained_grm_rows(
+        labels: LabelMode,
+        balance: GrmBalance,
+        tasks: &[TaskRow],
+        attempts: &[TrajectoryRow],
+        judgments: &[JudgmentRow],
+    ) -> Vec<(String, String)> {
+        let mut s = settings(Verifier::Grm, GeneratorScheme::Entropy, labels);
+        s.roles = vec![Role::Grm];
+        s.balance = balance;
+        let c = compute(&s, 9, tasks, &[], attempts, judgments, &runs_of(judgments));
+        let mut rows: Vec<(String, String)> = c
+            .rows
+            .iter()
+            .filter(|r| r.train)
+            .map(|r| (r.trajectory_id.clone(), r.label.clone().unwrap_or_default()))
+            .collect();
+        rows.sort();
+        rows
+    }
+
     fn runs_of(judgments: &[JudgmentRow]) -> Vec<TrajectoryRow> {
         judgments
             .iter()
@@ -973,28 +996,14 @@ mod tests {
         let attempts: Vec<TrajectoryRow> = (0..3)
             .map(|k| traj(&format!("a-p{k}"), "a", "policy", Some("Lyon")))
             .collect();
-        let trained = |balance: GrmBalance| {
-            let mut s = settings(
-                Verifier::Grm,
-                GeneratorScheme::Entropy,
+        let trained = |balance| {
+            trained_grm_rows(
                 LabelMode::SelfVerdict,
-            );
-            s.roles = vec![Role::Grm];
-            s.balance = balance;
-            let c = compute(
-                &s,
-                9,
+                balance,
                 &tasks,
-                &[],
                 &attempts,
                 &judgments,
-                &runs_of(&judgments),
-            );
-            c.rows
-                .iter()
-                .filter(|r| r.train)
-                .map(|r| (r.trajectory_id.clone(), r.label.clone().unwrap_or_default()))
-                .collect::<Vec<_>>()
+            )
         };
         let round = trained(GrmBalance::Round);
         assert_eq!(round.len(), 2, "{round:?}");
@@ -1028,28 +1037,8 @@ mod tests {
                 j
             })
             .collect();
-        let trained = |balance: GrmBalance| {
-            let mut s = settings(Verifier::Grm, GeneratorScheme::Entropy, LabelMode::Rule);
-            s.roles = vec![Role::Grm];
-            s.balance = balance;
-            let c = compute(
-                &s,
-                9,
-                &tasks,
-                &[],
-                &attempts,
-                &judgments,
-                &runs_of(&judgments),
-            );
-            let mut t: Vec<(String, String)> = c
-                .rows
-                .iter()
-                .filter(|r| r.train)
-                .map(|r| (r.trajectory_id.clone(), r.label.clone().unwrap_or_default()))
-                .collect();
-            t.sort();
-            t
-        };
+        let trained =
+            |balance| trained_grm_rows(LabelMode::Rule, balance, &tasks, &attempts, &judgments);
         let round = trained(GrmBalance::Round);
         assert_eq!(round.len(), 2, "{round:?}");
         assert!(round.contains(&("a-p0-j0".to_string(), "correct".to_string())));

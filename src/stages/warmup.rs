@@ -83,12 +83,16 @@ impl std::str::FromStr for GrmDemos {
 /// The `i`-th GRM demonstration's candidate for question `q` (`other`: the next question).
 fn grm_candidate(kind: GrmDemos, i: usize, q: &QaRow, other: &QaRow) -> String {
     let (gold, wrong) = (&q.answers[0], &other.answers[0]);
-    match (kind, i % if kind == GrmDemos::Mixed { 6 } else { 2 }) {
-        (_, 0) => gold.clone(),
-        (_, 1) => wrong.clone(),
-        (_, 2) => format!("The documents say it is {gold}."),
-        (_, 3) => topic_title(q),
-        (_, 4) => format!("It is {gold}."),
+    let kinds = match kind {
+        GrmDemos::Answers => 2,
+        GrmDemos::Mixed => 6,
+    };
+    match i % kinds {
+        0 => gold.clone(),
+        1 => wrong.clone(),
+        2 => format!("The documents say it is {gold}."),
+        3 => topic_title(q),
+        4 => format!("It is {gold}."),
         _ => format!("The documents say it is {wrong}."),
     }
 }
