@@ -6,7 +6,9 @@ was the trouble.
 
 The prompt is `roles::grm::prompt` with the `tags` tool format under SmolLM2's chat template, and
 the two completions are the warm-up's GRM demonstrations (src/stages/warmup.rs); keep them in step.
-Usage: python scripts/judge_logits.py MODEL_DIR EVAL_DIR   (run by scripts/judge-logits.sh)
+With DEMOS `contrast` the completions are those of `warmup.grm_demos = contrast`, which restate
+the reference first (`warmup::grm_thought`).
+Usage: python scripts/judge_logits.py MODEL_DIR EVAL_DIR [DEMOS]   (run by scripts/judge-logits.sh)
 """
 
 import sys
@@ -21,10 +23,16 @@ ASK = (
     "and search with <search> query </search>. End with <answer>conclusion: correct</answer> or "
     "<answer>conclusion: wrong</answer>."
 )
-COMPLETIONS = {
-    True: "<think>The candidate matches the reference.</think>\n<answer>conclusion: correct</answer>",
-    False: "<think>The candidate does not match the reference.</think>\n<answer>conclusion: wrong</answer>",
-}
+VERDICT = {True: "correct", False: "wrong"}
+
+
+def completion(demos, reference, correct):
+    if demos == "contrast":
+        says = "names it" if correct else "does not name it"
+        thought = f"The reference is {reference}. The candidate {says}."
+    else:
+        thought = f"The candidate {'matches' if correct else 'does not match'} the reference."
+    return f"<think>{thought}</think>\n<answer>conclusion: {VERDICT[correct]}</answer>"
 
 
 def prompt(question, reference, candidate):
@@ -36,9 +44,10 @@ def prompt(question, reference, candidate):
 
 
 def main():
-    if len(sys.argv) != 3:
-        sys.exit("usage: judge_logits.py MODEL_DIR EVAL_DIR")
+    if len(sys.argv) not in (3, 4):
+        sys.exit("usage: judge_logits.py MODEL_DIR EVAL_DIR [answers|mixed|contrast]")
     model_dir, eval_dir = sys.argv[1], sys.argv[2]
+    demos = sys.argv[3] if len(sys.argv) == 4 else "answers"
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     items = [
@@ -59,8 +68,11 @@ def main():
     seen = {True: 0, False: 0}
     passed = {True: 0, False: 0}
     for x in items:
-        p = prompt(x["question"], x["references"][0], x["candidate"] or "")
-        says = logprob(p, COMPLETIONS[True]) > logprob(p, COMPLETIONS[False])
+        reference = x["references"][0].strip()
+        p = prompt(x["question"], reference, x["candidate"] or "")
+        says = logprob(p, completion(demos, reference, True)) > logprob(
+            p, completion(demos, reference, False)
+        )
         seen[bool(x["label"])] += 1
         passed[bool(x["label"])] += says
     right, wrong = seen[True], seen[False]

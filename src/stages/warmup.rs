@@ -67,6 +67,10 @@ pub(crate) enum GrmDemos {
     /// own subject (a restatement), the gold answer in a short phrase, and a sentence holding
     /// another question's answer.
     Mixed,
+    /// The six kinds of `Mixed`, with the wrong answers taken from a question of the same
+    /// family (a director for a director, a title for a title), and a thought that restates the
+    /// reference before the verdict, so the verdict sits right after the two strings it compares.
+    Contrast,
 }
 
 impl std::str::FromStr for GrmDemos {
@@ -75,7 +79,10 @@ impl std::str::FromStr for GrmDemos {
         match s {
             "answers" => Ok(Self::Answers),
             "mixed" => Ok(Self::Mixed),
-            _ => Err(format!("unknown GRM demonstrations {s:?} (answers, mixed)")),
+            "contrast" => Ok(Self::Contrast),
+            _ => Err(format!(
+                "unknown GRM demonstrations {s:?} (answers, mixed, contrast)"
+            )),
         }
     }
 }
@@ -85,7 +92,7 @@ fn grm_candidate(kind: GrmDemos, i: usize, q: &QaRow, other: &QaRow) -> String {
     let (gold, wrong) = (&q.answers[0], &other.answers[0]);
     let kinds = match kind {
         GrmDemos::Answers => 2,
-        GrmDemos::Mixed => 6,
+        GrmDemos::Mixed | GrmDemos::Contrast => 6,
     };
     match i % kinds {
         0 => gold.clone(),
@@ -184,14 +191,14 @@ pub(crate) fn build_demos(
     }
     let pool: Vec<&QaRow> = it.take(n_grm + 1).collect();
     for (i, pair) in pool.windows(2).enumerate() {
-        let (q, other) = (pair[0], pair[1]);
+        let q = pair[0];
+        let other = match grm_demos {
+            GrmDemos::Contrast => same_family(q, &pool).unwrap_or(pair[1]),
+            _ => pair[1],
+        };
         let candidate = &grm_candidate(grm_demos, i, q, other);
         let correct = sub_exact_match(candidate, &q.answers) > 0.0;
-        let thought = if correct {
-            "The candidate matches the reference."
-        } else {
-            "The candidate does not match the reference."
-        };
+        let thought = grm_thought(grm_demos, &q.answers[0], correct);
         let verdict = grm::Verdict::from_correct(correct).name();
         demos.push(Demo {
             id: format!("warmup-grm-{}-{i}", q.id),
@@ -206,6 +213,42 @@ pub(crate) fn build_demos(
         });
     }
     (demos, ungrounded)
+}
+
+/// The thought of a GRM demonstration: whether the candidate matches, and with `Contrast` the
+/// reference restated first (as the prompt quotes it).
+pub(crate) fn grm_thought(kind: GrmDemos, reference: &str, correct: bool) -> String {
+    match (kind, correct) {
+        (GrmDemos::Contrast, true) => format!(
+            "The reference is {}. The candidate names it.",
+            crate::roles::quoted(reference)
+        ),
+        (GrmDemos::Contrast, false) => format!(
+            "The reference is {}. The candidate does not name it.",
+            crate::roles::quoted(reference)
+        ),
+        (_, true) => "The candidate matches the reference.".to_string(),
+        (_, false) => "The candidate does not match the reference.".to_string(),
+    }
+}
+
+/// The family of a corpus-built question (`wiki-<family>-<hash>`, `stages::qa`), if its id has one.
+fn family(q: &QaRow) -> Option<&str> {
+    let rest = q.id.strip_prefix("wiki-")?;
+    Some(&rest[..rest.rfind('-')?])
+}
+
+/// The next question after `q` in `pool` (wrapping) of `q`'s family whose answer `q`'s
+/// answers do not match: a wrong answer of the right kind.
+fn same_family<'a>(q: &QaRow, pool: &[&'a QaRow]) -> Option<&'a QaRow> {
+    let f = family(q)?;
+    let at = pool.iter().position(|p| p.id == q.id)?;
+    pool.iter()
+        .cycle()
+        .skip(at + 1)
+        .take(pool.len() - 1)
+        .copied()
+        .find(|p| family(p) == Some(f) && sub_exact_match(&p.answers[0], &q.answers) == 0.0)
 }
 
 /// A topic for the generator's prompt when the question's article is unknown: the question
@@ -259,9 +302,9 @@ impl Stage for WarmupStage {
             ParamSpec::new(
                 "grm_demos",
                 "answers",
-                "candidates the GRM demonstrations judge: `answers` (the gold or another question's answer) or `mixed` (also sentences holding either, and the question's own subject)",
+                "candidates the GRM demonstrations judge: `answers` (the gold or another question's answer) or `mixed` (also sentences holding either, and the question's own subject) or `contrast` (mixed, with wrong answers of the question's own kind and the reference restated before the verdict)",
             )
-            .one_of(&["answers", "mixed"]),
+            .one_of(&["answers", "mixed", "contrast"]),
             ParamSpec::new("epochs", 2, "passes over the demonstrations").at_least(1.0),
             ParamSpec::new("micro_batch", 4, "sequences per optimizer step").at_least(1.0),
             ParamSpec::new("lr", 5e-5, "AdamW learning rate").at_least(0.0),
@@ -587,5 +630,64 @@ mod tests {
             .map(|i| grm_candidate(GrmDemos::Answers, i, &q, &other))
             .collect();
         assert_eq!(answers, ["Founder 1", "Founder 2", "Founder 1"]);
+    }
+
+    /// `contrast` GRM demonstrations take their wrong answers from a question of the same
+    /// family, and their thought restates the reference before the verdict.
+    #[test]
+    fn contrast_grm_demonstrations_use_wrong_answers_of_the_same_kind() {
+        let rows = [
+            qa("wiki-directed-1", "Who directed film 1?", "Director 1"),
+            qa("wiki-film_year-1", "When was film 1 made?", "1901"),
+            qa("wiki-directed-2", "Who directed film 2?", "Director 2"),
+            qa("wiki-film_year-2", "When was film 2 made?", "1902"),
+        ];
+        let pool: Vec<&QaRow> = rows.iter().collect();
+        assert_eq!(same_family(&rows[0], &pool).unwrap().id, "wiki-directed-2");
+        assert_eq!(same_family(&rows[3], &pool).unwrap().id, "wiki-film_year-1");
+        assert!(same_family(&qa("x", "Q?", "A"), &pool).is_none());
+        // One family of six (each role's loop also reads past one row), so every pool has one.
+        let directed: Vec<QaRow> = (1..=6)
+            .map(|n| {
+                let q = format!("Who directed film {n}?");
+                qa(&format!("wiki-directed-{n}"), &q, &format!("Director {n}"))
+            })
+            .collect();
+        let (demos, _) = build_demos(
+            &directed,
+            [0, 0, 3],
+            GrmDemos::Contrast,
+            7,
+            ToolFormat::Tags,
+            "<|im_end|>",
+            |_| String::new(),
+            |b| b.to_string(),
+            |_| None,
+        );
+        assert_eq!(demos.len(), 3);
+        let wrong = demos
+            .iter()
+            .filter(|d| grm::parse(&d.text()).verdict == grm::Verdict::Wrong)
+            .count();
+        assert_eq!(wrong, 1);
+        for d in &demos {
+            let text = d.text();
+            let question = &d.messages[1].content;
+            let reference = question
+                .split("Reference answer: ")
+                .nth(1)
+                .and_then(|r| r.lines().next())
+                .unwrap();
+            assert!(
+                text.contains(&format!("The reference is {reference}.")),
+                "{text}"
+            );
+            // A wrong candidate is another answer of the reference's family.
+            if grm::parse(&text).verdict == grm::Verdict::Wrong {
+                let candidate = question.split("Candidate answer: ").nth(1).unwrap();
+                assert!(candidate.starts_with("Director"), "{question}");
+                assert!(!candidate.starts_with(reference), "{question}");
+            }
+        }
     }
 }
