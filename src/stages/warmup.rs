@@ -48,15 +48,6 @@ impl Demo {
     }
 }
 
-/// Builds the demonstrations from labelled corpus QA (train split) and the search tool.
-/// `search(query)` returns the rendered result body and `wrap(body)` the text the model reads
-/// after its call; calls are written in `tools`' format and `end_of_turn` closes each answer
-/// (the model's chat format: `<|im_end|>` in ChatML). `title(q)` is the title of the article a
-/// question was built from, the topic of its generator demonstration as `generate` gives its
-/// topics; without one the question's subject stands in. Policy and generator demonstrations are
-/// kept only when the search results they show hold the answer (the count of the others is
-/// returned); a generator demonstration also needs a question that does not contain its answer.
-#[allow(clippy::too_many_arguments)]
 /// Which candidates the GRM's demonstrations judge (`warmup.grm_demos`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum GrmDemos {
@@ -104,6 +95,14 @@ fn grm_candidate(kind: GrmDemos, i: usize, q: &QaRow, other: &QaRow) -> String {
     }
 }
 
+/// Builds the demonstrations from labelled corpus QA (train split) and the search tool.
+/// `search(query)` returns the rendered result body and `wrap(body)` the text the model reads
+/// after its call; calls are written in `tools`' format and `end_of_turn` closes each answer
+/// (the model's chat format: `<|im_end|>` in ChatML). `title(q)` is the title of the article a
+/// question was built from, the topic of its generator demonstration as `generate` gives its
+/// topics; without one the question's subject stands in. Policy and generator demonstrations are
+/// kept only when the search results they show hold the answer (the count of the others is
+/// returned); a generator demonstration also needs a question that does not contain its answer.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn build_demos(
     qa: &[QaRow],
@@ -267,10 +266,38 @@ fn topic_title(q: &QaRow) -> String {
     }
 }
 
+/// How many micro-batches' worth of rows are sorted by length together (`length_grouped`).
+const LENGTH_WINDOW: usize = 16;
+
+/// An epoch's micro-batches: rows shuffled by (seed, epoch, id), sorted by length inside windows
+/// of `LENGTH_WINDOW` micro-batches, chunked, and the chunks shuffled again — TRL's
+/// `group_by_length` sampler. A short GRM demonstration then rarely shares a batch with a long
+/// policy one and is not padded to its length. Returns indices into `ids`/`lengths`.
+fn length_grouped(
+    ids: &[&str],
+    lengths: &[usize],
+    micro: usize,
+    seed: u64,
+    epoch: usize,
+) -> Vec<Vec<usize>> {
+    let micro = micro.max(1);
+    let (seed, epoch) = (seed.to_string(), epoch.to_string());
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&i| stable_u64(&[&seed, &epoch, ids[i]]));
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    for window in order.chunks_mut(micro * LENGTH_WINDOW) {
+        window.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+        batches.extend(window.chunks(micro).map(<[usize]>::to_vec));
+    }
+    batches.sort_by_key(|b| stable_u64(&[&seed, &epoch, "batch", ids[b[0]]]));
+    batches
+}
+
 impl Stage for WarmupStage {
     /// 2: generator demonstrations take the article's title as topic and must be grounded.
+    /// 3: micro-batches group rows of similar length.
     fn version(&self) -> u32 {
-        2
+        3
     }
 
     fn name(&self) -> &'static str {
@@ -433,12 +460,14 @@ impl Stage for WarmupStage {
         let mut first_loss = None;
         let mut last_loss = 0.0;
         for epoch in 0..epochs {
-            let mut order: Vec<&TrajectoryRow> = rows.iter().collect();
-            order.sort_by_key(|r| {
-                stable_u64(&[&ctx.seed.to_string(), &epoch.to_string(), &r.trajectory_id])
-            });
+            let lengths: Vec<usize> = rows
+                .iter()
+                .map(|r| r.prompt_ids.len() + r.completion_ids.len())
+                .collect();
+            let ids: Vec<&str> = rows.iter().map(|r| r.trajectory_id.as_str()).collect();
             let mut epoch_loss = (0.0, 0usize);
-            for chunk in order.chunks(micro) {
+            for batch in length_grouped(&ids, &lengths, micro, ctx.seed, epoch) {
+                let chunk: Vec<&TrajectoryRow> = batch.iter().map(|&i| &rows[i]).collect();
                 let seqs: Vec<_> = chunk.iter().map(|t| training_sequence(t)).collect();
                 let batch = build_batch(&seqs, pad, &device).map_err(err)?;
                 let pos = LossPositions::of(&batch).map_err(err)?;
@@ -505,6 +534,40 @@ mod tests {
             source: "corpus".into(),
             source_doc_id: Some(id.into()),
         }
+    }
+
+    #[test]
+    fn length_grouped_batches_cover_every_row_once_and_pad_less_than_a_shuffle() {
+        let ids: Vec<String> = (0..200).map(|i| format!("d{i}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        // A few long policy demonstrations among many short GRM ones, as the contrast warm-up.
+        let lengths: Vec<usize> = (0..200)
+            .map(|i| if i % 6 == 0 { 700 } else { 120 })
+            .collect();
+        let batches = length_grouped(&ids, &lengths, 4, 7, 0);
+        let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..200).collect::<Vec<_>>());
+        assert!(batches.iter().all(|b| !b.is_empty() && b.len() <= 4));
+        let padded = |bs: &[Vec<usize>]| -> usize {
+            bs.iter()
+                .map(|b| b.len() * b.iter().map(|&i| lengths[i]).max().unwrap())
+                .sum()
+        };
+        let shuffled: Vec<Vec<usize>> = (0..200)
+            .collect::<Vec<_>>()
+            .chunks(4)
+            .map(<[usize]>::to_vec)
+            .collect();
+        assert!(
+            padded(&batches) * 10 < padded(&shuffled) * 7,
+            "{} vs {}",
+            padded(&batches),
+            padded(&shuffled)
+        );
+        // The same seed and epoch give the same batches; another epoch another order.
+        assert_eq!(batches, length_grouped(&ids, &lengths, 4, 7, 0));
+        assert_ne!(batches, length_grouped(&ids, &lengths, 4, 7, 1));
     }
 
     #[test]
