@@ -217,17 +217,18 @@ pub(crate) fn build_demos(
 /// The thought of a GRM demonstration: whether the candidate matches, and with `Contrast` the
 /// reference restated first (as the prompt quotes it).
 pub(crate) fn grm_thought(kind: GrmDemos, reference: &str, correct: bool) -> String {
-    match (kind, correct) {
-        (GrmDemos::Contrast, true) => format!(
-            "The reference is {}. The candidate names it.",
-            crate::roles::quoted(reference)
-        ),
-        (GrmDemos::Contrast, false) => format!(
-            "The reference is {}. The candidate does not name it.",
-            crate::roles::quoted(reference)
-        ),
-        (_, true) => "The candidate matches the reference.".to_string(),
-        (_, false) => "The candidate does not match the reference.".to_string(),
+    match kind {
+        GrmDemos::Contrast => {
+            let says = if correct {
+                "names it"
+            } else {
+                "does not name it"
+            };
+            let reference = crate::roles::quoted(reference);
+            format!("The reference is {reference}. The candidate {says}.")
+        }
+        _ if correct => "The candidate matches the reference.".to_string(),
+        _ => "The candidate does not match the reference.".to_string(),
     }
 }
 
@@ -459,15 +460,15 @@ impl Stage for WarmupStage {
         let bar = crate::progress::bar((epochs * rows.len()) as u64, "warmup");
         let mut first_loss = None;
         let mut last_loss = 0.0;
+        let lengths: Vec<usize> = rows
+            .iter()
+            .map(|r| r.prompt_ids.len() + r.completion_ids.len())
+            .collect();
+        let ids: Vec<&str> = rows.iter().map(|r| r.trajectory_id.as_str()).collect();
         for epoch in 0..epochs {
-            let lengths: Vec<usize> = rows
-                .iter()
-                .map(|r| r.prompt_ids.len() + r.completion_ids.len())
-                .collect();
-            let ids: Vec<&str> = rows.iter().map(|r| r.trajectory_id.as_str()).collect();
             let mut epoch_loss = (0.0, 0usize);
-            for batch in length_grouped(&ids, &lengths, micro, ctx.seed, epoch) {
-                let chunk: Vec<&TrajectoryRow> = batch.iter().map(|&i| &rows[i]).collect();
+            for indices in length_grouped(&ids, &lengths, micro, ctx.seed, epoch) {
+                let chunk: Vec<&TrajectoryRow> = indices.iter().map(|&i| &rows[i]).collect();
                 let seqs: Vec<_> = chunk.iter().map(|t| training_sequence(t)).collect();
                 let batch = build_batch(&seqs, pad, &device).map_err(err)?;
                 let pos = LossPositions::of(&batch).map_err(err)?;
