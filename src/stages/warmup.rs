@@ -15,6 +15,7 @@ use super::agent::{
     Agent, AgentSettings, Role, device_spec, placement, sampling_specs, search_upstream,
 };
 use super::kit::training_sequence;
+use super::qa::family_of;
 use super::{Stage, StageContext, StageOutput, Upstream};
 use crate::error::{Error, Result};
 use crate::model::scoring::{LossPositions, build_batch, selected_logprobs};
@@ -232,23 +233,17 @@ pub(crate) fn grm_thought(kind: GrmDemos, reference: &str, correct: bool) -> Str
     }
 }
 
-/// The family of a corpus-built question (`wiki-<family>-<hash>`, `stages::qa`), if its id has one.
-fn family(q: &QaRow) -> Option<&str> {
-    let rest = q.id.strip_prefix("wiki-")?;
-    Some(&rest[..rest.rfind('-')?])
-}
-
 /// The next question after `q` in `pool` (wrapping) of `q`'s family whose answer `q`'s
 /// answers do not match: a wrong answer of the right kind.
 fn same_family<'a>(q: &QaRow, pool: &[&'a QaRow]) -> Option<&'a QaRow> {
-    let f = family(q)?;
+    let f = family_of(&q.id)?;
     let at = pool.iter().position(|p| p.id == q.id)?;
     pool.iter()
         .cycle()
         .skip(at + 1)
         .take(pool.len() - 1)
         .copied()
-        .find(|p| family(p) == Some(f) && sub_exact_match(&p.answers[0], &q.answers) == 0.0)
+        .find(|p| family_of(&p.id) == Some(f) && sub_exact_match(&p.answers[0], &q.answers) == 0.0)
 }
 
 /// A topic for the generator's prompt when the question's article is unknown: the question

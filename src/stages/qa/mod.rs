@@ -12,6 +12,8 @@ use serde_json::Value;
 
 mod questions;
 
+pub(crate) use questions::family_of;
+
 pub use super::sources::read_qa_file;
 use super::sources::{answer_strings, open_records, user_row};
 use super::{Stage, StageContext, StageOutput, Upstream, assets_dir};

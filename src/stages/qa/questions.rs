@@ -22,6 +22,17 @@ use crate::seed::{fnv1a, split_for};
 use crate::shards::rows::QaRow;
 use std::collections::HashMap;
 
+/// The id of a question of `family` built from the article `doc_id`: `wiki-<family>-<hash>`.
+fn question_id(family: &str, doc_id: &str) -> String {
+    format!("wiki-{family}-{:016x}", fnv1a(doc_id.as_bytes()))
+}
+
+/// The family of a corpus-built question from its id (`question_id`); `None` for other ids.
+pub(crate) fn family_of(id: &str) -> Option<&str> {
+    let rest = id.strip_prefix("wiki-")?;
+    Some(&rest[..rest.rfind('-')?])
+}
+
 /// Shortest first sentence we turn into a definition question, in words;
 /// shorter ones ("a fruit") describe many things.
 const MIN_DEF_WORDS: usize = 6;
@@ -61,7 +72,7 @@ pub(crate) fn build_qa(articles: &[WikiArticle]) -> Vec<QaRow> {
         let lead = lead(a);
         let mut add = |family: &str, question: String, answers: Vec<String>| {
             rows.push(QaRow {
-                id: format!("wiki-{family}-{:016x}", fnv1a(a.doc_id.as_bytes())),
+                id: question_id(family, &a.doc_id),
                 question,
                 answers,
                 split: split_for(&a.doc_id).to_string(),
@@ -745,6 +756,15 @@ fn element_symbol_at(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_question_ids_family_reads_back() {
+        for family in ["def", "desc", "directed", "film_year"] {
+            assert_eq!(family_of(&question_id(family, "doc-7")), Some(family));
+        }
+        assert_eq!(family_of("fanoutqa-12"), None);
+        assert_eq!(family_of("wiki-nohash"), None);
+    }
 
     fn art(title: &str, extract: &str, description: &str, topic: &str) -> WikiArticle {
         WikiArticle {
