@@ -20,7 +20,7 @@
 # the shipped corpus; `qa.extra = fanoutqa`). All arms train at LR (apply.lr; 5e-5, the warm-up's:
 # at 1e-5 four steps a round move the model too little, docs/rounds.md). eval.every is fixed (the
 # last round is always scored), so `--rounds` can be raised on a rerun without rescoring round 0.
-# Usage: scripts/bench-learning.sh [--rounds N] [--questions Q] [--verification V] [--lr LR]
+# Usage: [ASL_BIN=path/to/asl] scripts/bench-learning.sh [--rounds N] [--questions Q] [--verification V] [--lr LR]
 #          [--arms "search-r1 default asl-frozen-grm"] [--run-root DIR] [--set key=value ...]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -47,10 +47,16 @@ done
 
 scripts/fetch-assets.sh >/dev/null
 export ASL_ASSETS="${ASL_ASSETS:-$root/assets}"
-cargo build --release --locked --quiet --bin asl
+# ASL_BIN: a prebuilt binary to run instead of building this checkout (a cluster node without
+# a toolchain, or a benchmark that must not pick up the code being edited beside it).
+bin="${ASL_BIN:-}"
+if [ -z "$bin" ]; then
+  cargo build --release --locked --quiet --bin asl
+  bin="$root/target/release/asl"
+fi
 mkdir -p "$out"
 # A copy of the binary, so a rebuild while a long benchmark runs cannot change an arm midway.
-cp "$root/target/release/asl" "$out/.asl.tmp" && mv "$out/.asl.tmp" "$out/asl"
+cp "$bin" "$out/.asl.tmp" && mv "$out/.asl.tmp" "$out/asl"
 asl="$out/asl"
 venv="$root/target/pyreaders"
 if ! "$venv/bin/python" -c "import pyarrow" 2>/dev/null; then
