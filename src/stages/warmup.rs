@@ -15,7 +15,7 @@ use super::agent::{
     Agent, AgentSettings, Role, device_spec, placement, sampling_specs, search_upstream,
 };
 use super::kit::training_sequence;
-use super::qa::family_of;
+use super::qa::{asks_for_a_fact, family_of};
 use super::{Stage, StageContext, StageOutput, Upstream};
 use crate::error::{Error, Result};
 use crate::model::scoring::{LossPositions, build_batch, selected_logprobs};
@@ -97,6 +97,81 @@ fn grm_candidate(kind: GrmDemos, i: usize, q: &QaRow, other: &QaRow) -> String {
 }
 
 /// Builds the demonstrations from labelled corpus QA (train split) and the search tool.
+/// How many demonstrations of each role to build, what the GRM's candidates are, and the share
+/// of the policy's and the generator's demonstrations that ask for a fact in an article's text
+/// rather than for its subject (`qa::asks_for_a_fact`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct DemoMix {
+    pub policy: usize,
+    pub generator: usize,
+    pub grm: usize,
+    pub grm_demos: GrmDemos,
+    pub fact_share: f64,
+}
+
+impl DemoMix {
+    /// `policy`, `generator` and `grm` demonstrations, `answers` GRM candidates, no fact quota.
+    #[cfg(test)]
+    fn counts(policy: usize, generator: usize, grm: usize) -> DemoMix {
+        DemoMix {
+            policy,
+            generator,
+            grm,
+            grm_demos: GrmDemos::Answers,
+            fact_share: 0.0,
+        }
+    }
+
+    /// Of `n` demonstrations, how many must ask for a fact.
+    fn facts_of(&self, n: usize) -> usize {
+        ((n as f64) * self.fact_share.clamp(0.0, 1.0)).round() as usize
+    }
+}
+
+/// The questions that ask for a fact, in `rows`' order within each family and the families
+/// taken in turn (one of each, then the next of each, …), so a quota is not filled by the one
+/// family the corpus has most of (chemical elements' symbols and atomic numbers).
+fn facts_in_turn<'a>(rows: &[&'a QaRow]) -> Vec<&'a QaRow> {
+    let mut by_family: std::collections::BTreeMap<&str, Vec<&'a QaRow>> = Default::default();
+    for q in rows {
+        if let Some(f) = family_of(&q.id).filter(|f| asks_for_a_fact(f)) {
+            by_family.entry(f).or_default().push(q);
+        }
+    }
+    let longest = by_family.values().map(Vec::len).max().unwrap_or(0);
+    (0..longest)
+        .flat_map(|i| by_family.values().filter_map(move |qs| qs.get(i).copied()))
+        .collect()
+}
+
+/// Tries the rows of `candidates` not yet `used`, in order, marking each tried, until `make`
+/// has made `n` demonstrations (a row it refuses, `None`, counts in the returned total).
+fn take_demos<'a>(
+    candidates: &[&'a QaRow],
+    n: usize,
+    used: &mut std::collections::HashSet<&'a str>,
+    demos: &mut Vec<Demo>,
+    mut make: impl FnMut(&'a QaRow) -> Option<Demo>,
+) -> usize {
+    let (mut made, mut refused) = (0, 0);
+    for q in candidates {
+        if made == n {
+            break;
+        }
+        if !used.insert(q.id.as_str()) {
+            continue;
+        }
+        match make(q) {
+            Some(d) => {
+                demos.push(d);
+                made += 1;
+            }
+            None => refused += 1,
+        }
+    }
+    refused
+}
+
 /// `search(query)` returns the rendered result body and `wrap(body)` the text the model reads
 /// after its call; calls are written in `tools`' format and `end_of_turn` closes each answer
 /// (the model's chat format: `<|im_end|>` in ChatML). `title(q)` is the title of the article a
@@ -104,11 +179,12 @@ fn grm_candidate(kind: GrmDemos, i: usize, q: &QaRow, other: &QaRow) -> String {
 /// topics; without one the question's subject stands in. Policy and generator demonstrations are
 /// kept only when the search results they show hold the answer (the count of the others is
 /// returned); a generator demonstration also needs a question that does not contain its answer.
+/// Training questions are taken in a seeded order; `mix.fact_share` of the policy's and the
+/// generator's come first from the questions that ask for a fact, the rest from any.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn build_demos(
     qa: &[QaRow],
-    counts: [usize; 3],
-    grm_demos: GrmDemos,
+    mix: DemoMix,
     seed: u64,
     tools: ToolFormat,
     end_of_turn: &str,
@@ -121,60 +197,67 @@ pub(crate) fn build_demos(
         .filter(|q| q.split == "train" && !q.answers.is_empty())
         .collect();
     rows.sort_by_key(|q| stable_u64(&[&seed.to_string(), &q.id]));
-    let [n_policy, n_generator, n_grm] = counts;
+    let facts = facts_in_turn(&rows);
     let mut demos = Vec::new();
+    let mut used = std::collections::HashSet::new();
     let mut ungrounded = 0;
-    let mut it = rows.iter().copied();
-    let mut made = 0;
-    for q in it.by_ref() {
-        if made == n_policy {
-            break;
-        }
+    let mut policy_demo = |q: &QaRow| {
         let answer = &q.answers[0];
         let info = search(&q.question);
         if sub_exact_match(&normalize_answer(&info), std::slice::from_ref(answer)) == 0.0 {
-            ungrounded += 1;
-            continue;
+            return None;
         }
-        demos.push(Demo {
+        Some(Demo {
             id: format!("warmup-policy-{}", q.id),
             role: Role::Policy,
             messages: policy::prompt(&q.question, tools),
             pieces: vec![
                 (
-                    format!("<think>I should search for this.</think>\n{}", tools.call(q.question.trim())),
+                    format!(
+                        "<think>I should search for this.</think>\n{}",
+                        tools.call(q.question.trim())
+                    ),
                     true,
                 ),
                 (wrap(&info), false),
                 (
-                    format!("<think>The documents say it is {answer}.</think>\n<answer>{answer}</answer>{end_of_turn}"),
+                    format!(
+                        "<think>The documents say it is {answer}.</think>\n<answer>{answer}</answer>{end_of_turn}"
+                    ),
                     true,
                 ),
             ],
-        });
-        made += 1;
-    }
-    let mut made = 0;
-    for q in it.by_ref() {
-        if made == n_generator {
-            break;
-        }
+        })
+    };
+    let n_facts = mix.facts_of(mix.policy);
+    ungrounded += take_demos(&facts, n_facts, &mut used, &mut demos, &mut policy_demo);
+    let made = demos.len();
+    ungrounded += take_demos(
+        &rows,
+        mix.policy - made,
+        &mut used,
+        &mut demos,
+        &mut policy_demo,
+    );
+    let mut generator_demo = |q: &QaRow| {
         let answer = &q.answers[0];
         let topic = title(q).unwrap_or_else(|| topic_title(q));
         let info = search(&topic);
         if sub_exact_match(&normalize_answer(&info), std::slice::from_ref(answer)) == 0.0
             || contains_answer(&q.question, answer)
         {
-            ungrounded += 1;
-            continue;
+            return None;
         }
-        demos.push(Demo {
+        Some(Demo {
             id: format!("warmup-generator-{}", q.id),
             role: Role::Generator,
             messages: generator::seed_prompt(&topic, tools),
             pieces: vec![
                 (
-                    format!("<think>I should look up {topic}.</think>\n{}", tools.call(&topic)),
+                    format!(
+                        "<think>I should look up {topic}.</think>\n{}",
+                        tools.call(&topic)
+                    ),
                     true,
                 ),
                 (wrap(&info), false),
@@ -186,19 +269,35 @@ pub(crate) fn build_demos(
                     true,
                 ),
             ],
-        });
-        made += 1;
-    }
-    let pool: Vec<&QaRow> = it.take(n_grm + 1).collect();
+        })
+    };
+    let before = demos.len();
+    let n_facts = mix.facts_of(mix.generator);
+    ungrounded += take_demos(&facts, n_facts, &mut used, &mut demos, &mut generator_demo);
+    let made = demos.len() - before;
+    ungrounded += take_demos(
+        &rows,
+        mix.generator - made,
+        &mut used,
+        &mut demos,
+        &mut generator_demo,
+    );
+    // The GRM's pool: the next unused rows in order (one more, the last one's `other`).
+    let pool: Vec<&QaRow> = rows
+        .iter()
+        .copied()
+        .filter(|q| !used.contains(q.id.as_str()))
+        .take(mix.grm + 1)
+        .collect();
     for (i, pair) in pool.windows(2).enumerate() {
         let q = pair[0];
-        let other = match grm_demos {
+        let other = match mix.grm_demos {
             GrmDemos::Contrast => same_family(q, &pool).unwrap_or(pair[1]),
             _ => pair[1],
         };
-        let candidate = &grm_candidate(grm_demos, i, q, other);
+        let candidate = &grm_candidate(mix.grm_demos, i, q, other);
         let correct = sub_exact_match(candidate, &q.answers) > 0.0;
-        let thought = grm_thought(grm_demos, &q.answers[0], correct);
+        let thought = grm_thought(mix.grm_demos, &q.answers[0], correct);
         let verdict = grm::Verdict::from_correct(correct).name();
         demos.push(Demo {
             id: format!("warmup-grm-{}-{i}", q.id),
@@ -292,8 +391,9 @@ fn length_grouped(
 impl Stage for WarmupStage {
     /// 2: generator demonstrations take the article's title as topic and must be grounded.
     /// 3: micro-batches group rows of similar length.
+    /// 4: a role's demonstrations no longer skip the row after its last one; `fact_share`.
     fn version(&self) -> u32 {
-        3
+        4
     }
 
     fn name(&self) -> &'static str {
@@ -328,6 +428,12 @@ impl Stage for WarmupStage {
                 "candidates the GRM demonstrations judge: `answers` (the gold or another question's answer) or `mixed` (also sentences holding either, and the question's own subject) or `contrast` (mixed, with wrong answers of the question's own kind and the reference restated before the verdict)",
             )
             .one_of(&["answers", "mixed", "contrast"]),
+            ParamSpec::new(
+                "fact_share",
+                0.0,
+                "share of the policy and generator demonstrations drawn first from corpus questions that ask for a fact in an article's text (a director, a year, a capital) rather than for its subject, the families taken in turn",
+            )
+            .between(0.0, 1.0),
             ParamSpec::new("epochs", 2, "passes over the demonstrations").at_least(1.0),
             ParamSpec::new("micro_batch", 4, "sequences per optimizer step").at_least(1.0),
             ParamSpec::new("lr", 5e-5, "AdamW learning rate").at_least(0.0),
@@ -368,20 +474,20 @@ impl Stage for WarmupStage {
         let env: Option<&SearchEnv> = agent.search_env();
         let k = settings.search_k;
         let mode = agent.search_mode();
-        let counts = [
-            ctx.params.u64("policy_examples") as usize,
-            ctx.params.u64("generator_examples") as usize,
-            ctx.params.u64("grm_examples") as usize,
-        ];
-        let grm_demos: GrmDemos = ctx
-            .params
-            .str("grm_demos")
-            .parse()
-            .map_err(|e| Error::param("warmup.grm_demos", e))?;
+        let mix = DemoMix {
+            policy: ctx.params.u64("policy_examples") as usize,
+            generator: ctx.params.u64("generator_examples") as usize,
+            grm: ctx.params.u64("grm_examples") as usize,
+            grm_demos: ctx
+                .params
+                .str("grm_demos")
+                .parse()
+                .map_err(|e| Error::param("warmup.grm_demos", e))?,
+            fact_share: ctx.params.f64("fact_share"),
+        };
         let (demos, ungrounded) = build_demos(
             &qa,
-            counts,
-            grm_demos,
+            mix,
             ctx.seed,
             agent.tool_format(),
             agent.end_of_turn(),
@@ -582,8 +688,7 @@ mod tests {
         let wrap = |body: &str| format!("{before}{body}{after}");
         let (demos, ungrounded) = build_demos(
             &rows,
-            [3, 2, 2],
-            GrmDemos::Answers,
+            DemoMix::counts(3, 2, 2),
             1,
             ToolFormat::Tags,
             "<|im_end|>",
@@ -691,6 +796,97 @@ mod tests {
         assert_eq!(answers, ["Founder 1", "Founder 2", "Founder 1"]);
     }
 
+    /// `fact_share` of the policy's and the generator's demonstrations ask for a fact, their
+    /// families taken in turn; the rest come in the seeded order, and no question serves twice.
+    #[test]
+    fn a_fact_share_draws_fact_questions_first_from_every_family_in_turn() {
+        let mut rows: Vec<QaRow> = (0..40)
+            .map(|n| {
+                qa(
+                    &format!("wiki-def-{n}"),
+                    &format!("What is thing {n}?"),
+                    &format!("Name {n}"),
+                )
+            })
+            .collect();
+        for n in 0..10 {
+            rows.push(qa(
+                &format!("wiki-symbol-{n}"),
+                &format!("What is the symbol of element {n}?"),
+                &format!("E{n}"),
+            ));
+        }
+        for n in 0..2 {
+            rows.push(qa(
+                &format!("wiki-directed-{n}"),
+                &format!("Who directed film {n}?"),
+                &format!("Director {n}"),
+            ));
+        }
+        let build = |fact_share: f64| {
+            let mix = DemoMix {
+                fact_share,
+                ..DemoMix::counts(8, 4, 6)
+            };
+            // Every search finds every answer, so no demonstration is refused.
+            let everything = rows
+                .iter()
+                .map(|q| q.answers[0].clone())
+                .collect::<Vec<_>>()
+                .join(" ");
+            build_demos(
+                &rows,
+                mix,
+                3,
+                ToolFormat::Tags,
+                "<|im_end|>",
+                |_| everything.clone(),
+                |b| b.to_string(),
+                |_| None,
+            )
+            .0
+        };
+        let fact_ids = |demos: &[Demo], role: Role| -> Vec<String> {
+            demos
+                .iter()
+                .filter(|d| d.role == role)
+                .filter_map(|d| {
+                    let id =
+                        d.id.split_once("-wiki-")
+                            .map(|(_, q)| format!("wiki-{q}"))?;
+                    family_of(&id)
+                        .filter(|f| asks_for_a_fact(f))
+                        .map(|f| f.to_string())
+                })
+                .collect()
+        };
+        let demos = build(0.5);
+        // Four of eight policy demonstrations: both directors first, in turn with the symbols.
+        assert_eq!(
+            fact_ids(&demos, Role::Policy),
+            ["directed", "symbol", "directed", "symbol"]
+        );
+        assert_eq!(fact_ids(&demos, Role::Generator), ["symbol", "symbol"]);
+        assert_eq!(demos.iter().filter(|d| d.role == Role::Policy).count(), 8);
+        assert_eq!(
+            demos.iter().filter(|d| d.role == Role::Generator).count(),
+            4
+        );
+        assert_eq!(demos.iter().filter(|d| d.role == Role::Grm).count(), 6);
+        // No question serves two roles.
+        let mut questions: Vec<&str> = demos
+            .iter()
+            .filter(|d| d.role != Role::Grm)
+            .filter_map(|d| d.id.split_once("-wiki-").map(|(_, q)| q))
+            .collect();
+        let n = questions.len();
+        questions.sort_unstable();
+        questions.dedup();
+        assert_eq!(questions.len(), n);
+        // Without a quota the fact questions come only as often as the seeded order brings them.
+        assert!(fact_ids(&build(0.0), Role::Policy).len() < 4);
+    }
+
     /// `contrast` GRM demonstrations take their wrong answers from a question of the same
     /// family, and their thought restates the reference before the verdict.
     #[test]
@@ -705,7 +901,7 @@ mod tests {
         assert_eq!(same_family(&rows[0], &pool).unwrap().id, "wiki-directed-2");
         assert_eq!(same_family(&rows[3], &pool).unwrap().id, "wiki-film_year-1");
         assert!(same_family(&qa("x", "Q?", "A"), &pool).is_none());
-        // One family of six (each role's loop also reads past one row), so every pool has one.
+        // One family of six, so every question in the pool has a wrong answer of its kind.
         let directed: Vec<QaRow> = (1..=6)
             .map(|n| {
                 let q = format!("Who directed film {n}?");
@@ -714,8 +910,10 @@ mod tests {
             .collect();
         let (demos, _) = build_demos(
             &directed,
-            [0, 0, 3],
-            GrmDemos::Contrast,
+            DemoMix {
+                grm_demos: GrmDemos::Contrast,
+                ..DemoMix::counts(0, 0, 3)
+            },
             7,
             ToolFormat::Tags,
             "<|im_end|>",

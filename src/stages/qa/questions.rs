@@ -33,6 +33,16 @@ pub(crate) fn family_of(id: &str) -> Option<&str> {
     Some(&rest[..rest.rfind('-')?])
 }
 
+/// Whether a corpus-built question of `family` asks for a fact stated in its article's text (a
+/// director, a year, a capital, a symbol: `Who directed X?`) rather than for the article's
+/// subject itself (`def` and `desc`, whose answer is the title of the article a search for the
+/// question finds first). Human-written questions (FanOutQA's) are almost all of the first kind,
+/// while ~96 % of the corpus-built ones are of the second: a policy trained on those alone
+/// learns to answer with the title of the top hit.
+pub(crate) fn asks_for_a_fact(family: &str) -> bool {
+    !matches!(family, "def" | "desc")
+}
+
 /// Shortest first sentence we turn into a definition question, in words;
 /// shorter ones ("a fruit") describe many things.
 const MIN_DEF_WORDS: usize = 6;
@@ -763,6 +773,8 @@ mod tests {
             assert_eq!(family_of(&question_id(family, "doc-7")), Some(family));
         }
         assert_eq!(family_of("fanoutqa-12"), None);
+        assert!(!asks_for_a_fact("def") && !asks_for_a_fact("desc"));
+        assert!(asks_for_a_fact("directed") && asks_for_a_fact("atomic_number"));
         assert_eq!(family_of("wiki-nohash"), None);
     }
 
