@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::manifest::Manifest;
 use crate::shards::rows::EvalItemRow;
 use crate::shards::{ShardKind, read_rows, shards_of};
+use crate::stages::qa::{asks_for_a_fact, family_of};
 
 /// Bootstrap resamples for the interval.
 pub(crate) const BOOTSTRAP_RESAMPLES: usize = 10_000;
@@ -127,6 +128,15 @@ struct ItemScore {
 /// The items of one (role, dataset), by id.
 type Group = BTreeMap<String, ItemScore>;
 
+/// The subset of a corpus-built dataset whose questions ask for a fact in an article's text
+/// (`qa::asks_for_a_fact`), scored again as its own row: most corpus-built questions ask for an
+/// article's subject, and the policy can score well on them while answering no fact.
+fn fact_subset(r: &EvalItemRow) -> Option<String> {
+    let family = family_of(&r.item_id)?;
+    (r.role == "policy" && asks_for_a_fact(family))
+        .then(|| format!("{}, fact questions", r.dataset))
+}
+
 fn by_group(rows: &[EvalItemRow]) -> BTreeMap<(String, String), Group> {
     // Sums first (in `mean`) with each item's sample count beside them, then the means.
     let mut out: BTreeMap<(String, String), Group> = BTreeMap::new();
@@ -137,18 +147,20 @@ fn by_group(rows: &[EvalItemRow]) -> BTreeMap<(String, String), Group> {
         } else {
             f64::from(u8::from(r.correct))
         };
-        let item = out
-            .entry((r.role.clone(), r.dataset.clone()))
-            .or_default()
-            .entry(r.item_id.clone())
-            .or_default();
-        item.mean += score;
-        if r.sample == 0 {
-            item.first_right = r.correct;
+        for dataset in std::iter::once(r.dataset.clone()).chain(fact_subset(r)) {
+            let item = out
+                .entry((r.role.clone(), dataset.clone()))
+                .or_default()
+                .entry(r.item_id.clone())
+                .or_default();
+            item.mean += score;
+            if r.sample == 0 {
+                item.first_right = r.correct;
+            }
+            *samples
+                .entry((r.role.clone(), dataset, r.item_id.clone()))
+                .or_default() += 1;
         }
-        *samples
-            .entry((r.role.clone(), r.dataset.clone(), r.item_id.clone()))
-            .or_default() += 1;
     }
     for ((role, dataset), group) in out.iter_mut() {
         for (id, item) in group.iter_mut() {
@@ -363,6 +375,31 @@ mod tests {
         assert!(p.ci.0 > 0.0, "{:?}", p.ci);
         let g = rows.iter().find(|r| r.role == "grm").unwrap();
         assert_eq!((g.n, g.only_a, g.only_b), (1, 1, 0));
+    }
+
+    /// Corpus-built questions that ask for a fact are also compared on their own; title
+    /// questions, other datasets' items and the GRM's are not.
+    #[test]
+    fn fact_questions_get_a_row_of_their_own() {
+        let ids = [
+            "wiki-def-01",
+            "wiki-directed-02",
+            "wiki-capital-03",
+            "fanoutqa-4",
+        ];
+        let a: Vec<EvalItemRow> = ids.iter().map(|id| item("policy", id, 0, false)).collect();
+        let mut b: Vec<EvalItemRow> = ids.iter().map(|id| item("policy", id, 0, true)).collect();
+        b.push(item("grm", "wiki-directed-02", 0, true));
+        let rows = pair_up(&a, &b);
+        let facts: Vec<&Paired> = rows
+            .iter()
+            .filter(|r| r.dataset.ends_with("fact questions"))
+            .collect();
+        assert_eq!(facts.len(), 1);
+        assert_eq!(facts[0].dataset, "qa:test, fact questions");
+        assert_eq!((facts[0].n, facts[0].only_b), (2, 2));
+        let all = rows.iter().find(|r| r.dataset == "qa:test").unwrap();
+        assert_eq!(all.n, 4);
     }
 
     /// With several samples an item scores its mean; McNemar reads sample 0.
