@@ -12,6 +12,7 @@ use super::agent::{
     tool_format,
 };
 use super::kit::tasks;
+use super::qa::facts_in_turn;
 use super::{Stage, StageContext, StageOutput, Upstream};
 use crate::error::{Error, Result};
 use crate::model::sample::seq_seed;
@@ -46,6 +47,7 @@ struct Settings {
     source: Source,
     tasks: usize,
     resample: bool,
+    fact_share: f64,
     depth_from_round: u32,
     solve_threshold: f64,
     min_searches: usize,
@@ -62,6 +64,7 @@ impl Settings {
             source,
             tasks: params.u64("tasks") as usize,
             resample: params.bool("resample"),
+            fact_share: params.f64("fact_share"),
             depth_from_round: params.u64("depth_from_round") as u32,
             solve_threshold: params.f64("solve_threshold"),
             min_searches: params.u64("min_searches") as usize,
@@ -131,6 +134,12 @@ impl Stage for GenerateStage {
                 "with `source = qa`: a different seeded sample of questions each round (false: the same `tasks` questions every round)",
             ),
             ParamSpec::new(
+                "fact_share",
+                0.0,
+                "with `source = qa`: share of the tasks drawn first from corpus questions that ask for a fact in an article's text rather than for its subject, the families taken in turn",
+            )
+            .between(0.0, 1.0),
+            ParamSpec::new(
                 "depth_from_round",
                 3,
                 "first round whose evolved tasks use the depth template (earlier: width)",
@@ -180,7 +189,7 @@ impl Stage for GenerateStage {
         let n = settings.tasks;
         let tasks_path = shard_path(&ctx.out_dir, ShardKind::Tasks, ctx.shard.index);
         if settings.source == Source::Qa {
-            let tasks = labelled_tasks(ctx, n, settings.resample)?;
+            let tasks = labelled_tasks(ctx, n, settings.resample, settings.fact_share)?;
             let rows = write_rows(&tasks_path, &tasks)?;
             return Ok(StageOutput {
                 files: vec![tasks_path],
@@ -356,10 +365,36 @@ fn task_seeds(ctx: &StageContext, n: usize, solve_threshold: f64) -> Result<Vec<
     Ok(seeds)
 }
 
+/// `n` of `rows` (in their order, cycling when there are fewer): `fact_share` of them from the
+/// questions that ask for a fact, the families in turn, then the others.
+fn pick_labelled<'a>(rows: &[&'a QaRow], n: usize, fact_share: f64) -> Vec<&'a QaRow> {
+    let n_facts = ((n as f64) * fact_share).round() as usize;
+    let mut chosen: Vec<&QaRow> = facts_in_turn(rows)
+        .into_iter()
+        .cycle()
+        .take(n_facts)
+        .collect();
+    let taken: std::collections::HashSet<&str> = chosen.iter().map(|q| q.id.as_str()).collect();
+    let rest: Vec<&QaRow> = rows
+        .iter()
+        .copied()
+        .filter(|q| !taken.contains(q.id.as_str()))
+        .collect();
+    let rest = if rest.is_empty() { rows.to_vec() } else { rest };
+    chosen.extend(rest.into_iter().cycle().take(n - chosen.len()));
+    chosen
+}
+
 /// `n` labelled training questions as tasks: a different seeded sample each round, or with
 /// `resample = false` the same `n` questions in every round and every run (a fixed set to
-/// watch the training reward on).
-fn labelled_tasks(ctx: &StageContext, n: usize, resample: bool) -> Result<Vec<TaskRow>> {
+/// watch the training reward on). `fact_share` of them come first from the questions that ask
+/// for a fact (`qa::facts_in_turn`), the rest from all the others.
+fn labelled_tasks(
+    ctx: &StageContext,
+    n: usize,
+    resample: bool,
+    fact_share: f64,
+) -> Result<Vec<TaskRow>> {
     let mut rows: Vec<QaRow> = read_rows::<QaRow>(ctx.input_files(Upstream::needs("qa"))?)?
         .into_iter()
         .filter(|q| q.split == "train" && !q.answers.is_empty())
@@ -376,24 +411,75 @@ fn labelled_tasks(ctx: &StageContext, n: usize, resample: bool) -> Result<Vec<Ta
         "fixed".to_string()
     };
     rows.sort_by_key(|q| stable_u64(&[&key, &q.id]));
-    Ok(rows
+    let all: Vec<&QaRow> = rows.iter().collect();
+    Ok(pick_labelled(&all, n, fact_share)
         .into_iter()
-        .cycle()
-        .take(n)
         .enumerate()
         .filter(|(i, _)| ctx.shard.owns(*i))
         .map(|(i, q)| TaskRow {
             task_id: format!("r{:03}-t{i:05}", ctx.round),
             round: ctx.round,
-            question: q.question,
+            question: q.question.clone(),
             answer: q.answers[0].clone(),
             answer_aliases: q.answers[1..].to_vec(),
             template: "labelled".into(),
             parent_task_id: None,
-            topic: Some(q.id),
+            topic: Some(q.id.clone()),
             generator_trajectory_id: None,
             valid: true,
             invalid_reason: None,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qa(id: &str) -> QaRow {
+        QaRow {
+            id: id.into(),
+            question: format!("{id}?"),
+            answers: vec![id.to_uppercase()],
+            split: "train".into(),
+            source: "corpus".into(),
+            source_doc_id: None,
+        }
+    }
+
+    /// Half of eight tasks ask for a fact, one family after the other; the rest keep the seeded
+    /// order, and no share picks exactly the first `n` (cycling when the rows run out).
+    #[test]
+    fn labelled_tasks_draw_their_fact_share_from_every_family_in_turn() {
+        let rows: Vec<QaRow> = ["wiki-def-1", "wiki-symbol-1", "wiki-def-2", "wiki-symbol-2"]
+            .into_iter()
+            .chain([
+                "wiki-def-3",
+                "wiki-wrote-1",
+                "wiki-def-4",
+                "wiki-def-5",
+                "wiki-def-6",
+            ])
+            .map(qa)
+            .collect();
+        let refs: Vec<&QaRow> = rows.iter().collect();
+        let ids = |picked: Vec<&QaRow>| picked.iter().map(|q| q.id.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            ids(pick_labelled(&refs, 8, 0.5)),
+            [
+                "wiki-symbol-1",
+                "wiki-wrote-1",
+                "wiki-symbol-2",
+                "wiki-symbol-1",
+                "wiki-def-1",
+                "wiki-def-2",
+                "wiki-def-3",
+                "wiki-def-4"
+            ]
+        );
+        assert_eq!(
+            ids(pick_labelled(&refs, 11, 0.0))[..],
+            ids(refs.iter().copied().cycle().take(11).collect())[..]
+        );
+    }
 }

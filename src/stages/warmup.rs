@@ -15,7 +15,7 @@ use super::agent::{
     Agent, AgentSettings, Role, device_spec, placement, sampling_specs, search_upstream,
 };
 use super::kit::training_sequence;
-use super::qa::{asks_for_a_fact, family_of};
+use super::qa::{facts_in_turn, family_of};
 use super::{Stage, StageContext, StageOutput, Upstream};
 use crate::error::{Error, Result};
 use crate::model::scoring::{LossPositions, build_batch, selected_logprobs};
@@ -126,22 +126,6 @@ impl DemoMix {
     fn facts_of(&self, n: usize) -> usize {
         ((n as f64) * self.fact_share.clamp(0.0, 1.0)).round() as usize
     }
-}
-
-/// The questions that ask for a fact, in `rows`' order within each family and the families
-/// taken in turn (one of each, then the next of each, …), so a quota is not filled by the one
-/// family the corpus has most of (chemical elements' symbols and atomic numbers).
-fn facts_in_turn<'a>(rows: &[&'a QaRow]) -> Vec<&'a QaRow> {
-    let mut by_family: std::collections::BTreeMap<&str, Vec<&'a QaRow>> = Default::default();
-    for q in rows {
-        if let Some(f) = family_of(&q.id).filter(|f| asks_for_a_fact(f)) {
-            by_family.entry(f).or_default().push(q);
-        }
-    }
-    let longest = by_family.values().map(Vec::len).max().unwrap_or(0);
-    (0..longest)
-        .flat_map(|i| by_family.values().filter_map(move |qs| qs.get(i).copied()))
-        .collect()
 }
 
 /// Tries the rows of `candidates` not yet `used`, in order, marking each tried, until `make`
@@ -626,6 +610,7 @@ impl Stage for WarmupStage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stages::qa::asks_for_a_fact;
 
     fn qa(id: &str, q: &str, a: &str) -> QaRow {
         QaRow {

@@ -43,6 +43,22 @@ pub(crate) fn asks_for_a_fact(family: &str) -> bool {
     !matches!(family, "def" | "desc")
 }
 
+/// The questions that ask for a fact, in `rows`' order within each family and the families
+/// taken in turn (one of each, then the next of each, …), so a quota is not filled by the one
+/// family the corpus has most of (chemical elements' symbols and atomic numbers).
+pub(crate) fn facts_in_turn<'a>(rows: &[&'a QaRow]) -> Vec<&'a QaRow> {
+    let mut by_family: std::collections::BTreeMap<&str, Vec<&'a QaRow>> = Default::default();
+    for q in rows {
+        if let Some(f) = family_of(&q.id).filter(|f| asks_for_a_fact(f)) {
+            by_family.entry(f).or_default().push(q);
+        }
+    }
+    let longest = by_family.values().map(Vec::len).max().unwrap_or(0);
+    (0..longest)
+        .flat_map(|i| by_family.values().filter_map(move |qs| qs.get(i).copied()))
+        .collect()
+}
+
 /// Shortest first sentence we turn into a definition question, in words;
 /// shorter ones ("a fruit") describe many things.
 const MIN_DEF_WORDS: usize = 6;
