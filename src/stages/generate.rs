@@ -12,7 +12,7 @@ use super::agent::{
     tool_format,
 };
 use super::kit::tasks;
-use super::qa::facts_in_turn;
+use super::qa::{fact_quota, facts_in_turn};
 use super::{Stage, StageContext, StageOutput, Upstream};
 use crate::error::{Error, Result};
 use crate::model::sample::seq_seed;
@@ -368,7 +368,7 @@ fn task_seeds(ctx: &StageContext, n: usize, solve_threshold: f64) -> Result<Vec<
 /// `n` of `rows` (in their order, cycling when there are fewer): `fact_share` of them from the
 /// questions that ask for a fact, the families in turn, then the others.
 fn pick_labelled<'a>(rows: &[&'a QaRow], n: usize, fact_share: f64) -> Vec<&'a QaRow> {
-    let n_facts = ((n as f64) * fact_share).round() as usize;
+    let n_facts = fact_quota(n, fact_share);
     let mut chosen: Vec<&QaRow> = facts_in_turn(rows)
         .into_iter()
         .cycle()

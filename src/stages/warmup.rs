@@ -15,7 +15,7 @@ use super::agent::{
     Agent, AgentSettings, Role, device_spec, placement, sampling_specs, search_upstream,
 };
 use super::kit::training_sequence;
-use super::qa::{facts_in_turn, family_of};
+use super::qa::{fact_quota, facts_in_turn, family_of};
 use super::{Stage, StageContext, StageOutput, Upstream};
 use crate::error::{Error, Result};
 use crate::model::scoring::{LossPositions, build_batch, selected_logprobs};
@@ -124,7 +124,7 @@ impl DemoMix {
 
     /// Of `n` demonstrations, how many must ask for a fact.
     fn facts_of(&self, n: usize) -> usize {
-        ((n as f64) * self.fact_share.clamp(0.0, 1.0)).round() as usize
+        fact_quota(n, self.fact_share)
     }
 }
 

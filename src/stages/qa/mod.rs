@@ -12,7 +12,7 @@ use serde_json::Value;
 
 mod questions;
 
-pub(crate) use questions::{asks_for_a_fact, facts_in_turn, family_of};
+pub(crate) use questions::{asks_for_a_fact, fact_quota, facts_in_turn, family_of};
 
 pub use super::sources::read_qa_file;
 use super::sources::{answer_strings, open_records, user_row};

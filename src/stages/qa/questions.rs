@@ -59,6 +59,12 @@ pub(crate) fn facts_in_turn<'a>(rows: &[&'a QaRow]) -> Vec<&'a QaRow> {
         .collect()
 }
 
+/// How many of `n` questions a `fact_share` asks to be fact questions (`warmup.fact_share`,
+/// `generate.fact_share`): the nearest whole number.
+pub(crate) fn fact_quota(n: usize, fact_share: f64) -> usize {
+    ((n as f64) * fact_share.clamp(0.0, 1.0)).round() as usize
+}
+
 /// Shortest first sentence we turn into a definition question, in words;
 /// shorter ones ("a fruit") describe many things.
 const MIN_DEF_WORDS: usize = 6;
