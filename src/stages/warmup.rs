@@ -96,7 +96,6 @@ fn grm_candidate(kind: GrmDemos, i: usize, q: &QaRow, other: &QaRow) -> String {
     }
 }
 
-/// Builds the demonstrations from labelled corpus QA (train split) and the search tool.
 /// How many demonstrations of each role to build, what the GRM's candidates are, and the share
 /// of the policy's and the generator's demonstrations that ask for a fact in an article's text
 /// rather than for its subject (`qa::asks_for_a_fact`).
@@ -120,11 +119,6 @@ impl DemoMix {
             grm_demos: GrmDemos::Answers,
             fact_share: 0.0,
         }
-    }
-
-    /// Of `n` demonstrations, how many must ask for a fact.
-    fn facts_of(&self, n: usize) -> usize {
-        fact_quota(n, self.fact_share)
     }
 }
 
@@ -156,6 +150,24 @@ fn take_demos<'a>(
     refused
 }
 
+/// One role's `n` demonstrations: `fact_quota(n, fact_share)` of them tried from `facts` first,
+/// the rest from `rows`, through `take_demos` (the refused rows' count returned).
+fn take_role_demos<'a>(
+    facts: &[&'a QaRow],
+    rows: &[&'a QaRow],
+    n: usize,
+    fact_share: f64,
+    used: &mut std::collections::HashSet<&'a str>,
+    demos: &mut Vec<Demo>,
+    mut make: impl FnMut(&'a QaRow) -> Option<Demo>,
+) -> usize {
+    let before = demos.len();
+    let refused = take_demos(facts, fact_quota(n, fact_share), used, demos, &mut make);
+    let made = demos.len() - before;
+    refused + take_demos(rows, n - made, used, demos, make)
+}
+
+/// Builds the demonstrations from labelled corpus QA (train split) and the search tool.
 /// `search(query)` returns the rendered result body and `wrap(body)` the text the model reads
 /// after its call; calls are written in `tools`' format and `end_of_turn` closes each answer
 /// (the model's chat format: `<|im_end|>` in ChatML). `title(q)` is the title of the article a
@@ -185,7 +197,7 @@ pub(crate) fn build_demos(
     let mut demos = Vec::new();
     let mut used = std::collections::HashSet::new();
     let mut ungrounded = 0;
-    let mut policy_demo = |q: &QaRow| {
+    let policy_demo = |q: &QaRow| {
         let answer = &q.answers[0];
         let info = search(&q.question);
         if sub_exact_match(&normalize_answer(&info), std::slice::from_ref(answer)) == 0.0 {
@@ -213,17 +225,16 @@ pub(crate) fn build_demos(
             ],
         })
     };
-    let n_facts = mix.facts_of(mix.policy);
-    ungrounded += take_demos(&facts, n_facts, &mut used, &mut demos, &mut policy_demo);
-    let made = demos.len();
-    ungrounded += take_demos(
+    ungrounded += take_role_demos(
+        &facts,
         &rows,
-        mix.policy - made,
+        mix.policy,
+        mix.fact_share,
         &mut used,
         &mut demos,
-        &mut policy_demo,
+        policy_demo,
     );
-    let mut generator_demo = |q: &QaRow| {
+    let generator_demo = |q: &QaRow| {
         let answer = &q.answers[0];
         let topic = title(q).unwrap_or_else(|| topic_title(q));
         let info = search(&topic);
@@ -255,16 +266,14 @@ pub(crate) fn build_demos(
             ],
         })
     };
-    let before = demos.len();
-    let n_facts = mix.facts_of(mix.generator);
-    ungrounded += take_demos(&facts, n_facts, &mut used, &mut demos, &mut generator_demo);
-    let made = demos.len() - before;
-    ungrounded += take_demos(
+    ungrounded += take_role_demos(
+        &facts,
         &rows,
-        mix.generator - made,
+        mix.generator,
+        mix.fact_share,
         &mut used,
         &mut demos,
-        &mut generator_demo,
+        generator_demo,
     );
     // The GRM's pool: the next unused rows in order (one more, the last one's `other`).
     let pool: Vec<&QaRow> = rows
