@@ -106,6 +106,9 @@ pub(crate) struct DemoMix {
     pub grm: usize,
     pub grm_demos: GrmDemos,
     pub fact_share: f64,
+    /// The share of the GRM's demonstrations shown no reference, judged by searching
+    /// (`warmup.grm_unreferenced`, [`unreferenced_grm_demo`]).
+    pub grm_unreferenced: f64,
 }
 
 impl DemoMix {
@@ -118,6 +121,7 @@ impl DemoMix {
             grm,
             grm_demos: GrmDemos::Answers,
             fact_share: 0.0,
+            grm_unreferenced: 0.0,
         }
     }
 }
@@ -275,13 +279,26 @@ pub(crate) fn build_demos(
         &mut demos,
         generator_demo,
     );
-    // The GRM's pool: the next unused rows in order (one more, the last one's `other`).
-    let pool: Vec<&QaRow> = rows
-        .iter()
-        .copied()
-        .filter(|q| !used.contains(q.id.as_str()))
-        .take(mix.grm + 1)
-        .collect();
+    // The GRM's pool: its fact quota of the unused fact questions, then the next unused rows in
+    // order (one more, the last one's `other`).
+    let quota = fact_quota(mix.grm, mix.fact_share);
+    let mut pool: Vec<&QaRow> = Vec::with_capacity(mix.grm + 1);
+    for q in &facts {
+        if pool.len() == quota {
+            break;
+        }
+        if used.insert(q.id.as_str()) {
+            pool.push(q);
+        }
+    }
+    for q in &rows {
+        if pool.len() > mix.grm {
+            break;
+        }
+        if used.insert(q.id.as_str()) {
+            pool.push(q);
+        }
+    }
     for (i, pair) in pool.windows(2).enumerate() {
         let q = pair[0];
         let other = match mix.grm_demos {
@@ -290,10 +307,28 @@ pub(crate) fn build_demos(
         };
         let candidate = &grm_candidate(mix.grm_demos, i, q, other);
         let correct = sub_exact_match(candidate, &q.answers) > 0.0;
-        let thought = grm_thought(mix.grm_demos, &q.answers[0], correct);
         let verdict = grm::Verdict::from_correct(correct).name();
+        let id = format!("warmup-grm-{}-{i}", q.id);
+        if picked(seed, &q.id, mix.grm_unreferenced) {
+            let info = search(&q.question);
+            if sub_exact_match(
+                &normalize_answer(&info),
+                std::slice::from_ref(&q.answers[0]),
+            ) > 0.0
+            {
+                demos.push(unreferenced_grm_demo(
+                    id,
+                    q,
+                    candidate,
+                    correct,
+                    (&wrap(&info), tools, end_of_turn),
+                ));
+                continue;
+            }
+        }
+        let thought = grm_thought(mix.grm_demos, &q.answers[0], correct);
         demos.push(Demo {
-            id: format!("warmup-grm-{}-{i}", q.id),
+            id,
             role: Role::Grm,
             messages: grm::prompt(&q.question, candidate, Some(&q.answers[0]), tools),
             pieces: vec![(
@@ -305,6 +340,56 @@ pub(crate) fn build_demos(
         });
     }
     (demos, ungrounded)
+}
+
+/// Whether the question `id` is among the `share` picked by a seeded draw (independent of its
+/// place in the pool, so of the kind of candidate it gets).
+fn picked(seed: u64, id: &str, share: f64) -> bool {
+    let draw = stable_u64(&[&seed.to_string(), "unreferenced", id]) % 10_000;
+    share > 0.0 && (draw as f64) < share * 10_000.0
+}
+
+/// A GRM demonstration without a reference, as the self-check judges the generator's answer:
+/// the GRM searches the question, its thought says what the documents hold (the policy's words,
+/// "The documents say it is …") and whether the candidate names it, then the verdict. Built only
+/// for questions whose search results (`information`, wrapped as the model reads it) hold the
+/// answer. The last argument: the wrapped results, the tool format and the text that closes a
+/// turn.
+fn unreferenced_grm_demo(
+    id: String,
+    q: &QaRow,
+    candidate: &str,
+    correct: bool,
+    (information, tools, end_of_turn): (&str, ToolFormat, &str),
+) -> Demo {
+    let answer = &q.answers[0];
+    let says = if correct {
+        "names it"
+    } else {
+        "does not name it"
+    };
+    let verdict = grm::Verdict::from_correct(correct).name();
+    Demo {
+        id,
+        role: Role::Grm,
+        messages: grm::prompt(&q.question, candidate, None, tools),
+        pieces: vec![
+            (
+                format!(
+                    "<think>I should search for this.</think>\n{}",
+                    tools.call(q.question.trim())
+                ),
+                true,
+            ),
+            (information.to_string(), false),
+            (
+                format!(
+                    "<think>The documents say it is {answer}. The candidate {says}.</think>\n<answer>conclusion: {verdict}</answer>{end_of_turn}"
+                ),
+                true,
+            ),
+        ],
+    }
 }
 
 /// The thought of a GRM demonstration: whether the candidate matches, and with `Contrast` the
@@ -427,6 +512,12 @@ impl Stage for WarmupStage {
                 "share of the policy and generator demonstrations drawn first from corpus questions that ask for a fact in an article's text (a director, a year, a capital) rather than for its subject, the families taken in turn",
             )
             .between(0.0, 1.0),
+            ParamSpec::new(
+                "grm_unreferenced",
+                0.0,
+                "share of the GRM demonstrations shown no reference, as the self-check judges: the GRM searches the question and says what the documents hold before its verdict (questions whose results do not hold the answer keep their reference)",
+            )
+            .between(0.0, 1.0),
             ParamSpec::new("epochs", 2, "passes over the demonstrations").at_least(1.0),
             ParamSpec::new("micro_batch", 4, "sequences per optimizer step").at_least(1.0),
             ParamSpec::new("lr", 5e-5, "AdamW learning rate").at_least(0.0),
@@ -477,6 +568,7 @@ impl Stage for WarmupStage {
                 .parse()
                 .map_err(|e| Error::param("warmup.grm_demos", e))?,
             fact_share: ctx.params.f64("fact_share"),
+            grm_unreferenced: ctx.params.f64("grm_unreferenced"),
         };
         let (demos, ungrounded) = build_demos(
             &qa,
@@ -867,6 +959,18 @@ mod tests {
             4
         );
         assert_eq!(demos.iter().filter(|d| d.role == Role::Grm).count(), 6);
+        // The GRM's pool takes its quota too, from the fact questions the others left.
+        let grm_facts = |demos: &[Demo]| {
+            demos
+                .iter()
+                .filter(|d| d.role == Role::Grm)
+                .filter(|d| {
+                    let q = &d.messages[1].content;
+                    q.contains("symbol of element") || q.contains("Who directed")
+                })
+                .count()
+        };
+        assert_eq!(grm_facts(&demos), 3);
         // No question serves two roles.
         let mut questions: Vec<&str> = demos
             .iter()
@@ -879,6 +983,91 @@ mod tests {
         assert_eq!(questions.len(), n);
         // Without a quota the fact questions come only as often as the seeded order brings them.
         assert!(fact_ids(&build(0.0), Role::Policy).len() < 4);
+    }
+
+    /// `grm_unreferenced` of the GRM's demonstrations show no reference: the GRM searches the
+    /// question, reads the results (masked from the loss) and says what they hold before the
+    /// verdict. A question whose results do not hold its answer keeps its reference.
+    #[test]
+    fn unreferenced_grm_demonstrations_search_and_say_what_the_documents_hold() {
+        let rows: Vec<QaRow> = (0..60)
+            .map(|n| {
+                let q = format!("Who directed film {n}?");
+                qa(&format!("wiki-directed-{n}"), &q, &format!("Director {n}"))
+            })
+            .collect();
+        let build = |share: f64| {
+            build_demos(
+                &rows,
+                DemoMix {
+                    grm_demos: GrmDemos::Contrast,
+                    grm_unreferenced: share,
+                    ..DemoMix::counts(0, 0, 40)
+                },
+                7,
+                ToolFormat::Tags,
+                "<|im_end|>",
+                // Film 0 to 9's results name no director.
+                |query: &str| {
+                    let n: usize = query
+                        .trim_start_matches("Who directed film ")
+                        .trim_end_matches('?')
+                        .parse()
+                        .unwrap();
+                    if n < 10 {
+                        "A film.".to_string()
+                    } else {
+                        format!("Film {n} was directed by Director {n}.")
+                    }
+                },
+                |b| format!("<information>{b}</information>"),
+                |_| None,
+            )
+            .0
+        };
+        let referenced = |d: &Demo| d.messages[1].content.contains("Reference answer:");
+        assert!(build(0.0).iter().all(referenced));
+        let all = build(1.0);
+        assert_eq!(all.len(), 40);
+        let (with, without): (Vec<&Demo>, Vec<&Demo>) = all.iter().partition(|d| referenced(d));
+        // Every question is picked; only those whose results hold the answer lose the reference.
+        assert!(with.iter().all(|d| d.pieces.len() == 1));
+        for d in &with {
+            let n: usize = d.id.split('-').nth(4).unwrap().parse().unwrap();
+            assert!(n < 10, "{}", d.id);
+        }
+        assert!(without.len() >= 25, "{}", without.len());
+        let (mut right, mut wrong) = (0, 0);
+        for d in &without {
+            assert_eq!(d.pieces.len(), 3);
+            assert!(d.pieces[0].0.contains("<search>Who directed film"));
+            assert!(d.pieces[1].0.starts_with("<information>") && !d.pieces[1].1);
+            let text = d.text();
+            let question = d.messages[1]
+                .content
+                .split("Who directed film ")
+                .nth(1)
+                .unwrap();
+            let n = question.split('?').next().unwrap();
+            assert!(
+                text.contains(&format!("The documents say it is Director {n}.")),
+                "{text}"
+            );
+            match grm::parse(&text).verdict {
+                grm::Verdict::Correct => {
+                    assert!(text.contains("The candidate names it."));
+                    right += 1
+                }
+                _ => {
+                    assert!(text.contains("The candidate does not name it."));
+                    wrong += 1
+                }
+            }
+        }
+        assert!(right > 0 && wrong > 0, "{right} right, {wrong} wrong");
+        // A share picks about that share, whatever the candidate's kind.
+        let half = build(0.5).iter().filter(|d| !referenced(d)).count();
+        assert!((8..=28).contains(&half), "{half} of 40");
     }
 
     /// `contrast` GRM demonstrations take their wrong answers from a question of the same
