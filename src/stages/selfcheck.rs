@@ -40,6 +40,7 @@ pub(crate) struct SelfCheckStage;
 struct Settings {
     self_judgments: usize,
     v_min: usize,
+    min_searches: usize,
 }
 
 impl Settings {
@@ -52,9 +53,21 @@ impl Settings {
                 format!("{v_min} is more than selfcheck.self_judgments = {v}: no task could pass"),
             ));
         }
+        let min_searches = params.u64("min_searches") as usize;
+        let turns = params.u64("max_turns") as usize;
+        if min_searches >= turns && min_searches > 0 {
+            return Err(Error::param(
+                "selfcheck.min_searches",
+                format!(
+                    "{min_searches} searches need at least {} turns (selfcheck.max_turns = {turns}): each search ends a turn and the verdict needs one more",
+                    min_searches + 1
+                ),
+            ));
+        }
         Ok(Settings {
             self_judgments: v,
             v_min,
+            min_searches,
         })
     }
 }
@@ -94,6 +107,11 @@ impl Stage for SelfCheckStage {
                 4,
                 "correct verdicts a task needs to stay valid (at most self_judgments)",
             ),
+            ParamSpec::new(
+                "min_searches",
+                0,
+                "with `guided`: searches the GRM makes before its verdict (0: its choice); the self-check shows no reference, so a judge that looks the question up has something to compare with",
+            ),
             judge_model_spec(),
         ];
         specs.extend(sampling_specs(256, 2, 1.0));
@@ -116,6 +134,7 @@ impl Stage for SelfCheckStage {
         let Settings {
             self_judgments: v,
             v_min,
+            min_searches,
         } = Settings::from_params(ctx.params)?;
         let all = tasks(ctx.input_files(Upstream::needs("generate"))?)?;
         let owned: Vec<TaskRow> = all
@@ -141,7 +160,9 @@ impl Stage for SelfCheckStage {
         let completions = if requests.is_empty() {
             Vec::new()
         } else {
-            Agent::load(ctx, "selfcheck")?.run(&requests, "selfcheck", Role::Grm)?
+            Agent::load(ctx, "selfcheck")?
+                .require_searches(min_searches)
+                .run(&requests, "selfcheck", Role::Grm)?
         };
         let mut judgments = Vec::with_capacity(items.len());
         let mut grm_rows = Vec::with_capacity(items.len());
@@ -382,6 +403,23 @@ mod tests {
             "{}",
             d.summary()
         );
+    }
+
+    /// A self-check that must search needs a turn for each search and one for the verdict.
+    #[test]
+    fn min_searches_needs_a_turn_more_than_its_searches() {
+        let mut params =
+            crate::params::resolve("selfcheck", &SelfCheckStage.params(), None, &[]).unwrap();
+        let mut with = |searches: u64, turns: u64| {
+            params.insert("min_searches".to_string(), searches.into());
+            params.insert("max_turns".to_string(), turns.into());
+            SelfCheckStage.check(&params).map_err(|e| e.to_string())
+        };
+        assert!(with(0, 1).is_ok());
+        assert!(with(1, 2).is_ok());
+        let err = with(1, 1).unwrap_err();
+        assert!(err.contains("selfcheck.min_searches"), "{err}");
+        assert!(err.contains("at least 2 turns"), "{err}");
     }
 
     fn run_stage(
