@@ -204,7 +204,7 @@ pub(crate) fn build_demos(
     let policy_demo = |q: &QaRow| {
         let answer = &q.answers[0];
         let info = search(&q.question);
-        if sub_exact_match(&normalize_answer(&info), std::slice::from_ref(answer)) == 0.0 {
+        if !results_hold(&info, answer) {
             return None;
         }
         Some(Demo {
@@ -242,9 +242,7 @@ pub(crate) fn build_demos(
         let answer = &q.answers[0];
         let topic = title(q).unwrap_or_else(|| topic_title(q));
         let info = search(&topic);
-        if sub_exact_match(&normalize_answer(&info), std::slice::from_ref(answer)) == 0.0
-            || contains_answer(&q.question, answer)
-        {
+        if !results_hold(&info, answer) || contains_answer(&q.question, answer) {
             return None;
         }
         Some(Demo {
@@ -311,11 +309,7 @@ pub(crate) fn build_demos(
         let id = format!("warmup-grm-{}-{i}", q.id);
         if picked(seed, &q.id, mix.grm_unreferenced) {
             let info = search(&q.question);
-            if sub_exact_match(
-                &normalize_answer(&info),
-                std::slice::from_ref(&q.answers[0]),
-            ) > 0.0
-            {
+            if results_hold(&info, &q.answers[0]) {
                 demos.push(unreferenced_grm_demo(
                     id,
                     q,
@@ -340,6 +334,14 @@ pub(crate) fn build_demos(
         });
     }
     (demos, ungrounded)
+}
+
+/// Whether search results (`info`) hold `answer`: a demonstration that reads them is grounded.
+fn results_hold(info: &str, answer: &str) -> bool {
+    sub_exact_match(
+        &normalize_answer(info),
+        std::slice::from_ref(&answer.to_string()),
+    ) > 0.0
 }
 
 /// Whether the question `id` is among the `share` picked by a seeded draw (independent of its
