@@ -244,6 +244,24 @@ pub(crate) fn check_agent_params(params: &Params, stage: &str) -> Result<()> {
     AgentSettings::from_params(params, stage).map(|_| ())
 }
 
+/// The `min_searches` of a guided model stage (`generate`, `selfcheck`): searches each sequence
+/// makes before its final action. Each search ends a turn and the final action needs one more, so
+/// a count `max_turns` cannot hold is refused (the guide would drop the requirement silently).
+pub(crate) fn min_searches(params: &Params, stage: &str) -> Result<usize> {
+    let n = params.u64("min_searches") as usize;
+    let turns = params.u64("max_turns") as usize;
+    if n > 0 && n >= turns {
+        return Err(Error::param(
+            format!("{stage}.min_searches"),
+            format!(
+                "{n} searches need at least {} turns ({stage}.max_turns = {turns}): each search ends a turn and the final action needs one more",
+                n + 1
+            ),
+        ));
+    }
+    Ok(n)
+}
+
 /// The `tool_format` of a model stage's params.
 pub fn tool_format(params: &Params, stage: &str) -> Result<ToolFormat> {
     let name = params.str("tool_format");

@@ -67,7 +67,7 @@ impl Settings {
             fact_share: params.f64("fact_share"),
             depth_from_round: params.u64("depth_from_round") as u32,
             solve_threshold: params.f64("solve_threshold"),
-            min_searches: params.u64("min_searches") as usize,
+            min_searches: super::agent::min_searches(params, "generate")?,
             grounding_k: params.u64("grounding_k") as usize,
         };
         if s.tasks == 0 {

@@ -53,21 +53,10 @@ impl Settings {
                 format!("{v_min} is more than selfcheck.self_judgments = {v}: no task could pass"),
             ));
         }
-        let min_searches = params.u64("min_searches") as usize;
-        let turns = params.u64("max_turns") as usize;
-        if min_searches >= turns && min_searches > 0 {
-            return Err(Error::param(
-                "selfcheck.min_searches",
-                format!(
-                    "{min_searches} searches need at least {} turns (selfcheck.max_turns = {turns}): each search ends a turn and the verdict needs one more",
-                    min_searches + 1
-                ),
-            ));
-        }
         Ok(Settings {
             self_judgments: v,
             v_min,
-            min_searches,
+            min_searches: super::agent::min_searches(params, "selfcheck")?,
         })
     }
 }

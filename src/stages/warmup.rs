@@ -127,13 +127,14 @@ impl DemoMix {
 }
 
 /// Tries the rows of `candidates` not yet `used`, in order, marking each tried, until `make`
-/// has made `n` demonstrations (a row it refuses, `None`, counts in the returned total).
-fn take_demos<'a>(
+/// has made `n` demonstrations (a row it refuses, `None`, counts in the returned total). The
+/// GRM's pool is taken the same way, its "demonstrations" being the rows themselves.
+fn take_demos<'a, T>(
     candidates: &[&'a QaRow],
     n: usize,
     used: &mut std::collections::HashSet<&'a str>,
-    demos: &mut Vec<Demo>,
-    mut make: impl FnMut(&'a QaRow) -> Option<Demo>,
+    demos: &mut Vec<T>,
+    mut make: impl FnMut(&'a QaRow) -> Option<T>,
 ) -> usize {
     let (mut made, mut refused) = (0, 0);
     for q in candidates {
@@ -279,24 +280,10 @@ pub(crate) fn build_demos(
     );
     // The GRM's pool: its fact quota of the unused fact questions, then the next unused rows in
     // order (one more, the last one's `other`).
-    let quota = fact_quota(mix.grm, mix.fact_share);
     let mut pool: Vec<&QaRow> = Vec::with_capacity(mix.grm + 1);
-    for q in &facts {
-        if pool.len() == quota {
-            break;
-        }
-        if used.insert(q.id.as_str()) {
-            pool.push(q);
-        }
-    }
-    for q in &rows {
-        if pool.len() > mix.grm {
-            break;
-        }
-        if used.insert(q.id.as_str()) {
-            pool.push(q);
-        }
-    }
+    let quota = fact_quota(mix.grm, mix.fact_share);
+    take_demos(&facts, quota, &mut used, &mut pool, Some);
+    take_demos(&rows, mix.grm + 1 - pool.len(), &mut used, &mut pool, Some);
     for (i, pair) in pool.windows(2).enumerate() {
         let q = pair[0];
         let other = match mix.grm_demos {
@@ -305,7 +292,6 @@ pub(crate) fn build_demos(
         };
         let candidate = &grm_candidate(mix.grm_demos, i, q, other);
         let correct = sub_exact_match(candidate, &q.answers) > 0.0;
-        let verdict = grm::Verdict::from_correct(correct).name();
         let id = format!("warmup-grm-{}-{i}", q.id);
         if picked(seed, &q.id, mix.grm_unreferenced) {
             let info = search(&q.question);
@@ -325,12 +311,7 @@ pub(crate) fn build_demos(
             id,
             role: Role::Grm,
             messages: grm::prompt(&q.question, candidate, Some(&q.answers[0]), tools),
-            pieces: vec![(
-                format!(
-                    "<think>{thought}</think>\n<answer>conclusion: {verdict}</answer>{end_of_turn}"
-                ),
-                true,
-            )],
+            pieces: vec![(verdict_turn(&thought, correct, end_of_turn), true)],
         });
     }
     (demos, ungrounded)
@@ -364,13 +345,11 @@ fn unreferenced_grm_demo(
     correct: bool,
     (information, tools, end_of_turn): (&str, ToolFormat, &str),
 ) -> Demo {
-    let answer = &q.answers[0];
-    let says = if correct {
-        "names it"
-    } else {
-        "does not name it"
-    };
-    let verdict = grm::Verdict::from_correct(correct).name();
+    let thought = format!(
+        "The documents say it is {}. The candidate {}.",
+        q.answers[0],
+        names_it(correct)
+    );
     Demo {
         id,
         role: Role::Grm,
@@ -384,13 +363,24 @@ fn unreferenced_grm_demo(
                 true,
             ),
             (information.to_string(), false),
-            (
-                format!(
-                    "<think>The documents say it is {answer}. The candidate {says}.</think>\n<answer>conclusion: {verdict}</answer>{end_of_turn}"
-                ),
-                true,
-            ),
+            (verdict_turn(&thought, correct, end_of_turn), true),
         ],
+    }
+}
+
+/// A GRM demonstration's last turn: its thought, the verdict `correct` gives, and the text that
+/// closes a turn.
+fn verdict_turn(thought: &str, correct: bool, end_of_turn: &str) -> String {
+    let verdict = grm::Verdict::from_correct(correct).name();
+    format!("<think>{thought}</think>\n<answer>conclusion: {verdict}</answer>{end_of_turn}")
+}
+
+/// How a `contrast` or unreferenced thought says whether the candidate is right.
+fn names_it(correct: bool) -> &'static str {
+    if correct {
+        "names it"
+    } else {
+        "does not name it"
     }
 }
 
@@ -399,13 +389,11 @@ fn unreferenced_grm_demo(
 pub(crate) fn grm_thought(kind: GrmDemos, reference: &str, correct: bool) -> String {
     match kind {
         GrmDemos::Contrast => {
-            let says = if correct {
-                "names it"
-            } else {
-                "does not name it"
-            };
             let reference = crate::roles::quoted(reference);
-            format!("The reference is {reference}. The candidate {says}.")
+            format!(
+                "The reference is {reference}. The candidate {}.",
+                names_it(correct)
+            )
         }
         _ if correct => "The candidate matches the reference.".to_string(),
         _ => "The candidate does not match the reference.".to_string(),
