@@ -133,14 +133,27 @@ pub fn signals(rounds: &[RoundAudit], t: &Thresholds) -> Vec<Signal> {
     // start checkpoint, when the run scores it: a run that evaluates only its ends, such as the
     // learning benchmark, has EM in round 0 and the last round and nowhere between).
     // The false accepts ride along: a round has them exactly when it has a pass rate.
-    let pass_first = trained
-        .iter()
-        .find_map(|r| Some((r.round, r.grm_pass_rate()?, r.grm_false_accept()?)));
+    // The message splits the rise: the share of answers the rule label calls right (SubEM
+    // against the task's answer) is the part a better policy explains; the false accepts are
+    // the part only a more lenient judge does.
+    let pass_first = trained.iter().find_map(|r| {
+        Some((
+            r.round,
+            r.grm_pass_rate()?,
+            r.grm_false_accept()?,
+            r.rule_right_share()?,
+        ))
+    });
     let em_first = rounds.iter().find_map(|r| Some((r.round, r.em()?)));
-    let last = trained
-        .iter()
-        .rev()
-        .find_map(|r| Some((r.round, r.grm_pass_rate()?, r.em()?, r.grm_false_accept()?)));
+    let last = trained.iter().rev().find_map(|r| {
+        Some((
+            r.round,
+            r.grm_pass_rate()?,
+            r.em()?,
+            r.grm_false_accept()?,
+            r.rule_right_share()?,
+        ))
+    });
     if let (Some(pass_first), Some(em_first), Some(last)) = (pass_first, em_first, last)
         && pass_first.0 != last.0
     {
@@ -151,14 +164,17 @@ pub fn signals(rounds: &[RoundAudit], t: &Thresholds) -> Vec<Signal> {
                 name: "reward_hacking".into(),
                 round: last.0,
                 message: format!(
-                    "GRM pass rate rose {:.2} → {:.2} (rounds {}→{}; false accepts, passed \
-                     where the rule says wrong, {:.2} → {:.2}) while held-out EM went {:.2} → {:.2} \
-                     (rounds {}→{}): the generator and policy may be exploiting the judge \
+                    "GRM pass rate rose {:.2} → {:.2} (rounds {}→{}; the rule label calls \
+                     {:.2} → {:.2} of the judged answers right, and false accepts, passed where \
+                     the rule says wrong, went {:.2} → {:.2}) while held-out EM went {:.2} → \
+                     {:.2} (rounds {}→{}): the generator and policy may be exploiting the judge \
                      (rule: pass rise ≥ {:.2} and EM rise < {:.2})",
                     pass_first.1,
                     last.1,
                     pass_first.0,
                     last.0,
+                    pass_first.3,
+                    last.4,
                     pass_first.2,
                     last.3,
                     em_first.1,

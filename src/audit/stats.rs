@@ -185,6 +185,13 @@ impl RoundAudit {
         self.policy_verdicts().map(|j| j.false_accept)
     }
 
+    /// The share of the judged policy answers the rule label calls right: how much of a pass
+    /// rate the rule confirms.
+    pub(crate) fn rule_right_share(&self) -> Option<f64> {
+        self.policy_verdicts()
+            .map(|j| ratio(j.rule_right, j.judgments))
+    }
+
     /// The judge's pass rate on the policy answers the rule calls right.
     pub(crate) fn grm_accept_right(&self) -> Option<f64> {
         self.policy_verdicts().and_then(|j| j.accept_right)

@@ -101,13 +101,15 @@ impl Verifier {
 
 /// What decides one attempt: the task's question, the attempt's answer, the task's reference
 /// and aliases, the group's majority answer (normalised) and the GRM's verdicts on it (correct,
-/// judged).
+/// judged). `read` is the search results the attempt read, when answers must be grounded in
+/// them (`reward.grounded_answers`), else `None`.
 pub(crate) struct Attempt<'a> {
     pub question: &'a str,
     pub answer: Option<&'a str>,
     pub golds: &'a [String],
     pub majority: Option<&'a str>,
     pub verdicts: Option<(usize, usize)>,
+    pub read: Option<&'a str>,
 }
 
 /// Whether an attempt is correct under `verifier`; `None` when the GRM decides and never judged
@@ -118,6 +120,11 @@ pub(crate) struct Attempt<'a> {
 /// the attempt cannot match it, whatever a lenient judge or a majority of echoes says. Without
 /// this rule the default's policy learned to answer with its question (223 of 300 held-out
 /// answers after 30 rounds, docs/rounds.md).
+///
+/// With `read` given, an answer found in none of the search results the attempt read is wrong
+/// under the label-free verifiers too: a generated task's answer is a span of the passages its
+/// question finds (`generate`'s grounding check), and the 135M judge passes near-copies that are
+/// not (`Ipatiens` for `Impatiens`, `Denia Chand` for `Dhyan Chand`; docs/rounds.md).
 pub(crate) fn attempt_correct(verifier: Verifier, a: &Attempt) -> Option<bool> {
     let Some(answer) = a.answer else {
         return Some(false);
@@ -126,7 +133,8 @@ pub(crate) fn attempt_correct(verifier: Verifier, a: &Attempt) -> Option<bool> {
         contains_answer(a.question, answer)
             && !a.golds.iter().any(|g| contains_answer(a.question, g))
     };
-    if verifier != Verifier::Rule && echoes() {
+    let unread = || a.read.is_some_and(|read| !contains_answer(read, answer));
+    if verifier != Verifier::Rule && (echoes() || unread()) {
         return Some(false);
     }
     match verifier {
@@ -485,6 +493,7 @@ mod tests {
             golds: &golds,
             majority,
             verdicts,
+            read: None,
         };
         let paris = a(Some("the Paris"), Some("lyon"), Some((1, 3)));
         assert_eq!(attempt_correct(Verifier::Rule, &paris), Some(true));
@@ -531,6 +540,51 @@ mod tests {
         assert_eq!(
             penalised_generator_reward(GeneratorScheme::Uncertainty, 0.0, 0.25),
             0.0
+        );
+    }
+
+    /// With the results it read given, an attempt whose answer is in none of them is wrong under
+    /// the label-free verifiers, whatever the judge says; the rule verifier reads only the
+    /// reference.
+    #[test]
+    fn an_answer_the_attempt_did_not_read_is_wrong_when_answers_must_be_grounded() {
+        let golds = vec!["Impatiens".to_string()];
+        let read = "Doc 1 (Title: Impatiens) Impatiens is a genus of more than 1,000 species\n\
+                    Doc 1 (Title: Balsam) Balsam is a common name";
+        let a = |answer, read| Attempt {
+            question: "What is the genus of more than 1,000 species of flowering plants?",
+            answer: Some(answer),
+            golds: &golds,
+            majority: Some("ipatiens"),
+            verdicts: Some((3, 3)),
+            read,
+        };
+        let misspelt = a("Ipatiens", Some(read));
+        assert_eq!(attempt_correct(Verifier::Grm, &misspelt), Some(false));
+        assert_eq!(attempt_correct(Verifier::Majority, &misspelt), Some(false));
+        assert_eq!(attempt_correct(Verifier::Rule, &misspelt), Some(false));
+        // Read in the second result, in another case: grounded.
+        assert_eq!(
+            attempt_correct(Verifier::Grm, &a("the balsam", Some(read))),
+            Some(true)
+        );
+        // A word cut from a longer one is not grounded: words match whole.
+        assert_eq!(
+            attempt_correct(Verifier::Grm, &a("Impatien", Some(read))),
+            Some(false)
+        );
+        // Nothing read (no search), or the check off.
+        assert_eq!(
+            attempt_correct(Verifier::Grm, &a("Impatiens", Some(""))),
+            Some(false)
+        );
+        assert_eq!(
+            attempt_correct(Verifier::Grm, &a("Ipatiens", None)),
+            Some(true)
+        );
+        assert_eq!(
+            attempt_correct(Verifier::Rule, &a("Impatiens", Some(""))),
+            Some(true)
         );
     }
 
@@ -617,6 +671,7 @@ mod tests {
             golds: &golds,
             majority: None,
             verdicts: None,
+            read: None,
         };
         assert_eq!(answered_bonus(&a(Some("Asimov")), false, 0.2), 0.2);
         assert_eq!(answered_bonus(&a(None), false, 0.2), 0.0);

@@ -123,6 +123,25 @@ pub(crate) fn own_text(completion: &str) -> String {
     })
 }
 
+/// Every tool result in `completion` (either format), in order, one per line: what the attempt
+/// read from the search engine.
+pub(crate) fn results_read(completion: &str) -> String {
+    let mut read: Vec<(usize, &str)> = Vec::new();
+    for tag in RESULT_TAGS {
+        let mut at = 0;
+        for block in tags::blocks(completion, tag) {
+            let start = completion[at..].find(block).map_or(at, |p| at + p);
+            at = start + block.len();
+            read.push((start, block));
+        }
+    }
+    read.sort_by_key(|(at, _)| *at);
+    read.into_iter()
+        .map(|(_, b)| b)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The queries of every complete call in `own` (tool results already removed), in order,
 /// whichever format wrote them. A `<tool_call>` whose JSON does not parse still counts when its
 /// `"query"` string can be read (a guided call cut by its budget); one naming another tool or
@@ -201,6 +220,17 @@ mod tests {
             format!("<tool_call>{prefix}q{suffix}</tool_call>"),
             ToolFormat::Qwen.call("q")
         );
+    }
+
+    /// What an attempt read: every result block of either format, in order, and nothing of
+    /// the model's own text.
+    #[test]
+    fn results_read_are_the_tool_results_in_order() {
+        let text = "<think>Paris?</think><search>q</search><information>Doc A</information>\
+                    <tool_call>{}</tool_call><tool_response>Doc B</tool_response>\
+                    <information>Doc C</information><answer>Paris</answer>";
+        assert_eq!(results_read(text), "Doc A\nDoc B\nDoc C");
+        assert_eq!(results_read("<answer>Paris</answer>"), "");
     }
 
     #[test]

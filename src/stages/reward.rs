@@ -36,6 +36,7 @@ use crate::rl::rewards::{
 };
 use crate::roles::Role;
 use crate::roles::grm::Verdict;
+use crate::roles::tool::results_read;
 use crate::seed::stable_u64;
 use crate::shards::rows::{JudgmentRow, RewardRow, TaskRow, TrajectoryRow};
 use crate::shards::{ShardKind, read_kind, shard_path, write_rows};
@@ -70,6 +71,7 @@ pub struct Settings {
     balance: GrmBalance,
     bonus: bool,
     answered: f64,
+    grounded: bool,
     repetition_threshold: f64,
     band: (f64, f64),
     roles: Vec<Role>,
@@ -97,6 +99,7 @@ pub fn settings(params: &Params) -> Result<Settings> {
             .map_err(|e| bad("grm_balance", e))?,
         bonus: params.bool("format_bonus"),
         answered: params.f64("answered_score"),
+        grounded: params.bool("grounded_answers"),
         repetition_threshold: params.f64("repetition_threshold"),
         band: (params.f64("solve_rate_min"), params.f64("solve_rate_max")),
         roles: train_roles(params)?,
@@ -156,6 +159,11 @@ impl Stage for RewardStage {
                 0.0,
                 "a wrong policy attempt that ends in an answer not taken from its question earns this, one without an answer nothing (Search-R1's structure_format_score; 0 = off)",
             ).between(0.0, 0.5),
+            ParamSpec::new(
+                "grounded_answers",
+                false,
+                "under the label-free verifiers (`grm`, `majority`), an attempt whose answer is in none of the search results it read is wrong, whatever the judge says (docs/rounds.md: the judge passes misspelt copies)",
+            ),
             ParamSpec::new(
                 "repetition_threshold",
                 0.5,
@@ -260,6 +268,9 @@ pub(crate) struct Computed {
     pub unlabelled_judgments: usize,
     pub orphan_judgments: usize,
     pub unjudged_attempts: usize,
+    /// Attempts the verifier called correct whose answer is in none of the results they read
+    /// (`grounded_answers`): scored wrong.
+    pub unread_answers: usize,
     pub unparsable: BTreeMap<String, usize>,
 }
 
@@ -308,6 +319,12 @@ impl Computed {
             s.push_str(&format!(
                 "; {} judgments without a matching trajectory",
                 self.orphan_judgments
+            ));
+        }
+        if self.unread_answers > 0 {
+            s.push_str(&format!(
+                "; {} attempts passed with an answer in none of the results they read (scored wrong)",
+                self.unread_answers
             ));
         }
         if self.unjudged_attempts > 0 {
@@ -380,6 +397,7 @@ pub(crate) fn compute(
     let trains = |role: Role| s.roles.contains(&role);
     let mut rows: Vec<RewardRow> = Vec::new();
     let mut unjudged = 0;
+    let mut unread_answers = 0;
     let mut solve_rates = Vec::new();
     let mut valid_tasks = 0;
     let (mut self_check_rejected, mut too_few_self_judgments) = (0, 0);
@@ -421,17 +439,26 @@ pub(crate) fn compute(
         let (correct, answered): (Vec<bool>, Vec<f64>) = group
             .iter()
             .map(|a| {
+                let read = s.grounded.then(|| results_read(&a.text));
                 let attempt = Attempt {
                     question: &task.question,
                     answer: a.answer.as_deref(),
                     golds: &golds,
                     majority: majority.as_deref(),
                     verdicts: policy_verdicts.get(a.trajectory_id.as_str()).copied(),
+                    read: read.as_deref(),
                 };
                 let c = attempt_correct(s.verifier, &attempt).unwrap_or_else(|| {
                     unjudged += 1;
                     false
                 });
+                let unchecked = Attempt {
+                    read: None,
+                    ..attempt
+                };
+                if read.is_some() && !c && attempt_correct(s.verifier, &unchecked) == Some(true) {
+                    unread_answers += 1;
+                }
                 (c, answered_bonus(&attempt, c, s.answered))
             })
             .unzip();
@@ -540,6 +567,7 @@ pub(crate) fn compute(
         unlabelled_judgments,
         orphan_judgments,
         unjudged_attempts: unjudged,
+        unread_answers,
         unparsable,
     }
 }
@@ -632,6 +660,7 @@ mod tests {
             balance: GrmBalance::Question,
             bonus: false,
             answered: 0.0,
+            grounded: false,
             repetition_threshold: 0.5,
             band: (0.0, 1.0),
             roles: Role::ALL.to_vec(),
@@ -1205,5 +1234,56 @@ mod tests {
         assert!((row(&c, "t1-p1").format_bonus - 0.2).abs() < 1e-7);
         let adv = |k: usize| row(&c, &format!("t1-p{k}")).advantage;
         assert!(adv(0) > adv(1) && adv(1) > adv(2) && adv(2) == adv(3));
+    }
+
+    /// `grounded_answers`: the judge passes every attempt, but the two misspelt answers are in
+    /// none of the results their attempts read, so they are wrong and the summary counts them;
+    /// the one that copied the passage stays right. Without the check all three are right.
+    #[test]
+    fn grounded_answers_score_an_answer_the_attempt_did_not_read_wrong() {
+        let tasks = vec![task(
+            "t1",
+            "Which genus has more than 1,000 species?",
+            "Impatiens",
+        )];
+        let read = "<search>genus</search>\n\n<information>Doc 1 (Title: Impatiens) Impatiens \
+                    is a genus</information>\n\n";
+        let attempts: Vec<TrajectoryRow> = ["Ipatiens", "Impatien", "Impatiens"]
+            .iter()
+            .enumerate()
+            .map(|(k, a)| TrajectoryRow {
+                text: format!("{read}<answer>{a}</answer>"),
+                searches: 1,
+                ..traj(&format!("t1-p{k}"), "t1", "policy", Some(a))
+            })
+            .collect();
+        let judgments: Vec<JudgmentRow> = (0..3)
+            .map(|k| judgment(&format!("t1-p{k}"), "t1", "policy", "correct", 0))
+            .collect();
+        let off = Settings {
+            roles: vec![Role::Policy],
+            ..settings(
+                Verifier::Grm,
+                GeneratorScheme::Entropy,
+                LabelMode::SelfVerdict,
+            )
+        };
+        let rewards = |s: &Settings| {
+            let c = compute(s, 1, &tasks, &[], &attempts, &judgments, &[]);
+            let r: Vec<f32> = (0..3)
+                .map(|k| row(&c, &format!("t1-p{k}")).reward)
+                .collect();
+            (r, c.unread_answers, c.summary())
+        };
+        let (r, unread, summary) = rewards(&off);
+        assert_eq!((r, unread), (vec![1.0, 1.0, 1.0], 0));
+        assert!(!summary.contains("results they read"));
+        let on = Settings {
+            grounded: true,
+            ..off
+        };
+        let (r, unread, summary) = rewards(&on);
+        assert_eq!((r, unread), (vec![0.0, 0.0, 1.0], 2));
+        assert!(summary.contains("2 attempts passed with an answer in none of the results"));
     }
 }

@@ -82,6 +82,12 @@ fn reward_hacking_reads_em_from_round_zero_when_only_the_ends_are_scored() {
         "{}",
         hacking.message
     );
+    // The message says how much of the rise the rule label confirms.
+    assert!(
+        hacking.message.contains("the rule label calls"),
+        "{}",
+        hacking.message
+    );
 }
 
 #[test]
