@@ -15,8 +15,10 @@ pub(crate) enum Judged<'a> {
     /// The generator's own answer (the self-check). It *is* the task's reference, so it has no
     /// independent rule label.
     SelfCheck,
-    /// A policy attempt at a task with this reference and aliases.
-    Attempt { golds: &'a [String] },
+    /// A policy attempt at a task with this reference and aliases; `unread` when answers must
+    /// be grounded (`reward.grounded_answers`) and this one is in none of the results the
+    /// attempt read.
+    Attempt { golds: &'a [String], unread: bool },
 }
 
 /// One GRM judgment: the question (task) it belongs to, the candidate answer, whether the
@@ -55,9 +57,13 @@ pub(crate) fn grm_labels(mode: LabelMode, judgments: &[Judgment]) -> Vec<Option<
             // SubEM against the generator's answer would label every self-judgment correct by
             // construction and train the GRM to accept the generator.
             (Judged::SelfCheck, LabelMode::Rule) => None,
-            (Judged::Attempt { golds }, LabelMode::Rule) => {
+            (Judged::Attempt { golds, .. }, LabelMode::Rule) => {
                 Some(sub_exact_match(j.candidate, golds) > 0.0)
             }
+            // The policy's reward calls such an answer wrong whatever the judge says; a `self`
+            // label that passed it would train the judge to pass what the reward refuses
+            // (docs/rounds.md: the judge passed more misspelt copies each round).
+            (Judged::Attempt { unread: true, .. }, LabelMode::SelfVerdict) => Some(false),
             (_, LabelMode::SelfVerdict) => {
                 let (c, n) = votes.get(&key(j)).copied().unwrap_or_default();
                 if j.parsed {
@@ -275,7 +281,10 @@ mod tests {
     #[test]
     fn labels_under_each_mode() {
         let golds = vec!["Paris".to_string(), "City of Paris".to_string()];
-        let attempt = Judged::Attempt { golds: &golds };
+        let attempt = Judged::Attempt {
+            golds: &golds,
+            unread: false,
+        };
         let mut unparsable = judgment("q", "Paris", false, attempt);
         unparsable.parsed = false;
         let js = [
@@ -304,6 +313,19 @@ mod tests {
             grm_labels(LabelMode::Real, &js),
             [None, None, None, None, None, Some(false)]
         );
+        // An answer its attempt did not read is wrong under `self`, whatever the votes; `rule`
+        // still reads the reference.
+        let unread = Judged::Attempt {
+            golds: &golds,
+            unread: true,
+        };
+        let mut grounded = js;
+        grounded[2].judged = unread;
+        assert_eq!(
+            grm_labels(LabelMode::SelfVerdict, &grounded)[2],
+            Some(false)
+        );
+        assert_eq!(grm_labels(LabelMode::Rule, &grounded)[2], Some(true));
         assert_eq!(LabelMode::Rule.row_name(&js[5].judged), "grm-label/real");
         assert_eq!(LabelMode::Rule.row_name(&js[2].judged), "grm-label/rule");
     }

@@ -20,7 +20,7 @@
 //!   advantages of exactly 0 and is left out of training (`train = false`); the summary counts
 //!   such groups per role.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use super::kit::{SELF_CHECK_TARGET, VERIFICATION, round_tasks, trajectories};
@@ -31,8 +31,8 @@ use crate::rl::advantages::{Scale, advantages};
 use crate::rl::labels::{GrmBalance, Judged, Judgment, LabelMode, grm_labels, grm_trains};
 use crate::rl::rewards::{
     Attempt, GeneratorScheme, SelfCheck, Verifier, answered_bonus, attempt_correct,
-    format_bonus_of_text, grm_reward, majority_answer, penalised_generator_reward, policy_reward,
-    repetition_penalties, solve_rate,
+    contains_answer, format_bonus_of_text, grm_reward, majority_answer, penalised_generator_reward,
+    policy_reward, repetition_penalties, solve_rate,
 };
 use crate::roles::Role;
 use crate::roles::grm::Verdict;
@@ -162,7 +162,7 @@ impl Stage for RewardStage {
             ParamSpec::new(
                 "grounded_answers",
                 false,
-                "under the label-free verifiers (`grm`, `majority`), an attempt whose answer is in none of the search results it read is wrong, whatever the judge says (docs/rounds.md: the judge passes misspelt copies)",
+                "under the label-free verifiers (`grm`, `majority`), an attempt whose answer is in none of the search results it read is wrong, whatever the judge says, and the GRM's `self` label on a judgment of it says wrong (docs/rounds.md: the judge passes misspelt copies)",
             ),
             ParamSpec::new(
                 "repetition_threshold",
@@ -377,8 +377,7 @@ pub(crate) fn compute(
         .iter()
         .map(|t| (t.trajectory_id.as_str(), t))
         .collect();
-    let attempt_ids: std::collections::BTreeSet<&str> =
-        attempts.iter().map(|a| a.trajectory_id.as_str()).collect();
+    let attempt_ids: BTreeSet<&str> = attempts.iter().map(|a| a.trajectory_id.as_str()).collect();
     let mut policy_verdicts: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     let mut orphan_judgments = 0;
     for j in judgments.iter().filter(|j| j.target == "policy") {
@@ -426,6 +425,24 @@ pub(crate) fn compute(
         vec![0.0; valid_questions.len()]
     };
     let mut penalty_of = valid_questions.iter().zip(penalties);
+    // What each attempt read, when answers must be grounded in it; the attempts whose answer
+    // is in none of it (their judgments' `self` labels say wrong too).
+    let read_of: BTreeMap<&str, String> = attempts
+        .iter()
+        .filter(|_| s.grounded)
+        .map(|a| (a.trajectory_id.as_str(), results_read(&a.text)))
+        .collect();
+    let unread: BTreeSet<&str> = attempts
+        .iter()
+        .filter(|a| {
+            let read = read_of.get(a.trajectory_id.as_str());
+            a.answer
+                .as_deref()
+                .zip(read)
+                .is_some_and(|(x, read)| !contains_answer(read, x))
+        })
+        .map(|a| a.trajectory_id.as_str())
+        .collect();
 
     for (task, invalid) in task_rows.iter().zip(&final_validity) {
         let group = by_task
@@ -439,14 +456,14 @@ pub(crate) fn compute(
         let (correct, answered): (Vec<bool>, Vec<f64>) = group
             .iter()
             .map(|a| {
-                let read = s.grounded.then(|| results_read(&a.text));
+                let read = read_of.get(a.trajectory_id.as_str()).map(String::as_str);
                 let attempt = Attempt {
                     question: &task.question,
                     answer: a.answer.as_deref(),
                     golds: &golds,
                     majority: majority.as_deref(),
                     verdicts: policy_verdicts.get(a.trajectory_id.as_str()).copied(),
-                    read: read.as_deref(),
+                    read,
                 };
                 let c = attempt_correct(s.verifier, &attempt).unwrap_or_else(|| {
                     unjudged += 1;
@@ -517,7 +534,7 @@ pub(crate) fn compute(
         }
     }
 
-    let grm = grm_rows(s, seed, judgments, &judge_by_id, task_rows);
+    let grm = grm_rows(s, seed, judgments, &judge_by_id, task_rows, &unread);
     let unlabelled_judgments = grm.iter().filter(|r| r.label.is_none()).count();
     rows.extend(grm);
 
@@ -530,7 +547,7 @@ pub(crate) fn compute(
         .map(|&i| (rows[i].role.clone(), rows[i].group_id.clone()))
         .collect();
     let adv = advantages(&totals, &groups, s.scale);
-    let mut flat: std::collections::BTreeSet<&(String, String)> = Default::default();
+    let mut flat: BTreeSet<&(String, String)> = Default::default();
     for (k, &i) in idx.iter().enumerate() {
         rows[i].advantage = adv.values[k] as f32;
         if adv.flat[k] {
@@ -579,6 +596,7 @@ fn grm_rows(
     judgments: &[JudgmentRow],
     judge_by_id: &BTreeMap<&str, &TrajectoryRow>,
     task_rows: &[TaskRow],
+    unread: &BTreeSet<&str>,
 ) -> Vec<RewardRow> {
     let aliases: BTreeMap<&str, &TaskRow> =
         task_rows.iter().map(|t| (t.task_id.as_str(), t)).collect();
@@ -611,7 +629,10 @@ fn grm_rows(
             } else if j.target == SELF_CHECK_TARGET {
                 Judged::SelfCheck
             } else {
-                Judged::Attempt { golds }
+                Judged::Attempt {
+                    golds,
+                    unread: unread.contains(j.target_trajectory_id.as_str()),
+                }
             },
         })
         .collect();
@@ -1238,7 +1259,8 @@ mod tests {
 
     /// `grounded_answers`: the judge passes every attempt, but the two misspelt answers are in
     /// none of the results their attempts read, so they are wrong and the summary counts them;
-    /// the one that copied the passage stays right. Without the check all three are right.
+    /// the one that copied the passage stays right. Without the check all three are right. The
+    /// judge's `self` labels on the two say wrong; the third, judged once, has none.
     #[test]
     fn grounded_answers_score_an_answer_the_attempt_did_not_read_wrong() {
         let tasks = vec![task(
@@ -1257,33 +1279,41 @@ mod tests {
                 ..traj(&format!("t1-p{k}"), "t1", "policy", Some(a))
             })
             .collect();
-        let judgments: Vec<JudgmentRow> = (0..3)
-            .map(|k| judgment(&format!("t1-p{k}"), "t1", "policy", "correct", 0))
+        let judgments: Vec<JudgmentRow> = attempts
+            .iter()
+            .map(|a| JudgmentRow {
+                candidate_answer: a.answer.clone(),
+                ..judgment(&a.trajectory_id, "t1", "policy", "correct", 0)
+            })
             .collect();
-        let off = Settings {
-            roles: vec![Role::Policy],
-            ..settings(
-                Verifier::Grm,
-                GeneratorScheme::Entropy,
-                LabelMode::SelfVerdict,
-            )
-        };
+        let judge_runs = runs_of(&judgments);
+        let off = settings(
+            Verifier::Grm,
+            GeneratorScheme::Entropy,
+            LabelMode::SelfVerdict,
+        );
         let rewards = |s: &Settings| {
-            let c = compute(s, 1, &tasks, &[], &attempts, &judgments, &[]);
+            let c = compute(s, 1, &tasks, &[], &attempts, &judgments, &judge_runs);
             let r: Vec<f32> = (0..3)
                 .map(|k| row(&c, &format!("t1-p{k}")).reward)
                 .collect();
-            (r, c.unread_answers, c.summary())
+            let labels: Vec<Option<String>> = (0..3)
+                .map(|k| row(&c, &format!("t1-p{k}-j0")).label.clone())
+                .collect();
+            (r, labels, c.unread_answers, c.summary())
         };
-        let (r, unread, summary) = rewards(&off);
+        let (r, labels, unread, summary) = rewards(&off);
         assert_eq!((r, unread), (vec![1.0, 1.0, 1.0], 0));
+        assert_eq!(labels, vec![None, None, None]);
         assert!(!summary.contains("results they read"));
         let on = Settings {
             grounded: true,
             ..off
         };
-        let (r, unread, summary) = rewards(&on);
+        let (r, labels, unread, summary) = rewards(&on);
         assert_eq!((r, unread), (vec![0.0, 0.0, 1.0], 2));
+        let wrong = Some("wrong".to_string());
+        assert_eq!(labels, vec![wrong.clone(), wrong, None]);
         assert!(summary.contains("2 attempts passed with an answer in none of the results"));
     }
 }
