@@ -133,7 +133,7 @@ pub(crate) fn attempt_correct(verifier: Verifier, a: &Attempt) -> Option<bool> {
         contains_answer(a.question, answer)
             && !a.golds.iter().any(|g| contains_answer(a.question, g))
     };
-    let unread = || a.read.is_some_and(|read| !contains_answer(read, answer));
+    let unread = || a.read.is_some_and(|read| unread(read, answer));
     if verifier != Verifier::Rule && (echoes() || unread()) {
         return Some(false);
     }
@@ -212,6 +212,11 @@ pub(crate) fn validity(
 pub fn contains_answer(text: &str, answer: &str) -> bool {
     let a = normalize_answer(answer);
     !a.is_empty() && format!(" {} ", normalize_answer(text)).contains(&format!(" {a} "))
+}
+
+/// Whether `answer` is in none of the search results an attempt `read` (`grounded_answers`).
+pub(crate) fn unread(read: &str, answer: &str) -> bool {
+    !contains_answer(read, answer)
 }
 
 /// Whether `answer` restates `question`: the two share a two-word phrase after normalisation.

@@ -31,8 +31,8 @@ use crate::rl::advantages::{Scale, advantages};
 use crate::rl::labels::{GrmBalance, Judged, Judgment, LabelMode, grm_labels, grm_trains};
 use crate::rl::rewards::{
     Attempt, GeneratorScheme, SelfCheck, Verifier, answered_bonus, attempt_correct,
-    contains_answer, format_bonus_of_text, grm_reward, majority_answer, penalised_generator_reward,
-    policy_reward, repetition_penalties, solve_rate,
+    format_bonus_of_text, grm_reward, majority_answer, penalised_generator_reward, policy_reward,
+    repetition_penalties, solve_rate, unread,
 };
 use crate::roles::Role;
 use crate::roles::grm::Verdict;
@@ -432,14 +432,14 @@ pub(crate) fn compute(
         .filter(|_| s.grounded)
         .map(|a| (a.trajectory_id.as_str(), results_read(&a.text)))
         .collect();
-    let unread: BTreeSet<&str> = attempts
+    let unread_ids: BTreeSet<&str> = attempts
         .iter()
         .filter(|a| {
             let read = read_of.get(a.trajectory_id.as_str());
             a.answer
                 .as_deref()
                 .zip(read)
-                .is_some_and(|(x, read)| !contains_answer(read, x))
+                .is_some_and(|(x, read)| unread(read, x))
         })
         .map(|a| a.trajectory_id.as_str())
         .collect();
@@ -534,7 +534,7 @@ pub(crate) fn compute(
         }
     }
 
-    let grm = grm_rows(s, seed, judgments, &judge_by_id, task_rows, &unread);
+    let grm = grm_rows(s, seed, judgments, &judge_by_id, task_rows, &unread_ids);
     let unlabelled_judgments = grm.iter().filter(|r| r.label.is_none()).count();
     rows.extend(grm);
 
@@ -596,7 +596,7 @@ fn grm_rows(
     judgments: &[JudgmentRow],
     judge_by_id: &BTreeMap<&str, &TrajectoryRow>,
     task_rows: &[TaskRow],
-    unread: &BTreeSet<&str>,
+    unread_ids: &BTreeSet<&str>,
 ) -> Vec<RewardRow> {
     let aliases: BTreeMap<&str, &TaskRow> =
         task_rows.iter().map(|t| (t.task_id.as_str(), t)).collect();
@@ -631,7 +631,7 @@ fn grm_rows(
             } else {
                 Judged::Attempt {
                     golds,
-                    unread: unread.contains(j.target_trajectory_id.as_str()),
+                    unread: unread_ids.contains(j.target_trajectory_id.as_str()),
                 }
             },
         })
