@@ -101,15 +101,15 @@ impl Verifier {
 
 /// What decides one attempt: the task's question, the attempt's answer, the task's reference
 /// and aliases, the group's majority answer (normalised) and the GRM's verdicts on it (correct,
-/// judged). `read` is the search results the attempt read, when answers must be grounded in
-/// them (`reward.grounded_answers`), else `None`.
+/// judged). `unread`: answers must be grounded in the search results the attempt read
+/// (`reward.grounded_answers`) and this one is in none of them ([`unread`]).
 pub(crate) struct Attempt<'a> {
     pub question: &'a str,
     pub answer: Option<&'a str>,
     pub golds: &'a [String],
     pub majority: Option<&'a str>,
     pub verdicts: Option<(usize, usize)>,
-    pub read: Option<&'a str>,
+    pub unread: bool,
 }
 
 /// Whether an attempt is correct under `verifier`; `None` when the GRM decides and never judged
@@ -121,8 +121,8 @@ pub(crate) struct Attempt<'a> {
 /// this rule the default's policy learned to answer with its question (223 of 300 held-out
 /// answers after 30 rounds, docs/rounds.md).
 ///
-/// With `read` given, an answer found in none of the search results the attempt read is wrong
-/// under the label-free verifiers too: a generated task's answer is a span of the passages its
+/// An `unread` answer, found in none of the search results the attempt read, is wrong under the
+/// label-free verifiers too: a generated task's answer is a span of the passages its
 /// question finds (`generate`'s grounding check), and the 135M judge passes near-copies that are
 /// not (`Ipatiens` for `Impatiens`, `Denia Chand` for `Dhyan Chand`; docs/rounds.md).
 pub(crate) fn attempt_correct(verifier: Verifier, a: &Attempt) -> Option<bool> {
@@ -133,8 +133,7 @@ pub(crate) fn attempt_correct(verifier: Verifier, a: &Attempt) -> Option<bool> {
         contains_answer(a.question, answer)
             && !a.golds.iter().any(|g| contains_answer(a.question, g))
     };
-    let unread = || a.read.is_some_and(|read| unread(read, answer));
-    if verifier != Verifier::Rule && (echoes() || unread()) {
+    if verifier != Verifier::Rule && (a.unread || echoes()) {
         return Some(false);
     }
     match verifier {
@@ -498,7 +497,7 @@ mod tests {
             golds: &golds,
             majority,
             verdicts,
-            read: None,
+            unread: false,
         };
         let paris = a(Some("the Paris"), Some("lyon"), Some((1, 3)));
         assert_eq!(attempt_correct(Verifier::Rule, &paris), Some(true));
@@ -548,47 +547,44 @@ mod tests {
         );
     }
 
-    /// With the results it read given, an attempt whose answer is in none of them is wrong under
-    /// the label-free verifiers, whatever the judge says; the rule verifier reads only the
-    /// reference.
+    /// An answer in none of the results its attempt read is unread (words match whole, in any
+    /// case; nothing read holds nothing), and an unread attempt is wrong under the label-free
+    /// verifiers, whatever the judge says; the rule verifier reads only the reference.
     #[test]
     fn an_answer_the_attempt_did_not_read_is_wrong_when_answers_must_be_grounded() {
         let golds = vec!["Impatiens".to_string()];
         let read = "Doc 1 (Title: Impatiens) Impatiens is a genus of more than 1,000 species\n\
                     Doc 1 (Title: Balsam) Balsam is a common name";
-        let a = |answer, read| Attempt {
+        assert!(unread(read, "Ipatiens"));
+        // Read in the second result, in another case: grounded.
+        assert!(!unread(read, "the balsam"));
+        // A word cut from a longer one is not grounded: words match whole.
+        assert!(unread(read, "Impatien"));
+        // Nothing read (no search).
+        assert!(unread("", "Impatiens"));
+        let a = |answer, unread| Attempt {
             question: "What is the genus of more than 1,000 species of flowering plants?",
             answer: Some(answer),
             golds: &golds,
             majority: Some("ipatiens"),
             verdicts: Some((3, 3)),
-            read,
+            unread,
         };
-        let misspelt = a("Ipatiens", Some(read));
+        let misspelt = a("Ipatiens", true);
         assert_eq!(attempt_correct(Verifier::Grm, &misspelt), Some(false));
         assert_eq!(attempt_correct(Verifier::Majority, &misspelt), Some(false));
         assert_eq!(attempt_correct(Verifier::Rule, &misspelt), Some(false));
-        // Read in the second result, in another case: grounded.
         assert_eq!(
-            attempt_correct(Verifier::Grm, &a("the balsam", Some(read))),
+            attempt_correct(Verifier::Grm, &a("the balsam", false)),
             Some(true)
         );
-        // A word cut from a longer one is not grounded: words match whole.
+        // The check off.
         assert_eq!(
-            attempt_correct(Verifier::Grm, &a("Impatien", Some(read))),
-            Some(false)
-        );
-        // Nothing read (no search), or the check off.
-        assert_eq!(
-            attempt_correct(Verifier::Grm, &a("Impatiens", Some(""))),
-            Some(false)
-        );
-        assert_eq!(
-            attempt_correct(Verifier::Grm, &a("Ipatiens", None)),
+            attempt_correct(Verifier::Grm, &a("Ipatiens", false)),
             Some(true)
         );
         assert_eq!(
-            attempt_correct(Verifier::Rule, &a("Impatiens", Some(""))),
+            attempt_correct(Verifier::Rule, &a("Impatiens", true)),
             Some(true)
         );
     }
@@ -676,7 +672,7 @@ mod tests {
             golds: &golds,
             majority: None,
             verdicts: None,
-            read: None,
+            unread: false,
         };
         assert_eq!(answered_bonus(&a(Some("Asimov")), false, 0.2), 0.2);
         assert_eq!(answered_bonus(&a(None), false, 0.2), 0.0);

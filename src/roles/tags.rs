@@ -21,6 +21,24 @@ pub fn blocks<'a>(text: &'a str, tag: &str) -> Vec<&'a str> {
     out
 }
 
+/// The complete blocks of any of `tags`, in the order they appear in `text`, each with its tag.
+pub(crate) fn blocks_in_order<'a, 't>(text: &'a str, tags: &[&'t str]) -> Vec<(&'t str, &'a str)> {
+    let mut found: Vec<(usize, &str, &str)> = Vec::new();
+    for &tag in tags {
+        let mut at = 0;
+        for block in blocks(text, tag) {
+            let start = text[at..].find(block).map_or(at, |p| at + p);
+            at = start + block.len();
+            found.push((start, tag, block));
+        }
+    }
+    found.sort_by_key(|(at, _, _)| *at);
+    found
+        .into_iter()
+        .map(|(_, tag, block)| (tag, block))
+        .collect()
+}
+
 /// Number of opening tags, complete or not.
 pub(crate) fn count_open(text: &str, tag: &str) -> usize {
     text.matches(&format!("<{tag}>")).count()

@@ -126,18 +126,9 @@ pub(crate) fn own_text(completion: &str) -> String {
 /// Every tool result in `completion` (either format), in order, one per line: what the attempt
 /// read from the search engine.
 pub(crate) fn results_read(completion: &str) -> String {
-    let mut read: Vec<(usize, &str)> = Vec::new();
-    for tag in RESULT_TAGS {
-        let mut at = 0;
-        for block in tags::blocks(completion, tag) {
-            let start = completion[at..].find(block).map_or(at, |p| at + p);
-            at = start + block.len();
-            read.push((start, block));
-        }
-    }
-    read.sort_by_key(|(at, _)| *at);
-    read.into_iter()
-        .map(|(_, b)| b)
+    tags::blocks_in_order(completion, &RESULT_TAGS)
+        .into_iter()
+        .map(|(_, block)| block)
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -147,24 +138,13 @@ pub(crate) fn results_read(completion: &str) -> String {
 /// `"query"` string can be read (a guided call cut by its budget); one naming another tool or
 /// without a query counts as an empty query.
 pub fn queries(own: &str) -> Vec<String> {
-    let mut calls: Vec<(usize, String)> = Vec::new();
-    for (tag, format) in [
-        ("search", ToolFormat::Tags),
-        ("tool_call", ToolFormat::Qwen),
-    ] {
-        let mut at = 0;
-        for block in tags::blocks(own, tag) {
-            let start = own[at..].find(block).map_or(at, |p| at + p);
-            at = start + block.len();
-            let query = match format {
-                ToolFormat::Tags => block.trim().to_string(),
-                ToolFormat::Qwen => qwen_query(block),
-            };
-            calls.push((start, query));
-        }
-    }
-    calls.sort_by_key(|(at, _)| *at);
-    calls.into_iter().map(|(_, q)| q).collect()
+    tags::blocks_in_order(own, &["search", "tool_call"])
+        .into_iter()
+        .map(|(tag, block)| match tag {
+            "search" => block.trim().to_string(),
+            _ => qwen_query(block),
+        })
+        .collect()
 }
 
 /// The `query` argument of a `<tool_call>` body.

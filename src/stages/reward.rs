@@ -425,21 +425,15 @@ pub(crate) fn compute(
         vec![0.0; valid_questions.len()]
     };
     let mut penalty_of = valid_questions.iter().zip(penalties);
-    // What each attempt read, when answers must be grounded in it; the attempts whose answer
-    // is in none of it (their judgments' `self` labels say wrong too).
-    let read_of: BTreeMap<&str, String> = attempts
-        .iter()
-        .filter(|_| s.grounded)
-        .map(|a| (a.trajectory_id.as_str(), results_read(&a.text)))
-        .collect();
+    // The attempts whose answer is in none of the results they read, when answers must be
+    // grounded in them: wrong, and their judgments' `self` labels say wrong too.
     let unread_ids: BTreeSet<&str> = attempts
         .iter()
         .filter(|a| {
-            let read = read_of.get(a.trajectory_id.as_str());
-            a.answer
-                .as_deref()
-                .zip(read)
-                .is_some_and(|(x, read)| unread(read, x))
+            s.grounded
+                && a.answer
+                    .as_deref()
+                    .is_some_and(|x| unread(&results_read(&a.text), x))
         })
         .map(|a| a.trajectory_id.as_str())
         .collect();
@@ -456,24 +450,23 @@ pub(crate) fn compute(
         let (correct, answered): (Vec<bool>, Vec<f64>) = group
             .iter()
             .map(|a| {
-                let read = read_of.get(a.trajectory_id.as_str()).map(String::as_str);
                 let attempt = Attempt {
                     question: &task.question,
                     answer: a.answer.as_deref(),
                     golds: &golds,
                     majority: majority.as_deref(),
                     verdicts: policy_verdicts.get(a.trajectory_id.as_str()).copied(),
-                    read,
+                    unread: unread_ids.contains(a.trajectory_id.as_str()),
                 };
                 let c = attempt_correct(s.verifier, &attempt).unwrap_or_else(|| {
                     unjudged += 1;
                     false
                 });
                 let unchecked = Attempt {
-                    read: None,
+                    unread: false,
                     ..attempt
                 };
-                if read.is_some() && !c && attempt_correct(s.verifier, &unchecked) == Some(true) {
+                if attempt.unread && !c && attempt_correct(s.verifier, &unchecked) == Some(true) {
                     unread_answers += 1;
                 }
                 (c, answered_bonus(&attempt, c, s.answered))
