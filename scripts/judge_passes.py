@@ -3,7 +3,8 @@
 Per round of a run with a `judge` stage: the GRM's verdicts on policy attempts split by the rule
 label (exact match after SQuAD normalisation against the task's answer, as the audit's "GRM–rule
 agreement"), the verdict, and whether the answer appears (normalised, whole words) in the search
-results the attempt read, which is what `reward.grounded_answers` checks. Then a few of the last
+results the attempt read, which is what `reward.grounded_answers` checks; the last column is
+the share of the rule-wrong answers the judge passed. Then a few of the last
 round's false accepts (passed, the rule says wrong), unread ones first.
 
 Usage: python scripts/judge_passes.py RUN_DIR [EXAMPLES]
@@ -36,7 +37,8 @@ def main():
     examples = int(sys.argv[2]) if len(sys.argv) > 2 else 8
     manifest = json.loads((run / "manifest.json").read_text())
     rounds = sorted({e["round"] for e in manifest["entries"] if e["stage"] == "judge"})
-    print("round  judged  rule-right  passed-right  passed-wrong (unread)  rule-right-unread-passed")
+    print("round  judged  rule-right  passed-right  passed-wrong (unread)  rule-right-unread-passed"
+          "  passed-of-wrong")
     last = []
     for rnd in rounds:
         jfiles = [f for f in outputs(manifest, "judge", rnd) if "judgments" in Path(f).name]
@@ -68,7 +70,7 @@ def main():
                     pass_wrong_unread += unread
                     false_accepts.append((not unread, j["question"], j["reference_answer"], cand))
         print(f"{rnd:5}  {n:6}  {right:10}  {pass_right:12}  {pass_wrong:12} ({pass_wrong_unread:3})"
-              f"  {pass_right_unread:24}")
+              f"  {pass_right_unread:24}  {pass_wrong / max(n - right, 1):15.2f}")
         last = false_accepts
     if last:
         print(f"\nround {rounds[-1]}: false accepts (unread first)")
