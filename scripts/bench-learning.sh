@@ -8,7 +8,9 @@
 # Each arm is its pipeline file plus `eval` in setup (the warm-up checkpoint scored as round 0),
 # so the start and the end checkpoint are scored on the same QUESTIONS held-out test questions
 # and compared pair by pair (`asl eval compare --rounds 0 ROUNDS`); the GRM is scored on
-# VERIFICATION dev pairs (gold answer / another question's answer, no reference) at both ends.
+# VERIFICATION dev pairs (gold answer / another question's answer, no reference) at both ends,
+# and on NEAR_MISSES dev questions' gold answers and one-letter misspellings of them with the
+# reference shown (the judge's leniency on misspelt copies; docs/rounds.md).
 # Per round: T=1 training reward, parse rate, solve rate, GRM–rule agreement (asl audit). The
 # script ends with one table (scripts/bench_learning_table.py) and the audit's PNG curves per arm.
 #
@@ -20,7 +22,7 @@
 # the shipped corpus; `qa.extra = fanoutqa`). All arms train at LR (apply.lr; 5e-5, the warm-up's:
 # at 1e-5 four steps a round move the model too little, docs/rounds.md). eval.every is fixed (the
 # last round is always scored), so `--rounds` can be raised on a rerun without rescoring round 0.
-# Usage: [ASL_BIN=path/to/asl] scripts/bench-learning.sh [--rounds N] [--questions Q] [--verification V] [--lr LR]
+# Usage: [ASL_BIN=path/to/asl] scripts/bench-learning.sh [--rounds N] [--questions Q] [--verification V] [--near-misses M] [--lr LR]
 #          [--arms "search-r1 default asl-frozen-grm"] [--run-root DIR] [--set key=value ...]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,6 +31,7 @@ rounds=30
 lr=5e-5
 questions=300
 verification=200
+near_misses=200
 arms="search-r1 default asl-frozen-grm"
 out="runs/bench-learning"
 extra=()
@@ -37,6 +40,7 @@ while [ $# -gt 0 ]; do
     --rounds) rounds="$2"; shift 2 ;;
     --questions) questions="$2"; shift 2 ;;
     --verification) verification="$2"; shift 2 ;;
+    --near-misses) near_misses="$2"; shift 2 ;;
     --lr) lr="$2"; shift 2 ;;
     --arms) arms="$2"; shift 2 ;;
     --run-root) out="$2"; shift 2 ;;
@@ -65,6 +69,9 @@ if ! "$venv/bin/python" -c "import pyarrow" 2>/dev/null; then
 fi
 mkdir -p "$out"
 
+# Binaries from before eval.near_misses existed refuse the key: --near-misses 0 leaves it out.
+near=()
+[ "$near_misses" = 0 ] || near=(--set eval.near_misses="$near_misses")
 first=""
 for arm in $arms; do
   parent="$root/pipelines/$arm.toml"
@@ -111,7 +118,7 @@ TOML
   "$asl" run "$pipe" --run-dir "$dir" --rounds "$rounds" \
     --set qa.extra=fanoutqa --set eval.split=test,fanoutqa \
     --set eval.questions="$questions" --set eval.every=100000 \
-    --set eval.grm_questions="$questions" --set eval.verification="$verification" \
+    --set eval.grm_questions="$questions" --set eval.verification="$verification" ${near[@]+"${near[@]}"} \
     --set apply.lr="$lr" --set apply.keep_checkpoints=2 \
     ${extra[@]+"${extra[@]}"} >> "$dir.log" 2>&1 || { tail -3 "$dir.log"; exit 1; }
   echo "$arm: asl run took $(( $(date +%s) - start )) s this time" | tee -a "$out/times.txt"

@@ -7,7 +7,7 @@ Columns: rounds done; training reward, last quarter of rounds minus the first, w
 interval (standard error over tasks, each task the mean of its attempts); T=1 parse rate in the last round; held-out EM start -> end, the paired difference
 with its bootstrap 95 % interval and McNemar's p, on the corpus-built test questions and on the
 human-written FanOutQA sub-questions the corpus answers; GRM accuracy on the verification pairs start
--> end; GRM-rule agreement and GRM false accepts (passed where the rule label says wrong) first
+-> end, and on near misses (gold answers and one-letter misspellings, reference shown); GRM-rule agreement and GRM false accepts (passed where the rule label says wrong) first
 -> last round; and whether the audit raised reward_hacking or heldout_regression.
 """
 import json
@@ -60,7 +60,7 @@ def main():
     header = ["arm", "rounds", "train reward Δ (last−first ¼) [95%]", "parse T=1 end",
               "EM start→end", "ΔEM [95%]", "McNemar p",
               "FanOutQA EM start→end", "FanOutQA ΔEM [95%]", "p", "GRM acc start→end",
-              "GRM–rule agr. first→last", "GRM false acc. first→last", "reward_hacking", "heldout_regression"]
+              "GRM near-miss acc start→end", "GRM–rule agr. first→last", "GRM false acc. first→last", "reward_hacking", "heldout_regression"]
     rows = []
     for arm in arms:
         run_dir = out / arm
@@ -80,6 +80,8 @@ def main():
         fan = compare.get(("policy", "qa:fanoutqa"))
         ver = next((v for (role, ds), v in compare.items()
                     if role == "grm" and "verification" in ds), None)
+        near = next((v for (role, ds), v in compare.items()
+                     if role == "grm" and "near misses" in ds), None)
         agreement, false_acc, hacking, regression = (None, None), (None, None), "-", "-"
         aj = out / f"{arm}.audit.json"
         if aj.exists() and aj.stat().st_size > 0:
@@ -108,6 +110,7 @@ def main():
              if fan else "-"),
             fmt(fan["p_value"], "{:.4f}") if fan else "-",
             f"{fmt(ver['mean_a'])}→{fmt(ver['mean_b'])} (n={ver['n']})" if ver else "-",
+            f"{fmt(near['mean_a'])}→{fmt(near['mean_b'])} (n={near['n']})" if near else "-",
             f"{fmt(agreement[0])}→{fmt(agreement[1])}",
             f"{fmt(false_acc[0])}→{fmt(false_acc[1])}",
             hacking,

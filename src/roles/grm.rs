@@ -109,6 +109,39 @@ pub fn parse(completion: &str) -> GrmOutput {
     }
 }
 
+/// A near miss of `answer`, as a small policy misspells a reference it copies ("Ipatiens" for
+/// Impatiens, "Vica faba" for Vicia faba): one inner letter of its longest word of five letters
+/// or more dropped, doubled, or swapped with the next, the letter and the edit chosen by `seed`.
+/// Exact match calls it wrong, and a judge shown the reference should too. `None` when no word
+/// of letters only is long enough.
+pub(crate) fn misspelt(answer: &str, seed: u64) -> Option<String> {
+    let (start, word) = answer
+        .split_whitespace()
+        .map(|w| (w.as_ptr() as usize - answer.as_ptr() as usize, w))
+        .filter(|(_, w)| w.chars().count() >= 5 && w.chars().all(char::is_alphabetic))
+        .max_by_key(|(_, w)| w.chars().count())?;
+    let mut letters: Vec<char> = word.chars().collect();
+    // Inner letters only: the first and the last stay, as in the misspellings seen.
+    let last = letters.len() - 1;
+    let at = 1 + (seed / 3) as usize % (last - 1);
+    let next = if at + 1 < last { at + 1 } else { at - 1 };
+    let differ = letters[at].to_lowercase().ne(letters[next].to_lowercase());
+    match seed % 3 {
+        0 => letters.insert(at, letters[at]),
+        1 if differ => letters.swap(at, next),
+        // A swap of two equal letters would change nothing: drop one instead.
+        _ => {
+            letters.remove(at);
+        }
+    }
+    let edited: String = letters.into_iter().collect();
+    Some(format!(
+        "{}{edited}{}",
+        &answer[..start],
+        &answer[start + word.len()..]
+    ))
+}
+
 fn unparsed(reason: &str) -> GrmOutput {
     GrmOutput {
         verdict: Verdict::Wrong,
@@ -120,6 +153,32 @@ fn unparsed(reason: &str) -> GrmOutput {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_misspelling_edits_one_inner_letter_of_the_longest_word() {
+        let gold = "Vicia faba";
+        let edits: std::collections::BTreeSet<String> =
+            (0..30).filter_map(|s| misspelt(gold, s)).collect();
+        // Every seed gives a near miss; drops, doubles and swaps of the inner letters all occur.
+        assert!(edits.contains("Vica faba") && edits.contains("Viccia faba"));
+        assert!(edits.contains("Vciia faba") && edits.contains("Viica faba"));
+        for e in &edits {
+            let first = e.split(' ').next().unwrap();
+            assert!(first.starts_with('V') && first.ends_with('a') && e.ends_with(" faba"));
+            assert_eq!(
+                crate::rl::metrics::exact_match(e, &[gold.to_string()]),
+                0.0,
+                "{e}"
+            );
+            assert!(e.len().abs_diff(gold.len()) <= 1);
+        }
+        assert_eq!(misspelt(gold, 7), misspelt(gold, 7));
+        // Only words of letters count: no near miss of a formula or a short name.
+        assert_eq!(misspelt("CH3CH=CH2", 1), None);
+        assert_eq!(misspelt("Ra II", 1), None);
+        // Seed 4 swaps the third letter with the fourth, both 's': one is dropped instead.
+        assert_eq!(misspelt("Mississippi", 4).as_deref(), Some("Misissippi"));
+    }
 
     #[test]
     fn verdicts_parse_and_incorrect_is_never_correct() {

@@ -87,6 +87,11 @@ impl Stage for EvalStage {
                 "dev questions judged with their gold and a wrong answer, no reference (verification_* metrics)",
             ),
             ParamSpec::new(
+                "near_misses",
+                0,
+                "dev questions judged with their gold and a misspelt gold, the reference shown as for grm_questions (near_miss_* metrics)",
+            ),
+            ParamSpec::new(
                 "generator_prompts",
                 8,
                 "topic prompts for the generator's format figures",
@@ -130,6 +135,9 @@ impl Stage for EvalStage {
             .collect();
         if settings.verification > 0 {
             read.push(("eval.verification".into(), "dev".into()));
+        }
+        if settings.near_misses > 0 {
+            read.push(("eval.near_misses".into(), "dev".into()));
         }
         read
     }
@@ -192,6 +200,7 @@ pub(crate) struct EvalSettings {
     pub grm_questions: usize,
     pub grm_reference: GrmReference,
     pub verification: usize,
+    pub near_misses: usize,
     pub generator_prompts: usize,
 }
 
@@ -230,6 +239,7 @@ impl EvalSettings {
             grm_questions: params.u64("grm_questions") as usize,
             grm_reference,
             verification: params.u64("verification") as usize,
+            near_misses: params.u64("near_misses") as usize,
             generator_prompts: params.u64("generator_prompts") as usize,
         })
     }
@@ -528,6 +538,17 @@ pub(crate) fn evaluate(
         items.extend(judged);
     }
 
+    if settings.near_misses > 0 {
+        let (metrics, judged) = judge_near_misses(
+            agent,
+            &pick("dev", settings.near_misses),
+            seed,
+            show_reference,
+        )?;
+        rows.extend(metrics);
+        items.extend(judged);
+    }
+
     if !topics.is_empty() {
         let requests: Vec<Request> = topics
             .iter()
@@ -577,6 +598,74 @@ pub(crate) fn evaluate(
         metrics: rows,
         items,
     })
+}
+
+/// The GRM on near misses: each of `questions` with a long enough answer is judged twice, with
+/// its gold answer (label right) and with the gold misspelt by one letter (label wrong,
+/// [`grm::misspelt`]), the reference shown as `judge` shows it. The misspelling depends on the
+/// question only, so every checkpoint is shown the same ones. Metrics: accuracy and balanced
+/// accuracy over both, and `near_miss_pass_rate`, the share of misspellings judged correct.
+fn judge_near_misses(
+    agent: &Agent,
+    questions: &[&QaRow],
+    seed: u64,
+    show_reference: bool,
+) -> Result<(Vec<EvalRow>, Vec<EvalItemRow>)> {
+    let mut pairs = Vec::new();
+    for q in questions {
+        let gold = &q.answers[0];
+        let Some(near) = grm::misspelt(gold, stable_u64(&["misspelt", &q.id]))
+            .filter(|m| exact_match(m, &q.answers) == 0.0)
+        else {
+            continue;
+        };
+        for (kind, candidate, label) in [("gold", gold.clone(), true), ("misspelt", near, false)] {
+            pairs.push(GrmItem {
+                question: q,
+                item_id: format!("{}:{kind}", q.id),
+                candidate,
+                reference: show_reference.then(|| gold.clone()),
+                label,
+                seed: seq_seed(seed, stable_u64(&[&q.id, "near-miss", kind]), 0),
+            });
+        }
+    }
+    let dataset = format!(
+        "qa:dev near misses, {}",
+        if show_reference {
+            "reference shown"
+        } else {
+            "no reference"
+        }
+    );
+    let judged = judge_items(agent, &pairs, "eval near misses", &dataset)?;
+    let score = score(&judged);
+    let misspelt: Vec<&EvalItemRow> = judged.iter().filter(|r| r.label == Some(false)).collect();
+    let passed = misspelt
+        .iter()
+        .filter(|r| r.prediction.as_deref().is_some_and(Verdict::says_correct))
+        .count();
+    let row = |metric: &str, value: f64, count: usize| EvalRow {
+        round: 0,
+        checkpoint: String::new(),
+        dataset: dataset.clone(),
+        role: Role::Grm.as_str().into(),
+        metric: metric.into(),
+        value,
+        count: count as u64,
+    };
+    let n = judged.len();
+    let metrics = vec![
+        row("near_miss_accuracy", score.accuracy, n),
+        row("near_miss_balanced_accuracy", score.balanced_accuracy, n),
+        row("near_miss_parse_rate", score.parse_rate, n),
+        row(
+            "near_miss_pass_rate",
+            passed as f64 / misspelt.len().max(1) as f64,
+            misspelt.len(),
+        ),
+    ];
+    Ok((metrics, judged))
 }
 
 /// One answer for the GRM to judge, with its known label.

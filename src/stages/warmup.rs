@@ -109,6 +109,9 @@ pub(crate) struct DemoMix {
     /// The share of the GRM's demonstrations shown no reference, judged by searching
     /// (`warmup.grm_unreferenced`, [`unreferenced_grm_demo`]).
     pub grm_unreferenced: f64,
+    /// The share of the GRM's demonstrations whose candidate is the reference misspelt by one
+    /// letter ([`grm::misspelt`]), judged wrong (`warmup.grm_near_misses`).
+    pub grm_near_misses: f64,
 }
 
 impl DemoMix {
@@ -122,6 +125,7 @@ impl DemoMix {
             grm_demos: GrmDemos::Answers,
             fact_share: 0.0,
             grm_unreferenced: 0.0,
+            grm_near_misses: 0.0,
         }
     }
 }
@@ -290,10 +294,14 @@ pub(crate) fn build_demos(
             GrmDemos::Contrast => same_family(q, &pool).unwrap_or(pair[1]),
             _ => pair[1],
         };
-        let candidate = &grm_candidate(mix.grm_demos, i, q, other);
+        let near_miss = picked(seed, "near-miss", &q.id, mix.grm_near_misses)
+            .then(|| grm::misspelt(&q.answers[0], stable_u64(&["misspelt", &q.id])))
+            .flatten()
+            .filter(|m| sub_exact_match(m, &q.answers) == 0.0);
+        let candidate = &near_miss.unwrap_or_else(|| grm_candidate(mix.grm_demos, i, q, other));
         let correct = sub_exact_match(candidate, &q.answers) > 0.0;
         let id = format!("warmup-grm-{}-{i}", q.id);
-        if picked(seed, &q.id, mix.grm_unreferenced) {
+        if picked(seed, "unreferenced", &q.id, mix.grm_unreferenced) {
             let info = search(&q.question);
             if results_hold(&info, &q.answers[0]) {
                 demos.push(unreferenced_grm_demo(
@@ -325,10 +333,11 @@ fn results_hold(info: &str, answer: &str) -> bool {
     ) > 0.0
 }
 
-/// Whether the question `id` is among the `share` picked by a seeded draw (independent of its
-/// place in the pool, so of the kind of candidate it gets).
-fn picked(seed: u64, id: &str, share: f64) -> bool {
-    let draw = stable_u64(&[&seed.to_string(), "unreferenced", id]) % 10_000;
+/// Whether the question `id` is among the `share` picked by a seeded draw for `what`
+/// (independent of its place in the pool, so of the kind of candidate it gets, and of the
+/// draws for other `what`s).
+fn picked(seed: u64, what: &str, id: &str, share: f64) -> bool {
+    let draw = stable_u64(&[&seed.to_string(), what, id]) % 10_000;
     share > 0.0 && (draw as f64) < share * 10_000.0
 }
 
@@ -508,6 +517,12 @@ impl Stage for WarmupStage {
                 "share of the GRM demonstrations shown no reference, as the self-check judges: the GRM searches the question and says what the documents hold before its verdict (questions whose results do not hold the answer keep their reference)",
             )
             .between(0.0, 1.0),
+            ParamSpec::new(
+                "grm_near_misses",
+                0.0,
+                "share of the GRM demonstrations whose candidate is the reference misspelt by one inner letter (dropped, doubled or swapped), verdict wrong: exact match refuses such copies, and a judge that passes them pays the policy for them (answers without a word of five letters or more keep their candidate)",
+            )
+            .between(0.0, 1.0),
             ParamSpec::new("epochs", 2, "passes over the demonstrations").at_least(1.0),
             ParamSpec::new("micro_batch", 4, "sequences per optimizer step").at_least(1.0),
             ParamSpec::new("lr", 5e-5, "AdamW learning rate").at_least(0.0),
@@ -559,6 +574,7 @@ impl Stage for WarmupStage {
                 .map_err(|e| Error::param("warmup.grm_demos", e))?,
             fact_share: ctx.params.f64("fact_share"),
             grm_unreferenced: ctx.params.f64("grm_unreferenced"),
+            grm_near_misses: ctx.params.f64("grm_near_misses"),
         };
         let (demos, ungrounded) = build_demos(
             &qa,
@@ -1058,6 +1074,96 @@ mod tests {
         // A share picks about that share, whatever the candidate's kind.
         let half = build(0.5).iter().filter(|d| !referenced(d)).count();
         assert!((8..=28).contains(&half), "{half} of 40");
+    }
+
+    /// `grm_near_misses` of the GRM's demonstrations judge the reference misspelt by one letter,
+    /// shown beside the reference, and say wrong; answers too short to misspell keep their
+    /// candidate, and with no share the demonstrations are those of before.
+    #[test]
+    fn near_miss_grm_demonstrations_judge_a_misspelt_reference_wrong() {
+        let rows: Vec<QaRow> = (0..60)
+            .map(|n| {
+                let answer = if n % 4 == 0 {
+                    format!("Ra {n}")
+                } else {
+                    format!("Directorio {n}")
+                };
+                qa(
+                    &format!("wiki-directed-{n}"),
+                    &format!("Who directed film {n}?"),
+                    &answer,
+                )
+            })
+            .collect();
+        let build = |share: f64| {
+            build_demos(
+                &rows,
+                DemoMix {
+                    grm_demos: GrmDemos::Contrast,
+                    grm_near_misses: share,
+                    ..DemoMix::counts(0, 0, 40)
+                },
+                7,
+                ToolFormat::Tags,
+                "<|im_end|>",
+                |_: &str| String::new(),
+                |b| format!("<information>{b}</information>"),
+                |_| None,
+            )
+            .0
+        };
+        let candidate = |d: &Demo| {
+            let prompt = &d.messages[1].content;
+            let at = prompt.find("Candidate answer:").expect("a candidate") + 17;
+            prompt[at..]
+                .lines()
+                .next()
+                .unwrap()
+                .trim()
+                .trim_matches('"')
+                .to_string()
+        };
+        let reference = |d: &Demo| {
+            let prompt = &d.messages[1].content;
+            let at = prompt.find("Reference answer:").expect("a reference") + 17;
+            prompt[at..]
+                .lines()
+                .next()
+                .unwrap()
+                .trim()
+                .trim_matches('"')
+                .to_string()
+        };
+        let all = build(1.0);
+        assert_eq!(all.len(), 40);
+        let mut near = 0;
+        for d in &all {
+            let (c, r) = (candidate(d), reference(d));
+            if r.starts_with("Ra ") {
+                continue;
+            }
+            // "Directorio N" misspelt: one letter of the long word changed, the number kept.
+            assert_ne!(c, r);
+            assert!(
+                c.ends_with(r.split(' ').nth(1).unwrap()) && c.starts_with('D'),
+                "{c}"
+            );
+            assert_eq!(grm::parse(&d.text()).verdict, grm::Verdict::Wrong, "{c}");
+            near += 1;
+        }
+        assert!(near >= 25, "{near}");
+        // Without a share every candidate is of the usual kinds: an answer whole, a sentence
+        // holding one, or the question's subject ("film N").
+        let none = build(0.0);
+        for d in &none {
+            let c = candidate(d);
+            assert!(
+                c.contains("Directorio") || c.contains("Ra ") || c.starts_with("film"),
+                "{c}"
+            );
+        }
+        let half = build(0.5).iter().zip(&none).filter(|(a, b)| a != b).count();
+        assert!((6..=26).contains(&half), "{half} of 40");
     }
 
     /// `contrast` GRM demonstrations take their wrong answers from a question of the same

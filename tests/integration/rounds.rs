@@ -116,6 +116,23 @@ fn smoke_runs_two_rounds_of_every_stage_and_reruns_are_no_ops() {
         "{}",
         stdout(&out)
     );
+    // The GRM is scored on near misses: a dev question's gold and its misspelling, paired.
+    let items: Vec<asl::shards::rows::EvalItemRow> =
+        asl::shards::read_rows(&[rd.join("round-002/eval/eval_items-00000.parquet")]).unwrap();
+    let near: Vec<_> = items
+        .iter()
+        .filter(|r| r.dataset.starts_with("qa:dev near misses"))
+        .collect();
+    let misspelt: Vec<_> = near.iter().filter(|r| r.label == Some(false)).collect();
+    assert!(!misspelt.is_empty() && near.len() == 2 * misspelt.len());
+    for m in misspelt {
+        let gold = near
+            .iter()
+            .find(|r| r.item_id == m.item_id.replace(":misspelt", ":gold"))
+            .unwrap();
+        assert_eq!(gold.candidate.as_ref(), Some(&m.references[0]));
+        assert_ne!(m.candidate, gold.candidate);
+    }
     let status = asl(&["status", "--run-dir", rd.to_str().unwrap()]);
     assert_ok(&status);
     assert!(!stdout(&status).contains("failed"));
