@@ -354,15 +354,7 @@ pub(crate) fn evaluate(
 ) -> Result<Evaluation> {
     let mut rows = Vec::new();
     let mut items: Vec<EvalItemRow> = Vec::new();
-    let row = |dataset: &str, role: &str, metric: &str, value: f64, count: usize| EvalRow {
-        round: 0,
-        checkpoint: String::new(),
-        dataset: dataset.to_string(),
-        role: role.to_string(),
-        metric: metric.to_string(),
-        value,
-        count: count as u64,
-    };
+    let row = metric_row;
     let pick = |split: &str, n: usize| -> Vec<&QaRow> {
         let mut v: Vec<&QaRow> = qa
             .iter()
@@ -639,33 +631,38 @@ fn judge_near_misses(
         }
     );
     let judged = judge_items(agent, &pairs, "eval near misses", &dataset)?;
-    let score = score(&judged);
-    let misspelt: Vec<&EvalItemRow> = judged.iter().filter(|r| r.label == Some(false)).collect();
-    let passed = misspelt
+    let all = score(&judged);
+    // The misspellings' share of `correct` verdicts is their pass rate.
+    let misspelt: Vec<EvalItemRow> = judged
         .iter()
-        .filter(|r| r.prediction.as_deref().is_some_and(Verdict::says_correct))
-        .count();
-    let row = |metric: &str, value: f64, count: usize| EvalRow {
-        round: 0,
-        checkpoint: String::new(),
-        dataset: dataset.clone(),
-        role: Role::Grm.as_str().into(),
-        metric: metric.into(),
-        value,
-        count: count as u64,
+        .filter(|r| r.label == Some(false))
+        .cloned()
+        .collect();
+    let passed = score(&misspelt).correct_verdict_rate;
+    let row = |metric: &str, value: f64, count: usize| {
+        metric_row(&dataset, Role::Grm.as_str(), metric, value, count)
     };
     let n = judged.len();
     let metrics = vec![
-        row("near_miss_accuracy", score.accuracy, n),
-        row("near_miss_balanced_accuracy", score.balanced_accuracy, n),
-        row("near_miss_parse_rate", score.parse_rate, n),
-        row(
-            "near_miss_pass_rate",
-            passed as f64 / misspelt.len().max(1) as f64,
-            misspelt.len(),
-        ),
+        row("near_miss_accuracy", all.accuracy, n),
+        row("near_miss_balanced_accuracy", all.balanced_accuracy, n),
+        row("near_miss_parse_rate", all.parse_rate, n),
+        row("near_miss_pass_rate", passed, misspelt.len()),
     ];
     Ok((metrics, judged))
+}
+
+/// A metric row of `role` on `dataset`, with round 0 and an empty checkpoint (callers stamp them).
+fn metric_row(dataset: &str, role: &str, metric: &str, value: f64, count: usize) -> EvalRow {
+    EvalRow {
+        round: 0,
+        checkpoint: String::new(),
+        dataset: dataset.to_string(),
+        role: role.to_string(),
+        metric: metric.to_string(),
+        value,
+        count: count as u64,
+    }
 }
 
 /// One answer for the GRM to judge, with its known label.
@@ -684,14 +681,8 @@ fn policy_metrics(items: &[EvalItemRow], dataset: &str, samples: u32) -> Vec<Eva
     let n = items.len();
     let nf = n.max(1) as f64;
     let mean = |f: &dyn Fn(&EvalItemRow) -> f64| items.iter().map(f).sum::<f64>() / nf;
-    let row = |metric: &str, value: f64, count: usize| EvalRow {
-        round: 0,
-        checkpoint: String::new(),
-        dataset: dataset.to_string(),
-        role: Role::Policy.as_str().into(),
-        metric: metric.into(),
-        value,
-        count: count as u64,
+    let row = |metric: &str, value: f64, count: usize| {
+        metric_row(dataset, Role::Policy.as_str(), metric, value, count)
     };
     let mut rows = vec![
         row("em", mean(&|r| r.em), n),

@@ -1112,9 +1112,10 @@ mod tests {
             )
             .0
         };
-        let candidate = |d: &Demo| {
+        // The prompt's line `label` ("Candidate answer:"), unquoted.
+        let line = |d: &Demo, label: &str| {
             let prompt = &d.messages[1].content;
-            let at = prompt.find("Candidate answer:").expect("a candidate") + 17;
+            let at = prompt.find(label).expect(label) + label.len();
             prompt[at..]
                 .lines()
                 .next()
@@ -1123,17 +1124,8 @@ mod tests {
                 .trim_matches('"')
                 .to_string()
         };
-        let reference = |d: &Demo| {
-            let prompt = &d.messages[1].content;
-            let at = prompt.find("Reference answer:").expect("a reference") + 17;
-            prompt[at..]
-                .lines()
-                .next()
-                .unwrap()
-                .trim()
-                .trim_matches('"')
-                .to_string()
-        };
+        let candidate = |d: &Demo| line(d, "Candidate answer:");
+        let reference = |d: &Demo| line(d, "Reference answer:");
         let all = build(1.0);
         assert_eq!(all.len(), 40);
         let mut near = 0;
