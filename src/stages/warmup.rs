@@ -109,8 +109,9 @@ pub(crate) struct DemoMix {
     /// The share of the GRM's demonstrations shown no reference, judged by searching
     /// (`warmup.grm_unreferenced`, [`unreferenced_grm_demo`]).
     pub grm_unreferenced: f64,
-    /// The share of the GRM's demonstrations whose candidate is the reference misspelt by one
-    /// letter ([`grm::misspelt`]), judged wrong (`warmup.grm_near_misses`).
+    /// The share of the GRM's questions that get one more demonstration, shown the reference:
+    /// the reference misspelt by one letter ([`grm::misspelt`]), judged wrong
+    /// (`warmup.grm_near_misses`).
     pub grm_near_misses: f64,
 }
 
@@ -294,35 +295,67 @@ pub(crate) fn build_demos(
             GrmDemos::Contrast => same_family(q, &pool).unwrap_or(pair[1]),
             _ => pair[1],
         };
+        let candidate = &grm_candidate(mix.grm_demos, i, q, other);
+        let correct = sub_exact_match(candidate, &q.answers) > 0.0;
+        let id = format!("warmup-grm-{}-{i}", q.id);
+        let unreferenced = picked(seed, "unreferenced", &q.id, mix.grm_unreferenced)
+            .then(|| search(&q.question))
+            .filter(|info| results_hold(info, &q.answers[0]));
+        demos.push(match unreferenced {
+            Some(info) => unreferenced_grm_demo(
+                id.clone(),
+                q,
+                candidate,
+                correct,
+                (&wrap(&info), tools, end_of_turn),
+            ),
+            None => referenced_grm_demo(
+                id.clone(),
+                q,
+                candidate,
+                correct,
+                mix.grm_demos,
+                (tools, end_of_turn),
+            ),
+        });
+        // A near miss is one more demonstration beside the question's own, so every other
+        // candidate, the class balance and the unreferenced share stay as they are.
         let near_miss = picked(seed, "near-miss", &q.id, mix.grm_near_misses)
             .then(|| grm::misspelt(&q.answers[0], stable_u64(&["misspelt", &q.id])))
             .flatten()
             .filter(|m| sub_exact_match(m, &q.answers) == 0.0);
-        let candidate = &near_miss.unwrap_or_else(|| grm_candidate(mix.grm_demos, i, q, other));
-        let correct = sub_exact_match(candidate, &q.answers) > 0.0;
-        let id = format!("warmup-grm-{}-{i}", q.id);
-        if picked(seed, "unreferenced", &q.id, mix.grm_unreferenced) {
-            let info = search(&q.question);
-            if results_hold(&info, &q.answers[0]) {
-                demos.push(unreferenced_grm_demo(
-                    id,
-                    q,
-                    candidate,
-                    correct,
-                    (&wrap(&info), tools, end_of_turn),
-                ));
-                continue;
-            }
+        if let Some(near_miss) = near_miss {
+            demos.push(referenced_grm_demo(
+                format!("{id}-near-miss"),
+                q,
+                &near_miss,
+                false,
+                mix.grm_demos,
+                (tools, end_of_turn),
+            ));
         }
-        let thought = grm_thought(mix.grm_demos, &q.answers[0], correct);
-        demos.push(Demo {
-            id,
-            role: Role::Grm,
-            messages: grm::prompt(&q.question, candidate, Some(&q.answers[0]), tools),
-            pieces: vec![(verdict_turn(&thought, correct, end_of_turn), true)],
-        });
     }
     (demos, ungrounded)
+}
+
+/// A GRM demonstration shown the reference: the question, `candidate` and the reference in the
+/// prompt, then a thought and the verdict `correct` gives. The last argument: the tool format and
+/// the text that closes a turn.
+fn referenced_grm_demo(
+    id: String,
+    q: &QaRow,
+    candidate: &str,
+    correct: bool,
+    kind: GrmDemos,
+    (tools, end_of_turn): (ToolFormat, &str),
+) -> Demo {
+    let thought = grm_thought(kind, &q.answers[0], correct);
+    Demo {
+        id,
+        role: Role::Grm,
+        messages: grm::prompt(&q.question, candidate, Some(&q.answers[0]), tools),
+        pieces: vec![(verdict_turn(&thought, correct, end_of_turn), true)],
+    }
 }
 
 /// Whether search results (`info`) hold `answer`: a demonstration that reads them is grounded.
@@ -469,8 +502,10 @@ impl Stage for WarmupStage {
     /// 2: generator demonstrations take the article's title as topic and must be grounded.
     /// 3: micro-batches group rows of similar length.
     /// 4: a role's demonstrations no longer skip the row after its last one; `fact_share`.
+    /// 5: a near miss (`grm_near_misses`) is a demonstration added beside its question's own,
+    /// not a candidate replacing it.
     fn version(&self) -> u32 {
-        4
+        5
     }
 
     fn name(&self) -> &'static str {
@@ -520,7 +555,7 @@ impl Stage for WarmupStage {
             ParamSpec::new(
                 "grm_near_misses",
                 0.0,
-                "share of the GRM demonstrations whose candidate is the reference misspelt by one inner letter (dropped, doubled or swapped), verdict wrong: exact match refuses such copies, and a judge that passes them pays the policy for them (answers without a word of five letters or more keep their candidate)",
+                "share of the GRM demonstrations' questions that get one more demonstration, shown the reference: the reference misspelt by one inner letter (dropped, doubled or swapped), verdict wrong. Exact match refuses such copies, and a judge that passes them pays the policy for them. Added, not substituted, so the other demonstrations stay as they are (answers without a word of five letters or more get none)",
             )
             .between(0.0, 1.0),
             ParamSpec::new("epochs", 2, "passes over the demonstrations").at_least(1.0),
@@ -1076,9 +1111,9 @@ mod tests {
         assert!((8..=28).contains(&half), "{half} of 40");
     }
 
-    /// `grm_near_misses` of the GRM's demonstrations judge the reference misspelt by one letter,
-    /// shown beside the reference, and say wrong; answers too short to misspell keep their
-    /// candidate, and with no share the demonstrations are those of before.
+    /// `grm_near_misses` of the GRM's questions get one more demonstration: the reference
+    /// misspelt by one letter, shown beside the reference, verdict wrong. Answers too short to
+    /// misspell get none, and the question's own demonstrations are those without a share.
     #[test]
     fn near_miss_grm_demonstrations_judge_a_misspelt_reference_wrong() {
         let rows: Vec<QaRow> = (0..60)
@@ -1126,14 +1161,16 @@ mod tests {
         };
         let candidate = |d: &Demo| line(d, "Candidate answer:");
         let reference = |d: &Demo| line(d, "Reference answer:");
+        let none = build(0.0);
         let all = build(1.0);
-        assert_eq!(all.len(), 40);
+        // The question's own demonstrations first, unchanged; the near misses beside them.
+        let (own, added): (Vec<&Demo>, Vec<&Demo>) =
+            all.iter().partition(|d| !d.id.ends_with("-near-miss"));
+        assert_eq!(own.into_iter().cloned().collect::<Vec<_>>(), none);
         let mut near = 0;
-        for d in &all {
+        for d in added {
             let (c, r) = (candidate(d), reference(d));
-            if r.starts_with("Ra ") {
-                continue;
-            }
+            assert!(!r.starts_with("Ra "), "{r} is too short to misspell");
             // "Directorio N" misspelt: one letter of the long word changed, the number kept.
             assert_ne!(c, r);
             assert!(
@@ -1143,10 +1180,11 @@ mod tests {
             assert_eq!(grm::parse(&d.text()).verdict, grm::Verdict::Wrong, "{c}");
             near += 1;
         }
-        assert!(near >= 25, "{near}");
+        // One for each question with a long word.
+        let long = none.iter().filter(|d| !reference(d).starts_with("Ra "));
+        assert_eq!(near, long.count());
         // Without a share every candidate is of the usual kinds: an answer whole, a sentence
         // holding one, or the question's subject ("film N").
-        let none = build(0.0);
         for d in &none {
             let c = candidate(d);
             assert!(
@@ -1154,8 +1192,8 @@ mod tests {
                 "{c}"
             );
         }
-        let half = build(0.5).iter().zip(&none).filter(|(a, b)| a != b).count();
-        assert!((6..=26).contains(&half), "{half} of 40");
+        let half = build(0.5).len() - none.len();
+        assert!((6..=26).contains(&half), "{half} of {near}");
     }
 
     /// `contrast` GRM demonstrations take their wrong answers from a question of the same
