@@ -109,9 +109,9 @@ pub(crate) struct DemoMix {
     /// The share of the GRM's demonstrations shown no reference, judged by searching
     /// (`warmup.grm_unreferenced`, [`unreferenced_grm_demo`]).
     pub grm_unreferenced: f64,
-    /// The share of the GRM's questions that get one more demonstration, shown the reference:
-    /// the reference misspelt by one letter ([`grm::misspelt`]), judged wrong
-    /// (`warmup.grm_near_misses`).
+    /// The share of the GRM's questions that get a contrast beside their own demonstration,
+    /// shown the reference: the reference itself judged right and misspelt by one letter
+    /// ([`grm::misspelt`]) judged wrong (`warmup.grm_near_misses`).
     pub grm_near_misses: f64,
 }
 
@@ -301,13 +301,13 @@ pub(crate) fn build_demos(
         let unreferenced = picked(seed, "unreferenced", &q.id, mix.grm_unreferenced)
             .then(|| search(&q.question))
             .filter(|info| results_hold(info, &q.answers[0]));
-        demos.push(match unreferenced {
+        demos.push(match &unreferenced {
             Some(info) => unreferenced_grm_demo(
                 id.clone(),
                 q,
                 candidate,
                 correct,
-                (&wrap(&info), tools, end_of_turn),
+                (&wrap(info), tools, end_of_turn),
             ),
             None => referenced_grm_demo(
                 id.clone(),
@@ -318,21 +318,32 @@ pub(crate) fn build_demos(
                 (tools, end_of_turn),
             ),
         });
-        // A near miss is one more demonstration beside the question's own, so every other
-        // candidate, the class balance and the unreferenced share stay as they are.
+        // A near miss comes as a contrast beside the question's own demonstration: the
+        // reference itself judged right, then misspelt by one letter judged wrong (the exact copy
+        // is left out when the question's own demonstration already is it). Every other
+        // candidate, the class balance and the unreferenced share stay as they are. Shown the
+        // misspelling alone, the judge learnt to refuse exact copies too (docs/rounds.md).
         let near_miss = picked(seed, "near-miss", &q.id, mix.grm_near_misses)
             .then(|| grm::misspelt(&q.answers[0], stable_u64(&["misspelt", &q.id])))
             .flatten()
             .filter(|m| sub_exact_match(m, &q.answers) == 0.0);
         if let Some(near_miss) = near_miss {
-            demos.push(referenced_grm_demo(
-                format!("{id}-near-miss"),
-                q,
-                &near_miss,
-                false,
-                mix.grm_demos,
-                (tools, end_of_turn),
-            ));
+            let gold = &q.answers[0];
+            let own_is_gold = unreferenced.is_none() && candidate == gold;
+            let pair = [(gold, true, "exact"), (&near_miss, false, "near-miss")];
+            for (candidate, correct, what) in pair {
+                if correct && own_is_gold {
+                    continue;
+                }
+                demos.push(referenced_grm_demo(
+                    format!("{id}-{what}"),
+                    q,
+                    candidate,
+                    correct,
+                    mix.grm_demos,
+                    (tools, end_of_turn),
+                ));
+            }
         }
     }
     (demos, ungrounded)
@@ -504,8 +515,9 @@ impl Stage for WarmupStage {
     /// 4: a role's demonstrations no longer skip the row after its last one; `fact_share`.
     /// 5: a near miss (`grm_near_misses`) is a demonstration added beside its question's own,
     /// not a candidate replacing it.
+    /// 6: a near miss comes with the exact reference judged right beside it.
     fn version(&self) -> u32 {
-        5
+        6
     }
 
     fn name(&self) -> &'static str {
@@ -555,7 +567,7 @@ impl Stage for WarmupStage {
             ParamSpec::new(
                 "grm_near_misses",
                 0.0,
-                "share of the GRM demonstrations' questions that get one more demonstration, shown the reference: the reference misspelt by one inner letter (dropped, doubled or swapped), verdict wrong. Exact match refuses such copies, and a judge that passes them pays the policy for them. Added, not substituted, so the other demonstrations stay as they are (answers without a word of five letters or more get none)",
+                "share of the GRM demonstrations' questions that get a contrast, shown the reference: the reference itself, verdict right, and the reference misspelt by one inner letter (dropped, doubled or swapped), verdict wrong. Exact match refuses such copies, and a judge that passes them pays the policy for them. Added, not substituted, so the other demonstrations stay as they are (answers without a word of five letters or more get none; the exact copy is left out where the question's own demonstration is it)",
             )
             .between(0.0, 1.0),
             ParamSpec::new("epochs", 2, "passes over the demonstrations").at_least(1.0),
@@ -1111,9 +1123,10 @@ mod tests {
         assert!((8..=28).contains(&half), "{half} of 40");
     }
 
-    /// `grm_near_misses` of the GRM's questions get one more demonstration: the reference
-    /// misspelt by one letter, shown beside the reference, verdict wrong. Answers too short to
-    /// misspell get none, and the question's own demonstrations are those without a share.
+    /// `grm_near_misses` of the GRM's questions get a contrast shown beside the reference: the
+    /// reference itself, verdict right, and misspelt by one letter, verdict wrong. Answers too
+    /// short to misspell get none, and the question's own demonstrations are those without a
+    /// share.
     #[test]
     fn near_miss_grm_demonstrations_judge_a_misspelt_reference_wrong() {
         let rows: Vec<QaRow> = (0..60)
@@ -1163,26 +1176,38 @@ mod tests {
         let reference = |d: &Demo| line(d, "Reference answer:");
         let none = build(0.0);
         let all = build(1.0);
-        // The question's own demonstrations first, unchanged; the near misses beside them.
-        let (own, added): (Vec<&Demo>, Vec<&Demo>) =
-            all.iter().partition(|d| !d.id.ends_with("-near-miss"));
-        assert_eq!(own.into_iter().cloned().collect::<Vec<_>>(), none);
-        let mut near = 0;
-        for d in added {
+        // The question's own demonstrations first, unchanged; the contrasts beside them.
+        let added = |d: &&Demo| d.id.ends_with("-near-miss") || d.id.ends_with("-exact");
+        let own: Vec<Demo> = all.iter().filter(|d| !added(d)).cloned().collect();
+        assert_eq!(own, none);
+        let (mut near, mut exact) = (0, 0);
+        for d in all.iter().filter(added) {
             let (c, r) = (candidate(d), reference(d));
             assert!(!r.starts_with("Ra "), "{r} is too short to misspell");
+            let verdict = grm::parse(&d.text()).verdict;
+            if d.id.ends_with("-exact") {
+                assert_eq!((c.as_str(), verdict), (r.as_str(), grm::Verdict::Correct));
+                exact += 1;
+                continue;
+            }
             // "Directorio N" misspelt: one letter of the long word changed, the number kept.
             assert_ne!(c, r);
             assert!(
                 c.ends_with(r.split(' ').nth(1).unwrap()) && c.starts_with('D'),
                 "{c}"
             );
-            assert_eq!(grm::parse(&d.text()).verdict, grm::Verdict::Wrong, "{c}");
+            assert_eq!(verdict, grm::Verdict::Wrong, "{c}");
             near += 1;
         }
-        // One for each question with a long word.
-        let long = none.iter().filter(|d| !reference(d).starts_with("Ra "));
-        assert_eq!(near, long.count());
+        // A misspelling for each question with a long word, and the exact reference beside it
+        // unless the question's own demonstration is that.
+        let long: Vec<&Demo> = none
+            .iter()
+            .filter(|d| !reference(d).starts_with("Ra "))
+            .collect();
+        let gold = long.iter().filter(|d| candidate(d) == reference(d)).count();
+        assert_eq!((near, exact), (long.len(), long.len() - gold));
+        assert!(gold > 0 && exact > 0);
         // Without a share every candidate is of the usual kinds: an answer whole, a sentence
         // holding one, or the question's subject ("film N").
         for d in &none {
@@ -1193,7 +1218,7 @@ mod tests {
             );
         }
         let half = build(0.5).len() - none.len();
-        assert!((6..=26).contains(&half), "{half} of {near}");
+        assert!((10..=50).contains(&half), "{half} of {}", near + exact);
     }
 
     /// `contrast` GRM demonstrations take their wrong answers from a question of the same
