@@ -354,7 +354,6 @@ pub(crate) fn evaluate(
 ) -> Result<Evaluation> {
     let mut rows = Vec::new();
     let mut items: Vec<EvalItemRow> = Vec::new();
-    let row = metric_row;
     let pick = |split: &str, n: usize| -> Vec<&QaRow> {
         let mut v: Vec<&QaRow> = qa
             .iter()
@@ -480,7 +479,7 @@ pub(crate) fn evaluate(
             ("correct_verdict_rate", score.correct_verdict_rate),
             ("label_correct_rate", score.label_correct_rate),
         ] {
-            rows.push(row(&dataset, "grm", metric, value, n));
+            rows.push(metric_row(&dataset, "grm", metric, value, n));
         }
         items.extend(judged);
     }
@@ -525,7 +524,7 @@ pub(crate) fn evaluate(
                 score.correct_verdict_rate,
             ),
         ] {
-            rows.push(row(dataset, "grm", metric, value, n));
+            rows.push(metric_row(dataset, "grm", metric, value, n));
         }
         items.extend(judged);
     }
@@ -564,21 +563,21 @@ pub(crate) fn evaluate(
         }
         let n = outs.len();
         let nf = n as f64;
-        rows.push(row(
+        rows.push(metric_row(
             "corpus topics",
             "generator",
             "parse_rate",
             parsed as f64 / nf,
             n,
         ));
-        rows.push(row(
+        rows.push(metric_row(
             "corpus topics",
             "generator",
             "valid_rate",
             valid as f64 / nf,
             n,
         ));
-        rows.push(row(
+        rows.push(metric_row(
             "corpus topics",
             "generator",
             "search_rate",
