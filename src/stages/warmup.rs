@@ -285,10 +285,12 @@ pub(crate) fn build_demos(
     );
     // The GRM's pool: its fact quota of the unused fact questions, then the next unused rows in
     // order (one more, the last one's `other`).
-    let mut pool: Vec<&QaRow> = Vec::with_capacity(mix.grm + 1);
+    // (The quota is a request, not a size: a pool never holds more than the train rows.)
+    let wanted = mix.grm.saturating_add(1);
+    let mut pool: Vec<&QaRow> = Vec::with_capacity(wanted.min(rows.len()));
     let quota = fact_quota(mix.grm, mix.fact_share);
     take_demos(&facts, quota, &mut used, &mut pool, Some);
-    take_demos(&rows, mix.grm + 1 - pool.len(), &mut used, &mut pool, Some);
+    take_demos(&rows, wanted - pool.len(), &mut used, &mut pool, Some);
     for (i, pair) in pool.windows(2).enumerate() {
         let q = pair[0];
         let other = match mix.grm_demos {
@@ -1036,6 +1038,35 @@ mod tests {
         assert_eq!(questions.len(), n);
         // Without a quota the fact questions come only as often as the seeded order brings them.
         assert!(fact_ids(&build(0.0), Role::Policy).len() < 4);
+    }
+
+    /// Quotas are requests: asking for more demonstrations than there are train rows uses every
+    /// row once, without sizing anything by the request (a typo of a huge count must not abort).
+    #[test]
+    fn quotas_beyond_the_train_rows_take_what_there_is() {
+        let rows: Vec<QaRow> = (0..6)
+            .map(|n| {
+                qa(
+                    &format!("q{n}"),
+                    &format!("Who founded city {n}?"),
+                    &format!("Founder {n}"),
+                )
+            })
+            .collect();
+        let huge = 1usize << 62;
+        let (demos, _) = build_demos(
+            &rows,
+            DemoMix::counts(huge, huge, huge),
+            3,
+            ToolFormat::Tags,
+            "<|im_end|>",
+            |_| "Founder 0 Founder 1 Founder 2 Founder 3 Founder 4 Founder 5".to_string(),
+            |b| b.to_string(),
+            |_| None,
+        );
+        // The policy takes every row; nothing is left for the others.
+        assert_eq!(demos.iter().filter(|d| d.role == Role::Policy).count(), 6);
+        assert_eq!(demos.len(), 6);
     }
 
     /// `grm_unreferenced` of the GRM's demonstrations show no reference: the GRM searches the
