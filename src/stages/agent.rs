@@ -246,10 +246,21 @@ pub(crate) fn check_agent_params(params: &Params, stage: &str) -> Result<()> {
 
 /// The `min_searches` of a guided model stage (`generate`, `selfcheck`): searches each sequence
 /// makes before its final action. Each search ends a turn and the final action needs one more, so
-/// a count `max_turns` cannot hold is refused (the guide would drop the requirement silently).
+/// a count `max_turns` cannot hold is refused (the guide would drop the requirement silently), and
+/// so is any count where nothing enforces it: only the guide does, and only with a search tool.
 pub(crate) fn min_searches(params: &Params, stage: &str) -> Result<usize> {
     let n = params.u64("min_searches") as usize;
     let turns = params.u64("max_turns") as usize;
+    if n > 0 && (!params.bool("guided") || params.str("search_mode") == "none") {
+        return Err(Error::param(
+            format!("{stage}.min_searches"),
+            format!(
+                "{n} searches are required only by guided decoding with a search tool ({stage}.guided = {}, {stage}.search_mode = {}); set min_searches = 0 or guided = true with a search mode",
+                params.bool("guided"),
+                params.str("search_mode")
+            ),
+        ));
+    }
     if n > 0 && n >= turns {
         return Err(Error::param(
             format!("{stage}.min_searches"),

@@ -399,6 +399,7 @@ mod tests {
     fn min_searches_needs_a_turn_more_than_its_searches() {
         let mut params =
             crate::params::resolve("selfcheck", &SelfCheckStage.params(), None, &[]).unwrap();
+        params.insert("guided".to_string(), true.into());
         let mut with = |searches: u64, turns: u64| {
             params.insert("min_searches".to_string(), searches.into());
             params.insert("max_turns".to_string(), turns.into());
@@ -409,6 +410,31 @@ mod tests {
         let err = with(1, 1).unwrap_err();
         assert!(err.contains("selfcheck.min_searches"), "{err}");
         assert!(err.contains("at least 2 turns"), "{err}");
+    }
+
+    /// Only the guide enforces `min_searches`, and only with a search tool: elsewhere it is refused.
+    #[test]
+    fn min_searches_needs_guided_decoding_with_a_search_tool() {
+        let base = || {
+            let mut p =
+                crate::params::resolve("selfcheck", &SelfCheckStage.params(), None, &[]).unwrap();
+            p.insert("min_searches".to_string(), 1u64.into());
+            p.insert("max_turns".to_string(), 2u64.into());
+            p.insert("guided".to_string(), true.into());
+            p
+        };
+        assert!(SelfCheckStage.check(&base()).is_ok());
+        for (key, value) in [("guided", false.into()), ("search_mode", "none".into())] {
+            let mut p = base();
+            p.insert(key.to_string(), value);
+            let err = SelfCheckStage.check(&p).unwrap_err().to_string();
+            assert!(err.contains("selfcheck.min_searches"), "{err}");
+            assert!(err.contains("guided decoding with a search tool"), "{err}");
+        }
+        let mut p = base();
+        p.insert("min_searches".to_string(), 0u64.into());
+        p.insert("guided".to_string(), false.into());
+        assert!(SelfCheckStage.check(&p).is_ok());
     }
 
     fn run_stage(
