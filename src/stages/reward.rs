@@ -80,6 +80,15 @@ pub struct Settings {
 
 pub fn settings(params: &Params) -> Result<Settings> {
     let bad = |key: &str, e: String| Error::param(format!("reward.{key}"), e);
+    // The rule needs no grounding (it reads the answer, not the judge), and grounding under it
+    // would still overrule the GRM's labels of answers the rule scores right.
+    if params.bool("grounded_answers") && params.str("verifier") == "rule" {
+        return Err(bad(
+            "grounded_answers",
+            "applies under the label-free verifiers (`grm`, `majority`), not `verifier = rule`"
+                .into(),
+        ));
+    }
     Ok(Settings {
         verifier: params
             .str("verifier")
@@ -1254,6 +1263,21 @@ mod tests {
     /// none of the results their attempts read, so they are wrong and the summary counts them;
     /// the one that copied the passage stays right. Without the check all three are right. The
     /// judge's `self` labels on the two say wrong; the third, judged once, has none.
+    /// `grounded_answers` belongs to the label-free verifiers: with the rule it is refused.
+    #[test]
+    fn grounded_answers_under_the_rule_verifier_is_refused() {
+        let with = |verifier: &str| {
+            let mut p = crate::params::resolve("reward", &RewardStage.params(), None, &[]).unwrap();
+            p.insert("grounded_answers".to_string(), true.into());
+            p.insert("verifier".to_string(), verifier.into());
+            RewardStage.check(&p).map_err(|e| e.to_string())
+        };
+        assert!(with("grm").is_ok());
+        assert!(with("majority").is_ok());
+        let err = with("rule").unwrap_err();
+        assert!(err.contains("reward.grounded_answers"), "{err}");
+    }
+
     #[test]
     fn grounded_answers_score_an_answer_the_attempt_did_not_read_wrong() {
         let tasks = vec![task(
