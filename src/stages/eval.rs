@@ -37,8 +37,9 @@ pub(crate) struct EvalStage;
 
 impl Stage for EvalStage {
     /// 2: guided decoding completes a closing tag the budget cuts.
+    /// 3: near misses leave out misspellings that leave an alias whole (SubEM calls them right).
     fn version(&self) -> u32 {
-        2
+        3
     }
 
     fn name(&self) -> &'static str {
@@ -595,31 +596,17 @@ pub(crate) fn evaluate(
 /// its gold answer (label right) and with the gold misspelt by one letter (label wrong,
 /// [`grm::misspelt`]), the reference shown as `judge` shows it. The misspelling depends on the
 /// question only, so every checkpoint is shown the same ones. Metrics: accuracy and balanced
-/// accuracy over both, and `near_miss_pass_rate`, the share of misspellings judged correct.
+/// accuracy over both, and `near_miss_pass_rate`, the share of misspellings judged correct. No
+/// question with a misspellable answer: no rows (a pass rate of nothing is not 0).
 fn judge_near_misses(
     agent: &Agent,
     questions: &[&QaRow],
     seed: u64,
     show_reference: bool,
 ) -> Result<(Vec<EvalRow>, Vec<EvalItemRow>)> {
-    let mut pairs = Vec::new();
-    for q in questions {
-        let gold = &q.answers[0];
-        let Some(near) = grm::misspelt(gold, stable_u64(&["misspelt", &q.id]))
-            .filter(|m| exact_match(m, &q.answers) == 0.0)
-        else {
-            continue;
-        };
-        for (kind, candidate, label) in [("gold", gold.clone(), true), ("misspelt", near, false)] {
-            pairs.push(GrmItem {
-                question: q,
-                item_id: format!("{}:{kind}", q.id),
-                candidate,
-                reference: show_reference.then(|| gold.clone()),
-                label,
-                seed: seq_seed(seed, stable_u64(&[&q.id, "near-miss", kind]), 0),
-            });
-        }
+    let pairs = near_miss_items(questions, seed, show_reference);
+    if pairs.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
     }
     let dataset = format!(
         "qa:dev near misses, {}",
@@ -649,6 +636,37 @@ fn judge_near_misses(
         row("near_miss_pass_rate", passed, misspelt.len()),
     ];
     Ok((metrics, judged))
+}
+
+/// The items of [`judge_near_misses`]: per question its gold and its misspelt gold. A question is
+/// left out when its answer has no word to misspell, or when the misspelling still matches one
+/// of its answers by the rule's SubEM (an alias left whole, as "Leonardo" in "Leonardo da
+/// Vinci"): labelled wrong, it would count a judge that agrees with the rule as mistaken.
+fn near_miss_items<'a>(
+    questions: &[&'a QaRow],
+    seed: u64,
+    show_reference: bool,
+) -> Vec<GrmItem<'a>> {
+    let mut pairs = Vec::new();
+    for q in questions {
+        let gold = &q.answers[0];
+        let Some(near) = grm::misspelt(gold, stable_u64(&["misspelt", &q.id]))
+            .filter(|m| sub_exact_match(m, &q.answers) == 0.0)
+        else {
+            continue;
+        };
+        for (kind, candidate, label) in [("gold", gold.clone(), true), ("misspelt", near, false)] {
+            pairs.push(GrmItem {
+                question: q,
+                item_id: format!("{}:{kind}", q.id),
+                candidate,
+                reference: show_reference.then(|| gold.clone()),
+                label,
+                seed: seq_seed(seed, stable_u64(&[&q.id, "near-miss", kind]), 0),
+            });
+        }
+    }
+    pairs
 }
 
 /// A metric row of `role` on `dataset`, with round 0 and an empty checkpoint (callers stamp them).
@@ -868,6 +886,43 @@ mod tests {
             turns: 1,
             truncated: false,
         }
+    }
+
+    /// Near misses: a gold and its misspelling per question, except where no word can be
+    /// misspelt or the misspelling leaves an alias whole (the rule would call it right).
+    #[test]
+    fn near_misses_leave_out_misspellings_the_rule_calls_right() {
+        let row = |id: &str, answers: &[&str]| QaRow {
+            id: id.into(),
+            question: format!("Question {id}?"),
+            answers: answers.iter().map(|a| a.to_string()).collect(),
+            split: "dev".into(),
+            source: "wiki".into(),
+            source_doc_id: None,
+        };
+        let rows = [
+            row("q1", &["Umberto Eco"]),
+            row("q2", &["University of Cambridge", "Cambridge"]),
+            row("q3", &["Au"]),
+        ];
+        let refs: Vec<&QaRow> = rows.iter().collect();
+        let items = near_miss_items(&refs, 7, true);
+        let ids: Vec<&str> = items.iter().map(|i| i.item_id.as_str()).collect();
+        assert_eq!(ids, ["q1:gold", "q1:misspelt"]);
+        assert_eq!(items[0].candidate, "Umberto Eco");
+        assert!(items[0].label && !items[1].label);
+        assert_ne!(items[1].candidate, "Umberto Eco");
+        assert_eq!(sub_exact_match(&items[1].candidate, &rows[0].answers), 0.0);
+        assert!(
+            items
+                .iter()
+                .all(|i| i.reference.as_deref() == Some("Umberto Eco"))
+        );
+        // The alias case really is one the old exact-match filter kept.
+        let near = grm::misspelt(&rows[1].answers[0], stable_u64(&["misspelt", "q2"])).unwrap();
+        assert_eq!(exact_match(&near, &rows[1].answers), 0.0);
+        assert_eq!(sub_exact_match(&near, &rows[1].answers), 1.0);
+        assert!(near_miss_items(&refs[2..], 7, false).is_empty());
     }
 
     /// Two items labelled correct (one judged right), four labelled wrong (all judged right,
