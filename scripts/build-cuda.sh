@@ -139,12 +139,13 @@ cp "$gguf" "$payload/"
 xz -9 -T0 -c "$corpus" > "$payload/summaries_en-us.json.xz"
 # The system libraries asl links besides glibc and the CUDA ones (fontconfig and freetype for the
 # audit's plots, and theirs), in case the GPU machine's image lacks one: the check adds them to
-# the library path only for a library its system does not have.
+# the library path of asl and bench_model only, and only for a library its system does not have.
 mkdir -p "$payload/syslibs"
 ldd "$out/asl" | awk '/=> \// {print $1, $3}' |
   grep -vE '^(libc|libm|libgcc_s|libstdc\+\+|libdl|libpthread|librt|ld-linux[^ ]*)\.so|cuda|cublas|curand|nvrtc' |
   while read -r name path; do cp -L "$path" "$payload/syslibs/$name"; done
 tar -C "$payload" -cf "$out/payload.tar" .
+rm -f "$out"/part-*   # parts an interrupted earlier pack left would join the MANIFEST
 split -b "${part_mib}m" -d "$out/payload.tar" "$out/part-"
 parts=("$out"/part-*)
 manifest="$out/MANIFEST"
@@ -163,4 +164,5 @@ echo "build-cuda: GPU check payload in $n parts of at most $part_mib MiB: $(du -
 for i in $(seq 1 $((n - 1))); do
   echo "  device call $i: carry [\".gpu/$i\"]  command: bash scripts/gpu-check.sh stash"
 done
-echo "  device call $n: carry [\".gpu/$n\"]  command: bash scripts/gpu-check.sh   (timeout_s 600)"
+echo "  device call $n: carry [\".gpu/$n\"]  command: bash scripts/gpu-check.sh   (timeout_s 450)"
+echo "  (back to back, naming no kind after the first call: the stash lives only on the warm machine)"
