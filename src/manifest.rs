@@ -278,39 +278,54 @@ impl Manifest {
     }
 
     /// The outputs of a stage whose every part is done, looking back from `round` to the newest
-    /// round that has them (setup stages live in round 0). The parts are those of the newest
-    /// done split (`--shard i/n`), merged in shard order. For a stage that repeats once per
-    /// optimizer step, these are the outputs of the round's last step (the step count of the
-    /// newest done entry says which is last), so a step rerun by hand never passes for the
-    /// round's result.
+    /// round where the stage ran (setup stages live in round 0). The parts are those of the
+    /// newest complete split (`--shard i/n`), merged in shard order. For a stage that repeats
+    /// once per optimizer step, these are the outputs of the round's last step (the step count
+    /// of the newest done entry says which is last), so a step rerun by hand never passes for
+    /// the round's result. A round where the stage has done parts but no complete split has no
+    /// outputs: an earlier round's never stand in for them.
     pub fn done_outputs(&self, stage: &str, round: u32) -> Option<(u32, Vec<FileRecord>)> {
-        (0..=round).rev().find_map(|r| {
-            let newest = self
-                .entries
+        let r = (0..=round).rev().find(|&r| {
+            self.entries
                 .iter()
-                .rev()
-                .find(|e| e.stage == stage && e.round == r && e.status == Status::Done)?;
-            let outputs = self.done_step_outputs(stage, r, newest.steps)?;
-            Some((r, outputs))
-        })
+                .any(|e| e.stage == stage && e.round == r && e.status == Status::Done)
+        })?;
+        let newest = self
+            .entries
+            .iter()
+            .rev()
+            .find(|e| e.stage == stage && e.round == r && e.status == Status::Done)?;
+        let outputs = self.done_step_outputs(stage, r, newest.steps)?;
+        Some((r, outputs))
     }
 
     /// The outputs of one step of a stepped stage in `round` (`step` 0: a stage that does not
-    /// step), when every part of its newest done split is done.
+    /// step): those of the newest split whose every part is done. A part of another split run
+    /// by hand afterwards does not hide a complete one (its files are other files).
     pub fn done_step_outputs(&self, stage: &str, round: u32, step: u32) -> Option<Vec<FileRecord>> {
-        let newest = self.entries.iter().rev().find(|e| {
-            e.stage == stage && e.round == round && e.step == step && e.status == Status::Done
-        })?;
-        let count = newest.shard.count;
-        let parts: Option<Vec<&Entry>> = (0..count)
-            .map(|index| self.latest_done_part(stage, round, step, ShardSpec { index, count }))
-            .collect();
-        parts.map(|parts| {
-            parts
-                .iter()
-                .flat_map(|e| e.outputs.iter().cloned())
-                .collect()
-        })
+        let mut tried = Vec::new();
+        for e in self.entries.iter().rev() {
+            if e.stage != stage || e.round != round || e.step != step || e.status != Status::Done {
+                continue;
+            }
+            let count = e.shard.count;
+            if tried.contains(&count) {
+                continue;
+            }
+            tried.push(count);
+            let parts: Option<Vec<&Entry>> = (0..count)
+                .map(|index| self.latest_done_part(stage, round, step, ShardSpec { index, count }))
+                .collect();
+            if let Some(parts) = parts {
+                return Some(
+                    parts
+                        .iter()
+                        .flat_map(|e| e.outputs.iter().cloned())
+                        .collect(),
+                );
+            }
+        }
+        None
     }
 }
 
@@ -626,6 +641,64 @@ impl Drop for RunLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn done_part(stage: &str, round: u32, index: u32, count: u32, path: &str) -> Entry {
+        Entry {
+            stage: stage.into(),
+            round,
+            step: 0,
+            steps: 0,
+            shard: ShardSpec { index, count },
+            status: Status::Done,
+            params: Map::new(),
+            seed: 0,
+            inputs: vec![],
+            outputs: vec![FileRecord {
+                path: path.into(),
+                sha256: String::new(),
+                rows: None,
+                files: None,
+            }],
+            asl_version: String::new(),
+            stage_version: 1,
+            started_at: String::new(),
+            finished_at: None,
+            wall_s: None,
+            error: None,
+            slurm_job: None,
+        }
+    }
+
+    /// One part of a new split run after a complete one does not hide it, and a round whose
+    /// stage has parts but no complete split never falls back to an earlier round's outputs.
+    #[test]
+    fn done_outputs_take_the_newest_complete_split_of_the_round_or_none() {
+        let paths = |m: &Manifest, round| {
+            m.done_outputs("rollout", round)
+                .map(|(r, o)| (r, o.into_iter().map(|f| f.path).collect::<Vec<_>>()))
+        };
+        let mut m = Manifest::default();
+        m.entries.push(done_part("rollout", 1, 0, 1, "r1/a"));
+        m.entries.push(done_part("rollout", 2, 0, 1, "r2/whole"));
+        m.entries
+            .push(done_part("rollout", 2, 1, 4, "r2/part-1-of-4"));
+        assert_eq!(paths(&m, 2), Some((2, vec!["r2/whole".to_string()])));
+        // Round 3 has only part 1 of 2: no outputs, and round 2's do not stand in.
+        m.entries
+            .push(done_part("rollout", 3, 1, 2, "r3/part-1-of-2"));
+        assert_eq!(paths(&m, 3), None);
+        m.entries
+            .push(done_part("rollout", 3, 0, 2, "r3/part-0-of-2"));
+        assert_eq!(
+            paths(&m, 3),
+            Some((
+                3,
+                vec!["r3/part-0-of-2".to_string(), "r3/part-1-of-2".to_string()]
+            ))
+        );
+        // A round where the stage did not run at all looks back (setup stages in round 0).
+        assert_eq!(paths(&m, 5).map(|(r, _)| r), Some(3));
+    }
 
     /// The cache answers for an unchanged file without reading it, and a rewrite of the same
     /// size (new mtime or inode) is hashed again.
