@@ -338,8 +338,11 @@ impl Stage for TrainStage {
             Upstream::needs("rollout"),
             Upstream::optional("judge"),
         ] {
-            for t in trajectories(ctx.input_files(up)?)? {
-                by_id.insert(t.trajectory_id.clone(), t);
+            for file in ctx.input_files(up)? {
+                for t in trajectories(std::slice::from_ref(file))? {
+                    check_lengths(&t, file)?;
+                    by_id.insert(t.trajectory_id.clone(), t);
+                }
             }
         }
         let mut missing = 0;
@@ -646,6 +649,28 @@ fn role_summary(updates: &[UpdateRow]) -> String {
         .join(", ")
 }
 
+/// A trajectory's per-token columns must each have one entry per completion token: the loss
+/// indexes them by position, so a shard another tool wrote otherwise panics mid-step.
+fn check_lengths(t: &TrajectoryRow, file: &std::path::Path) -> Result<()> {
+    let n = t.completion_ids.len();
+    for (column, len) in [
+        ("loss_mask", t.loss_mask.len()),
+        ("sampling_logprobs", t.sampling_logprobs.len()),
+        ("behavior_logprobs", t.behavior_logprobs.len()),
+    ] {
+        if len != n {
+            return Err(Error::shard(
+                file,
+                format!(
+                    "trajectory {}: {column} has {len} entries for {n} completion tokens",
+                    t.trajectory_id
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -658,6 +683,44 @@ mod tests {
     use crate::params::resolve;
     use crate::stages::apply::ApplyStage;
     use candle_core::Device;
+
+    /// A trajectory whose per-token columns do not match its completion is refused with the
+    /// file and the column named, not indexed out of bounds mid-step.
+    #[test]
+    fn per_token_columns_shorter_than_the_completion_are_refused() {
+        let t = TrajectoryRow {
+            trajectory_id: "r001-t0000-a0".into(),
+            task_id: "r001-t0000".into(),
+            role: "policy".into(),
+            attempt: 0,
+            seed: 0,
+            prompt_ids: vec![1],
+            completion_ids: vec![2, 3],
+            loss_mask: vec![true, true],
+            sampling_logprobs: vec![-1.0, -1.0],
+            behavior_logprobs: vec![-1.0, -1.0],
+            temperature: 1.0,
+            text: String::new(),
+            turns: 1,
+            searches: 0,
+            answer: None,
+            parsed: false,
+            parse_error: None,
+            finish_reason: "stop".into(),
+        };
+        let file = std::path::Path::new("round-001/rollout/trajectories-00000.parquet");
+        assert!(check_lengths(&t, file).is_ok());
+        let short = TrajectoryRow {
+            behavior_logprobs: vec![-1.0],
+            ..t
+        };
+        let e = check_lengths(&short, file).unwrap_err().to_string();
+        assert!(
+            e.contains("trajectories-00000.parquet")
+                && e.contains("behavior_logprobs has 1 entries for 2"),
+            "{e}"
+        );
+    }
 
     /// A training row of `role` with advantage 1 (its task and group `t`).
     fn reward_row(id: &str, role: &str) -> RewardRow {
