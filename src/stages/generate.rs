@@ -127,7 +127,7 @@ impl Stage for GenerateStage {
                 "`generator` (the model writes tasks) or `qa` (labelled train questions)",
             )
             .one_of(&["generator", "qa"]),
-            ParamSpec::new("tasks", 8, "tasks per round").at_least(1.0),
+            ParamSpec::new("tasks", 8, "tasks per round").between(1.0, f64::from(u32::MAX)),
             ParamSpec::new(
                 "resample",
                 true,
@@ -314,7 +314,7 @@ impl Stage for GenerateStage {
 /// Topic seeds for round 1, evolved parents afterwards (topics fill in when the previous round
 /// left fewer valid tasks than `n`).
 fn task_seeds(ctx: &StageContext, n: usize, solve_threshold: f64) -> Result<Vec<Seed>> {
-    let mut seeds = Vec::with_capacity(n);
+    let mut seeds = Vec::new(); // (n is a request: sized by what is made, not by it)
     let prev_tasks: Vec<TaskRow> = tasks(ctx.input_files(Upstream::previous_round("generate"))?)?
         .into_iter()
         .filter(|t| t.valid)

@@ -284,7 +284,7 @@ fn verification_items(ctx: &StageContext, settings: &Settings) -> Result<Vec<Ite
         .filter(|q| q.split == "dev" && !q.answers.is_empty())
         .collect();
     qa.sort_by_key(|q| stable_u64(&[&ctx.seed.to_string(), &q.id]));
-    qa.truncate(n + 1);
+    qa.truncate(n.saturating_add(1));
     let mut items = Vec::new();
     for i in 0..qa.len().saturating_sub(1) {
         let (q, other) = (&qa[i], &qa[i + 1]);

@@ -50,7 +50,7 @@ impl Stage for RolloutStage {
     fn params(&self) -> Vec<ParamSpec> {
         let mut specs = vec![
             ParamSpec::new("attempts", 4, "attempts per task (m; the GRPO group size)")
-                .at_least(1.0),
+                .between(1.0, f64::from(u32::MAX)),
         ];
         specs.extend(sampling_specs(384, 4, 1.0));
         specs

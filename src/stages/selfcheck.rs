@@ -90,7 +90,8 @@ impl Stage for SelfCheckStage {
                 "self_judgments",
                 5,
                 "times the GRM judges the generator's own answer (v)",
-            ),
+            )
+            .between(0.0, f64::from(u32::MAX)),
             ParamSpec::new(
                 "v_min",
                 4,
