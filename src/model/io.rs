@@ -307,7 +307,8 @@ pub(crate) struct StagingDir {
 }
 
 impl StagingDir {
-    /// Creates `<final_dir>.tmp-<pid>` (removing a stale one first).
+    /// Creates `.<final_dir>.asl-tmp-<pid>` (removing a stale one first): the run's temporary
+    /// name, so a killed write is cleared like any other when its stage runs again.
     pub fn new(final_dir: &Path) -> Result<Self> {
         let name = final_dir
             .file_name()
@@ -320,7 +321,7 @@ impl StagingDir {
             })?;
         let parent = final_dir.parent().unwrap_or_else(|| Path::new("."));
         std::fs::create_dir_all(parent).map_err(|e| ModelError::io(parent, e))?;
-        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+        let tmp = crate::fsutil::tmp_path_for(&parent.join(&name));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
         }
