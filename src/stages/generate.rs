@@ -91,8 +91,9 @@ fn grounding_without_index() -> Error {
 
 impl Stage for GenerateStage {
     /// 2: guided decoding completes a closing tag the budget cuts; `grounding_k`.
+    /// 3: parents are the previous round's tasks valid after its self-check, not before.
     fn version(&self) -> u32 {
-        2
+        3
     }
 
     fn splits(&self) -> bool {
@@ -174,6 +175,7 @@ impl Stage for GenerateStage {
         up.extend(CHECKPOINT_UPSTREAM);
         up.extend([
             Upstream::previous_round("generate"),
+            Upstream::previous_round("selfcheck"),
             Upstream::previous_round("reward"),
         ]);
         up.dedup();
@@ -314,38 +316,15 @@ impl Stage for GenerateStage {
 /// Topic seeds for round 1, evolved parents afterwards (topics fill in when the previous round
 /// left fewer valid tasks than `n`).
 fn task_seeds(ctx: &StageContext, n: usize, solve_threshold: f64) -> Result<Vec<Seed>> {
-    let mut seeds = Vec::new(); // (n is a request: sized by what is made, not by it)
-    let prev_tasks: Vec<TaskRow> = tasks(ctx.input_files(Upstream::previous_round("generate"))?)?
-        .into_iter()
-        .filter(|t| t.valid)
-        .collect();
-    if !prev_tasks.is_empty() {
+    let generated = tasks(ctx.input_files(Upstream::previous_round("generate"))?)?;
+    let checked = tasks(ctx.input_files(Upstream::previous_round("selfcheck"))?)?;
+    let mut seeds = if generated.is_empty() {
+        Vec::new()
+    } else {
         let rewards: Vec<RewardRow> =
             read_rows(ctx.input_files(Upstream::previous_round("reward"))?)?;
-        let mut solved: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
-        for r in rewards.iter().filter(|r| r.role == Role::Policy.as_str()) {
-            let e = solved.entry(r.task_id.as_str()).or_default();
-            e.0 += usize::from(r.reward > 0.5);
-            e.1 += 1;
-        }
-        let mut order: Vec<&TaskRow> = prev_tasks.iter().collect();
-        order.sort_by_key(|t| stable_u64(&[&ctx.seed.to_string(), &t.task_id]));
-        for t in order.into_iter().take(n) {
-            let rate = solved
-                .get(t.task_id.as_str())
-                .map(|&(k, m)| k as f64 / m.max(1) as f64)
-                .unwrap_or(0.0);
-            let dir = if rate >= solve_threshold {
-                Direction::Harder
-            } else {
-                Direction::Easier
-            };
-            seeds.push(Seed {
-                topic: t.topic.clone(),
-                parent: Some((t.clone(), dir)),
-            });
-        }
-    }
+        evolved_parents(generated, checked, &rewards, ctx.seed, n, solve_threshold)
+    };
     if seeds.len() < n {
         let mut corpus: Vec<CorpusRow> = read_rows(ctx.input_files(Upstream::needs("corpus"))?)?;
         if corpus.is_empty() {
@@ -363,6 +342,53 @@ fn task_seeds(ctx: &StageContext, n: usize, solve_threshold: f64) -> Result<Vec<
         }
     }
     Ok(seeds)
+}
+
+/// The previous round's valid tasks as parents, `n` at most in a seeded order: made HARDER when
+/// the policy solved them at `solve_threshold` or more, else EASIER. Valid as the round used
+/// them: after its self-check when it had one (`checked`, of the same round), since a task the
+/// check rejected was never attempted and has no solve rate to evolve.
+fn evolved_parents(
+    generated: Vec<TaskRow>,
+    checked: Vec<TaskRow>,
+    rewards: &[RewardRow],
+    seed: u64,
+    n: usize,
+    solve_threshold: f64,
+) -> Vec<Seed> {
+    let round = generated.first().map(|t| t.round);
+    let prev = if !checked.is_empty() && checked.iter().all(|t| Some(t.round) == round) {
+        checked
+    } else {
+        generated
+    };
+    let mut solved: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for r in rewards.iter().filter(|r| r.role == Role::Policy.as_str()) {
+        let e = solved.entry(r.task_id.as_str()).or_default();
+        e.0 += usize::from(r.reward > 0.5);
+        e.1 += 1;
+    }
+    let mut order: Vec<&TaskRow> = prev.iter().filter(|t| t.valid).collect();
+    order.sort_by_key(|t| stable_u64(&[&seed.to_string(), &t.task_id]));
+    order
+        .into_iter()
+        .take(n)
+        .map(|t| {
+            let rate = solved
+                .get(t.task_id.as_str())
+                .map(|&(k, m)| k as f64 / m.max(1) as f64)
+                .unwrap_or(0.0);
+            let dir = if rate >= solve_threshold {
+                Direction::Harder
+            } else {
+                Direction::Easier
+            };
+            Seed {
+                topic: t.topic.clone(),
+                parent: Some((t.clone(), dir)),
+            }
+        })
+        .collect()
 }
 
 /// `n` of `rows` (in their order, cycling when there are fewer): `fact_share` of them from the
@@ -445,6 +471,85 @@ mod tests {
             source: "corpus".into(),
             source_doc_id: None,
         }
+    }
+
+    fn task(id: &str, round: u32, valid: bool) -> TaskRow {
+        TaskRow {
+            task_id: id.into(),
+            round,
+            question: format!("Question {id}?"),
+            answer: "A".into(),
+            answer_aliases: vec![],
+            template: "width".into(),
+            parent_task_id: None,
+            topic: Some(format!("topic {id}")),
+            generator_trajectory_id: None,
+            valid,
+            invalid_reason: None,
+        }
+    }
+
+    fn policy_reward(task: &str, reward: f32) -> RewardRow {
+        RewardRow {
+            trajectory_id: format!("{task}-a"),
+            task_id: task.into(),
+            role: Role::Policy.as_str().into(),
+            group_id: task.into(),
+            scheme: "grm".into(),
+            reward,
+            format_bonus: 0.0,
+            total: reward,
+            advantage: 0.0,
+            label: None,
+            train: true,
+        }
+    }
+
+    /// Parents are the tasks the previous round attempted: those its self-check passed, each
+    /// evolved by its solve rate; without a self-check of that round, generate's valid tasks.
+    #[test]
+    fn parents_are_the_tasks_valid_after_the_previous_rounds_self_check() {
+        let generated = vec![
+            task("t0", 1, true),
+            task("t1", 1, true),
+            task("t2", 1, false),
+        ];
+        // The self-check rejected t1.
+        let checked = vec![
+            task("t0", 1, true),
+            task("t1", 1, false),
+            task("t2", 1, false),
+        ];
+        let rewards = [policy_reward("t0", 1.0)];
+        let parents = |checked: Vec<TaskRow>| -> Vec<(String, Direction)> {
+            evolved_parents(generated.clone(), checked, &rewards, 7, 8, 0.5)
+                .into_iter()
+                .map(|s| {
+                    let (t, d) = s.parent.unwrap();
+                    (t.task_id, d)
+                })
+                .collect()
+        };
+        assert_eq!(
+            parents(checked.clone()),
+            [("t0".to_string(), Direction::Harder)]
+        );
+        // No self-check: generate's validity, and t1 (never attempted) made easier.
+        let mut without = parents(vec![]);
+        without.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            without,
+            [
+                ("t0".to_string(), Direction::Harder),
+                ("t1".to_string(), Direction::Easier)
+            ]
+        );
+        // A self-check of another round does not stand in for this one's.
+        let stale: Vec<TaskRow> = checked
+            .into_iter()
+            .map(|t| TaskRow { round: 0, ..t })
+            .collect();
+        assert_eq!(parents(stale).len(), 2);
     }
 
     /// Half of eight tasks ask for a fact, one family after the other; the rest keep the seeded
