@@ -17,6 +17,9 @@ pub struct ParamSpec {
     pub help: &'static str,
     /// Values allowed beyond the default's type, checked when the pipeline loads.
     pub allowed: Allowed,
+    /// Whether the value is part of the stage run's identity (a change reruns the stage). Not
+    /// for settings that steer the runner and leave the stage's outputs alone (retention).
+    pub identity: bool,
 }
 
 /// The values a parameter takes beyond its type: a numeric range or a closed set of words.
@@ -42,7 +45,14 @@ impl ParamSpec {
             default: default.into(),
             help,
             allowed: Allowed::Any,
+            identity: true,
         }
+    }
+
+    /// A setting of the runner, outside the stage run's identity: changing it reruns nothing.
+    pub(crate) fn runner_only(mut self) -> Self {
+        self.identity = false;
+        self
     }
 
     /// A number ≥ `min`.

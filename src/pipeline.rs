@@ -19,7 +19,7 @@ use crate::manifest::{
     Entry, FileRecord, Manifest, PipelineRecord, RunLock, ShardSpec, Status, file_record,
     now_rfc3339, outputs_intact, resolve_path,
 };
-use crate::params::{Params, SetOverride, resolve, toml_to_json};
+use crate::params::{ParamSpec, Params, SetOverride, resolve, toml_to_json};
 use crate::seed::derive_seed;
 use crate::shards::stage_dir;
 use crate::stages::{self, Reads, Stage, StageContext, Upstream};
@@ -936,6 +936,18 @@ fn prepare<'a>(
     })
 }
 
+/// Whether two resolved params of one stage agree on every setting in its run's identity
+/// (runner-only settings such as retention may differ).
+fn same_identity(specs: &[ParamSpec], a: &Params, b: &Params) -> bool {
+    let identity = |p: &Params| -> Params {
+        p.iter()
+            .filter(|(k, _)| !specs.iter().any(|s| s.key == k.as_str() && !s.identity))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    identity(a) == identity(b)
+}
+
 impl Prepared<'_> {
     /// The cheap checks first (status, params, seed, input hashes), output hashes last.
     fn is_up_to_date(&self, manifest: &Manifest, run_dir: &Path, shard: ShardSpec) -> Result<bool> {
@@ -953,7 +965,7 @@ impl Prepared<'_> {
         Ok(entry.asl_version == ASL_VERSION
             && entry.stage_version == self.stage.version()
             && entry.steps == self.at.steps
-            && entry.params == self.params
+            && same_identity(&self.stage.params(), &entry.params, &self.params)
             && entry.seed == self.seed
             && same_inputs
             && outputs_intact(run_dir, &entry.outputs, &manifest.pruned))

@@ -49,13 +49,15 @@ impl Stage for ApplyStage {
             ParamSpec::new(
                 "keep_checkpoints",
                 0,
-                "`asl run` keeps the last K rounds' checkpoints and deletes older ones (0: keep all; docs/rounds.md)",
-            ),
+                "`asl run` keeps the last K rounds' checkpoints and deletes older ones (0: keep all; docs/rounds.md); changing it reruns nothing",
+            )
+            .runner_only(),
             ParamSpec::new(
                 "keep_every",
                 0,
                 "with keep_checkpoints: also keep every Nth round's checkpoint (0: none)",
-            ),
+            )
+            .runner_only(),
         ]
     }
 

@@ -81,6 +81,17 @@ fn retention_prunes_old_checkpoints_and_a_rerun_skips_everything() {
     let second = run(&assets, &args);
     assert_ok(&second);
     assert!(ran_stages(&second).is_empty(), "{}", stdout(&second));
+    // Nor does a change of retention itself: it steers the runner, not apply's outputs.
+    let mut keep_more = args.to_vec();
+    for a in keep_more
+        .iter_mut()
+        .filter(|a| a.starts_with("apply.keep_checkpoints="))
+    {
+        *a = "apply.keep_checkpoints=5";
+    }
+    let third = run(&assets, &keep_more);
+    assert_ok(&third);
+    assert!(ran_stages(&third).is_empty(), "{}", stdout(&third));
 
     // A stage that needs a pruned output says so in one line.
     let by_hand = run(
