@@ -864,8 +864,20 @@ fn prepare<'a>(
     let mut upstream = Vec::new();
     let mut inputs = Vec::new();
     let mut pruned_inputs = Vec::new();
+    // The stages of the run's pipeline (as `asl run` last recorded it): an optional upstream
+    // the pipeline no longer has is absent, whatever an earlier pipeline left in the manifest.
+    let in_pipeline = |up: &str| {
+        manifest
+            .pipeline
+            .as_ref()
+            .is_none_or(|p| p.params.contains_key(up))
+    };
     for spec in stage.upstream(params) {
         let up = spec.stage;
+        if spec.optional && !in_pipeline(up) {
+            upstream.push((spec, Vec::new()));
+            continue;
+        }
         let same_step = at.step > 0 && stages::find(up).is_some_and(|u| u.stepped());
         let found = match spec.reads {
             Reads::PreviousStep => at

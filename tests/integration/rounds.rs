@@ -452,3 +452,49 @@ fn grounding_rejects_tasks_whose_answer_the_search_does_not_find() {
         stderr(&out)
     );
 }
+
+/// A stage dropped from the pipeline stops feeding what read it: after a smoke round with a
+/// self-check, the same run dir under a pipeline without one (and new tasks) has rollout read
+/// generate's tasks, not the old self-check's.
+#[test]
+fn an_optional_upstream_dropped_from_the_pipeline_is_not_read() {
+    let Some(assets) = shipped_assets() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rd = dir.path().join("run");
+    assert_ok(&run_smoke(&assets, &rd, &["--rounds", "1"]));
+    let without = dir.path().join("no-selfcheck.toml");
+    std::fs::write(
+        &without,
+        format!(
+            "extends = {SMOKE:?}\nname = \"smoke-no-selfcheck\"\nround = [\"generate\", \"rollout\", \"judge\", \"reward\", \"train\", \"apply\"]\n"
+        ),
+    )
+    .unwrap();
+    let out = run_pipeline(
+        &without,
+        &assets,
+        &rd,
+        &["--rounds", "1", "--set", "generate.tasks=3"],
+    );
+    assert_ok(&out);
+    assert!(
+        ran_stages(&out).contains(&"round 1 rollout".to_string()),
+        "{}",
+        stdout(&out)
+    );
+    let m = Manifest::load(&rd).unwrap();
+    let rollout = m
+        .entries
+        .iter()
+        .rev()
+        .find(|e| e.stage == "rollout" && e.round == 1 && e.status == Status::Done)
+        .unwrap();
+    let read: Vec<&str> = rollout.inputs.iter().map(|f| f.path.as_str()).collect();
+    assert!(
+        read.iter().any(|p| p.contains("round-001/generate")),
+        "{read:?}"
+    );
+    assert!(!read.iter().any(|p| p.contains("selfcheck")), "{read:?}");
+}
