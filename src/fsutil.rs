@@ -11,26 +11,51 @@ use crate::error::{IoContext, Result};
 /// Marker in the names of temporary files; anything carrying it is never taken for an output.
 pub(crate) const TMP_MARKER: &str = ".asl-tmp-";
 
-/// The temporary name used while `path` is being written.
+/// The temporary name used while `path` is being written: `.NAME.asl-tmp-HOST.PID`.
 pub(crate) fn tmp_path_for(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}{TMP_MARKER}{}", std::process::id()))
+    path.with_file_name(format!(
+        ".{name}{TMP_MARKER}{}.{}",
+        this_host(),
+        std::process::id()
+    ))
 }
 
-/// Whether the temporary `path` belongs to another process that is still running (its pid is
-/// the name's suffix; liveness from `/proc`, so elsewhere every temporary counts as stale).
+/// This machine's name as temporary names carry it (letters, digits and '-'): parts of one
+/// stage may run on several nodes of a cluster over one shared folder.
+fn this_host() -> &'static str {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        let raw = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let host: String = raw
+            .trim()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        if host.is_empty() { "host".into() } else { host }
+    })
+}
+
+/// Whether the temporary `path` may still be written by another process: one of another host
+/// (its liveness cannot be seen from here: a sibling part on another node), or one of this
+/// host that is still running (pid from the name, liveness from `/proc`, so elsewhere every
+/// temporary of this host counts as stale). Names without a host (older runs) are this host's.
 fn written_by_another_live_process(path: &Path) -> bool {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let Some(pid) = name
-        .rsplit_once(TMP_MARKER)
-        .and_then(|(_, pid)| pid.parse::<u32>().ok())
-    else {
+    let Some((_, suffix)) = name.rsplit_once(TMP_MARKER) else {
+        return false;
+    };
+    let (host, pid) = suffix.rsplit_once('.').unwrap_or((this_host(), suffix));
+    if host != this_host() {
+        return true;
+    }
+    let Ok(pid) = pid.parse::<u32>() else {
         return false;
     };
     pid != std::process::id() && Path::new("/proc").join(pid.to_string()).exists()
@@ -173,5 +198,32 @@ mod tests {
         assert!(!tmp(u32::MAX).exists());
         assert!(!tmp(std::process::id()).exists());
         assert!(dir.path().join("out.parquet").exists());
+    }
+
+    /// Temporaries carry the host: this host's dead ones go, another host's stay (a sibling
+    /// part on another node may still be writing it).
+    #[test]
+    fn another_hosts_temporaries_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = tmp_path_for(&dir.path().join("a.parquet"));
+        let name = ours.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.starts_with(".a.parquet.asl-tmp-")
+                && name.ends_with(&format!(".{}", std::process::id()))
+        );
+        let dead_here = dir.path().join(format!(
+            ".b.parquet{TMP_MARKER}{}.{}",
+            this_host(),
+            u32::MAX
+        ));
+        let elsewhere = dir
+            .path()
+            .join(format!(".c.parquet{TMP_MARKER}other-node-7.{}", u32::MAX));
+        for p in [&ours, &dead_here, &elsewhere] {
+            fs::write(p, b"half").unwrap();
+        }
+        remove_stale_tmp(dir.path()).unwrap();
+        assert!(!ours.exists() && !dead_here.exists());
+        assert!(elsewhere.exists());
     }
 }

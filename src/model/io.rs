@@ -307,7 +307,7 @@ pub(crate) struct StagingDir {
 }
 
 impl StagingDir {
-    /// Creates `.<final_dir>.asl-tmp-<pid>` (removing a stale one first): the run's temporary
+    /// Creates `.<final_dir>.asl-tmp-<host>.<pid>` (removing a stale one first): the run's temporary
     /// name, so a killed write is cleared like any other when its stage runs again.
     pub fn new(final_dir: &Path) -> Result<Self> {
         let name = final_dir
