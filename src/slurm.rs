@@ -313,6 +313,20 @@ pub fn submit(
         run.record(pipeline, run_dir)?;
     }
     let manifest = Manifest::load(run_dir)?;
+    // `#SBATCH` values are double-quoted where they need it; Slurm has no escape for a quote.
+    for (what, value) in [
+        ("run dir", run_dir.to_string_lossy().into_owned()),
+        ("pipeline name", pipeline.name.clone()),
+    ] {
+        if value.contains(['"', '\n']) {
+            return Err(Error::input(
+                run_dir,
+                format!(
+                    "the {what} {value:?} has a double quote or a newline, which an #SBATCH line cannot hold"
+                ),
+            ));
+        }
+    }
     let slurm_dir = run_dir.join("slurm");
     std::fs::create_dir_all(slurm_dir.join("logs")).at(&slurm_dir)?;
     let cwd = std::env::current_dir().map_err(|e| Error::io(".", e))?;
@@ -506,8 +520,11 @@ fn job_script(j: &JobSpec) -> String {
         j.pipeline
     );
     let mut sbatch = vec![
-        format!("--job-name=asl-{}-r{round}-{name}", j.pipeline),
-        format!("--output={}", j.log.display()),
+        format!(
+            "--job-name={}",
+            sbatch_quote(&format!("asl-{}-r{round}-{name}", j.pipeline))
+        ),
+        format!("--output={}", sbatch_quote(&j.log.to_string_lossy())),
         // A job whose upstream failed is cancelled, not left pending forever.
         "--kill-on-invalid-dep=yes".to_string(),
     ];
@@ -556,6 +573,19 @@ fn array_spec(tasks: &[u32]) -> String {
 
 /// `s` as one shell word: unchanged when it is plainly safe, else single-quoted. (Hand-written:
 /// six lines, where a crate would add a dependency for one function.)
+/// An `#SBATCH` option's value: as is when plain, else in double quotes (sbatch splits an
+/// unquoted value at a space and reads `#` as a comment; callers refuse `"` and newlines).
+fn sbatch_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+    if plain {
+        s.to_string()
+    } else {
+        format!("\"{s}\"")
+    }
+}
+
 fn shell_quote(s: &str) -> String {
     let plain = !s.is_empty()
         && s.chars()
@@ -653,6 +683,11 @@ mod tests {
         assert_eq!(shell_quote("a b"), "'a b'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(shell_quote(""), "''");
+        assert_eq!(
+            sbatch_quote("/runs/a/r001-rollout-%j.out"),
+            "/runs/a/r001-rollout-%j.out"
+        );
+        assert_eq!(sbatch_quote("/My Runs/#1/x.out"), "\"/My Runs/#1/x.out\"");
     }
 
     #[test]
