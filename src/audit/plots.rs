@@ -160,6 +160,16 @@ fn role_color(role: &str) -> RGBColor {
         .unwrap_or(RGBColor(120, 120, 120))
 }
 
+/// Where the plot `name` is drawn before it is renamed into place: a temporary name that keeps
+/// the `.png` extension (plotters picks the image format by it).
+fn staged(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!(
+        ".{name}{}{}.png",
+        crate::fsutil::TMP_MARKER,
+        std::process::id()
+    ))
+}
+
 /// Writes every plot into `dir` and returns their paths. `reward_hist` is the chosen round's
 /// (role, lower edge, upper edge, count) reward histogram.
 pub(crate) fn write_plots(
@@ -171,11 +181,20 @@ pub(crate) fn write_plots(
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let trained: Vec<&RoundAudit> = rounds.iter().filter(|r| r.round > 0).collect();
     let mut written = Vec::new();
+    // Each plot is drawn under a temporary name (`staged`) and renamed into place when drawn;
+    // one with nothing to draw leaves no file, and an older run's PNG of that name goes, so the
+    // list is what this audit drew.
     let mut emit = |name: &str, result: Result<()>| -> Result<()> {
-        result?;
-        let path = dir.join(name);
-        if path.exists() {
+        let (tmp, path) = (staged(dir, name), dir.join(name));
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        if tmp.exists() {
+            std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
             written.push(path);
+        } else if path.exists() {
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
         }
         Ok(())
     };
@@ -218,7 +237,7 @@ pub(crate) fn write_plots(
             points: series(&|r| r.grm_accept_wrong()),
         },
     ];
-    let path = dir.join("heldout.png");
+    let path = staged(dir, "heldout.png");
     emit(
         "heldout.png",
         curves_png(&path, "Held-out EM and the judge", "share", &heldout),
@@ -232,7 +251,7 @@ pub(crate) fn write_plots(
             points: series(&|r| r.role(role).and_then(|s| s.reward.as_ref()).map(|d| d.mean)),
         })
         .collect();
-    let path = dir.join("rewards.png");
+    let path = staged(dir, "rewards.png");
     emit(
         "rewards.png",
         curves_png(&path, "Mean total reward per role", "reward", &rewards),
@@ -255,7 +274,7 @@ pub(crate) fn write_plots(
             }),
         },
     ];
-    let path = dir.join("solve_rate.png");
+    let path = staged(dir, "solve_rate.png");
     emit(
         "solve_rate.png",
         curves_png(&path, "Solve rate and task validity", "share", &solve),
@@ -271,7 +290,7 @@ pub(crate) fn write_plots(
             }
         }
         let name = format!("reward_hist_round_{round:03}.png");
-        let path = dir.join(&name);
+        let path = staged(dir, &name);
         emit(
             &name,
             bars_png(
@@ -290,7 +309,7 @@ pub(crate) fn write_plots(
                 .map(|(i, c)| (i as f64 - 0.5, i as f64 + 0.5, c.n))
                 .collect();
             let name = format!("solve_hist_round_{round:03}.png");
-            let path = dir.join(&name);
+            let path = staged(dir, &name);
             emit(
                 &name,
                 bars_png(
