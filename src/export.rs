@@ -62,10 +62,48 @@ pub struct Item {
     pub round: Option<u32>,
 }
 
+/// The newest round whose tasks are complete: every part of its `generate` done, and of its
+/// `selfcheck` too when the run's pipeline has one.
+pub fn latest_task_round(run_dir: &Path) -> Result<u32> {
+    let manifest = Manifest::load(run_dir)?;
+    let checks = has_selfcheck(&manifest);
+    let newest = manifest.entries.iter().map(|e| e.round).max().unwrap_or(0);
+    (1..=newest)
+        .rev()
+        .find(|&r| {
+            let done = |stage| manifest.done_outputs(stage, r).is_some_and(|(at, _)| at == r);
+            done("generate") && (!checks || done("selfcheck"))
+        })
+        .ok_or_else(|| Error::Input {
+            path: Manifest::path(run_dir),
+            message: "no round has finished tasks yet (asl generate, and asl selfcheck where the pipeline has it)".into(),
+        })
+}
+
+/// Whether the run's pipeline (as `asl run` last recorded it) decides validity by a self-check.
+fn has_selfcheck(manifest: &Manifest) -> bool {
+    manifest
+        .pipeline
+        .as_ref()
+        .is_some_and(|p| p.params.contains_key("selfcheck"))
+}
+
 /// The valid tasks of `round`: the self-check's decision where the round has one, else the
-/// generator's tasks as written.
+/// generator's tasks as written. A round whose pipeline has a self-check that has not finished
+/// is refused: the generator's validity is not the round's.
 pub fn round_tasks(run_dir: &Path, round: u32) -> Result<Vec<Item>> {
     let manifest = Manifest::load(run_dir)?;
+    let checked = manifest
+        .done_outputs("selfcheck", round)
+        .is_some_and(|(r, _)| r == round);
+    if has_selfcheck(&manifest) && !checked {
+        return Err(Error::Input {
+            path: Manifest::path(run_dir),
+            message: format!(
+                "round {round}'s self-check has not finished, so its valid tasks are not known yet (asl selfcheck --round {round})"
+            ),
+        });
+    }
     let outputs = ["selfcheck", "generate"]
         .iter()
         .find_map(|stage| {

@@ -515,20 +515,7 @@ fn dispatch(matches: &ArgMatches) -> Result<()> {
             } else {
                 let round = match round {
                     Some(r) => r,
-                    None => Manifest::load(&run_dir)?
-                        .entries
-                        .iter()
-                        .filter(|e| {
-                            e.stage == "generate" && e.status == asl::manifest::Status::Done
-                        })
-                        .map(|e| e.round)
-                        .max()
-                        .ok_or_else(|| {
-                            anyhow::anyhow!(
-                                "{}: no round has tasks yet (asl generate)",
-                                run_dir.display()
-                            )
-                        })?,
+                    None => asl::export::latest_task_round(&run_dir)?,
                 };
                 (
                     asl::export::round_tasks(&run_dir, round)?,

@@ -55,7 +55,7 @@ fn tasks_and_qa_export_to_verl_flashrag_and_jsonl_and_import_back() {
     let dir = tempfile::tempdir().unwrap();
     let rd = dir.path().join("run");
     let rds = rd.to_str().unwrap();
-    // The setup, then round 1's generator only: tasks to export.
+    // The setup, then round 1's generator and self-check only: tasks to export.
     assert_ok(&run(
         &assets,
         &["run", SMOKE, "--run-dir", rds, "--rounds", "0"],
@@ -64,8 +64,25 @@ fn tasks_and_qa_export_to_verl_flashrag_and_jsonl_and_import_back() {
         &assets,
         &["generate", "--run-dir", rds, "--round", "1"],
     ));
+    // Before the self-check the round's valid tasks are not known: refused in one line.
+    let early = asl(&[
+        "export",
+        "--run-dir",
+        rds,
+        "--format",
+        "jsonl",
+        "--round",
+        "1",
+        "--out",
+        dir.path().join("early.jsonl").to_str().unwrap(),
+    ]);
+    assert_one_line_error(&early, &["self-check", "round 1"]);
+    assert_ok(&run(
+        &assets,
+        &["selfcheck", "--run-dir", rds, "--round", "1"],
+    ));
     let tasks: Vec<TaskRow> =
-        asl::shards::read_rows(&[rd.join("round-001/generate/tasks-00000.parquet")]).unwrap();
+        asl::shards::read_rows(&[rd.join("round-001/selfcheck/tasks-00000.parquet")]).unwrap();
     let valid: BTreeSet<(String, Vec<String>)> = tasks
         .iter()
         .filter(|t| t.valid)
