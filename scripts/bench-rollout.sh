@@ -61,12 +61,16 @@ settings() {
 }
 
 for path in $paths; do
+  # (Not in the for's word list: a failure there does not stop the script under set -e.)
+  path_sets=$(settings "$path") || exit 1
   dir="$out/$path"
   rm -rf "$dir"
   cp -al "$base" "$dir"
+  # The copy's own locks, not hard links to the base run's (an asl run there would block it).
+  rm -f "$dir/.run.lock" "$dir/.manifest.lock"
   for stage in rollout judge; do
     sets=()
-    for kv in $(settings "$path"); do sets+=(--set "$stage.$kv"); done
+    for kv in $path_sets; do sets+=(--set "$stage.$kv"); done
     start=$(date +%s.%N)
     "$asl" "$stage" --run-dir "$dir" --round 1 "${sets[@]}" > "$dir.$stage.log" 2>&1 \
       || { tail -3 "$dir.$stage.log" >&2; exit 1; }
