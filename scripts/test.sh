@@ -8,8 +8,22 @@ cd "$root"
 
 scripts/fetch-assets.sh
 
+# System packages the suite needs beyond Rust and python3 come from the distribution's mirrors
+# (Debian/Ubuntu's apt, as root); elsewhere install them first and the suite uses them.
+apt_install() {
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    echo "test.sh: needs $* (install them, or run as root on Debian/Ubuntu so apt can)" >&2
+    exit 1
+  fi
+  echo "test.sh: installing $* (apt)" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
 venv="$root/target/pyreaders"
 if ! "$venv/bin/python" -c "import pyarrow, duckdb, polars, tensorboard" 2>/dev/null; then
+  # Debian's python3 makes venvs only with python3-venv (ensurepip).
+  python3 -c "import ensurepip" 2>/dev/null || apt_install python3-venv
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
     pyarrow==26.0.1 duckdb==2.0.1 polars==2.1.0 tensorboard==2.21.0
@@ -20,11 +34,7 @@ export ASL_REQUIRE_ASSETS=1
 export ASL_ASSETS="$root/assets"
 
 # Debian's chromium: the run page is opened in a real headless browser (tests/integration/page.rs).
-if ! command -v chromium >/dev/null; then
-  echo "test.sh: installing chromium (apt)" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
-fi
+command -v chromium >/dev/null || apt_install chromium
 export ASL_REQUIRE_CHROMIUM=1
 
 # A one-node Slurm cluster (installed from Debian's packages when missing) for the `asl submit`
