@@ -144,11 +144,15 @@ pub(crate) fn attempt_correct(verifier: Verifier, a: &Attempt) -> Option<bool> {
 }
 
 /// The most common normalised answer of a group (ties: the smallest string), R-Zero's
-/// pseudo-label.
+/// pseudo-label. Answers that normalise to nothing ("the", ".") do not vote: they would agree
+/// with each other and win, and as the smallest string every tie.
 pub(crate) fn majority_answer<'a>(answers: impl IntoIterator<Item = &'a str>) -> Option<String> {
     let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
     for answer in answers {
-        *counts.entry(normalize_answer(answer)).or_default() += 1;
+        let normal = normalize_answer(answer);
+        if !normal.is_empty() {
+            *counts.entry(normal).or_default() += 1;
+        }
     }
     let best = counts.values().copied().max()?;
     counts.into_iter().find(|(_, n)| *n == best).map(|(a, _)| a)
@@ -535,6 +539,12 @@ mod tests {
         );
         assert_eq!(majority_answer(["C", "b", "c", "B"]), Some("b".to_string()));
         assert_eq!(majority_answer([]), None);
+        // Answers that normalise to nothing do not vote, so they never win.
+        assert_eq!(
+            majority_answer([".", "the", "Paris", "Lyon", "Rome"]),
+            Some("lyon".to_string())
+        );
+        assert_eq!(majority_answer([".", "the"]), None);
         assert_eq!(solve_rate(&[true, false, false, true]), 0.5);
         assert_eq!(solve_rate(&[]), 0.0);
         assert_eq!(

@@ -123,8 +123,9 @@ impl Stage for RewardStage {
     /// 2: an answer taken from the question is wrong under the label-free verifiers.
     /// 3: `answered_score` no longer pays an answer taken from the question.
     /// 4: `rule` GRM labels are class-balanced (`grm_balance`) as `self` labels are.
+    /// 5: under `majority`, answers that normalise to nothing do not vote.
     fn version(&self) -> u32 {
-        4
+        5
     }
 
     fn name(&self) -> &'static str {
