@@ -571,26 +571,27 @@ fn array_spec(tasks: &[u32]) -> String {
     }
 }
 
-/// `s` as one shell word: unchanged when it is plainly safe, else single-quoted. (Hand-written:
-/// six lines, where a crate would add a dependency for one function.)
+/// Whether `s` needs no quoting, in a shell word or an `#SBATCH` value.
+fn plain_word(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+}
+
 /// An `#SBATCH` option's value: as is when plain, else in double quotes (sbatch splits an
 /// unquoted value at a space and reads `#` as a comment; callers refuse `"` and newlines).
 fn sbatch_quote(s: &str) -> String {
-    let plain = !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
-    if plain {
+    if plain_word(s) {
         s.to_string()
     } else {
         format!("\"{s}\"")
     }
 }
 
+/// `s` as one shell word: unchanged when it is plainly safe, else single-quoted. (Hand-written:
+/// six lines, where a crate would add a dependency for one function.)
 fn shell_quote(s: &str) -> String {
-    let plain = !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
-    if plain {
+    if plain_word(s) {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
