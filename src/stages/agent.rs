@@ -315,16 +315,22 @@ pub(crate) struct Request {
     pub seed: u64,
 }
 
-/// A finished sequence with what the tool loop counted.
+/// A finished sequence.
 pub(crate) struct Completion {
     pub prompt_ids: Vec<u32>,
     pub out: SeqOutput,
-    pub searches: u32,
     /// The temperature the log-probs were scored at (the sampling temperature, 1 when greedy).
     pub temperature: f32,
 }
 
 impl Completion {
+    /// Searches whose results the model read: every tool text appended starts a turn (the
+    /// agent appends only search results). A call in the last allowed turn ends the sequence
+    /// (`max_turns`) with no result, so it is not counted.
+    pub fn searches(&self) -> u32 {
+        self.out.turns.saturating_sub(1) as u32
+    }
+
     pub fn truncated(&self) -> bool {
         matches!(
             self.out.finish,
@@ -361,7 +367,7 @@ impl Completion {
             temperature: self.temperature,
             text: self.out.text.clone(),
             turns: self.out.turns as u32,
-            searches: self.searches,
+            searches: self.searches(),
             parsed: answer.is_some(),
             answer,
             parse_error,
@@ -545,18 +551,16 @@ impl Agent {
         }
         let bar = crate::progress::bar(requests.len() as u64, what);
         let started = std::time::Instant::now();
-        let mut searches = vec![0u32; requests.len()];
         let generation = generate_with(
             &self.hf.model,
             &self.hf.tokenizer,
             &seqs,
             &sampling,
-            |i, text| {
+            |_, text| {
                 let env = self.env.as_ref()?;
                 if !text.trim_end().ends_with(self.tools.call_close()) {
                     return None;
                 }
-                searches[i] += 1;
                 Some(self.tool_text(env, text))
             },
             |_| bar.inc(1),
@@ -571,11 +575,9 @@ impl Agent {
         let done = seqs
             .into_iter()
             .zip(generation.outputs)
-            .zip(searches)
-            .map(|((seq, out), searches)| Completion {
+            .map(|(seq, out)| Completion {
                 prompt_ids: seq.prompt_ids,
                 out,
-                searches,
                 temperature,
             })
             .collect();
@@ -616,6 +618,41 @@ impl Agent {
 mod tests {
     use super::*;
     use crate::params::resolve;
+
+    /// A search called in the last allowed turn gets no result (generate's
+    /// `tool_text_has_zero_loss_mask`: the last call is not appended), so it is not counted: a
+    /// trajectory's `searches` is the results the model read.
+    #[test]
+    fn a_call_left_unanswered_at_max_turns_is_not_a_search() {
+        let completion = |turns: usize, finish: FinishReason| Completion {
+            prompt_ids: vec![1],
+            out: SeqOutput {
+                tokens: vec![2, 3],
+                loss_mask: vec![1, 1],
+                logprobs: vec![0.0; 2],
+                sample_logprobs: vec![0.0; 2],
+                text: String::new(),
+                finish,
+                stop: None,
+                turns,
+            },
+            temperature: 1.0,
+        };
+        let ids = || TrajectoryIds {
+            trajectory_id: "t".into(),
+            task_id: "q".into(),
+            role: "policy",
+            attempt: 0,
+            seed: 0,
+        };
+        // Three turns, the third ending on a call: two results were read.
+        let c = completion(3, FinishReason::MaxTurns);
+        assert_eq!(c.searches(), 2);
+        assert_eq!(c.row(ids(), Err("no answer".into())).searches, 2);
+        // An answer after one search; an answer with none.
+        assert_eq!(completion(2, FinishReason::Stop).searches(), 1);
+        assert_eq!(completion(1, FinishReason::Stop).searches(), 0);
+    }
 
     #[test]
     fn a_bad_device_or_dtype_is_reported_under_its_parameter() {

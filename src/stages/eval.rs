@@ -38,8 +38,9 @@ pub(crate) struct EvalStage;
 impl Stage for EvalStage {
     /// 2: guided decoding completes a closing tag the budget cuts.
     /// 3: near misses leave out misspellings that leave an alias whole (SubEM calls them right).
+    /// 4: `searches` counts results read; a call the last turn leaves unanswered is not one.
     fn version(&self) -> u32 {
-        3
+        4
     }
 
     fn name(&self) -> &'static str {
@@ -433,7 +434,7 @@ pub(crate) fn evaluate(
             em,
             f1: f,
             subem: sub,
-            searches: c.searches,
+            searches: c.searches(),
             turns: c.out.turns as u32,
             truncated: c.truncated(),
         });
@@ -560,7 +561,7 @@ pub(crate) fn evaluate(
                 let ok = crate::rl::rewards::format_validity(&q, Some(&a)).is_none();
                 valid += usize::from(ok);
             }
-            searched += usize::from(c.searches > 0);
+            searched += usize::from(c.searches() > 0);
         }
         let n = outs.len();
         let nf = n as f64;
@@ -775,7 +776,7 @@ fn judge_items(
                 em: score,
                 f1: score,
                 subem: score,
-                searches: c.searches,
+                searches: c.searches(),
                 turns: c.out.turns as u32,
                 truncated: c.truncated(),
             }

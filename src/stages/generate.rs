@@ -92,8 +92,9 @@ fn grounding_without_index() -> Error {
 impl Stage for GenerateStage {
     /// 2: guided decoding completes a closing tag the budget cuts; `grounding_k`.
     /// 3: parents are the previous round's tasks valid after its self-check, not before.
+    /// 4: `searches` counts results read; a call the last turn leaves unanswered is not one.
     fn version(&self) -> u32 {
-        3
+        4
     }
 
     fn splits(&self) -> bool {
@@ -299,7 +300,7 @@ impl Stage for GenerateStage {
         let written = write_rows(&tasks_path, &tasks)?;
         write_rows(&traj_path, &trajectories)?;
         let valid = tasks.iter().filter(|t| t.valid).count();
-        let searched = completions.iter().filter(|c| c.searches > 0).count();
+        let searched = completions.iter().filter(|c| c.searches() > 0).count();
         let mut summary =
             format!("{written} tasks written, {valid} valid; {searched} generator runs searched");
         if !reasons.is_empty() {

@@ -66,8 +66,9 @@ struct Item {
 
 impl Stage for JudgeStage {
     /// 2: guided decoding completes a closing tag the budget cuts.
+    /// 3: `searches` counts results read; a call the last turn leaves unanswered is not one.
     fn version(&self) -> u32 {
-        2
+        3
     }
 
     fn splits(&self) -> bool {

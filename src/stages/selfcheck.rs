@@ -63,8 +63,9 @@ impl Settings {
 
 impl Stage for SelfCheckStage {
     /// 2: guided decoding completes a closing tag the budget cuts.
+    /// 3: `searches` counts results read; a call the last turn leaves unanswered is not one.
     fn version(&self) -> u32 {
-        2
+        3
     }
 
     fn splits(&self) -> bool {
