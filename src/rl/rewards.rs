@@ -366,10 +366,33 @@ pub(crate) fn format_bonus_of_text(own_text: &str, turns: usize, searched: bool)
     let own = own_text.replace("</tool_call>", "</search>");
     let think = own
         .split("</search>")
-        .filter(|turn| turn.trim_start().starts_with("<think>"))
+        .filter(|turn| opens_with_think(turn))
         .count()
         .min(turns);
     format_bonus(turns, think, searched)
+}
+
+/// Whether a turn opens with `<think>`, past what the chat template puts before it. With
+/// `tool_format = qwen` a tool result is a turn of its own, so once its `<tool_response>` is
+/// removed the model's next turn still starts after the template's scaffolding
+/// (`<|im_end|>\n<|im_start|>user\n<|im_end|>\n<|im_start|>assistant\n` in ChatML): special
+/// tokens and the role names right after them.
+fn opens_with_think(turn: &str) -> bool {
+    const ROLES: [&str; 5] = ["assistant", "user", "tool", "ipython", "system"];
+    let mut rest = turn.trim_start();
+    loop {
+        let special = rest
+            .strip_prefix("<|")
+            .and_then(|r| r.split_once("|>"))
+            .filter(|(name, _)| !name.is_empty() && !name.contains(char::is_whitespace));
+        let Some((_, after)) = special else { break };
+        rest = after;
+        if let Some(after) = ROLES.iter().find_map(|role| rest.strip_prefix(role)) {
+            rest = after;
+        }
+        rest = rest.trim_start();
+    }
+    rest.starts_with("<think>")
 }
 
 /// R-Zero's repetition penalty: questions are clustered by BLEU similarity (single linkage at
@@ -706,6 +729,16 @@ mod tests {
         assert_eq!(format_bonus_of_text(two_turns, 2, true), 0.5);
         let qwen = "<think>a</think><tool_call>{}</tool_call><answer>x</answer>";
         assert_eq!(format_bonus_of_text(qwen, 2, true), 0.375);
+        // A qwen tool turn leaves the template's scaffolding before the next turn once its
+        // result is removed (ChatML, as SmolLM2 and Qwen render it; Llama 3's headers).
+        let qwen_two_turns = "<think>a</think><tool_call>{}</tool_call><|im_end|>\n<|im_start|>user\n\n<|im_end|>\n<|im_start|>assistant\n<think>b</think><answer>x</answer>";
+        assert_eq!(format_bonus_of_text(qwen_two_turns, 2, true), 0.5);
+        let llama = "<think>a</think><tool_call>{}</tool_call><|eot_id|><|start_header_id|>ipython<|end_header_id|>\n\n<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n<think>b</think>";
+        assert_eq!(format_bonus_of_text(llama, 2, true), 0.5);
+        // Text that is not scaffolding still comes first.
+        let chatter =
+            "<think>a</think><search>q</search><|im_start|>assistant\nSo <think>b</think>";
+        assert_eq!(format_bonus_of_text(chatter, 2, true), 0.375);
         // A text with more think openings than turns counts at most its turns.
         assert_eq!(format_bonus_of_text("<think>a</think>", 0, false), 0.0);
         assert_eq!(format_bonus(0, 0, false), 0.0);

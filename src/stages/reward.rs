@@ -124,8 +124,10 @@ impl Stage for RewardStage {
     /// 3: `answered_score` no longer pays an answer taken from the question.
     /// 4: `rule` GRM labels are class-balanced (`grm_balance`) as `self` labels are.
     /// 5: under `majority`, answers that normalise to nothing do not vote.
+    /// 6: with `tool_format = qwen`, a turn after a tool turn that opens with `<think>` counts
+    ///    toward the format bonus (the template's scaffolding before it hid it).
     fn version(&self) -> u32 {
-        5
+        6
     }
 
     fn name(&self) -> &'static str {
