@@ -124,8 +124,8 @@ pub(crate) struct Generation {
 
 /// Generates completions for `requests` (see the module doc) with
 /// [`SamplingParams::batching`]. `tool(request_index, completion_text_so_far)` is called when a
-/// turn stops on a stop string; returning `Some(text)` appends `text` (loss mask 0) and starts
-/// another turn.
+/// turn stops on a stop string (the text ends with it, even when the token that completed it
+/// carries more); returning `Some(text)` appends `text` (loss mask 0) and starts another turn.
 pub fn generate<F>(
     model: &Model,
     tokenizer: &Tokenizer,
@@ -612,9 +612,12 @@ impl<'t> Row<'t> {
             if let Some(stop) =
                 scanner.push(tok, &params.stop_strings, || decode(tokenizer, turn))?
             {
-                self.out.stop = Some(stop);
+                // The token that completed the stop string may carry text past it
+                // (`</search>` then `<`): the tool reads the completion up to the stop string.
                 let text = decode(tokenizer, &self.out.tokens)?;
-                self.after_turn(tokenizer, tool(self.idx, &text), params, stats)?;
+                let end = text.rfind(&stop).map_or(text.len(), |at| at + stop.len());
+                self.out.stop = Some(stop);
+                self.after_turn(tokenizer, tool(self.idx, &text[..end]), params, stats)?;
             }
         }
         if !self.done
@@ -999,6 +1002,59 @@ mod tests {
         }
         assert_eq!(o.tokens.len(), o.loss_mask.len());
         assert_eq!(o.tokens.len(), o.sample_logprobs.len());
+    }
+
+    /// A stop string can end inside the token that completes it (`</search>` then `<` in one
+    /// token): the tool reads the completion up to the stop string, so a call is not missed for
+    /// the character after it.
+    #[test]
+    fn the_tool_reads_up_to_a_stop_string_that_ends_inside_a_token() {
+        let Some((model, tok)) = setup() else { return };
+        let greedy = SamplingParams {
+            greedy: true,
+            max_new_tokens: 40,
+            stop_strings: vec![],
+            eos_ids: vec![],
+            ..Default::default()
+        };
+        let reqs = requests(&tok);
+        let probe = generate(&model, &tok, &reqs[..1], &greedy, |_, _| None).unwrap();
+        let ids = &probe[0].tokens;
+        // The first token of two or more characters whose text less its last character does
+        // not occur earlier: that prefix is the stop string.
+        let (k, stop, last) = (0..ids.len())
+            .find_map(|k| {
+                let piece = tok.decode(&ids[k..k + 1], false).ok()?;
+                let last = piece.chars().last()?;
+                let stop = piece[..piece.len() - last.len_utf8()].to_string();
+                let before = tok.decode(&ids[..k], false).ok()?;
+                (stop.trim().len() >= 2 && !before.contains(&stop)).then_some((k, stop, last))
+            })
+            .expect("greedy decoding gave no token of two or more characters");
+        let params = SamplingParams {
+            stop_strings: vec![stop.clone()],
+            ..greedy
+        };
+        let mut seen = Vec::new();
+        let out = generate(&model, &tok, &reqs[..1], &params, |_, text| {
+            seen.push(text.to_string());
+            None
+        })
+        .unwrap();
+        let o = &out[0];
+        assert_eq!(
+            o.tokens,
+            ids[..=k],
+            "the turn ends at the token completing {stop:?}"
+        );
+        assert_eq!(o.stop.as_deref(), Some(stop.as_str()));
+        assert_eq!(seen.len(), 1);
+        assert!(
+            seen[0].ends_with(&stop),
+            "{:?} does not end with {stop:?}",
+            seen[0]
+        );
+        assert_eq!(format!("{}{last}", seen[0]), o.text);
     }
 
     /// Decode throughput of the imported SmolLM2 (run with `--ignored`).

@@ -38,7 +38,8 @@ pub(crate) struct EvalStage;
 impl Stage for EvalStage {
     /// 2: guided decoding completes a closing tag the budget cuts.
     /// 3: near misses leave out misspellings that leave an alias whole (SubEM calls them right).
-    /// 4: `searches` counts results read; a call the last turn leaves unanswered is not one.
+    /// 4: `searches` counts results read; a call the last turn leaves unanswered is not one;
+    ///    a call close sharing its token with the next character (`</search><`) still calls.
     fn version(&self) -> u32 {
         4
     }

@@ -92,7 +92,8 @@ fn grounding_without_index() -> Error {
 impl Stage for GenerateStage {
     /// 2: guided decoding completes a closing tag the budget cuts; `grounding_k`.
     /// 3: parents are the previous round's tasks valid after its self-check, not before.
-    /// 4: `searches` counts results read; a call the last turn leaves unanswered is not one.
+    /// 4: `searches` counts results read; a call the last turn leaves unanswered is not one;
+    ///    a call close sharing its token with the next character (`</search><`) still calls.
     fn version(&self) -> u32 {
         4
     }

@@ -27,7 +27,8 @@ pub(crate) struct RolloutStage;
 
 impl Stage for RolloutStage {
     /// 2: guided decoding completes a closing tag the budget cuts.
-    /// 3: `searches` counts results read; a call the last turn leaves unanswered is not one.
+    /// 3: `searches` counts results read; a call the last turn leaves unanswered is not one;
+    ///    a call close sharing its token with the next character (`</search><`) still calls.
     fn version(&self) -> u32 {
         3
     }
