@@ -125,7 +125,8 @@ impl Stage for RewardStage {
     /// 4: `rule` GRM labels are class-balanced (`grm_balance`) as `self` labels are.
     /// 5: under `majority`, answers that normalise to nothing do not vote.
     /// 6: with `tool_format = qwen`, a turn after a tool turn that opens with `<think>` counts
-    ///    toward the format bonus (the template's scaffolding before it hid it).
+    ///    toward the format bonus (the template's scaffolding before it hid it); under
+    ///    `advantage_scale = batch` each role is scaled by its own rows' spread.
     fn version(&self) -> u32 {
         6
     }
@@ -199,7 +200,7 @@ impl Stage for RewardStage {
             ParamSpec::new(
                 "advantage_scale",
                 "group",
-                "divide centred rewards by the `group` std, the `batch` std, or `none`",
+                "divide centred rewards by the `group` std, the `batch` std (each role its own rows), or `none`",
             ).one_of(&["group", "batch", "none"]),
         ]
     }
@@ -543,26 +544,30 @@ pub(crate) fn compute(
     let unlabelled_judgments = grm.iter().filter(|r| r.label.is_none()).count();
     rows.extend(grm);
 
-    // Advantages over the training rows of each group; other rows keep 0. A flat group (every
+    // Advantages over the training rows of each group, one role at a time (a batch scale is the
+    // spread of that role's rows alone: the policy's 0/1 rewards are not scaled by how many
+    // entropy rewards the generator has this round); other rows keep 0. A flat group (every
     // total equal) has no learning signal: exactly 0, and out of the step.
-    let idx: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].train).collect();
-    let totals: Vec<f64> = idx.iter().map(|&i| f64::from(rows[i].total)).collect();
-    let groups: Vec<(String, String)> = idx
-        .iter()
-        .map(|&i| (rows[i].role.clone(), rows[i].group_id.clone()))
-        .collect();
-    let adv = advantages(&totals, &groups, s.scale);
-    let mut flat: BTreeSet<&(String, String)> = Default::default();
-    for (k, &i) in idx.iter().enumerate() {
-        rows[i].advantage = adv.values[k] as f32;
-        if adv.flat[k] {
-            rows[i].train = false;
-            flat.insert(&groups[k]);
-        }
+    let mut by_role: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, row) in rows.iter().enumerate().filter(|(_, r)| r.train) {
+        by_role.entry(row.role.clone()).or_default().push(i);
     }
     let mut flat_groups: BTreeMap<String, usize> = BTreeMap::new();
-    for (role, _) in flat {
-        *flat_groups.entry(role.clone()).or_default() += 1;
+    for (role, members) in by_role {
+        let totals: Vec<f64> = members.iter().map(|&i| f64::from(rows[i].total)).collect();
+        let groups: Vec<String> = members.iter().map(|&i| rows[i].group_id.clone()).collect();
+        let adv = advantages(&totals, &groups, s.scale);
+        let mut flat: BTreeSet<&str> = BTreeSet::new();
+        for (k, &i) in members.iter().enumerate() {
+            rows[i].advantage = adv.values[k] as f32;
+            if adv.flat[k] {
+                rows[i].train = false;
+                flat.insert(&groups[k]);
+            }
+        }
+        if !flat.is_empty() {
+            flat_groups.insert(role, flat.len());
+        }
     }
 
     let mut unparsable = BTreeMap::new();
@@ -1191,6 +1196,42 @@ mod tests {
             assert_eq!(c.flat_groups.get("policy"), Some(&1), "{scale:?}");
             assert!(c.summary().contains("flat groups left out: policy 1"));
         }
+    }
+
+    /// Under `advantage_scale = batch` a role is scaled by its own rows' spread: training the
+    /// generator beside the policy leaves the policy's advantages as they are.
+    #[test]
+    fn a_batch_scale_is_each_roles_own() {
+        let tasks = vec![
+            task("t1", "What is the capital of France?", "Paris"),
+            task("t2", "Which river flows through Rome?", "Tiber"),
+        ];
+        let mut attempts = Vec::new();
+        for (t, right, answers) in [("t1", "Paris", 2), ("t2", "Tiber", 1)] {
+            for k in 0..4 {
+                let a = if k < answers { right } else { "Lyon" };
+                attempts.push(traj(&format!("{t}-p{k}"), t, "policy", Some(a)));
+            }
+        }
+        let gens = vec![
+            traj("t1-g", "t1", "generator", Some("q")),
+            traj("t2-g", "t2", "generator", Some("q")),
+        ];
+        let mut s = settings(Verifier::Rule, GeneratorScheme::Entropy, LabelMode::Rule);
+        s.scale = Scale::Batch;
+        s.roles = vec![Role::Policy, Role::Generator];
+        let both = compute(&s, 1, &tasks, &gens, &attempts, &[], &[]);
+        assert!(row(&both, "t1-g").train && row(&both, "t1-g").advantage != 0.0);
+        s.roles = vec![Role::Policy];
+        let alone = compute(&s, 1, &tasks, &gens, &attempts, &[], &[]);
+        for a in &attempts {
+            let id = &a.trajectory_id;
+            assert_eq!(row(&both, id).advantage, row(&alone, id).advantage, "{id}");
+        }
+        // And the policy's scale is the spread of its 8 rewards (3 of 8 right).
+        let std = (3.0f64 / 8.0 * 5.0 / 8.0).sqrt();
+        let want = (1.0 - 0.5) / (std + crate::rl::advantages::EPS);
+        assert!((f64::from(row(&alone, "t1-p0").advantage) - want).abs() < 1e-5);
     }
 
     #[test]
