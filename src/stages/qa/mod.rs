@@ -87,6 +87,12 @@ impl Settings {
 }
 
 impl Stage for QaStage {
+    /// 2: ids are unique (a repeated one is qualified by its source); FanOutQA's sub-questions
+    ///    shared by several top-level questions are one row.
+    fn version(&self) -> u32 {
+        2
+    }
+
     fn splits(&self) -> bool {
         true
     }
@@ -118,6 +124,17 @@ impl Stage for QaStage {
                 "`fanoutqa`: also import the FanOutQA sub-questions whose answer the corpus holds (their evidence article is in the corpus and contains the answer) as split `fanoutqa`, for eval only (`eval.split = \"test,fanoutqa\"`); empty: none",
             ).one_of(&["", "fanoutqa"]),
         ]
+    }
+
+    fn check(&self, params: &Params) -> Result<()> {
+        let s = Settings::from_params(params);
+        if s.source == Source::FanOutQa && s.extra_fanoutqa {
+            return Err(Error::param(
+                "qa.extra",
+                "`fanoutqa` adds FanOutQA's sub-questions for eval only, but `qa.source = fanoutqa` already imports them into train/dev/test; with the same ids the eval-only split would repeat train rows. Use one of the two",
+            ));
+        }
+        Ok(())
     }
 
     fn qa_splits_written(&self, params: &Params) -> Option<Vec<&'static str>> {
@@ -196,8 +213,14 @@ impl Stage for QaStage {
         let mut writer = ShardWriter::create(&out, ShardKind::Qa)?;
         let mut batch = Vec::with_capacity(BATCH_ROWS);
         let mut splits = std::collections::BTreeMap::<String, u64>::new();
+        // Ids key eval's rows and the comparison of two evals, so they must be unique. Search-R1's
+        // merged files keep each dataset's own ids ("test_0" in NQ and in HotpotQA): a repeated
+        // id is qualified by its row's source; one that repeats within a source is refused.
+        let mut ids = std::collections::HashSet::new();
         for (i, row) in rows.enumerate() {
-            let row = row?;
+            let mut row = row?;
+            unique_id(&mut ids, &mut row)
+                .map_err(|m| Error::input(&source, format!("record {}: {m}", i + 1)))?;
             if !ctx.shard.owns(i) {
                 continue;
             }
@@ -221,6 +244,26 @@ impl Stage for QaStage {
             summary: format!("{rows} questions ({})", by_split.join(", ")),
         })
     }
+}
+
+/// Makes `row.id` one not in `ids` (and records it): a repeated id is qualified by the row's
+/// source (`nq:test_0`); one repeated within its source is refused.
+fn unique_id(
+    ids: &mut std::collections::HashSet<String>,
+    row: &mut QaRow,
+) -> std::result::Result<(), String> {
+    if ids.insert(row.id.clone()) {
+        return Ok(());
+    }
+    let qualified = format!("{}:{}", row.source, row.id);
+    if !ids.insert(qualified.clone()) {
+        return Err(format!(
+            "id {:?} of source {:?} appears twice; ids must be unique within a source",
+            row.id, row.source
+        ));
+    }
+    row.id = qualified;
+    Ok(())
 }
 
 /// A QA source file that must exist before the stage runs.
@@ -288,12 +331,16 @@ fn corpus_qa_rows(corpus_files: &[PathBuf]) -> Result<Vec<QaRow>> {
 /// FanOutQA's multi-hop questions have list or table answers; their decomposition trees hold
 /// single-hop sub-questions with short answers and the Wikipedia page that holds each. Those
 /// sub-questions are the rows. The split follows the top-level question, so no multi-hop
-/// question contributes to two splits.
+/// question contributes to two splits. A sub-question shared by several top-level questions
+/// (the same node id, or the same text: "What is the capital of China?" sits under five) is one
+/// row, in the split of the first question that has it, so it is never in two splits nor
+/// counted twice in one.
 fn fanoutqa_rows(path: &std::path::Path) -> Result<Vec<QaRow>> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let items: Vec<Value> = serde_json::from_reader(BufReader::new(file))
         .map_err(|e| Error::input(path, format!("not FanOutQA JSON ({e})")))?;
     let mut rows = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for item in &items {
         let root = item
             .get("id")
@@ -320,6 +367,11 @@ fn fanoutqa_rows(path: &std::path::Path) -> Result<Vec<QaRow>> {
                 _ => Vec::new(),
             };
             if answers.is_empty() {
+                continue;
+            }
+            let first_of_id = seen.insert(format!("id {id}"));
+            let first_of_text = seen.insert(format!("q {}", normalize_answer(question)));
+            if !(first_of_id && first_of_text) {
                 continue;
             }
             rows.push(QaRow {
@@ -390,6 +442,100 @@ mod tests {
         assert_eq!(ids, ["fanoutqa-kept"]);
         assert_eq!(rows[0].split, FANOUTQA_SPLIT);
         assert_eq!(rows[0].source, "fanoutqa");
+    }
+
+    /// The same sub-question under two top-level questions (by node id, or by text under
+    /// another id) is one row, in the first question's split, and never in two splits.
+    #[test]
+    fn a_shared_fanoutqa_sub_question_is_one_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = |id: &str, q: &str, a: &str| json!({"id": id, "question": q, "answer": a});
+        // Two roots that land in different splits.
+        let (a, b) = (0..100)
+            .map(|k| format!("root{k}"))
+            .find_map(|r| (split_for(&r) != split_for("root-a")).then(|| ("root-a".to_string(), r)))
+            .unwrap();
+        let fanout = dir.path().join("fanout.json");
+        let root = |id: &str, nodes: Vec<Value>| json!({"id": id, "question": "Multi?", "answer": ["x"], "decomposition": nodes});
+        std::fs::write(
+            &fanout,
+            json!([
+                root(
+                    &a,
+                    vec![
+                        node("x", "What is the capital of China?", "Beijing"),
+                        node("y", "Who?", "Ann")
+                    ]
+                ),
+                root(
+                    &b,
+                    vec![
+                        node("x", "What is the capital of China?", "Beijing"),
+                        node("z", "what is the capital of china", "Beijing"),
+                        node("w", "Where?", "Rome")
+                    ]
+                ),
+            ])
+            .to_string(),
+        )
+        .unwrap();
+        let rows = fanoutqa_rows(&fanout).unwrap();
+        let got: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|r| (r.id.as_str(), r.split.as_str()))
+            .collect();
+        let (sa, sb) = (split_for(&a), split_for(&b));
+        assert_eq!(
+            got,
+            [("fanoutqa-x", sa), ("fanoutqa-y", sa), ("fanoutqa-w", sb)]
+        );
+    }
+
+    /// Search-R1's merged files repeat ids across datasets: qualified by source, and refused
+    /// when one source repeats its own.
+    #[test]
+    fn a_repeated_id_is_qualified_by_its_source_or_refused() {
+        let mut ids = std::collections::HashSet::new();
+        let row = |id: &str, source: &str| QaRow {
+            id: id.into(),
+            question: "Q?".into(),
+            answers: vec!["a".into()],
+            split: "test".into(),
+            source: source.into(),
+            source_doc_id: None,
+        };
+        let mut nq = row("test_0", "nq");
+        let mut hotpot = row("test_0", "hotpotqa");
+        let mut again = row("test_0", "hotpotqa");
+        unique_id(&mut ids, &mut nq).unwrap();
+        unique_id(&mut ids, &mut hotpot).unwrap();
+        assert_eq!(
+            (nq.id.as_str(), hotpot.id.as_str()),
+            ("test_0", "hotpotqa:test_0")
+        );
+        let e = unique_id(&mut ids, &mut again).unwrap_err();
+        assert!(e.contains("test_0") && e.contains("hotpotqa"), "{e}");
+    }
+
+    #[test]
+    fn fanoutqa_as_source_and_as_extra_is_refused() {
+        let specs = QaStage.params();
+        let params = crate::params::resolve(
+            "qa",
+            &specs,
+            None,
+            &[
+                "qa.source=fanoutqa".parse().unwrap(),
+                "qa.extra=fanoutqa".parse().unwrap(),
+            ],
+        )
+        .unwrap();
+        let e = QaStage.check(&params).unwrap_err().to_string();
+        assert!(e.contains("qa.extra"), "{e}");
+        let params =
+            crate::params::resolve("qa", &specs, None, &["qa.extra=fanoutqa".parse().unwrap()])
+                .unwrap();
+        QaStage.check(&params).unwrap_err();
     }
 
     #[test]
