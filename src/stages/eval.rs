@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::manifest::{Manifest, Status};
 use crate::model::sample::seq_seed;
 use crate::params::{ParamSpec, Params, ParamsExt};
-use crate::rl::metrics::{exact_match, f1, sub_exact_match};
+use crate::rl::metrics::{exact_match, f1, normalize_answer, sub_exact_match};
 use crate::roles::grm::Verdict;
 use crate::roles::{generator, grm, policy};
 use crate::seed::stable_u64;
@@ -39,7 +39,9 @@ impl Stage for EvalStage {
     /// 2: guided decoding completes a closing tag the budget cuts.
     /// 3: near misses leave out misspellings that leave an alias whole (SubEM calls them right).
     /// 4: `searches` counts results read; a call the last turn leaves unanswered is not one;
-    ///    a call close sharing its token with the next character (`</search><`) still calls.
+    ///    a call close sharing its token with the next character (`</search><`) still calls;
+    ///    a GRM item on the checkpoint's predictions is keyed by the answer it judges as well;
+    ///    a verification pair's wrong answer is one the rule calls wrong (normalised).
     fn version(&self) -> u32 {
         4
     }
@@ -453,17 +455,7 @@ pub(crate) fn evaluate(
 
     predictions.truncate(settings.grm_questions);
     if !predictions.is_empty() {
-        let judged: Vec<GrmItem> = predictions
-            .iter()
-            .map(|(q, a)| GrmItem {
-                question: q,
-                item_id: q.id.clone(),
-                candidate: a.clone(),
-                reference: show_reference.then(|| q.answers[0].clone()),
-                label: sub_exact_match(a, &q.answers) > 0.0,
-                seed: seq_seed(seed, stable_u64(&[&q.id, "grm"]), 0),
-            })
-            .collect();
+        let judged = prediction_items(&predictions, seed, show_reference);
         let dataset = format!(
             "qa:{split} predictions, {}",
             if show_reference {
@@ -489,32 +481,7 @@ pub(crate) fn evaluate(
 
     let verification = pick("dev", settings.verification + 1);
     if settings.verification > 0 && verification.len() >= 2 {
-        let mut pairs = Vec::new();
-        for pair in verification.windows(2) {
-            let (q, other) = (pair[0], pair[1]);
-            pairs.push(GrmItem {
-                question: q,
-                item_id: format!("{}:true", q.id),
-                candidate: q.answers[0].clone(),
-                reference: None,
-                label: true,
-                seed: seq_seed(seed, stable_u64(&[&q.id, "true"]), 0),
-            });
-            if !q
-                .answers
-                .iter()
-                .any(|a| a.eq_ignore_ascii_case(&other.answers[0]))
-            {
-                pairs.push(GrmItem {
-                    question: q,
-                    item_id: format!("{}:false", q.id),
-                    candidate: other.answers[0].clone(),
-                    reference: None,
-                    label: false,
-                    seed: seq_seed(seed, stable_u64(&[&q.id, "false"]), 0),
-                });
-            }
-        }
+        let pairs = verification_items(&verification, seed);
         let dataset = "qa:dev verification";
         let judged = judge_items(agent, &pairs, "eval verification", dataset)?;
         let score = score(&judged);
@@ -638,6 +605,56 @@ fn judge_near_misses(
         row("near_miss_pass_rate", passed, misspelt.len()),
     ];
     Ok((metrics, judged))
+}
+
+/// The GRM's items on this checkpoint's own answers, labelled by SubEM. The candidate is the
+/// checkpoint's, so the id carries it: two evals pair only the items where the judge saw the
+/// same answer (`asl eval compare`), not a right answer in one round and a wrong one in another.
+fn prediction_items<'a>(
+    predictions: &[(&'a QaRow, String)],
+    seed: u64,
+    show_reference: bool,
+) -> Vec<GrmItem<'a>> {
+    predictions
+        .iter()
+        .map(|&(q, ref a)| GrmItem {
+            question: q,
+            item_id: format!("{}:{}", q.id, normalize_answer(a)),
+            candidate: a.clone(),
+            reference: show_reference.then(|| q.answers[0].clone()),
+            label: sub_exact_match(a, &q.answers) > 0.0,
+            seed: seq_seed(seed, stable_u64(&[&q.id, "grm"]), 0),
+        })
+        .collect()
+}
+
+/// Verification pairs without a reference: each question's gold answer, and the next
+/// question's answer as a wrong one unless the rule calls it right ("Beatles" for "The
+/// Beatles"), as the verification labels in training do.
+fn verification_items<'a>(questions: &[&'a QaRow], seed: u64) -> Vec<GrmItem<'a>> {
+    let mut pairs = Vec::new();
+    for pair in questions.windows(2) {
+        let (q, other) = (pair[0], pair[1]);
+        pairs.push(GrmItem {
+            question: q,
+            item_id: format!("{}:true", q.id),
+            candidate: q.answers[0].clone(),
+            reference: None,
+            label: true,
+            seed: seq_seed(seed, stable_u64(&[&q.id, "true"]), 0),
+        });
+        if exact_match(&other.answers[0], &q.answers) == 0.0 {
+            pairs.push(GrmItem {
+                question: q,
+                item_id: format!("{}:false", q.id),
+                candidate: other.answers[0].clone(),
+                reference: None,
+                label: false,
+                seed: seq_seed(seed, stable_u64(&[&q.id, "false"]), 0),
+            });
+        }
+    }
+    pairs
 }
 
 /// The items of [`judge_near_misses`]: per question its gold and its misspelt gold. A question is
@@ -888,6 +905,49 @@ mod tests {
             turns: 1,
             truncated: false,
         }
+    }
+
+    /// A GRM item on a prediction is keyed by the answer too, so two checkpoints' items pair
+    /// only where the judge saw the same answer; a verification pair's wrong answer is one the
+    /// rule calls wrong.
+    #[test]
+    fn grm_items_pair_only_the_same_answer_and_wrong_answers_are_wrong() {
+        let row = |id: &str, answers: &[&str]| QaRow {
+            id: id.into(),
+            question: format!("Question {id}?"),
+            answers: answers.iter().map(|a| a.to_string()).collect(),
+            split: "dev".into(),
+            source: "wiki".into(),
+            source_doc_id: None,
+        };
+        let q = row("q1", &["Paris"]);
+        let ids = |answer: &str| {
+            prediction_items(&[(&q, answer.to_string())], 7, true)
+                .into_iter()
+                .map(|i| i.item_id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids("Paris"), ids("the paris."));
+        assert_ne!(ids("Paris"), ids("Lyon"));
+        let rows = [
+            row("q1", &["The Beatles"]),
+            row("q2", &["Beatles"]),
+            row("q3", &["Oasis"]),
+        ];
+        let refs: Vec<&QaRow> = rows.iter().collect();
+        let items = verification_items(&refs, 7);
+        let got: Vec<(&str, &str, bool)> = items
+            .iter()
+            .map(|i| (i.item_id.as_str(), i.candidate.as_str(), i.label))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("q1:true", "The Beatles", true),
+                ("q2:true", "Beatles", true),
+                ("q2:false", "Oasis", false),
+            ]
+        );
     }
 
     /// Near misses: a gold and its misspelling per question, except where no word can be

@@ -18,6 +18,7 @@ use super::{Stage, StageContext, StageOutput, Upstream};
 use crate::error::{Error, Result};
 use crate::model::sample::seq_seed;
 use crate::params::{ParamSpec, Params, ParamsExt};
+use crate::rl::metrics::exact_match;
 use crate::roles::grm;
 use crate::seed::stable_u64;
 use crate::shards::rows::{JudgmentRow, QaRow, TaskRow};
@@ -67,7 +68,8 @@ struct Item {
 impl Stage for JudgeStage {
     /// 2: guided decoding completes a closing tag the budget cuts.
     /// 3: `searches` counts results read; a call the last turn leaves unanswered is not one;
-    ///    a call close sharing its token with the next character (`</search><`) still calls.
+    ///    a call close sharing its token with the next character (`</search><`) still calls;
+    ///    a verification pair's wrong answer is one the rule calls wrong (normalised).
     fn version(&self) -> u32 {
         3
     }
@@ -293,7 +295,9 @@ fn verification_items(ctx: &StageContext, settings: &Settings) -> Result<Vec<Ite
         let wrong = &other.answers[0];
         let pairs = [("gold", q.answers[0].clone()), ("wrong", wrong.clone())];
         for (kind, candidate) in pairs {
-            if kind == "wrong" && q.answers.iter().any(|a| a.eq_ignore_ascii_case(wrong)) {
+            // Not wrong when the rule calls it right ("Beatles" for "The Beatles"), as the
+            // verification labels are.
+            if kind == "wrong" && exact_match(wrong, &q.answers) > 0.0 {
                 continue;
             }
             items.push(Item {
