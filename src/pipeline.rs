@@ -1085,6 +1085,35 @@ mod tests {
         p
     }
 
+    /// Settings of the runner (which rounds eval scores, how many checkpoints are kept) leave a
+    /// finished stage run up to date; a setting of its output does not.
+    #[test]
+    fn runner_settings_are_outside_a_stage_runs_identity() {
+        let resolve = |stage: &dyn Stage, sets: &[&str]| {
+            let sets: Vec<_> = sets.iter().map(|s| s.parse().unwrap()).collect();
+            crate::params::resolve(stage.name(), &stage.params(), None, &sets).unwrap()
+        };
+        let eval = &crate::stages::eval::EvalStage;
+        let specs = eval.params();
+        let base = resolve(eval, &[]);
+        assert!(same_identity(
+            &specs,
+            &base,
+            &resolve(eval, &["eval.every=5"])
+        ));
+        assert!(!same_identity(
+            &specs,
+            &base,
+            &resolve(eval, &["eval.questions=7"])
+        ));
+        let apply = &crate::stages::apply::ApplyStage;
+        assert!(same_identity(
+            &apply.params(),
+            &resolve(apply, &[]),
+            &resolve(apply, &["apply.keep_checkpoints=9"])
+        ));
+    }
+
     /// A child's tables merge into its parent's key by key (the child wins, arrays are
     /// replaced whole), through two levels; name and description stay the child's own.
     #[test]

@@ -75,7 +75,7 @@ impl Stage for EvalStage {
                 "every",
                 1,
                 "score every Nth round and always the last round of `asl run` (1: every round)",
-            ).at_least(1.0),
+            ).at_least(1.0).runner_only(),
             ParamSpec::new(
                 "grm_questions",
                 20,
