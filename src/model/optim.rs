@@ -61,15 +61,25 @@ pub struct StepStats {
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct TrainerState {
+    /// Optimizer steps taken. A base folder may hold an HF Trainer's own `trainer_state.json`
+    /// (`global_step`, no `step`): it reads as 0, a fresh optimizer, as its moments are not here.
+    #[serde(default)]
     step: usize,
+    /// The updates each tensor's moments have seen, for its bias correction (PyTorch keeps a
+    /// step per parameter): a tensor that starts training late starts from 1. Files without it
+    /// count `step` for every tensor with saved moments.
+    #[serde(default)]
+    tensor_steps: std::collections::BTreeMap<String, usize>,
 }
 
 /// AdamW's state for a list of trainable tensors (sorted by name; the same list every call):
-/// first and second moments per tensor and the steps taken.
+/// first and second moments and the updates taken per tensor, and the steps taken.
 pub(crate) struct AdamW {
     cfg: TrainConfig,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
+    /// Updates each tensor's moments have seen.
+    updates: Vec<usize>,
     step: usize,
 }
 
@@ -100,18 +110,32 @@ impl AdamW {
                 None => Ok(var.as_tensor().zeros_like()?),
             }
         };
-        let (mut m, mut v) = (Vec::new(), Vec::new());
+        let state_path = dir.join(TRAINER_STATE_FILE);
+        let state = if state_path.exists() {
+            read_json::<TrainerState>(&state_path, "trainer state")?
+        } else {
+            TrainerState {
+                step: 0,
+                tensor_steps: Default::default(),
+            }
+        };
+        let (mut m, mut v, mut updates) = (Vec::new(), Vec::new(), Vec::new());
         for (name, var) in vars {
+            let resumed = saved.contains_key(&format!("m.{name}"));
             m.push(moment("m", name, var)?);
             v.push(moment("v", name, var)?);
+            updates.push(match resumed {
+                true => state.tensor_steps.get(name).copied().unwrap_or(state.step),
+                false => 0,
+            });
         }
-        let state_path = dir.join(TRAINER_STATE_FILE);
-        let step = if state_path.exists() {
-            read_json::<TrainerState>(&state_path, "trainer state")?.step
-        } else {
-            0
-        };
-        Ok(AdamW { cfg, m, v, step })
+        Ok(AdamW {
+            cfg,
+            m,
+            v,
+            updates,
+            step: state.step,
+        })
     }
 
     fn lr_at(&self, step: usize) -> f64 {
@@ -159,22 +183,26 @@ impl AdamW {
         })
     }
 
-    /// Decoupled weight decay, then the bias-corrected Adam update, per trainable tensor.
+    /// Decoupled weight decay, then the bias-corrected Adam update, per trainable tensor. Each
+    /// tensor's bias correction counts its own updates. Weight decay applies to matrices only
+    /// (projections, embeddings), not to norm gains or biases, as TRL's (HF Trainer's) default.
     fn update(&mut self, vars: &[(String, Var)], grads: &GradStore, lr: f64) -> Result<()> {
         let c = &self.cfg;
-        let t = (self.step + 1) as i32;
-        let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
         for (i, (_, var)) in vars.iter().enumerate() {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
+            let t = (self.updates[i] + 1) as i32;
+            let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
             let m = ((&self.m[i] * c.beta1)? + (g * (1.0 - c.beta1))?)?;
             let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + c.eps)?)?;
-            let theta = (var.as_tensor() * (1.0 - lr * c.weight_decay))?;
+            let decay = if var.rank() >= 2 { c.weight_decay } else { 0.0 };
+            let theta = (var.as_tensor() * (1.0 - lr * decay))?;
             var.set(&(theta - (update * lr)?)?)?;
             self.m[i] = m;
             self.v[i] = v;
+            self.updates[i] += 1;
         }
         Ok(())
     }
@@ -192,9 +220,105 @@ impl AdamW {
             })
             .collect();
         save_safetensors(&dir.join(OPTIMIZER_FILE), &moments)?;
+        let tensor_steps = vars
+            .iter()
+            .zip(&self.updates)
+            .map(|((name, _), &n)| (name.clone(), n))
+            .collect();
         write_json(
             &dir.join(TRAINER_STATE_FILE),
-            &TrainerState { step: self.step },
+            &TrainerState {
+                step: self.step,
+                tensor_steps,
+            },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn var(name: &str, values: &[f32], shape: &[usize]) -> (String, Var) {
+        let t = Tensor::from_slice(values, shape, &Device::Cpu).unwrap();
+        (name.to_string(), Var::from_tensor(&t).unwrap())
+    }
+
+    /// Gradients of sum(w) for every var: all ones.
+    fn ones_grads(vars: &[(String, Var)]) -> GradStore {
+        let loss = vars
+            .iter()
+            .map(|(_, v)| v.as_tensor().sum_all().unwrap())
+            .reduce(|a, b| (a + b).unwrap())
+            .unwrap();
+        loss.backward().unwrap()
+    }
+
+    fn values(v: &Var) -> Vec<f32> {
+        v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    fn config() -> TrainConfig {
+        TrainConfig {
+            lr: 0.01,
+            max_grad_norm: 0.0,
+            ..Default::default()
+        }
+    }
+
+    /// A tensor that starts training at step 1000 (no saved moments) takes Adam's first step,
+    /// of size lr, not one bias-corrected for 1000 steps it never took (about 2.5·lr here).
+    #[test]
+    fn a_tensor_that_starts_late_is_bias_corrected_from_its_first_update() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = serde_json::json!({"step": 1000});
+        std::fs::write(dir.path().join(TRAINER_STATE_FILE), state.to_string()).unwrap();
+        let vars = vec![var("w", &[1.0, 2.0], &[1, 2])];
+        let mut opt = AdamW::resume(dir.path(), &Device::Cpu, config(), &vars).unwrap();
+        let mut grads = ones_grads(&vars);
+        opt.step(&vars, &mut grads).unwrap();
+        for (after, before) in values(&vars[0].1).iter().zip([1.0, 2.0]) {
+            assert!((before - after - 0.01).abs() < 1e-6, "{after}");
+        }
+        // Saved and resumed, it carries its own count.
+        opt.save(dir.path(), &vars).unwrap();
+        let again = AdamW::resume(dir.path(), &Device::Cpu, config(), &vars).unwrap();
+        assert_eq!((again.step, again.updates.clone()), (1001, vec![1]));
+    }
+
+    /// An HF Trainer's `trainer_state.json` in a base folder is not asl's: a fresh optimizer.
+    #[test]
+    fn an_hf_trainer_state_reads_as_a_fresh_optimizer() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = serde_json::json!({"global_step": 5, "log_history": []});
+        std::fs::write(dir.path().join(TRAINER_STATE_FILE), state.to_string()).unwrap();
+        let vars = vec![var("w", &[1.0], &[1, 1])];
+        let opt = AdamW::resume(dir.path(), &Device::Cpu, config(), &vars).unwrap();
+        assert_eq!((opt.step, opt.updates), (0, vec![0]));
+    }
+
+    /// Weight decay shrinks matrices, not norm gains or biases (TRL's default).
+    #[test]
+    fn weight_decay_leaves_vectors_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let vars = vec![
+            var("model.norm.weight", &[1.0, 1.0], &[2]),
+            var("proj.weight", &[1.0, 1.0], &[1, 2]),
+        ];
+        let cfg = TrainConfig {
+            lr: 0.1,
+            weight_decay: 0.5,
+            ..config()
+        };
+        let mut opt = AdamW::resume(dir.path(), &Device::Cpu, cfg, &vars).unwrap();
+        let mut grads = ones_grads(&vars);
+        opt.step(&vars, &mut grads).unwrap();
+        // Both take the same Adam step (-lr); only the matrix is also decayed by lr·wd = 5 %.
+        let (norm, proj) = (values(&vars[0].1), values(&vars[1].1));
+        assert!(norm.iter().all(|&x| (x - 0.9).abs() < 1e-6), "{norm:?}");
+        assert!(
+            proj.iter().all(|&x| (x - (0.95 - 0.1)).abs() < 1e-6),
+            "{proj:?}"
+        );
     }
 }

@@ -325,11 +325,7 @@ impl Trainer {
         }
         self.opt.save(stage.path(), &self.vars)?;
         write_json(&stage.path().join("config.json"), &self.config)?;
-        for f in [
-            "tokenizer.json",
-            "tokenizer_config.json",
-            "generation_config.json",
-        ] {
+        for f in TOKENIZER_FILES {
             let src = self.source_dir.join(f);
             if src.exists() {
                 let dst = stage.path().join(f);
@@ -339,6 +335,23 @@ impl Trainer {
         stage.publish()
     }
 }
+
+/// The files besides weights and config that a checkpoint carries from its source folder: the
+/// tokenizer in every form transformers writes, and the chat template, which recent
+/// transformers keep in `chat_template.jinja` (or `chat_template.json`) rather than in
+/// `tokenizer_config.json`; without it a later round would prompt in the fallback template.
+const TOKENIZER_FILES: [&str; 10] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+];
 
 /// The shard of a partly trained checkpoint that holds its untrained tensors.
 pub const FROZEN_SHARD: &str = "model-00001-of-00002.safetensors";
@@ -475,6 +488,32 @@ mod tests {
         );
         assert!(out.join("tokenizer.json").exists());
         std::fs::remove_dir_all(&out).unwrap();
+    }
+
+    /// A chat template kept in `chat_template.jinja` travels with every checkpoint, so the
+    /// rounds after the first prompt the way the base model was tuned to.
+    #[test]
+    fn a_checkpoint_keeps_the_chat_template_file() {
+        let Some(tiny) = tiny_model(3) else { return };
+        let base = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(&tiny).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, base.path().join(path.file_name().unwrap())).unwrap();
+        }
+        let template = "{% for m in messages %}<|im_start|>{{ m.role }}\n[{{ m.content }}]<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+        std::fs::write(base.path().join("chat_template.jinja"), template).unwrap();
+        let trainer = Trainer::load(base.path(), &Device::Cpu, TrainConfig::default()).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let ckpt = out.path().join("ckpt");
+        trainer.save_checkpoint(&ckpt).unwrap();
+        let render = |dir: &Path| {
+            crate::model::chat::ChatTemplate::load(dir)
+                .unwrap()
+                .render_pairs(&[("user", "hi")], true)
+                .unwrap()
+        };
+        assert_eq!(render(&ckpt), render(base.path()));
+        assert!(render(&ckpt).contains("[hi]"));
     }
 
     #[test]

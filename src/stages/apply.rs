@@ -22,6 +22,12 @@ use crate::shards::{ShardKind, read_rows, shard_path, shards_of, write_rows};
 pub(crate) struct ApplyStage;
 
 impl Stage for ApplyStage {
+    /// 2: the checkpoint keeps the chat template file and each tensor's Adam update count (bias
+    ///    correction per tensor); weight decay skips norm gains and biases.
+    fn version(&self) -> u32 {
+        2
+    }
+
     fn name(&self) -> &'static str {
         "apply"
     }
@@ -34,7 +40,7 @@ impl Stage for ApplyStage {
         vec![
             device_spec(),
             ParamSpec::new("lr", 1e-6, "AdamW learning rate").at_least(0.0),
-            ParamSpec::new("weight_decay", 0.0, "AdamW decoupled weight decay").at_least(0.0),
+            ParamSpec::new("weight_decay", 0.0, "AdamW decoupled weight decay (matrices only: norm gains and biases are not decayed)").at_least(0.0),
             ParamSpec::new(
                 "max_grad_norm",
                 1.0,

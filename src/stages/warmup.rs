@@ -518,8 +518,10 @@ impl Stage for WarmupStage {
     /// 5: a near miss (`grm_near_misses`) is a demonstration added beside its question's own,
     /// not a candidate replacing it.
     /// 6: a near miss comes with the exact reference judged right beside it.
+    /// 7: the checkpoint keeps the chat template file and each tensor's Adam update count;
+    ///    weight decay skips norm gains and biases.
     fn version(&self) -> u32 {
-        6
+        7
     }
 
     fn name(&self) -> &'static str {
