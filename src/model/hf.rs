@@ -12,7 +12,10 @@ use super::io::read_json;
 use super::llama::Model;
 use super::placement::Placement;
 
-/// Reads `dir/tokenizer.json`.
+/// Reads `dir/tokenizer.json`. A file saved after a call with `truncation` or `padding` keeps
+/// those settings, and the Rust tokenizer would apply them to every prompt and tool result
+/// (cutting a long prompt's assistant header off); transformers resets both on each call, so
+/// they are cleared here too.
 pub(crate) fn load_tokenizer(dir: &Path) -> Result<tokenizers::Tokenizer> {
     let path = dir.join("tokenizer.json");
     if !path.exists() {
@@ -21,10 +24,19 @@ pub(crate) fn load_tokenizer(dir: &Path) -> Result<tokenizers::Tokenizer> {
             what: "tokenizer.json",
         });
     }
-    tokenizers::Tokenizer::from_file(&path).map_err(|e| ModelError::Tokenizer {
-        path,
-        msg: e.to_string(),
-    })
+    let mut tokenizer =
+        tokenizers::Tokenizer::from_file(&path).map_err(|e| ModelError::Tokenizer {
+            path: path.clone(),
+            msg: e.to_string(),
+        })?;
+    tokenizer
+        .with_truncation(None)
+        .map_err(|e| ModelError::Tokenizer {
+            path,
+            msg: e.to_string(),
+        })?
+        .with_padding(None);
+    Ok(tokenizer)
 }
 
 /// A loaded HF folder: model, tokenizer and chat template.
@@ -51,6 +63,18 @@ impl HfModel {
             }
         }
         let tokenizer = load_tokenizer(dir)?;
+        // An id past the embedding (tokens added to the tokenizer without resizing the model)
+        // would index past the logits when a guide forces it.
+        let tokens = tokenizer.get_vocab_size(true);
+        let rows = model.config().vocab_size;
+        if tokens > rows {
+            return Err(ModelError::Tokenizer {
+                path: dir.join("tokenizer.json"),
+                msg: format!(
+                    "{tokens} tokens, but the model's vocab_size is {rows}: the added tokens have no embedding (resize the model's embeddings)"
+                ),
+            });
+        }
         let chat = ChatTemplate::load(dir)?;
         check_template_tokens(dir, &chat, &tokenizer)?;
         Ok(Self {
@@ -123,5 +147,62 @@ fn generation_eos_ids(dir: &Path) -> Result<Vec<u32>> {
                 path,
                 msg: format!("eos_token_id {e} is neither an id nor a list of ids"),
             }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::test_util::tiny_model;
+
+    /// A `tokenizer.json` saved with truncation and padding on loads with both off, as
+    /// transformers treats them.
+    #[test]
+    fn saved_truncation_and_padding_are_cleared() {
+        let Some(tiny) = tiny_model(3) else { return };
+        let mut saved = tokenizers::Tokenizer::from_file(tiny.join("tokenizer.json")).unwrap();
+        saved
+            .with_truncation(Some(tokenizers::TruncationParams {
+                max_length: 4,
+                ..Default::default()
+            }))
+            .unwrap()
+            .with_padding(Some(tokenizers::PaddingParams {
+                strategy: tokenizers::PaddingStrategy::Fixed(64),
+                ..Default::default()
+            }));
+        let dir = tempfile::tempdir().unwrap();
+        saved
+            .save(dir.path().join("tokenizer.json"), false)
+            .unwrap();
+        let text = "one two three four five six seven eight nine ten";
+        assert_eq!(saved.encode(text, false).unwrap().get_ids().len(), 64);
+        let loaded = load_tokenizer(dir.path()).unwrap();
+        let ids = loaded.encode(text, false).unwrap().get_ids().len();
+        assert!((5..64).contains(&ids), "{ids} ids");
+    }
+
+    /// A tokenizer with more tokens than the model has embedding rows is refused at load.
+    #[test]
+    fn a_tokenizer_larger_than_the_embedding_is_refused() {
+        let Some(tiny) = tiny_model(3) else { return };
+        let dir = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(&tiny).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+        let mut tok = load_tokenizer(dir.path()).unwrap();
+        HfModel::load(dir.path(), &Device::Cpu).unwrap();
+        tok.add_tokens([tokenizers::AddedToken::from("<extra-tool-tag>", true)])
+            .unwrap();
+        tok.save(dir.path().join("tokenizer.json"), false).unwrap();
+        let e = HfModel::load(dir.path(), &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("tokenizer.json") && e.contains("vocab_size"),
+            "{e}"
+        );
     }
 }
