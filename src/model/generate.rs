@@ -599,7 +599,7 @@ impl<'t> Row<'t> {
                 }
                 Some(TurnEnd::Tool) => {
                     let text = decode(tokenizer, &self.out.tokens)?;
-                    self.after_turn(tokenizer, tool(self.idx, &text), params, stats)?;
+                    self.after_turn(tokenizer, tool(self.idx, &text), params, max_pos, stats)?;
                 }
                 None => {}
             }
@@ -617,7 +617,13 @@ impl<'t> Row<'t> {
                 let text = decode(tokenizer, &self.out.tokens)?;
                 let end = text.rfind(&stop).map_or(text.len(), |at| at + stop.len());
                 self.out.stop = Some(stop);
-                self.after_turn(tokenizer, tool(self.idx, &text[..end]), params, stats)?;
+                self.after_turn(
+                    tokenizer,
+                    tool(self.idx, &text[..end]),
+                    params,
+                    max_pos,
+                    stats,
+                )?;
             }
         }
         if !self.done
@@ -637,6 +643,7 @@ impl<'t> Row<'t> {
         tokenizer: &'t Tokenizer,
         tool_text: Option<String>,
         params: &SamplingParams,
+        max_pos: usize,
         stats: &mut GenStats,
     ) -> Result<()> {
         match tool_text {
@@ -654,6 +661,14 @@ impl<'t> Row<'t> {
                     .map_err(|e| ModelError::Tokenize(e.to_string()))?;
                 let ids = enc.get_ids();
                 let n = ids.len();
+                // A result that leaves no room for one more token in the context is not
+                // appended: the model could not read past it, and a trajectory longer than the
+                // context could not be trained on.
+                if self.cache.len() + self.pending.len() + n >= max_pos {
+                    self.out.finish = FinishReason::Length;
+                    self.done = true;
+                    return Ok(());
+                }
                 self.out.tokens.extend_from_slice(ids);
                 self.out.loss_mask.extend(std::iter::repeat_n(0, n));
                 self.out.logprobs.extend(std::iter::repeat_n(0.0, n));
@@ -1002,6 +1017,38 @@ mod tests {
         }
         assert_eq!(o.tokens.len(), o.loss_mask.len());
         assert_eq!(o.tokens.len(), o.sample_logprobs.len());
+    }
+
+    /// A tool result that would fill the context is not appended: the sequence ends at the
+    /// context's length, so prompt and completion still fit it (train reads them whole).
+    #[test]
+    fn a_tool_result_past_the_context_is_not_appended() {
+        let Some((model, tok)) = setup() else { return };
+        let max_pos = model.config().max_position_embeddings;
+        let greedy = SamplingParams {
+            greedy: true,
+            max_new_tokens: 10,
+            stop_strings: vec![],
+            eos_ids: vec![],
+            ..Default::default()
+        };
+        let reqs = requests(&tok);
+        let probe = generate(&model, &tok, &reqs[..1], &greedy, |_, _| None).unwrap();
+        let stop = tok.decode(&probe[0].tokens[..1], false).unwrap();
+        let params = SamplingParams {
+            stop_strings: vec![stop],
+            max_turns: 3,
+            ..greedy
+        };
+        let long = " x".repeat(max_pos);
+        let out = generate(&model, &tok, &reqs[..1], &params, |_, _| Some(long.clone())).unwrap();
+        let o = &out[0];
+        assert_eq!((o.turns, o.finish), (1, FinishReason::Length));
+        assert!(reqs[0].prompt_ids.len() + o.tokens.len() < max_pos);
+        assert!(
+            o.loss_mask.iter().all(|&m| m == 1),
+            "no tool text was appended"
+        );
     }
 
     /// A stop string can end inside the token that completes it (`</search>` then `<` in one

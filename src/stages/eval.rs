@@ -40,6 +40,7 @@ impl Stage for EvalStage {
     /// 3: near misses leave out misspellings that leave an alias whole (SubEM calls them right).
     /// 4: `searches` counts results read; a call the last turn leaves unanswered is not one;
     ///    a call close sharing its token with the next character (`</search><`) still calls;
+    ///    a search result that would overflow the context ends the sequence unappended;
     ///    a GRM item on the checkpoint's predictions is keyed by the answer it judges as well;
     ///    a verification pair's wrong answer is one the rule calls wrong (normalised).
     fn version(&self) -> u32 {

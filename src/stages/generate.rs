@@ -93,7 +93,8 @@ impl Stage for GenerateStage {
     /// 2: guided decoding completes a closing tag the budget cuts; `grounding_k`.
     /// 3: parents are the previous round's tasks valid after its self-check, not before.
     /// 4: `searches` counts results read; a call the last turn leaves unanswered is not one;
-    ///    a call close sharing its token with the next character (`</search><`) still calls.
+    ///    a call close sharing its token with the next character (`</search><`) still calls;
+    ///    a search result that would overflow the context ends the sequence unappended.
     fn version(&self) -> u32 {
         4
     }

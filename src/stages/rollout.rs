@@ -28,7 +28,8 @@ pub(crate) struct RolloutStage;
 impl Stage for RolloutStage {
     /// 2: guided decoding completes a closing tag the budget cuts.
     /// 3: `searches` counts results read; a call the last turn leaves unanswered is not one;
-    ///    a call close sharing its token with the next character (`</search><`) still calls.
+    ///    a call close sharing its token with the next character (`</search><`) still calls;
+    ///    a search result that would overflow the context ends the sequence unappended.
     fn version(&self) -> u32 {
         3
     }
