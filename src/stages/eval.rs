@@ -42,7 +42,8 @@ impl Stage for EvalStage {
     ///    a call close sharing its token with the next character (`</search><`) still calls;
     ///    a search result that would overflow the context ends the sequence unappended;
     ///    a GRM item on the checkpoint's predictions is keyed by the answer it judges as well;
-    ///    a verification pair's wrong answer is one the rule calls wrong (normalised).
+    ///    a verification pair's wrong answer is one the rule calls wrong (normalised);
+    ///    SQuAD normalisation deletes punctuation instead of spacing it ("U.S." = "US").
     fn version(&self) -> u32 {
         4
     }

@@ -70,7 +70,8 @@ impl Stage for JudgeStage {
     /// 3: `searches` counts results read; a call the last turn leaves unanswered is not one;
     ///    a call close sharing its token with the next character (`</search><`) still calls;
     ///    a search result that would overflow the context ends the sequence unappended;
-    ///    a verification pair's wrong answer is one the rule calls wrong (normalised).
+    ///    a verification pair's wrong answer is one the rule calls wrong (normalised);
+    ///    SQuAD normalisation deletes punctuation instead of spacing it ("U.S." = "US").
     fn version(&self) -> u32 {
         3
     }

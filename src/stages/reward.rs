@@ -126,7 +126,8 @@ impl Stage for RewardStage {
     /// 5: under `majority`, answers that normalise to nothing do not vote.
     /// 6: with `tool_format = qwen`, a turn after a tool turn that opens with `<think>` counts
     ///    toward the format bonus (the template's scaffolding before it hid it); under
-    ///    `advantage_scale = batch` each role is scaled by its own rows' spread.
+    ///    `advantage_scale = batch` each role is scaled by its own rows' spread;
+    ///    SQuAD normalisation deletes punctuation instead of spacing it ("U.S." = "US").
     fn version(&self) -> u32 {
         6
     }

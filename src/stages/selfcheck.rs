@@ -65,7 +65,8 @@ impl Stage for SelfCheckStage {
     /// 2: guided decoding completes a closing tag the budget cuts.
     /// 3: `searches` counts results read; a call the last turn leaves unanswered is not one;
     ///    a call close sharing its token with the next character (`</search><`) still calls;
-    ///    a search result that would overflow the context ends the sequence unappended.
+    ///    a search result that would overflow the context ends the sequence unappended;
+    ///    SQuAD normalisation deletes punctuation instead of spacing it ("U.S." = "US").
     fn version(&self) -> u32 {
         3
     }

@@ -519,7 +519,7 @@ impl Stage for WarmupStage {
     /// not a candidate replacing it.
     /// 6: a near miss comes with the exact reference judged right beside it.
     /// 7: the checkpoint keeps the chat template file and each tensor's Adam update count;
-    ///    weight decay skips norm gains and biases.
+    ///    weight decay skips norm gains and biases; SQuAD normalisation deletes punctuation instead of spacing it ("U.S." = "US").
     fn version(&self) -> u32 {
         7
     }

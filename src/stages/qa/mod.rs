@@ -88,7 +88,7 @@ impl Settings {
 
 impl Stage for QaStage {
     /// 2: ids are unique (a repeated one is qualified by its source); FanOutQA's sub-questions
-    ///    shared by several top-level questions are one row.
+    ///    shared by several top-level questions are one row; SQuAD normalisation deletes punctuation instead of spacing it ("U.S." = "US").
     fn version(&self) -> u32 {
         2
     }
