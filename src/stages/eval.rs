@@ -21,6 +21,7 @@ use super::agent::{
     Agent, AgentSettings, CHECKPOINT_UPSTREAM, Request, Role, checkpoint_dir, sampling_specs,
     search_upstream,
 };
+use super::kit::dev_trains_grm;
 use super::{Stage, StageContext, StageOutput, Upstream};
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, Status};
@@ -44,8 +45,10 @@ impl Stage for EvalStage {
     ///    a GRM item on the checkpoint's predictions is keyed by the answer it judges as well;
     ///    a verification pair's wrong answer is one the rule calls wrong (normalised);
     ///    SQuAD normalisation deletes punctuation instead of spacing it ("U.S." = "US").
+    /// 5: verification pairs and near misses come from the half of dev that `judge.real_items`
+    ///    never trains on (`dev_trains_grm`).
     fn version(&self) -> u32 {
-        4
+        5
     }
 
     fn name(&self) -> &'static str {
@@ -91,12 +94,12 @@ impl Stage for EvalStage {
             ParamSpec::new(
                 "verification",
                 0,
-                "dev questions judged with their gold and a wrong answer, no reference (verification_* metrics)",
+                "dev questions (of the half `judge.real_items` never trains on) judged with their gold and a wrong answer, no reference (verification_* metrics)",
             ),
             ParamSpec::new(
                 "near_misses",
                 0,
-                "dev questions judged with their gold and a misspelt gold, the reference shown as for grm_questions (near_miss_* metrics)",
+                "dev questions (of the half `judge.real_items` never trains on) judged with their gold and a misspelt gold, the reference shown as for grm_questions (near_miss_* metrics)",
             ),
             ParamSpec::new(
                 "generator_prompts",
@@ -347,6 +350,30 @@ impl Evaluation {
     }
 }
 
+/// The first `n` questions of `split` (every split when empty; all of them when `n` is 0) that
+/// have an answer and that `keep` accepts, in eval's fixed order.
+fn pick_questions<'a>(
+    qa: &'a [QaRow],
+    split: &str,
+    n: usize,
+    keep: fn(&QaRow) -> bool,
+) -> Vec<&'a QaRow> {
+    let mut v: Vec<&QaRow> = qa
+        .iter()
+        .filter(|q| (split.is_empty() || q.split == split) && !q.answers.is_empty() && keep(q))
+        .collect();
+    v.sort_by_key(|q| stable_u64(&["eval", &q.id]));
+    if n > 0 {
+        v.truncate(n);
+    }
+    v
+}
+
+/// The dev questions the GRM is scored on: the half `judge.real_items` never trains on.
+fn scored_dev(qa: &[QaRow], n: usize) -> Vec<&QaRow> {
+    pick_questions(qa, "dev", n, |q| !dev_trains_grm(q))
+}
+
 /// Scores `agent` on the `split` questions of `qa` (`samples` per question), the GRM on its
 /// held-out predictions (the gold answer shown when `show_reference`) and on dev verification
 /// pairs, and the generator on `topics`. Rows have round 0 and an empty checkpoint; callers
@@ -361,17 +388,6 @@ pub(crate) fn evaluate(
 ) -> Result<Evaluation> {
     let mut rows = Vec::new();
     let mut items: Vec<EvalItemRow> = Vec::new();
-    let pick = |split: &str, n: usize| -> Vec<&QaRow> {
-        let mut v: Vec<&QaRow> = qa
-            .iter()
-            .filter(|q| (split.is_empty() || q.split == split) && !q.answers.is_empty())
-            .collect();
-        v.sort_by_key(|q| stable_u64(&["eval", &q.id]));
-        if n > 0 {
-            v.truncate(n);
-        }
-        v
-    };
 
     // Each named split is its own dataset; one agent call serves them all (one queue).
     let mut splits: Vec<&str> = settings.splits.iter().map(String::as_str).collect();
@@ -380,7 +396,7 @@ pub(crate) fn evaluate(
     }
     let mut held_out: Vec<(&str, &QaRow)> = Vec::new();
     for split in &splits {
-        let questions = pick(split, settings.questions);
+        let questions = pick_questions(qa, split, settings.questions, |_| true);
         if questions.is_empty() {
             return Err(Error::stage(
                 "eval",
@@ -481,8 +497,24 @@ pub(crate) fn evaluate(
         items.extend(judged);
     }
 
-    let verification = pick("dev", settings.verification + 1);
-    if settings.verification > 0 && verification.len() >= 2 {
+    // Asked-for GRM items that cannot be made are an error, not metrics silently missing.
+    let scored_dev_count = scored_dev(qa, 0).len();
+    for (key, asked, needs) in [
+        ("verification", settings.verification, 2),
+        ("near_misses", settings.near_misses, 1),
+    ] {
+        if asked > 0 && scored_dev_count < needs {
+            return Err(Error::stage(
+                "eval",
+                format!(
+                    "eval.{key} = {asked} needs {needs} labelled dev question(s) in the half \
+                     `judge.real_items` never trains on; the run's qa has {scored_dev_count}"
+                ),
+            ));
+        }
+    }
+    let verification = scored_dev(qa, settings.verification + 1);
+    if settings.verification > 0 {
         let pairs = verification_items(&verification, seed);
         let dataset = "qa:dev verification";
         let judged = judge_items(agent, &pairs, "eval verification", dataset)?;
@@ -504,7 +536,7 @@ pub(crate) fn evaluate(
     if settings.near_misses > 0 {
         let (metrics, judged) = judge_near_misses(
             agent,
-            &pick("dev", settings.near_misses),
+            &scored_dev(qa, settings.near_misses),
             seed,
             show_reference,
         )?;
@@ -950,6 +982,35 @@ mod tests {
                 ("q2:false", "Oasis", false),
             ]
         );
+    }
+
+    /// The GRM is scored on one half of dev (`verification`, `near_misses`) and `judge` trains
+    /// on the other, so injected real data never meets the items it is scored on.
+    #[test]
+    fn the_grm_is_scored_on_the_dev_half_it_never_trains_on() {
+        let qa: Vec<QaRow> = (0..400)
+            .map(|i| QaRow {
+                id: format!("q{i}"),
+                question: format!("Question {i}?"),
+                answers: vec![format!("answer {i}")],
+                split: if i % 4 == 0 { "test" } else { "dev" }.into(),
+                source: "wiki".into(),
+                source_doc_id: Some(format!("article {}", i / 3)),
+            })
+            .collect();
+        let scored = scored_dev(&qa, 0);
+        let dev = qa.iter().filter(|q| q.split == "dev").count();
+        assert!(
+            (dev * 2 / 5..dev * 3 / 5).contains(&scored.len()),
+            "{}",
+            scored.len()
+        );
+        assert!(
+            scored
+                .iter()
+                .all(|q| q.split == "dev" && !dev_trains_grm(q))
+        );
+        assert_eq!(scored_dev(&qa, 10), scored[..10]);
     }
 
     /// Near misses: a gold and its misspelling per question, except where no word can be

@@ -13,7 +13,7 @@ use super::agent::{
     Agent, Request, Role, TrajectoryIds, judge_checkpoint_upstream, judge_model_spec,
     sampling_specs, search_upstream, tool_format,
 };
-use super::kit::{VERIFICATION, tasks, trajectories};
+use super::kit::{VERIFICATION, dev_trains_grm, tasks, trajectories};
 use super::{Stage, StageContext, StageOutput, Upstream};
 use crate::error::{Error, Result};
 use crate::model::sample::seq_seed;
@@ -72,8 +72,11 @@ impl Stage for JudgeStage {
     ///    a search result that would overflow the context ends the sequence unappended;
     ///    a verification pair's wrong answer is one the rule calls wrong (normalised);
     ///    SQuAD normalisation deletes punctuation instead of spacing it ("U.S." = "US").
+    /// 4: verification pairs come from the half of dev that eval never scores (`dev_trains_grm`);
+    ///    a sampled sequence whose every token was its truncated distribution's only one keeps
+    ///    behaviour log-probs of 0 (they were the scored ones, as for a greedy pick).
     fn version(&self) -> u32 {
-        3
+        4
     }
 
     fn splits(&self) -> bool {
@@ -278,18 +281,26 @@ impl Stage for JudgeStage {
     }
 }
 
-/// Labelled verification pairs for this round: dev questions with their gold answer and with the
-/// gold answer of another question of the same sample (plausible, and wrong).
+/// Labelled verification pairs for this round: dev questions (of the half eval does not score)
+/// with their gold answer and with the gold answer of another question of the same sample
+/// (plausible, and wrong).
 fn verification_items(ctx: &StageContext, settings: &Settings) -> Result<Vec<Item>> {
     let n = settings.real_items;
     if n == 0 || ctx.round < settings.real_from_round {
         return Ok(Vec::new());
     }
-    let mut qa: Vec<QaRow> = read_rows::<QaRow>(ctx.input_files(Upstream::needs("qa"))?)?
+    let qa = read_rows::<QaRow>(ctx.input_files(Upstream::needs("qa"))?)?;
+    Ok(verification_pairs(qa, n, ctx.seed, ctx.round))
+}
+
+/// [`verification_items`] from the run's questions: `n` questions of dev's training half,
+/// ordered by `seed`.
+fn verification_pairs(qa: Vec<QaRow>, n: usize, seed: u64, round: u32) -> Vec<Item> {
+    let mut qa: Vec<QaRow> = qa
         .into_iter()
-        .filter(|q| q.split == "dev" && !q.answers.is_empty())
+        .filter(|q| q.split == "dev" && !q.answers.is_empty() && dev_trains_grm(q))
         .collect();
-    qa.sort_by_key(|q| stable_u64(&[&ctx.seed.to_string(), &q.id]));
+    qa.sort_by_key(|q| stable_u64(&[&seed.to_string(), &q.id]));
     qa.truncate(n.saturating_add(1));
     let mut items = Vec::new();
     for i in 0..qa.len().saturating_sub(1) {
@@ -305,7 +316,7 @@ fn verification_items(ctx: &StageContext, settings: &Settings) -> Result<Vec<Ite
             items.push(Item {
                 task_id: q.id.clone(),
                 target: VERIFICATION,
-                target_trajectory_id: format!("r{:03}-v{i:04}-{kind}", ctx.round),
+                target_trajectory_id: format!("r{round:03}-v{i:04}-{kind}"),
                 sample: 0,
                 question: q.question.clone(),
                 reference: q.answers[0].clone(),
@@ -314,5 +325,73 @@ fn verification_items(ctx: &StageContext, settings: &Settings) -> Result<Vec<Ite
             });
         }
     }
-    Ok(items)
+    items
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, split: &str, answer: &str) -> QaRow {
+        QaRow {
+            id: id.into(),
+            question: format!("Question {id}?"),
+            answers: vec![answer.into()],
+            split: split.into(),
+            source: "wiki".into(),
+            source_doc_id: Some(format!("article of {id}")),
+        }
+    }
+
+    /// Injected verification pairs: dev questions of the half eval never scores, each with its
+    /// gold (labelled right) and the next question's gold (labelled wrong) unless the rule
+    /// calls that one right too.
+    #[test]
+    fn verification_pairs_read_the_training_half_of_dev_and_wrong_answers_are_wrong() {
+        let mut qa: Vec<QaRow> = (0..200)
+            .map(|i| {
+                row(
+                    &format!("q{i}"),
+                    if i % 5 == 0 { "train" } else { "dev" },
+                    &format!("answer {i}"),
+                )
+            })
+            .collect();
+        let items = verification_pairs(qa.clone(), 20, 9, 3);
+        assert_eq!(items.len(), 40);
+        let by_id: BTreeMap<&str, &QaRow> = qa.iter().map(|q| (q.id.as_str(), q)).collect();
+        for item in &items {
+            let q = by_id[item.task_id.as_str()];
+            assert!(q.split == "dev" && dev_trains_grm(q), "{}", q.id);
+            let gold = item.target_trajectory_id.ends_with("-gold");
+            assert_eq!(
+                item.candidate.as_deref() == Some(q.answers[0].as_str()),
+                gold
+            );
+            assert!(item.target_trajectory_id.starts_with("r003-v"));
+            assert_eq!(item.target, VERIFICATION);
+        }
+        // A wrong answer the rule calls right ("Beatles" for "The Beatles") is left out.
+        let training: Vec<&mut QaRow> = qa
+            .iter_mut()
+            .filter(|q| q.split == "dev" && dev_trains_grm(q))
+            .collect();
+        for q in training {
+            q.answers = vec![
+                if q.id.len() % 2 == 0 {
+                    "The Beatles"
+                } else {
+                    "Beatles"
+                }
+                .into(),
+            ];
+        }
+        let items = verification_pairs(qa, 20, 9, 3);
+        assert!(
+            items
+                .iter()
+                .all(|i| i.target_trajectory_id.ends_with("-gold"))
+        );
+        assert_eq!(items.len(), 20);
+    }
 }
