@@ -131,7 +131,7 @@ pub(crate) fn sample_token(
 ) -> (u32, f32, f32) {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let raw_lp = |i: usize| full_logprob(logits, i as u32, params);
-    if params.greedy || params.temperature <= 0.0 {
+    if is_greedy(params) {
         let mut best = 0;
         for (i, &l) in logits.iter().enumerate() {
             if l > logits[best] {
@@ -223,9 +223,14 @@ pub(crate) fn sample_constrained(
     (tok, full_logprob(logits, tok, params), slp)
 }
 
+/// Whether `params` pick the most likely token instead of sampling.
+pub(crate) fn is_greedy(params: &SamplingParams) -> bool {
+    params.greedy || params.temperature <= 0.0
+}
+
 /// The temperature log-probs are scored at: the sampling temperature, 1 when greedy.
 pub(crate) fn scoring_temperature(params: &SamplingParams) -> f64 {
-    if params.greedy || params.temperature <= 0.0 {
+    if is_greedy(params) {
         1.0
     } else {
         params.temperature

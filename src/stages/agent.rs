@@ -12,7 +12,7 @@ use crate::model::guide::Guide;
 use crate::model::hf::HfModel;
 use crate::model::placement::Placement;
 use crate::model::sample::{
-    FinishReason, SamplingParams, SeqOutput, SeqRequest, scoring_temperature,
+    FinishReason, SamplingParams, SeqOutput, SeqRequest, is_greedy, scoring_temperature,
 };
 use crate::params::{ParamSpec, Params, ParamsExt};
 use crate::roles::grm::Verdict;
@@ -321,6 +321,8 @@ pub(crate) struct Completion {
     pub out: SeqOutput,
     /// The temperature the log-probs were scored at (the sampling temperature, 1 when greedy).
     pub temperature: f32,
+    /// Picked greedily: `sample_logprobs` holds 0s that are no distribution's log-probs.
+    pub greedy: bool,
 }
 
 impl Completion {
@@ -338,10 +340,12 @@ impl Completion {
         )
     }
 
-    /// Log-probs under the distribution each token was drawn from. The sampler reports 0 for a
-    /// greedy pick; there the behaviour is the scored distribution itself.
+    /// Log-probs under the distribution each token was drawn from. A greedy pick has none (the
+    /// sampler reports 0); there the behaviour is the scored distribution itself. A sampled
+    /// token the truncated distribution held alone (top-k 1, a top-p nucleus of one, a guided
+    /// token) has probability 1 there: its 0 is kept, so every such sequence weighs the same.
     fn behavior_logprobs(&self) -> Vec<f32> {
-        if self.out.sample_logprobs.iter().all(|&l| l == 0.0) {
+        if self.greedy {
             return self.out.logprobs.clone();
         }
         self.out.sample_logprobs.clone()
@@ -572,6 +576,7 @@ impl Agent {
         secs += started.elapsed().as_secs_f64();
         self.spent.set((stats, secs));
         let temperature = scoring_temperature(&sampling) as f32;
+        let greedy = is_greedy(&sampling);
         let done = seqs
             .into_iter()
             .zip(generation.outputs)
@@ -579,6 +584,7 @@ impl Agent {
                 prompt_ids: seq.prompt_ids,
                 out,
                 temperature,
+                greedy,
             })
             .collect();
         Ok((done, generation.stats))
@@ -637,6 +643,7 @@ mod tests {
                 turns,
             },
             temperature: 1.0,
+            greedy: false,
         };
         let ids = || TrajectoryIds {
             trajectory_id: "t".into(),
@@ -652,6 +659,40 @@ mod tests {
         // An answer after one search; an answer with none.
         assert_eq!(completion(2, FinishReason::Stop).searches(), 1);
         assert_eq!(completion(1, FinishReason::Stop).searches(), 0);
+    }
+
+    /// The behaviour log-probs are the scored ones only for a greedy pick: a sampled sequence
+    /// whose every token its truncated distribution held alone (probability 1, log-prob 0) keeps
+    /// its 0s, as a sequence with one such token among others does.
+    #[test]
+    fn behaviour_log_probs_fall_back_to_the_scored_ones_only_when_greedy() {
+        let completion = |sample_logprobs: Vec<f32>, greedy: bool| Completion {
+            prompt_ids: vec![1],
+            out: SeqOutput {
+                tokens: vec![2, 3],
+                loss_mask: vec![1, 1],
+                logprobs: vec![-0.5, -2.0],
+                sample_logprobs,
+                text: String::new(),
+                finish: FinishReason::Eos,
+                stop: None,
+                turns: 1,
+            },
+            temperature: 1.0,
+            greedy,
+        };
+        assert_eq!(
+            completion(vec![0.0, 0.0], true).behavior_logprobs(),
+            [-0.5, -2.0]
+        );
+        assert_eq!(
+            completion(vec![0.0, 0.0], false).behavior_logprobs(),
+            [0.0, 0.0]
+        );
+        assert_eq!(
+            completion(vec![-0.4, 0.0], false).behavior_logprobs(),
+            [-0.4, 0.0]
+        );
     }
 
     #[test]

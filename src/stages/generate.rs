@@ -95,7 +95,9 @@ impl Stage for GenerateStage {
     /// 4: `searches` counts results read; a call the last turn leaves unanswered is not one;
     ///    a call close sharing its token with the next character (`</search><`) still calls;
     ///    a search result that would overflow the context ends the sequence unappended;
-    ///    SQuAD normalisation deletes punctuation instead of spacing it ("U.S." = "US").
+    ///    SQuAD normalisation deletes punctuation instead of spacing it ("U.S." = "US");
+    ///    a sampled sequence whose every token was its truncated distribution's only one keeps
+    ///    behaviour log-probs of 0 (they were the scored ones, as for a greedy pick).
     fn version(&self) -> u32 {
         4
     }

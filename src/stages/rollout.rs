@@ -29,7 +29,9 @@ impl Stage for RolloutStage {
     /// 2: guided decoding completes a closing tag the budget cuts.
     /// 3: `searches` counts results read; a call the last turn leaves unanswered is not one;
     ///    a call close sharing its token with the next character (`</search><`) still calls;
-    ///    a search result that would overflow the context ends the sequence unappended.
+    ///    a search result that would overflow the context ends the sequence unappended;
+    ///    a sampled sequence whose every token was its truncated distribution's only one keeps
+    ///    behaviour log-probs of 0 (they were the scored ones, as for a greedy pick).
     fn version(&self) -> u32 {
         3
     }
