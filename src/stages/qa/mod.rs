@@ -87,8 +87,9 @@ impl Settings {
 }
 
 impl Stage for QaStage {
-    /// 2: ids are unique (a repeated one is qualified by its source); FanOutQA's sub-questions
-    ///    shared by several top-level questions are one row; SQuAD normalisation deletes punctuation instead of spacing it ("U.S." = "US").
+    /// 2: ids are unique (a repeated one is qualified by its source, one repeated within its
+    ///    source refused); FanOutQA's sub-questions shared by several top-level questions are
+    ///    one row; SQuAD normalisation deletes punctuation instead of spacing it ("U.S." = "US").
     fn version(&self) -> u32 {
         2
     }
@@ -216,10 +217,10 @@ impl Stage for QaStage {
         // Ids key eval's rows and the comparison of two evals, so they must be unique. Search-R1's
         // merged files keep each dataset's own ids ("test_0" in NQ and in HotpotQA): a repeated
         // id is qualified by its row's source; one that repeats within a source is refused.
-        let mut ids = std::collections::HashSet::new();
+        let mut ids = UniqueIds::default();
         for (i, row) in rows.enumerate() {
             let mut row = row?;
-            unique_id(&mut ids, &mut row)
+            ids.assign(&mut row)
                 .map_err(|m| Error::input(&source, format!("record {}: {m}", i + 1)))?;
             if !ctx.shard.owns(i) {
                 continue;
@@ -246,24 +247,37 @@ impl Stage for QaStage {
     }
 }
 
-/// Makes `row.id` one not in `ids` (and records it): a repeated id is qualified by the row's
-/// source (`nq:test_0`); one repeated within its source is refused.
-fn unique_id(
-    ids: &mut std::collections::HashSet<String>,
-    row: &mut QaRow,
-) -> std::result::Result<(), String> {
-    if ids.insert(row.id.clone()) {
-        return Ok(());
+/// The ids given so far, so each row's is unique: a repeated id is qualified by the row's
+/// source (`nq:test_0`); an id repeated within its source is refused.
+#[derive(Default)]
+struct UniqueIds {
+    /// (source, id) pairs as the file spells them.
+    seen: std::collections::HashSet<(String, String)>,
+    /// Ids given out.
+    given: std::collections::HashSet<String>,
+}
+
+impl UniqueIds {
+    fn assign(&mut self, row: &mut QaRow) -> std::result::Result<(), String> {
+        if !self.seen.insert((row.source.clone(), row.id.clone())) {
+            return Err(format!(
+                "id {:?} of source {:?} appears twice; ids must be unique within a source",
+                row.id, row.source
+            ));
+        }
+        if self.given.insert(row.id.clone()) {
+            return Ok(());
+        }
+        let qualified = format!("{}:{}", row.source, row.id);
+        if !self.given.insert(qualified.clone()) {
+            return Err(format!(
+                "id {:?} of source {:?} is taken, and so is {qualified:?}",
+                row.id, row.source
+            ));
+        }
+        row.id = qualified;
+        Ok(())
     }
-    let qualified = format!("{}:{}", row.source, row.id);
-    if !ids.insert(qualified.clone()) {
-        return Err(format!(
-            "id {:?} of source {:?} appears twice; ids must be unique within a source",
-            row.id, row.source
-        ));
-    }
-    row.id = qualified;
-    Ok(())
 }
 
 /// A QA source file that must exist before the stage runs.
@@ -495,7 +509,7 @@ mod tests {
     /// when one source repeats its own.
     #[test]
     fn a_repeated_id_is_qualified_by_its_source_or_refused() {
-        let mut ids = std::collections::HashSet::new();
+        let mut ids = UniqueIds::default();
         let row = |id: &str, source: &str| QaRow {
             id: id.into(),
             question: "Q?".into(),
@@ -506,15 +520,21 @@ mod tests {
         };
         let mut nq = row("test_0", "nq");
         let mut hotpot = row("test_0", "hotpotqa");
-        let mut again = row("test_0", "hotpotqa");
-        unique_id(&mut ids, &mut nq).unwrap();
-        unique_id(&mut ids, &mut hotpot).unwrap();
+        ids.assign(&mut nq).unwrap();
+        ids.assign(&mut hotpot).unwrap();
         assert_eq!(
             (nq.id.as_str(), hotpot.id.as_str()),
             ("test_0", "hotpotqa:test_0")
         );
-        let e = unique_id(&mut ids, &mut again).unwrap_err();
-        assert!(e.contains("test_0") && e.contains("hotpotqa"), "{e}");
+        // Repeated within its source: refused at the second row, whichever row it repeats.
+        for again in [row("test_0", "nq"), row("test_0", "hotpotqa")] {
+            let e = ids.assign(&mut again.clone()).unwrap_err();
+            assert!(e.contains("test_0") && e.contains(&again.source), "{e}");
+        }
+        let mut fresh = UniqueIds::default();
+        fresh.assign(&mut row("q1", "nq")).unwrap();
+        let e = fresh.assign(&mut row("q1", "nq")).unwrap_err();
+        assert!(e.contains("appears twice"), "{e}");
     }
 
     #[test]
