@@ -65,13 +65,20 @@ impl HfModel {
         let tokenizer = load_tokenizer(dir)?;
         // An id past the embedding (tokens added to the tokenizer without resizing the model)
         // would index past the logits when a guide forces it.
-        let tokens = tokenizer.get_vocab_size(true);
+        // The largest id, not the count: ids may have gaps.
+        let ids_end = tokenizer
+            .get_vocab(true)
+            .values()
+            .map(|&id| id as usize + 1)
+            .max()
+            .unwrap_or(0);
         let rows = model.config().vocab_size;
-        if tokens > rows {
+        if ids_end > rows {
             return Err(ModelError::Tokenizer {
                 path: dir.join("tokenizer.json"),
                 msg: format!(
-                    "{tokens} tokens, but the model's vocab_size is {rows}: the added tokens have no embedding (resize the model's embeddings)"
+                    "token id {} is past the model's vocab_size {rows}: the added tokens have no embedding (resize the model's embeddings)",
+                    ids_end - 1
                 ),
             });
         }
