@@ -709,8 +709,9 @@ fn right_padded_lengths(attention_mask: &Tensor) -> Result<Option<Arc<[usize]>>>
         .map(Arc::from))
 }
 
-/// KV cache of one sequence (all layers).
-#[derive(Debug, Clone)]
+/// KV cache of one sequence (all layers). Not `Clone`: candle's `KvCache` clones share their
+/// buffers, so two copies appending would write over each other; [`SeqCache::fork`] copies.
+#[derive(Debug)]
 pub(crate) struct SeqCache {
     layers: Vec<candle_nn::kv_cache::KvCache>,
     len: usize,
