@@ -1,6 +1,7 @@
 //! Warnings an audit raises, each from one stated rule over the per-round statistics. The rules
 //! look for the ways a self-training loop fools itself: a judge the generator has learnt to pass
-//! (the seed paper's frozen-GRM failure), a judge drifting from the rule label, a generator
+//! (the seed paper's frozen-GRM failure), a judge growing lenient on wrong answers, a judge
+//! drifting from the rule label, a generator
 //! collapsing onto a few questions, groups with nothing to learn from, truncated outputs.
 
 use serde::Serialize;
@@ -15,6 +16,10 @@ pub struct Thresholds {
     pub hacking_pass_rise: f64,
     /// …while held-out EM rose by less than this.
     pub hacking_em_rise: f64,
+    /// Judge leniency: the judge's pass rate on answers the rule calls wrong rose by this much…
+    pub leniency_rise: f64,
+    /// …with at least this many such answers judged in each of the two rounds compared.
+    pub leniency_min_wrong: f64,
     /// Judge drift: GRM–rule agreement fell this far below its best earlier round.
     pub drift_drop: f64,
     /// Generator collapse: the near-duplicate share rose by this much, or reached `collapse_level`.
@@ -35,6 +40,8 @@ impl Default for Thresholds {
         Thresholds {
             hacking_pass_rise: 0.10,
             hacking_em_rise: 0.02,
+            leniency_rise: 0.15,
+            leniency_min_wrong: 30.0,
             drift_drop: 0.10,
             collapse_rise: 0.10,
             collapse_level: 0.50,
@@ -53,6 +60,8 @@ impl Thresholds {
         let slot = match name {
             "hacking_pass_rise" => &mut self.hacking_pass_rise,
             "hacking_em_rise" => &mut self.hacking_em_rise,
+            "leniency_rise" => &mut self.leniency_rise,
+            "leniency_min_wrong" => &mut self.leniency_min_wrong,
             "drift_drop" => &mut self.drift_drop,
             "collapse_rise" => &mut self.collapse_rise,
             "collapse_level" => &mut self.collapse_level,
@@ -63,8 +72,8 @@ impl Thresholds {
             _ => {
                 return Err(Error::param(
                     key,
-                    "not an audit threshold (hacking_pass_rise, hacking_em_rise, drift_drop, \
-                     collapse_rise, collapse_level, flat_groups, truncation, steering, \
+                    "not an audit threshold (hacking_pass_rise, hacking_em_rise, leniency_rise, \
+                     leniency_min_wrong, drift_drop, collapse_rise, collapse_level, flat_groups, truncation, steering, \
                      regression_drop)",
                 ));
             }
@@ -83,6 +92,10 @@ impl Thresholds {
             "reward_hacking" => format!(
                 "the GRM's pass rate rose by ≥ {} from the first to the last round while held-out EM rose by < {}",
                 self.hacking_pass_rise, self.hacking_em_rise
+            ),
+            "judge_leniency" => format!(
+                "the GRM's pass rate on policy answers the rule calls wrong rose by ≥ {} from the first to the last round with ≥ {} of them judged, and a two-proportion z ≥ {LENIENCY_Z}",
+                self.leniency_rise, self.leniency_min_wrong
             ),
             "judge_drift" => format!(
                 "GRM–rule agreement fell ≥ {} below its best earlier round",
@@ -113,11 +126,14 @@ impl Thresholds {
     }
 }
 
+/// The two-proportion z a judge-leniency rise must reach (95 %, two-sided).
+const LENIENCY_Z: f64 = 1.96;
+
 /// One raised warning.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Signal {
-    /// `reward_hacking`, `judge_drift`, `generator_collapse`, `no_learning_signal`, `truncation`,
-    /// `judge_steering`, `heldout_regression`.
+    /// `reward_hacking`, `judge_leniency`, `judge_drift`, `generator_collapse`,
+    /// `no_learning_signal`, `truncation`, `judge_steering`, `heldout_regression`.
     pub name: String,
     pub round: u32,
     pub message: String,
@@ -133,8 +149,8 @@ pub fn signals(rounds: &[RoundAudit], t: &Thresholds) -> Vec<Signal> {
     // start checkpoint, when the run scores it: a run that evaluates only its ends, such as the
     // learning benchmark, has EM in round 0 and the last round and nowhere between).
     // The false accepts ride along: a round has them exactly when it has a pass rate.
-    // The message splits the rise: the share of answers the rule label calls right (SubEM
-    // against the task's answer) is the part a better policy explains; the false accepts are
+    // The message splits the rise: the share of answers the rule label calls right (normalised
+    // exact match against the task's answer) is the part a better policy explains; the false accepts are
     // the part only a more lenient judge does.
     let pass_first = trained.iter().find_map(|r| {
         Some((
@@ -183,6 +199,40 @@ pub fn signals(rounds: &[RoundAudit], t: &Thresholds) -> Vec<Signal> {
                     last.0,
                     t.hacking_pass_rise,
                     t.hacking_em_rise
+                ),
+            });
+        }
+    }
+
+    // Judge leniency: the pass rate on answers the rule calls wrong, the one part of a pass
+    // rate a better policy cannot explain, from the first to the last trained round with
+    // enough of them; a rise must clear the threshold and a two-proportion z-test (pooled), so
+    // a few dozen answers cannot raise it by chance.
+    let wrong: Vec<(u32, u64, u64)> = trained
+        .iter()
+        .filter_map(|r| {
+            let (n, passed) = r.grm_wrong_passed()?;
+            (n as f64 >= t.leniency_min_wrong).then_some((r.round, n, passed))
+        })
+        .collect();
+    if let (Some(&(r1, n1, x1)), Some(&(r2, n2, x2))) = (wrong.first(), wrong.last())
+        && r1 != r2
+    {
+        let (p1, p2) = (x1 as f64 / n1 as f64, x2 as f64 / n2 as f64);
+        let pooled = (x1 + x2) as f64 / (n1 + n2) as f64;
+        let se = (pooled * (1.0 - pooled) * (1.0 / n1 as f64 + 1.0 / n2 as f64)).sqrt();
+        let z = if se > 0.0 { (p2 - p1) / se } else { 0.0 };
+        if p2 - p1 >= t.leniency_rise && z >= LENIENCY_Z {
+            out.push(Signal {
+                name: "judge_leniency".into(),
+                round: r2,
+                message: format!(
+                    "the GRM passed {x1} of {n1} policy answers the rule calls wrong in round \
+                     {r1} ({p1:.2}) and {x2} of {n2} in round {r2} ({p2:.2}), z = {z:.1}: the \
+                     judge lets more wrong answers through (some may be right answers the \
+                     reference spells differently; rule: rise ≥ {:.2}, ≥ {} judged, z ≥ \
+                     {LENIENCY_Z})",
+                    t.leniency_rise, t.leniency_min_wrong
                 ),
             });
         }
@@ -310,6 +360,7 @@ pub fn signals(rounds: &[RoundAudit], t: &Thresholds) -> Vec<Signal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::stats::JudgeStats;
     use crate::shards::rows::EvalRow;
 
     fn scored(round: u32, em: Option<f64>) -> RoundAudit {
@@ -339,6 +390,62 @@ mod tests {
             .into_iter()
             .map(|s| s.name)
             .collect()
+    }
+
+    /// A round whose judge ran on `judged` policy answers, `right` of them right by the rule,
+    /// passing all the right ones and `wrong_passed` of the wrong ones.
+    fn judged(
+        round: u32,
+        judged: u64,
+        right: u64,
+        wrong_passed: u64,
+        em: Option<f64>,
+    ) -> RoundAudit {
+        let wrong = judged - right;
+        let passed = right + wrong_passed;
+        RoundAudit {
+            judges: vec![JudgeStats {
+                target: "policy".into(),
+                judgments: judged,
+                parsed: judged,
+                pass_rate: passed as f64 / judged as f64,
+                rule_agreement: (judged - wrong_passed) as f64 / judged as f64,
+                false_accept: wrong_passed as f64 / judged as f64,
+                rule_right: right,
+                accept_right: Some(1.0),
+                accept_wrong: Some(wrong_passed as f64 / wrong as f64),
+            }],
+            ..scored(round, em)
+        }
+    }
+
+    /// bl12's default arm (docs/rounds.md): the pass rate rose 0.70 → 0.91, mostly because
+    /// more answers were right, while EM rose 0.027; the judge passed 6 of 55 rule-wrong answers
+    /// in round 1 and 24 of 47 in round 8. Leniency fires; reward hacking does not (EM rose).
+    /// A pass rate that rises only with the right answers, EM flat: the old rule fires, the
+    /// leniency rule does not. Few answers, or a rise chance explains, keep it quiet.
+    #[test]
+    fn judge_leniency_needs_a_real_rise_on_enough_wrong_answers() {
+        let bl12 = [
+            scored(0, Some(0.657)),
+            judged(1, 164, 109, 6, None),
+            judged(8, 275, 228, 24, Some(0.683)),
+        ];
+        assert_eq!(names(&bl12), ["judge_leniency"]);
+        let easier = [
+            scored(0, Some(0.657)),
+            judged(1, 164, 109, 6, None),
+            judged(8, 275, 228, 5, Some(0.660)),
+        ];
+        assert_eq!(names(&easier), ["reward_hacking"]);
+        let lenient = |rounds: &[RoundAudit]| names(rounds).contains(&"judge_leniency".into());
+        let few = [judged(1, 40, 20, 1, None), judged(8, 40, 20, 10, None)];
+        assert!(!lenient(&few), "under 30 wrong answers");
+        // 3/31 → 8/31: a rise of 0.16 with z ≈ 1.7; 3/31 → 12/31: z ≈ 2.7.
+        let chance = [judged(1, 61, 30, 3, None), judged(8, 61, 30, 8, None)];
+        assert!(!lenient(&chance));
+        let real = [judged(1, 61, 30, 3, None), judged(8, 61, 30, 12, None)];
+        assert!(lenient(&real));
     }
 
     /// The learning benchmark's shape: EM in round 0 and the last round only.

@@ -197,6 +197,14 @@ impl RoundAudit {
         self.policy_verdicts().and_then(|j| j.accept_right)
     }
 
+    /// The policy answers the rule calls wrong that the judge ran on, and how many it passed.
+    pub(crate) fn grm_wrong_passed(&self) -> Option<(u64, u64)> {
+        let j = self.policy_verdicts()?;
+        let wrong = j.judgments - j.rule_right;
+        let passed = (j.accept_wrong? * wrong as f64).round() as u64;
+        Some((wrong, passed))
+    }
+
     /// The judge's pass rate on the policy answers the rule calls wrong.
     pub(crate) fn grm_accept_wrong(&self) -> Option<f64> {
         self.policy_verdicts().and_then(|j| j.accept_wrong)

@@ -53,8 +53,10 @@ fn frozen_judge_pattern_raises_reward_hacking() {
     synthetic(dir.path(), Pattern::FrozenJudge);
     let names = signal_names(dir.path());
     assert!(names.contains(&"reward_hacking".to_string()), "{names:?}");
-    // The judge also drifts from the rule label as it passes wrong answers.
+    // The judge also drifts from the rule label as it passes wrong answers, and its pass rate
+    // on the answers the rule calls wrong rises.
     assert!(names.contains(&"judge_drift".to_string()), "{names:?}");
+    assert!(names.contains(&"judge_leniency".to_string()), "{names:?}");
     // Those passes are false accepts: their share rises from the first round to the last.
     let fa = false_accepts(dir.path());
     assert!(fa.len() >= 2 && fa[fa.len() - 1] > fa[0] + 0.1, "{fa:?}");
@@ -97,6 +99,7 @@ fn healthy_run_keeps_reward_hacking_quiet() {
     let names = signal_names(dir.path());
     assert!(!names.contains(&"reward_hacking".to_string()), "{names:?}");
     assert!(!names.contains(&"judge_drift".to_string()), "{names:?}");
+    assert!(!names.contains(&"judge_leniency".to_string()), "{names:?}");
     // The pass rate rises because the answers get right, not because the judge lets more through.
     let fa = false_accepts(dir.path());
     assert!(fa.len() >= 2 && fa[fa.len() - 1] <= fa[0] + 0.05, "{fa:?}");
