@@ -80,6 +80,13 @@ pub(crate) fn stat_rows(r: &RoundAudit) -> Vec<(String, Option<f64>)> {
             push(format!("{p}.accept_wrong"), a);
         }
     }
+    if let Some(s) = &r.splits {
+        push("judge.policy.split_tasks".into(), s.split as f64);
+        push(
+            "judge.policy.unsupported_splits".into(),
+            s.unsupported as f64,
+        );
+    }
     if let Some(s) = &r.solve {
         push("solve.tasks".into(), s.tasks as f64);
         push("solve.mean".into(), s.mean);
@@ -241,6 +248,13 @@ fn detail_lines(r: &RoundAudit) -> Vec<String> {
             j.rule_right,
             rate(j.accept_wrong),
             j.judgments - j.rule_right,
+        ));
+    }
+    if let Some(s) = &r.splits {
+        lines.push(format!(
+            "GRM verdicts split on {} of {} tasks (the generator's entropy reward pays for \
+             these); on {} of them the rule label calls none of the passed answers right",
+            s.split, s.tasks, s.unsupported
         ));
     }
     if let Some(s) = &r.solve {

@@ -20,6 +20,11 @@ pub struct Thresholds {
     pub leniency_rise: f64,
     /// …with at least this many such answers judged in each of the two rounds compared.
     pub leniency_min_wrong: f64,
+    /// Unsupported splits: the share of split tasks whose passes the rule never confirms rose by
+    /// this much…
+    pub unsupported_rise: f64,
+    /// …with at least this many split tasks in each of the two rounds compared.
+    pub unsupported_min_split: f64,
     /// Judge drift: GRM–rule agreement fell this far below its best earlier round.
     pub drift_drop: f64,
     /// Generator collapse: the near-duplicate share rose by this much, or reached `collapse_level`.
@@ -42,6 +47,8 @@ impl Default for Thresholds {
             hacking_em_rise: 0.02,
             leniency_rise: 0.15,
             leniency_min_wrong: 30.0,
+            unsupported_rise: 0.15,
+            unsupported_min_split: 10.0,
             drift_drop: 0.10,
             collapse_rise: 0.10,
             collapse_level: 0.50,
@@ -62,6 +69,8 @@ impl Thresholds {
             "hacking_em_rise" => &mut self.hacking_em_rise,
             "leniency_rise" => &mut self.leniency_rise,
             "leniency_min_wrong" => &mut self.leniency_min_wrong,
+            "unsupported_rise" => &mut self.unsupported_rise,
+            "unsupported_min_split" => &mut self.unsupported_min_split,
             "drift_drop" => &mut self.drift_drop,
             "collapse_rise" => &mut self.collapse_rise,
             "collapse_level" => &mut self.collapse_level,
@@ -73,7 +82,7 @@ impl Thresholds {
                 return Err(Error::param(
                     key,
                     "not an audit threshold (hacking_pass_rise, hacking_em_rise, leniency_rise, \
-                     leniency_min_wrong, drift_drop, collapse_rise, collapse_level, flat_groups, truncation, steering, \
+                     leniency_min_wrong, unsupported_rise, unsupported_min_split, drift_drop, collapse_rise, collapse_level, flat_groups, truncation, steering, \
                      regression_drop)",
                 ));
             }
@@ -96,6 +105,10 @@ impl Thresholds {
             "judge_leniency" => format!(
                 "the GRM's pass rate on policy answers the rule calls wrong rose by ≥ {} from the first to the last round with ≥ {} of them judged, and a two-proportion z ≥ {LENIENCY_Z}",
                 self.leniency_rise, self.leniency_min_wrong
+            ),
+            "unsupported_splits" => format!(
+                "of the tasks whose GRM verdicts split, the share where the rule label calls none of the passed answers right rose by ≥ {} from the first to the last round with ≥ {} split tasks, and a two-proportion z ≥ {LENIENCY_Z}",
+                self.unsupported_rise, self.unsupported_min_split
             ),
             "judge_drift" => format!(
                 "GRM–rule agreement fell ≥ {} below its best earlier round",
@@ -126,13 +139,23 @@ impl Thresholds {
     }
 }
 
-/// The two-proportion z a judge-leniency rise must reach (95 %, two-sided).
+/// The two-proportion z a rise of a share must reach (95 %, two-sided).
 const LENIENCY_Z: f64 = 1.96;
+
+/// A share that went `x1 / n1` → `x2 / n2`: both shares and the pooled two-proportion z of the
+/// rise (0 when neither round varies).
+fn share_rise((x1, n1): (u64, u64), (x2, n2): (u64, u64)) -> (f64, f64, f64) {
+    let (p1, p2) = (x1 as f64 / n1 as f64, x2 as f64 / n2 as f64);
+    let pooled = (x1 + x2) as f64 / (n1 + n2) as f64;
+    let se = (pooled * (1.0 - pooled) * (1.0 / n1 as f64 + 1.0 / n2 as f64)).sqrt();
+    let z = if se > 0.0 { (p2 - p1) / se } else { 0.0 };
+    (p1, p2, z)
+}
 
 /// One raised warning.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Signal {
-    /// `reward_hacking`, `judge_leniency`, `judge_drift`, `generator_collapse`,
+    /// `reward_hacking`, `judge_leniency`, `unsupported_splits`, `judge_drift`, `generator_collapse`,
     /// `no_learning_signal`, `truncation`, `judge_steering`, `heldout_regression`.
     pub name: String,
     pub round: u32,
@@ -218,10 +241,7 @@ pub fn signals(rounds: &[RoundAudit], t: &Thresholds) -> Vec<Signal> {
     if let (Some(&(r1, n1, x1)), Some(&(r2, n2, x2))) = (wrong.first(), wrong.last())
         && r1 != r2
     {
-        let (p1, p2) = (x1 as f64 / n1 as f64, x2 as f64 / n2 as f64);
-        let pooled = (x1 + x2) as f64 / (n1 + n2) as f64;
-        let se = (pooled * (1.0 - pooled) * (1.0 / n1 as f64 + 1.0 / n2 as f64)).sqrt();
-        let z = if se > 0.0 { (p2 - p1) / se } else { 0.0 };
+        let (p1, p2, z) = share_rise((x1, n1), (x2, n2));
         if p2 - p1 >= t.leniency_rise && z >= LENIENCY_Z {
             out.push(Signal {
                 name: "judge_leniency".into(),
@@ -233,6 +253,36 @@ pub fn signals(rounds: &[RoundAudit], t: &Thresholds) -> Vec<Signal> {
                      reference spells differently; rule: rise ≥ {:.2}, ≥ {} judged, z ≥ \
                      {LENIENCY_Z})",
                     t.leniency_rise, t.leniency_min_wrong
+                ),
+            });
+        }
+    }
+
+    // Unsupported splits (the seed paper's frozen-judge failure seen from the generator): of
+    // the tasks whose verdicts split, which the generator's entropy reward pays for, the share
+    // where the rule confirms none of the passes, first to last trained round with enough splits.
+    let splits: Vec<(u32, u64, u64)> = trained
+        .iter()
+        .filter_map(|r| {
+            let s = r.splits.as_ref()?;
+            (s.split as f64 >= t.unsupported_min_split).then_some((r.round, s.split, s.unsupported))
+        })
+        .collect();
+    if let (Some(&(r1, n1, x1)), Some(&(r2, n2, x2))) = (splits.first(), splits.last())
+        && r1 != r2
+    {
+        let (p1, p2, z) = share_rise((x1, n1), (x2, n2));
+        if p2 - p1 >= t.unsupported_rise && z >= LENIENCY_Z {
+            out.push(Signal {
+                name: "unsupported_splits".into(),
+                round: r2,
+                message: format!(
+                    "the GRM's verdicts split on {n1} tasks in round {r1} and {n2} in round \
+                     {r2}; the rule label confirmed none of the passes on {x1} ({p1:.2}) and \
+                     {x2} ({p2:.2}), z = {z:.1}: the generator is paid for tasks only the judge \
+                     calls sometimes solved (rule: rise ≥ {:.2}, ≥ {} split tasks, z ≥ \
+                     {LENIENCY_Z})",
+                    t.unsupported_rise, t.unsupported_min_split
                 ),
             });
         }
@@ -360,7 +410,7 @@ pub fn signals(rounds: &[RoundAudit], t: &Thresholds) -> Vec<Signal> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::stats::JudgeStats;
+    use crate::audit::stats::{JudgeStats, SplitStats};
     use crate::shards::rows::EvalRow;
 
     fn scored(round: u32, em: Option<f64>) -> RoundAudit {
@@ -370,6 +420,7 @@ mod tests {
             tasks: None,
             judges: vec![],
             solve: None,
+            splits: None,
             eval: em
                 .map(|value| EvalRow {
                     round,
@@ -446,6 +497,30 @@ mod tests {
         assert!(!lenient(&chance));
         let real = [judged(1, 61, 30, 3, None), judged(8, 61, 30, 12, None)];
         assert!(lenient(&real));
+    }
+
+    /// Of the split tasks, those whose passes the rule never confirms: 2 of 12 → 9 of 14 fires
+    /// (z ≈ 2.5); 2 of 12 → 5 of 14 does not (z ≈ 1.1), nor do fewer than 10 split tasks.
+    #[test]
+    fn unsupported_splits_need_a_real_rise_on_enough_split_tasks() {
+        let round = |round, split, unsupported| RoundAudit {
+            splits: Some(SplitStats {
+                tasks: 30,
+                split,
+                unsupported,
+            }),
+            ..scored(round, None)
+        };
+        assert_eq!(
+            names(&[round(1, 12, 2), round(8, 14, 9)]),
+            ["unsupported_splits"]
+        );
+        assert!(names(&[round(1, 12, 2), round(8, 14, 5)]).is_empty());
+        assert!(names(&[round(1, 8, 0), round(8, 9, 8)]).is_empty());
+        assert!(
+            names(&[round(0, 12, 2), round(8, 14, 9)]).is_empty(),
+            "round 0 trains nothing"
+        );
     }
 
     /// The learning benchmark's shape: EM in round 0 and the last round only.

@@ -107,6 +107,21 @@ pub struct JudgeStats {
     pub accept_wrong: Option<f64>,
 }
 
+/// How the GRM's verdicts on the policy's attempts split within each task. A task whose verdicts
+/// split is one the generator's entropy reward pays for; when none of the attempts the judge
+/// passed is one the rule label calls right, the split is the judge's leniency, not the policy
+/// solving the task sometimes: the seed paper's failure, a generator paid for questions only a
+/// fooled judge makes look solvable.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct SplitStats {
+    /// Tasks with policy attempts judged.
+    pub tasks: u64,
+    /// Tasks whose verdicts split: some attempts passed, some not.
+    pub split: u64,
+    /// Split tasks none of whose passed attempts the rule label calls right.
+    pub unsupported: u64,
+}
+
 /// Per-task solve rates of the policy (mean reward over a task's attempts).
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct SolveStats {
@@ -127,6 +142,7 @@ pub struct RoundAudit {
     pub tasks: Option<TaskStats>,
     pub judges: Vec<JudgeStats>,
     pub solve: Option<SolveStats>,
+    pub splits: Option<SplitStats>,
     pub eval: Vec<EvalRow>,
 }
 
@@ -378,6 +394,7 @@ pub(crate) fn round_audit(files: &RoundFiles) -> Result<RoundAudit> {
     let judgments = files.of(ShardKind::Judgments);
     if !judgments.is_empty() {
         audit.judges = judge_stats(judgments)?;
+        audit.splits = split_stats(judgments)?;
     }
     let eval = files.of(ShardKind::Eval);
     if !eval.is_empty() {
@@ -767,6 +784,55 @@ fn judge_stats(paths: &[PathBuf]) -> Result<Vec<JudgeStats>> {
         .collect())
 }
 
+fn split_stats(paths: &[PathBuf]) -> Result<Option<SplitStats>> {
+    let rule = normalized(col("candidate_answer"))
+        .eq(normalized(col("reference_answer")))
+        .fill_null(lit(false));
+    let pass = col("verdict").eq(lit("correct"));
+    // Every policy attempt's verdict, judged or not (an attempt without an answer is `wrong`
+    // without sampling): the generator's reward counts them all.
+    let per_task = scan(paths)?
+        .select([
+            col("target"),
+            col("task_id"),
+            col("verdict"),
+            col("candidate_answer"),
+            col("reference_answer"),
+        ])
+        .filter(col("target").eq(lit("policy")))
+        .group_by([col("task_id")])
+        .agg([
+            len().cast(DataType::UInt64).alias("n"),
+            pass.clone().cast(DataType::UInt64).sum().alias("passed"),
+            pass.and(rule)
+                .cast(DataType::UInt64)
+                .sum()
+                .alias("confirmed"),
+        ]);
+    let passed = col("passed");
+    let split = passed.clone().gt(lit(0u64)).and(passed.lt(col("n")));
+    let df = collect(
+        per_task.select([
+            len().cast(DataType::UInt64).alias("tasks"),
+            split.clone().cast(DataType::UInt64).sum().alias("split"),
+            split
+                .and(col("confirmed").eq(lit(0u64)))
+                .cast(DataType::UInt64)
+                .sum()
+                .alias("unsupported"),
+        ]),
+    )?;
+    let tasks = u64s(&df, "tasks")?;
+    if tasks.first().is_none_or(|&n| n == 0) {
+        return Ok(None);
+    }
+    Ok(Some(SplitStats {
+        tasks: tasks[0],
+        split: u64s(&df, "split")?[0],
+        unsupported: u64s(&df, "unsupported")?[0],
+    }))
+}
+
 /// Histogram of total reward per role for one round: `bins` equal bins between the round's
 /// minimum and maximum; (role, bin lower edge, bin upper edge, count).
 pub(crate) fn reward_histogram(
@@ -972,6 +1038,40 @@ mod tests {
         assert_eq!(by("policy"), steering.len() as u64);
         assert_eq!(by("grm"), 0);
         assert_eq!(by("generator"), 0);
+    }
+
+    /// A task's verdicts split when some attempts passed and some did not (an unanswered
+    /// attempt is `wrong` without the judge); a split is unsupported when the rule label calls
+    /// none of the passed answers right.
+    #[test]
+    fn split_tasks_count_those_whose_passes_the_rule_never_confirms() {
+        let on = |task: &str, j: JudgmentRow| JudgmentRow {
+            task_id: task.into(),
+            ..j
+        };
+        let rows = [
+            on("t1", judgment("1", Some("Paris"), "Paris", "correct")),
+            on("t1", judgment("2", Some("Lyon"), "Paris", "wrong")),
+            on("t2", judgment("3", Some("Lyon"), "Paris", "correct")),
+            on("t2", judgment("4", Some("Nice"), "Paris", "wrong")),
+            on("t3", judgment("5", Some("Paris"), "Paris", "correct")),
+            on("t3", judgment("6", Some("the paris"), "Paris", "correct")),
+            on("t4", judgment("7", None, "Paris", "wrong")),
+            on("t4", judgment("8", Some("Lyon"), "Paris", "correct")),
+            JudgmentRow {
+                target: "verification".into(),
+                ..on("t5", judgment("9", Some("Lyon"), "Paris", "correct"))
+            },
+            JudgmentRow {
+                target: "verification".into(),
+                ..on("t5", judgment("10", Some("Nice"), "Paris", "wrong"))
+            },
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("judgments-00000.parquet");
+        write_rows(&path, &rows).unwrap();
+        let s = split_stats(&[path]).unwrap().unwrap();
+        assert_eq!((s.tasks, s.split, s.unsupported), (4, 3, 2));
     }
 
     #[test]

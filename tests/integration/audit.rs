@@ -57,6 +57,12 @@ fn frozen_judge_pattern_raises_reward_hacking() {
     // on the answers the rule calls wrong rises.
     assert!(names.contains(&"judge_drift".to_string()), "{names:?}");
     assert!(names.contains(&"judge_leniency".to_string()), "{names:?}");
+    // More of the tasks the generator is paid for split only because the judge lets wrong
+    // answers through.
+    assert!(
+        names.contains(&"unsupported_splits".to_string()),
+        "{names:?}"
+    );
     // Those passes are false accepts: their share rises from the first round to the last.
     let fa = false_accepts(dir.path());
     assert!(fa.len() >= 2 && fa[fa.len() - 1] > fa[0] + 0.1, "{fa:?}");
@@ -100,6 +106,10 @@ fn healthy_run_keeps_reward_hacking_quiet() {
     assert!(!names.contains(&"reward_hacking".to_string()), "{names:?}");
     assert!(!names.contains(&"judge_drift".to_string()), "{names:?}");
     assert!(!names.contains(&"judge_leniency".to_string()), "{names:?}");
+    assert!(
+        !names.contains(&"unsupported_splits".to_string()),
+        "{names:?}"
+    );
     // The pass rate rises because the answers get right, not because the judge lets more through.
     let fa = false_accepts(dir.path());
     assert!(fa.len() >= 2 && fa[fa.len() - 1] <= fa[0] + 0.05, "{fa:?}");
