@@ -139,7 +139,7 @@ impl Thresholds {
     }
 }
 
-/// The two-proportion z a rise of a share must reach (95 %, two-sided).
+/// The two-proportion z a rise of a share must reach (1.96: a one-sided test at 2.5 %).
 const LENIENCY_Z: f64 = 1.96;
 
 /// A share that went `x1 / n1` → `x2 / n2`: both shares and the pooled two-proportion z of the

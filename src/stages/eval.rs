@@ -386,6 +386,35 @@ pub(crate) fn evaluate(
     seed: u64,
     show_reference: bool,
 ) -> Result<Evaluation> {
+    // Asked-for GRM items that cannot be made are an error, not metrics silently missing; found
+    // before any sampling.
+    let scored_dev_count = scored_dev(qa, 0).len();
+    for (key, asked, needs) in [
+        ("verification", settings.verification, 2),
+        ("near_misses", settings.near_misses, 1),
+    ] {
+        if asked > 0 && scored_dev_count < needs {
+            return Err(Error::stage(
+                "eval",
+                format!(
+                    "eval.{key} = {asked} needs {needs} labelled dev question(s) in the half \
+                     `judge.real_items` never trains on; the run's qa has {scored_dev_count}"
+                ),
+            ));
+        }
+    }
+    if settings.near_misses > 0
+        && near_miss_items(&scored_dev(qa, settings.near_misses), seed, show_reference).is_empty()
+    {
+        return Err(Error::stage(
+            "eval",
+            format!(
+                "eval.near_misses = {}: none of those dev questions has an answer word of five \
+                 letters or more to misspell",
+                settings.near_misses
+            ),
+        ));
+    }
     let mut rows = Vec::new();
     let mut items: Vec<EvalItemRow> = Vec::new();
 
@@ -497,22 +526,6 @@ pub(crate) fn evaluate(
         items.extend(judged);
     }
 
-    // Asked-for GRM items that cannot be made are an error, not metrics silently missing.
-    let scored_dev_count = scored_dev(qa, 0).len();
-    for (key, asked, needs) in [
-        ("verification", settings.verification, 2),
-        ("near_misses", settings.near_misses, 1),
-    ] {
-        if asked > 0 && scored_dev_count < needs {
-            return Err(Error::stage(
-                "eval",
-                format!(
-                    "eval.{key} = {asked} needs {needs} labelled dev question(s) in the half \
-                     `judge.real_items` never trains on; the run's qa has {scored_dev_count}"
-                ),
-            ));
-        }
-    }
     let verification = scored_dev(qa, settings.verification + 1);
     if settings.verification > 0 {
         let pairs = verification_items(&verification, seed);

@@ -114,7 +114,7 @@ impl Stage for JudgeStage {
             ParamSpec::new(
                 "real_items",
                 0,
-                "labelled verification questions judged per round (each with a gold and a wrong answer)",
+                "labelled verification questions judged per round (each with a gold and a wrong answer), from the half of dev eval never scores",
             ),
             ParamSpec::new(
                 "real_from_round",

@@ -17,8 +17,8 @@ pub(crate) const VERIFICATION: &str = "verification";
 /// Which half of dev a labelled question serves for the GRM's verification pairs: `true` for
 /// the pairs `judge` injects into training (`judge.real_items`), `false` for those `eval`
 /// scores (`eval.verification`, `eval.near_misses`), so a run that trains its GRM on real data
-/// is never scored on the questions it trained on. Questions of one article (`source_doc_id`)
-/// stay in one half, as they stay in one split.
+/// is never scored on the questions it trained on. Questions of one article (`source_doc_id`,
+/// else the question's id) stay in one half.
 pub(crate) fn dev_trains_grm(q: &QaRow) -> bool {
     let key = q.source_doc_id.as_deref().unwrap_or(&q.id);
     // Not FNV-1a's low bit: it is the parity of the key's odd bytes, which `split_for` (the same
