@@ -18,7 +18,7 @@
 # starts with the first arm's setup (round 0), so identical stages (same params, seed, inputs) are not
 # recomputed. Checkpoint retention keeps the last 2 rounds' checkpoints.
 # Held-out EM is scored on two datasets: QUESTIONS of the corpus-built test split (`qa:test`) and
-# every human-written FanOutQA sub-question whose answer the corpus holds (`qa:fanoutqa`, 68 with
+# every human-written FanOutQA sub-question whose answer the corpus holds (`qa:fanoutqa`, 70 with
 # the shipped corpus; `qa.extra = fanoutqa`). All arms train at LR (apply.lr; 5e-5, the warm-up's:
 # at 1e-5 four steps a round move the model too little, docs/rounds.md). eval.every is fixed (the
 # last round is always scored), so `--rounds` can be raised on a rerun without rescoring round 0.
