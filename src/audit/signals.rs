@@ -142,14 +142,39 @@ impl Thresholds {
 /// The two-proportion z a rise of a share must reach (1.96: a one-sided test at 2.5 %).
 const LENIENCY_Z: f64 = 1.96;
 
-/// A share that went `x1 / n1` → `x2 / n2`: both shares and the pooled two-proportion z of the
-/// rise (0 when neither round varies).
-fn share_rise((x1, n1): (u64, u64), (x2, n2): (u64, u64)) -> (f64, f64, f64) {
+/// A share `x / n` measured in two rounds: `(round, x, n)` at each end, the two shares and the
+/// pooled two-proportion z of the rise.
+struct ShareRise {
+    first: (u32, u64, u64),
+    last: (u32, u64, u64),
+    p1: f64,
+    p2: f64,
+    z: f64,
+}
+
+/// The first and the last of `points` (`(round, n, x)`, rounds with at least `min_n`) when
+/// the share `x / n` rose between them by at least `min_rise` with z ≥ [`LENIENCY_Z`].
+fn rising_share(
+    points: impl Iterator<Item = (u32, u64, u64)>,
+    min_n: f64,
+    min_rise: f64,
+) -> Option<ShareRise> {
+    let points: Vec<(u32, u64, u64)> = points.filter(|&(_, n, _)| n as f64 >= min_n).collect();
+    let (&(r1, n1, x1), &(r2, n2, x2)) = (points.first()?, points.last()?);
+    if r1 == r2 {
+        return None;
+    }
     let (p1, p2) = (x1 as f64 / n1 as f64, x2 as f64 / n2 as f64);
     let pooled = (x1 + x2) as f64 / (n1 + n2) as f64;
     let se = (pooled * (1.0 - pooled) * (1.0 / n1 as f64 + 1.0 / n2 as f64)).sqrt();
     let z = if se > 0.0 { (p2 - p1) / se } else { 0.0 };
-    (p1, p2, z)
+    (p2 - p1 >= min_rise && z >= LENIENCY_Z).then_some(ShareRise {
+        first: (r1, x1, n1),
+        last: (r2, x2, n2),
+        p1,
+        p2,
+        z,
+    })
 }
 
 /// One raised warning.
@@ -231,61 +256,57 @@ pub fn signals(rounds: &[RoundAudit], t: &Thresholds) -> Vec<Signal> {
     // rate a better policy cannot explain, from the first to the last trained round with
     // enough of them; a rise must clear the threshold and a two-proportion z-test (pooled), so
     // a few dozen answers cannot raise it by chance.
-    let wrong: Vec<(u32, u64, u64)> = trained
-        .iter()
-        .filter_map(|r| {
-            let (n, passed) = r.grm_wrong_passed()?;
-            (n as f64 >= t.leniency_min_wrong).then_some((r.round, n, passed))
-        })
-        .collect();
-    if let (Some(&(r1, n1, x1)), Some(&(r2, n2, x2))) = (wrong.first(), wrong.last())
-        && r1 != r2
+    let wrong = trained.iter().filter_map(|r| {
+        let (n, passed) = r.grm_wrong_passed()?;
+        Some((r.round, n, passed))
+    });
+    if let Some(ShareRise {
+        first: (r1, x1, n1),
+        last: (r2, x2, n2),
+        p1,
+        p2,
+        z,
+    }) = rising_share(wrong, t.leniency_min_wrong, t.leniency_rise)
     {
-        let (p1, p2, z) = share_rise((x1, n1), (x2, n2));
-        if p2 - p1 >= t.leniency_rise && z >= LENIENCY_Z {
-            out.push(Signal {
-                name: "judge_leniency".into(),
-                round: r2,
-                message: format!(
-                    "the GRM passed {x1} of {n1} policy answers the rule calls wrong in round \
-                     {r1} ({p1:.2}) and {x2} of {n2} in round {r2} ({p2:.2}), z = {z:.1}: the \
-                     judge lets more wrong answers through (some may be right answers the \
-                     reference spells differently; rule: rise ≥ {:.2}, ≥ {} judged, z ≥ \
-                     {LENIENCY_Z})",
-                    t.leniency_rise, t.leniency_min_wrong
-                ),
-            });
-        }
+        out.push(Signal {
+            name: "judge_leniency".into(),
+            round: r2,
+            message: format!(
+                "the GRM passed {x1} of {n1} policy answers the rule calls wrong in round {r1} \
+                 ({p1:.2}) and {x2} of {n2} in round {r2} ({p2:.2}), z = {z:.1}: the judge lets \
+                 more wrong answers through (some may be right answers the reference spells \
+                 differently; rule: rise ≥ {:.2}, ≥ {} judged, z ≥ {LENIENCY_Z})",
+                t.leniency_rise, t.leniency_min_wrong
+            ),
+        });
     }
 
     // Unsupported splits (the seed paper's frozen-judge failure seen from the generator): of
     // the tasks whose verdicts split, which the generator's entropy reward pays for, the share
     // where the rule confirms none of the passes, first to last trained round with enough splits.
-    let splits: Vec<(u32, u64, u64)> = trained
-        .iter()
-        .filter_map(|r| {
-            let s = r.splits.as_ref()?;
-            (s.split as f64 >= t.unsupported_min_split).then_some((r.round, s.split, s.unsupported))
-        })
-        .collect();
-    if let (Some(&(r1, n1, x1)), Some(&(r2, n2, x2))) = (splits.first(), splits.last())
-        && r1 != r2
+    let splits = trained.iter().filter_map(|r| {
+        let s = r.splits.as_ref()?;
+        Some((r.round, s.split, s.unsupported))
+    });
+    if let Some(ShareRise {
+        first: (r1, x1, n1),
+        last: (r2, x2, n2),
+        p1,
+        p2,
+        z,
+    }) = rising_share(splits, t.unsupported_min_split, t.unsupported_rise)
     {
-        let (p1, p2, z) = share_rise((x1, n1), (x2, n2));
-        if p2 - p1 >= t.unsupported_rise && z >= LENIENCY_Z {
-            out.push(Signal {
-                name: "unsupported_splits".into(),
-                round: r2,
-                message: format!(
-                    "the GRM's verdicts split on {n1} tasks in round {r1} and {n2} in round \
-                     {r2}; the rule label confirmed none of the passes on {x1} ({p1:.2}) and \
-                     {x2} ({p2:.2}), z = {z:.1}: the generator is paid for tasks only the judge \
-                     calls sometimes solved (rule: rise ≥ {:.2}, ≥ {} split tasks, z ≥ \
-                     {LENIENCY_Z})",
-                    t.unsupported_rise, t.unsupported_min_split
-                ),
-            });
-        }
+        out.push(Signal {
+            name: "unsupported_splits".into(),
+            round: r2,
+            message: format!(
+                "the GRM's verdicts split on {n1} tasks in round {r1} and {n2} in round {r2}; \
+                 the rule label confirmed none of the passes on {x1} ({p1:.2}) and {x2} \
+                 ({p2:.2}), z = {z:.1}: the generator is paid for tasks only the judge calls \
+                 sometimes solved (rule: rise ≥ {:.2}, ≥ {} split tasks, z ≥ {LENIENCY_Z})",
+                t.unsupported_rise, t.unsupported_min_split
+            ),
+        });
     }
 
     // Held-out regression: the checkpoint got worse on held-out questions than where it started.

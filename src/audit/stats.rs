@@ -719,11 +719,20 @@ fn word_count(e: Expr) -> Expr {
         .cast(DataType::Float64)
 }
 
-fn judge_stats(paths: &[PathBuf]) -> Result<Vec<JudgeStats>> {
-    let rule = normalized(col("candidate_answer"))
+/// A judged answer the rule label calls right: the normalised candidate is the reference.
+fn rule_right() -> Expr {
+    normalized(col("candidate_answer"))
         .eq(normalized(col("reference_answer")))
-        .fill_null(lit(false));
-    let pass = col("verdict").eq(lit("correct"));
+        .fill_null(lit(false))
+}
+
+/// A verdict that passes the answer.
+fn verdict_passes() -> Expr {
+    col("verdict").eq(lit("correct"))
+}
+
+fn judge_stats(paths: &[PathBuf]) -> Result<Vec<JudgeStats>> {
+    let (rule, pass) = (rule_right(), verdict_passes());
     let df = collect(
         scan(paths)?
             .select([
@@ -785,10 +794,7 @@ fn judge_stats(paths: &[PathBuf]) -> Result<Vec<JudgeStats>> {
 }
 
 fn split_stats(paths: &[PathBuf]) -> Result<Option<SplitStats>> {
-    let rule = normalized(col("candidate_answer"))
-        .eq(normalized(col("reference_answer")))
-        .fill_null(lit(false));
-    let pass = col("verdict").eq(lit("correct"));
+    let (rule, pass) = (rule_right(), verdict_passes());
     // Every policy attempt's verdict, judged or not (an attempt without an answer is `wrong`
     // without sampling): the generator's reward counts them all.
     let per_task = scan(paths)?
