@@ -954,19 +954,23 @@ mod tests {
         }
     }
 
-    /// A GRM item on a prediction is keyed by the answer too, so two checkpoints' items pair
-    /// only where the judge saw the same answer; a verification pair's wrong answer is one the
-    /// rule calls wrong.
-    #[test]
-    fn grm_items_pair_only_the_same_answer_and_wrong_answers_are_wrong() {
-        let row = |id: &str, answers: &[&str]| QaRow {
+    /// A dev question with these gold answers.
+    fn row(id: &str, answers: &[&str]) -> QaRow {
+        QaRow {
             id: id.into(),
             question: format!("Question {id}?"),
             answers: answers.iter().map(|a| a.to_string()).collect(),
             split: "dev".into(),
             source: "wiki".into(),
             source_doc_id: None,
-        };
+        }
+    }
+
+    /// A GRM item on a prediction is keyed by the answer too, so two checkpoints' items pair
+    /// only where the judge saw the same answer; a verification pair's wrong answer is one the
+    /// rule calls wrong.
+    #[test]
+    fn grm_items_pair_only_the_same_answer_and_wrong_answers_are_wrong() {
         let q = row("q1", &["Paris"]);
         let ids = |answer: &str| {
             prediction_items(&[(&q, answer.to_string())], 7, true)
@@ -1030,14 +1034,6 @@ mod tests {
     /// misspelt or the misspelling leaves an alias whole (the rule would call it right).
     #[test]
     fn near_misses_leave_out_misspellings_the_rule_calls_right() {
-        let row = |id: &str, answers: &[&str]| QaRow {
-            id: id.into(),
-            question: format!("Question {id}?"),
-            answers: answers.iter().map(|a| a.to_string()).collect(),
-            split: "dev".into(),
-            source: "wiki".into(),
-            source_doc_id: None,
-        };
         let rows = [
             row("q1", &["Umberto Eco"]),
             row("q2", &["University of Cambridge", "Cambridge"]),
