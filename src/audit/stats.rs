@@ -796,25 +796,35 @@ fn judge_stats(paths: &[PathBuf]) -> Result<Vec<JudgeStats>> {
 fn split_stats(paths: &[PathBuf]) -> Result<Option<SplitStats>> {
     let (rule, pass) = (rule_right(), verdict_passes());
     // Every policy attempt's verdict, judged or not (an attempt without an answer is `wrong`
-    // without sampling): the generator's reward counts them all.
-    let per_task = scan(paths)?
+    // without sampling): the generator's reward counts them all. An attempt judged several
+    // times (`judge.samples`) passes on a strict majority of its verdicts, as the reward reads
+    // them.
+    let per_attempt = scan(paths)?
         .select([
             col("target"),
             col("task_id"),
+            col("target_trajectory_id"),
             col("verdict"),
             col("candidate_answer"),
             col("reference_answer"),
         ])
         .filter(col("target").eq(lit("policy")))
-        .group_by([col("task_id")])
+        .group_by([col("task_id"), col("target_trajectory_id")])
         .agg([
-            len().cast(DataType::UInt64).alias("n"),
-            pass.clone().cast(DataType::UInt64).sum().alias("passed"),
-            pass.and(rule)
-                .cast(DataType::UInt64)
-                .sum()
-                .alias("confirmed"),
+            len().cast(DataType::UInt64).alias("verdicts"),
+            pass.cast(DataType::UInt64).sum().alias("passes"),
+            rule.first().alias("rule"),
         ]);
+    let passes = (col("passes") * lit(2u64)).gt(col("verdicts"));
+    let per_task = per_attempt.group_by([col("task_id")]).agg([
+        len().cast(DataType::UInt64).alias("n"),
+        passes.clone().cast(DataType::UInt64).sum().alias("passed"),
+        passes
+            .and(col("rule"))
+            .cast(DataType::UInt64)
+            .sum()
+            .alias("confirmed"),
+    ]);
     let passed = col("passed");
     let split = passed.clone().gt(lit(0u64)).and(passed.lt(col("n")));
     let df = collect(
@@ -1078,6 +1088,28 @@ mod tests {
         write_rows(&path, &rows).unwrap();
         let s = split_stats(&[path]).unwrap().unwrap();
         assert_eq!((s.tasks, s.split, s.unsupported), (4, 3, 2));
+
+        // Attempts judged several times (`judge.samples`) pass on a strict majority: t6's
+        // "Paris" passes 2 of 3 beside a refused "Lyon" (split, the rule confirms it); t7's
+        // "Lyon" ties 1 of 2, so neither of t7's attempts passes (not split).
+        let sample = |task: &str, id: &str, k: u32, candidate: &str, verdict: &str| JudgmentRow {
+            judgment_id: format!("{id}-{k}"),
+            sample: k,
+            ..on(task, judgment(id, Some(candidate), "Paris", verdict))
+        };
+        let sampled = [
+            sample("t6", "11", 0, "Paris", "correct"),
+            sample("t6", "11", 1, "Paris", "wrong"),
+            sample("t6", "11", 2, "Paris", "correct"),
+            sample("t6", "12", 0, "Lyon", "wrong"),
+            sample("t7", "13", 0, "Lyon", "correct"),
+            sample("t7", "13", 1, "Lyon", "wrong"),
+            sample("t7", "14", 0, "Nice", "wrong"),
+        ];
+        let path = dir.path().join("judgments-00001.parquet");
+        write_rows(&path, &sampled).unwrap();
+        let s = split_stats(&[path]).unwrap().unwrap();
+        assert_eq!((s.tasks, s.split, s.unsupported), (2, 1, 0));
     }
 
     #[test]

@@ -214,6 +214,40 @@ impl std::str::FromStr for GrmBalance {
     }
 }
 
+/// What the GRM's advantages are centred within (`reward.grm_group`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GrmGroup {
+    /// Every GRM row of the round is one group (the default).
+    Round,
+    /// The verdicts on one judged answer (a policy attempt's `judge.samples`, the self-check's
+    /// judgments of one task) are a group, as GRPO groups the samples of one prompt: a verdict
+    /// gains where it agrees with its label more than its siblings do, and an answer whose
+    /// verdicts all agree with their labels teaches nothing. Verification items are one group.
+    Answer,
+}
+
+impl GrmGroup {
+    /// The group of a judgment of `judged` (the judged trajectory's id, `target_id`).
+    pub(crate) fn group_id(self, judged: &Judged, target_id: &str) -> String {
+        match (self, judged) {
+            (Self::Round, _) => "grm".into(),
+            (Self::Answer, Judged::Verification { .. }) => "grm/verification".into(),
+            (Self::Answer, _) => format!("grm/{target_id}"),
+        }
+    }
+}
+
+impl std::str::FromStr for GrmGroup {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "round" => Ok(Self::Round),
+            "answer" => Ok(Self::Answer),
+            _ => Err(format!("unknown GRM group {s:?} (round, answer)")),
+        }
+    }
+}
+
 /// The `self` or `rule` labels that train under `mode`: indices into `labels` (input order), `groups`
 /// holding each label's question.
 pub(crate) fn balance_labels<K: Ord>(

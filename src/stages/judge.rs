@@ -21,7 +21,7 @@ use crate::params::{ParamSpec, Params, ParamsExt};
 use crate::rl::metrics::exact_match;
 use crate::roles::grm;
 use crate::seed::stable_u64;
-use crate::shards::rows::{JudgmentRow, QaRow, TaskRow};
+use crate::shards::rows::{JudgmentRow, QaRow, TaskRow, TrajectoryRow};
 use crate::shards::{ShardKind, read_rows, shard_path, write_rows};
 
 pub(crate) struct JudgeStage;
@@ -35,6 +35,8 @@ struct Settings {
     real_items: usize,
     /// The first round that judges them.
     real_from_round: u32,
+    /// Verdicts sampled per policy attempt, each with its own seed.
+    samples: u32,
 }
 
 impl Settings {
@@ -45,10 +47,24 @@ impl Settings {
                 format!("{} is not a round number", params.u64("real_from_round")),
             )
         })?;
+        let samples = u32::try_from(params.u64("samples"))
+            .ok()
+            .filter(|&k| k >= 1)
+            .ok_or_else(|| {
+                Error::param(
+                    "judge.samples",
+                    format!(
+                        "{} verdicts per attempt: it takes at least 1 and at most {}",
+                        params.u64("samples"),
+                        u32::MAX
+                    ),
+                )
+            })?;
         Ok(Settings {
             show_reference: params.bool("show_reference"),
             real_items: params.u64("real_items") as usize,
             real_from_round,
+            samples,
         })
     }
 }
@@ -121,6 +137,12 @@ impl Stage for JudgeStage {
                 1,
                 "first round that judges verification items",
             ),
+            ParamSpec::new(
+                "samples",
+                1,
+                "verdicts the GRM samples per policy attempt, each with its own seed: the policy's reward takes their majority (a tie is wrong) and the GRM's `self` labels have other verdicts on the same answer to learn from (the seed samples its judge's verdicts in groups; with 1, an answer has another verdict only when another attempt gave it)",
+            )
+            .at_least(1.0),
             judge_model_spec(),
         ];
         specs.extend(sampling_specs(256, 2, 1.0));
@@ -148,25 +170,7 @@ impl Stage for JudgeStage {
             task_rows.iter().map(|t| (t.task_id.as_str(), t)).collect();
         let attempts = trajectories(ctx.input_files(Upstream::needs("rollout"))?)?;
         let settings = Settings::from_params(ctx.params)?;
-        let show_reference = settings.show_reference;
-        let mut items = Vec::new();
-        let mut orphans = 0;
-        for a in &attempts {
-            let Some(task) = by_id.get(a.task_id.as_str()) else {
-                orphans += 1;
-                continue;
-            };
-            items.push(Item {
-                task_id: task.task_id.clone(),
-                target: "policy",
-                target_trajectory_id: a.trajectory_id.clone(),
-                sample: 0,
-                question: task.question.clone(),
-                reference: task.answer.clone(),
-                candidate: a.answer.clone(),
-                show_reference,
-            });
-        }
+        let (mut items, orphans) = attempt_items(&attempts, &by_id, &settings);
         items.extend(verification_items(ctx, &settings)?);
 
         let mut requests = Vec::new();
@@ -281,6 +285,39 @@ impl Stage for JudgeStage {
     }
 }
 
+/// The policy attempts to judge, `samples` verdicts each (an attempt without an answer once: it
+/// is judged wrong without sampling), and how many attempts have no task.
+fn attempt_items(
+    attempts: &[TrajectoryRow],
+    tasks: &BTreeMap<&str, &TaskRow>,
+    settings: &Settings,
+) -> (Vec<Item>, usize) {
+    let mut items = Vec::new();
+    let mut orphans = 0;
+    for a in attempts {
+        let Some(task) = tasks.get(a.task_id.as_str()) else {
+            orphans += 1;
+            continue;
+        };
+        let samples = if a.answer.is_some() {
+            settings.samples
+        } else {
+            1
+        };
+        items.extend((0..samples).map(|sample| Item {
+            task_id: task.task_id.clone(),
+            target: "policy",
+            target_trajectory_id: a.trajectory_id.clone(),
+            sample,
+            question: task.question.clone(),
+            reference: task.answer.clone(),
+            candidate: a.answer.clone(),
+            show_reference: settings.show_reference,
+        }));
+    }
+    (items, orphans)
+}
+
 /// Labelled verification pairs for this round: dev questions (of the half eval does not score)
 /// with their gold answer and with the gold answer of another question of the same sample
 /// (plausible, and wrong).
@@ -341,6 +378,84 @@ mod tests {
             source: "wiki".into(),
             source_doc_id: Some(format!("article of {id}")),
         }
+    }
+
+    /// `judge.samples = 3`: an answered attempt gets three items with samples 0, 1, 2 (each
+    /// its own seed and judgment id); one without an answer gets one; an attempt without a task
+    /// gets none and is counted.
+    #[test]
+    fn every_answered_attempt_is_judged_samples_times() {
+        let task = TaskRow {
+            task_id: "t1".into(),
+            round: 1,
+            question: "Q?".into(),
+            answer: "Paris".into(),
+            answer_aliases: vec![],
+            template: "seed".into(),
+            parent_task_id: None,
+            topic: None,
+            generator_trajectory_id: None,
+            valid: true,
+            invalid_reason: None,
+        };
+        let attempt = |id: &str, task_id: &str, answer: Option<&str>| TrajectoryRow {
+            trajectory_id: id.into(),
+            task_id: task_id.into(),
+            role: "policy".into(),
+            attempt: 0,
+            seed: 0,
+            prompt_ids: vec![1],
+            completion_ids: vec![2],
+            loss_mask: vec![true],
+            sampling_logprobs: vec![-1.0],
+            behavior_logprobs: vec![-1.0],
+            temperature: 1.0,
+            text: String::new(),
+            turns: 1,
+            searches: 0,
+            answer: answer.map(str::to_string),
+            parsed: answer.is_some(),
+            parse_error: None,
+            finish_reason: "stop".into(),
+        };
+        let attempts = [
+            attempt("t1-p0", "t1", Some("Paris")),
+            attempt("t1-p1", "t1", None),
+            attempt("t9-p0", "t9", Some("Rome")),
+        ];
+        let tasks = BTreeMap::from([("t1", &task)]);
+        let settings = Settings {
+            show_reference: true,
+            real_items: 0,
+            real_from_round: 1,
+            samples: 3,
+        };
+        let (items, orphans) = attempt_items(&attempts, &tasks, &settings);
+        let got: Vec<(&str, u32, bool)> = items
+            .iter()
+            .map(|i| {
+                (
+                    i.target_trajectory_id.as_str(),
+                    i.sample,
+                    i.candidate.is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("t1-p0", 0, true),
+                ("t1-p0", 1, true),
+                ("t1-p0", 2, true),
+                ("t1-p1", 0, false)
+            ]
+        );
+        assert!(
+            items
+                .iter()
+                .all(|i| i.show_reference && i.reference == "Paris")
+        );
+        assert_eq!(orphans, 1);
     }
 
     /// Injected verification pairs: dev questions of the half eval never scores, each with its

@@ -28,7 +28,9 @@ use super::{Stage, StageContext, StageOutput, Upstream};
 use crate::error::{Error, Result};
 use crate::params::{ParamSpec, Params, ParamsExt};
 use crate::rl::advantages::{Scale, advantages};
-use crate::rl::labels::{GrmBalance, Judged, Judgment, LabelMode, grm_labels, grm_trains};
+use crate::rl::labels::{
+    GrmBalance, GrmGroup, Judged, Judgment, LabelMode, grm_labels, grm_trains,
+};
 use crate::rl::rewards::{
     Attempt, GeneratorScheme, SelfCheck, Verifier, answered_bonus, attempt_correct,
     format_bonus_of_text, grm_reward, majority_answer, penalised_generator_reward, policy_reward,
@@ -69,6 +71,7 @@ pub struct Settings {
     scheme: GeneratorScheme,
     labels: LabelMode,
     balance: GrmBalance,
+    grm_group: GrmGroup,
     bonus: bool,
     answered: f64,
     grounded: bool,
@@ -106,6 +109,10 @@ pub fn settings(params: &Params) -> Result<Settings> {
             .str("grm_balance")
             .parse()
             .map_err(|e| bad("grm_balance", e))?,
+        grm_group: params
+            .str("grm_group")
+            .parse()
+            .map_err(|e| bad("grm_group", e))?,
         bonus: params.bool("format_bonus"),
         answered: params.f64("answered_score"),
         grounded: params.bool("grounded_answers"),
@@ -167,6 +174,11 @@ impl Stage for RewardStage {
                 "question",
                 "class-balance `self` and `rule` labels per `question` (the seed), over the `round`, or `none` (docs/rounds.md: `round` measured a collapse with `self` labels)",
             ).one_of(&["question", "round", "none"]),
+            ParamSpec::new(
+                "grm_group",
+                "round",
+                "what the GRM's advantages are centred within: the whole `round`, or each judged `answer` (its verdicts, `judge.samples` of them, and the self-check's; verification items together), as GRPO centres the samples of one prompt",
+            ).one_of(&["round", "answer"]),
             ParamSpec::new("format_bonus", true, "add the format bonus to every reward"),
             ParamSpec::new(
                 "answered_score",
@@ -667,7 +679,9 @@ fn grm_rows(
                 trajectory_id: j.judge_trajectory_id.clone(),
                 task_id: j.task_id.clone(),
                 role: Role::Grm.as_str().into(),
-                group_id: Role::Grm.as_str().into(),
+                group_id: s
+                    .grm_group
+                    .group_id(&judgment.judged, &j.target_trajectory_id),
                 scheme: s.labels.row_name(&judgment.judged).into(),
                 reward: reward as f32,
                 format_bonus: bonus as f32,
@@ -690,6 +704,7 @@ mod tests {
             scheme,
             labels,
             balance: GrmBalance::Question,
+            grm_group: GrmGroup::Round,
             bonus: false,
             answered: 0.0,
             grounded: false,
@@ -808,6 +823,69 @@ mod tests {
 
     fn row<'a>(c: &'a Computed, id: &str) -> &'a RewardRow {
         c.rows.iter().find(|r| r.trajectory_id == id).unwrap()
+    }
+
+    /// `judge.samples = 4` with `grm_group = answer`: each attempt's four verdicts are one
+    /// group. p0's 3 correct / 1 wrong: the policy's reward takes the majority (correct); every
+    /// verdict's leave-one-out label says correct, so the three agreeing verdicts gain and the
+    /// dissenter loses. p1's four correct verdicts agree with their labels: a flat group, out of
+    /// the step. p2's 2/2 tie: wrong for the policy, and its labels (each the others' 2-1
+    /// majority, the opposite verdict) pay none of its verdicts, so it is flat too. Grouped by
+    /// `round`, the same rows are one group and p1's verdicts gain beside p0's.
+    #[test]
+    fn sampled_verdicts_are_grouped_by_the_answer_they_judge() {
+        let tasks = vec![task("t1", "What is the capital of France?", "Paris")];
+        let mut attempts = Vec::new();
+        let mut judgments = Vec::new();
+        let answers = ["Paris", "Lyon", "Nice"];
+        let verdicts = [
+            ["correct", "correct", "wrong", "correct"],
+            ["correct"; 4],
+            ["correct", "wrong", "wrong", "correct"],
+        ];
+        for (k, (answer, vs)) in answers.iter().zip(verdicts).enumerate() {
+            let id = format!("t1-p{k}");
+            attempts.push(traj(&id, "t1", "policy", Some(answer)));
+            for (sample, v) in vs.iter().enumerate() {
+                let mut j = judgment(&id, "t1", "policy", v, sample as u32);
+                j.candidate_answer = Some(answer.to_string());
+                judgments.push(j);
+            }
+        }
+        let runs = runs_of(&judgments);
+        let mut s = settings(
+            Verifier::Grm,
+            GeneratorScheme::Entropy,
+            LabelMode::SelfVerdict,
+        );
+        s.balance = GrmBalance::None;
+        s.grm_group = GrmGroup::Answer;
+        let c = compute(&s, 1, &tasks, &[], &attempts, &judgments, &runs);
+        let labels: Vec<&str> = (0..3)
+            .map(|k| row(&c, &format!("t1-p{k}")).label.as_deref().unwrap())
+            .collect();
+        assert_eq!(labels, ["correct", "correct", "wrong"]);
+        let p0: Vec<&RewardRow> = (0..4).map(|j| row(&c, &format!("t1-p0-j{j}"))).collect();
+        assert!(p0.iter().all(|r| r.group_id == "grm/t1-p0" && r.train));
+        assert!(p0.iter().all(|r| r.label.as_deref() == Some("correct")));
+        assert_eq!(p0[2].reward, 0.0);
+        assert!(p0[2].advantage < 0.0);
+        assert!([0, 1, 3].iter().all(|&j| p0[j].advantage > 0.0));
+        let sum: f32 = p0.iter().map(|r| r.advantage).sum();
+        assert!(sum.abs() < 1e-5, "centred within the answer: {sum}");
+        for k in [1, 2] {
+            for j in 0..4 {
+                let r = row(&c, &format!("t1-p{k}-j{j}"));
+                assert_eq!((r.advantage, r.train), (0.0, false), "t1-p{k}-j{j}");
+            }
+        }
+        assert_eq!(c.flat_groups.get("grm"), Some(&2));
+
+        s.grm_group = GrmGroup::Round;
+        let c = compute(&s, 1, &tasks, &[], &attempts, &judgments, &runs);
+        let r = row(&c, "t1-p1-j0");
+        assert_eq!(r.group_id, "grm");
+        assert!(r.train && r.advantage > 0.0);
     }
 
     /// Task t1: 4 attempts, the GRM accepts 2 → p = ½, entropy ln 2, advantages ±1/(½+ε)·½.

@@ -498,3 +498,81 @@ fn an_optional_upstream_dropped_from_the_pipeline_is_not_read() {
     );
     assert!(!read.iter().any(|p| p.contains("selfcheck")), "{read:?}");
 }
+
+/// `judge.samples = 3` with `reward.grm_group = answer`: every answered attempt is judged three
+/// times (samples 0-2, their own judgment ids), an unanswered one once, and the GRM's reward rows
+/// are grouped by the answer they judge.
+#[test]
+fn sampled_verdicts_run_a_round_grouped_by_answer() {
+    use asl::shards::rows::{JudgmentRow, RewardRow};
+    use std::collections::BTreeMap;
+    let Some(assets) = shipped_assets() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pipe = dir.path().join("votes.toml");
+    std::fs::write(&pipe, format!("extends = {SMOKE:?}\nrounds = 1\n")).unwrap();
+    let rd = dir.path().join("run");
+    let out = run_pipeline(
+        &pipe,
+        &assets,
+        &rd,
+        &[
+            "--set",
+            "judge.samples=3",
+            "--set",
+            "reward.grm_group=answer",
+        ],
+    );
+    assert_ok(&out);
+    let judge = files_with_extension(&rd.join("round-001/judge"), "parquet");
+    let judgments: Vec<JudgmentRow> = asl::shards::read_rows(
+        &judge
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains("judgments-"))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let mut per_attempt: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for j in judgments.iter().filter(|j| j.target == "policy") {
+        per_attempt
+            .entry(&j.target_trajectory_id)
+            .or_default()
+            .push(j.sample);
+    }
+    assert!(
+        judgments
+            .iter()
+            .any(|j| j.target == "policy" && j.candidate_answer.is_some()),
+        "no answered attempt was judged"
+    );
+    for j in judgments.iter().filter(|j| j.target == "policy") {
+        let samples = &per_attempt[j.target_trajectory_id.as_str()];
+        let expected: &[u32] = if j.candidate_answer.is_some() {
+            &[0, 1, 2]
+        } else {
+            &[0]
+        };
+        assert_eq!(samples, expected, "{}", j.target_trajectory_id);
+        assert_eq!(
+            j.judgment_id,
+            format!("{}-j{}", j.target_trajectory_id, j.sample)
+        );
+    }
+    let rewards: Vec<RewardRow> = asl::shards::read_rows(&files_with_extension(
+        &rd.join("round-001/reward"),
+        "parquet",
+    ))
+    .unwrap();
+    let by_id: BTreeMap<&str, &JudgmentRow> = judgments
+        .iter()
+        .map(|j| (j.judgment_id.as_str(), j))
+        .collect();
+    let grm: Vec<&RewardRow> = rewards.iter().filter(|r| r.role == "grm").collect();
+    assert!(!grm.is_empty());
+    for r in grm {
+        if let Some(j) = by_id.get(r.trajectory_id.as_str()) {
+            assert_eq!(r.group_id, format!("grm/{}", j.target_trajectory_id));
+        }
+    }
+}
