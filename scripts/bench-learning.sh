@@ -102,7 +102,7 @@ TOML
   # An arm run alone shares the setup of an arm already in the run root (the first with a
   # finished round-0 eval), so a rerun with --arms X does not redo the warm-up and round-0 eval.
   if [ -z "$first" ]; then
-    for other in search-r1 default asl-frozen-grm asl-grm-votes asl-real-inject asl-rule-grm; do
+    for other in search-r1 default asl-frozen-grm asl-real-inject asl-rule-grm; do
       if [ "$other" != "$arm" ] && [ -f "$out/$other/manifest.json" ] && [ -d "$out/$other/round-000/eval" ]; then
         first="$other"
         break
