@@ -103,11 +103,11 @@ impl Thresholds {
                 self.hacking_pass_rise, self.hacking_em_rise
             ),
             "judge_leniency" => format!(
-                "the GRM's pass rate on policy answers the rule calls wrong rose by ≥ {} from the first to the last round with ≥ {} of them judged, and a two-proportion z ≥ {LENIENCY_Z}",
+                "the GRM's pass rate on policy answers the rule calls wrong rose by ≥ {} along its trend over the rounds with ≥ {} of them judged (a line weighted by answers), and a Cochran–Armitage trend z ≥ {LENIENCY_Z}",
                 self.leniency_rise, self.leniency_min_wrong
             ),
             "unsupported_splits" => format!(
-                "of the tasks whose GRM verdicts split, the share where the rule label calls none of the passed answers right rose by ≥ {} from the first to the last round with ≥ {} split tasks, and a two-proportion z ≥ {LENIENCY_Z}",
+                "of the tasks whose GRM verdicts split, the share where the rule label calls none of the passed answers right rose by ≥ {} along its trend over the rounds with ≥ {} split tasks (a line weighted by tasks), and a Cochran–Armitage trend z ≥ {LENIENCY_Z}",
                 self.unsupported_rise, self.unsupported_min_split
             ),
             "judge_drift" => format!(
@@ -139,40 +139,63 @@ impl Thresholds {
     }
 }
 
-/// The two-proportion z a rise of a share must reach (1.96: a one-sided test at 2.5 %).
+/// The trend z a rise of a share must reach (1.96: a one-sided test at 2.5 %).
 const LENIENCY_Z: f64 = 1.96;
 
-/// A share `x / n` measured in two rounds: `(round, x, n)` at each end, the two shares and the
-/// pooled two-proportion z of the rise.
+/// A share `x / n` measured over several rounds: `(round, x, n)` at the first and the last
+/// round with enough counts, the two shares, how many rounds count, the rise of the fitted line
+/// from the first to the last of them, and the Cochran–Armitage trend z.
 struct ShareRise {
     first: (u32, u64, u64),
     last: (u32, u64, u64),
     p1: f64,
     p2: f64,
+    rounds: usize,
+    rise: f64,
     z: f64,
 }
 
-/// The first and the last of `points` (`(round, n, x)`, rounds with at least `min_n`) when
-/// the share `x / n` rose between them by at least `min_rise` with z ≥ [`LENIENCY_Z`].
+/// The share `x / n` of `points` (`(round, n, x)`; rounds with at least `min_n` count) when
+/// it rose over the rounds: the least-squares line through the shares (each weighted by its n)
+/// rises by at least `min_rise` from the first counted round to the last, and the
+/// Cochran–Armitage test for a trend in proportions (round numbers as scores) gives
+/// z ≥ [`LENIENCY_Z`]. Every counted round weighs in, so one round's swing at either end moves
+/// it less than a comparison of the two ends; with two rounds it is that comparison (the pooled
+/// two-proportion z, and the rise p2 − p1).
 fn rising_share(
     points: impl Iterator<Item = (u32, u64, u64)>,
     min_n: f64,
     min_rise: f64,
 ) -> Option<ShareRise> {
-    let points: Vec<(u32, u64, u64)> = points.filter(|&(_, n, _)| n as f64 >= min_n).collect();
+    let points: Vec<(f64, f64, f64)> = points
+        .filter(|&(_, n, _)| n as f64 >= min_n)
+        .map(|(r, n, x)| (f64::from(r), n as f64, x as f64))
+        .collect();
     let (&(r1, n1, x1), &(r2, n2, x2)) = (points.first()?, points.last()?);
     if r1 == r2 {
         return None;
     }
-    let (p1, p2) = (x1 as f64 / n1 as f64, x2 as f64 / n2 as f64);
-    let pooled = (x1 + x2) as f64 / (n1 + n2) as f64;
-    let se = (pooled * (1.0 - pooled) * (1.0 / n1 as f64 + 1.0 / n2 as f64)).sqrt();
-    let z = if se > 0.0 { (p2 - p1) / se } else { 0.0 };
-    (p2 - p1 >= min_rise && z >= LENIENCY_Z).then_some(ShareRise {
-        first: (r1, x1, n1),
-        last: (r2, x2, n2),
-        p1,
-        p2,
+    let total: f64 = points.iter().map(|p| p.1).sum();
+    let pooled = points.iter().map(|p| p.2).sum::<f64>() / total;
+    let mean_round = points.iter().map(|&(r, n, _)| r * n).sum::<f64>() / total;
+    let spread: f64 = points
+        .iter()
+        .map(|&(r, n, _)| n * (r - mean_round).powi(2))
+        .sum();
+    let trend: f64 = points
+        .iter()
+        .map(|&(r, n, x)| (r - mean_round) * (x - n * pooled))
+        .sum();
+    let se = (pooled * (1.0 - pooled) * spread).sqrt();
+    let z = if se > 0.0 { trend / se } else { 0.0 };
+    let rise = trend / spread * (r2 - r1);
+    (rise >= min_rise && z >= LENIENCY_Z).then_some(ShareRise {
+        first: (r1 as u32, x1 as u64, n1 as u64),
+        last: (r2 as u32, x2 as u64, n2 as u64),
+        p1: x1 / n1,
+        p2: x2 / n2,
+        rounds: points.len(),
+        rise,
         z,
     })
 }
@@ -253,9 +276,9 @@ pub fn signals(rounds: &[RoundAudit], t: &Thresholds) -> Vec<Signal> {
     }
 
     // Judge leniency: the pass rate on answers the rule calls wrong, the one part of a pass
-    // rate a better policy cannot explain, from the first to the last trained round with
-    // enough of them; a rise must clear the threshold and a two-proportion z-test (pooled), so
-    // a few dozen answers cannot raise it by chance.
+    // rate a better policy cannot explain, over the trained rounds with enough of them; its
+    // trend must rise past the threshold and clear a Cochran–Armitage test, so a few dozen
+    // answers, or one round's swing, cannot raise it by chance.
     let wrong = trained.iter().filter_map(|r| {
         let (n, passed) = r.grm_wrong_passed()?;
         Some((r.round, n, passed))
@@ -265,6 +288,8 @@ pub fn signals(rounds: &[RoundAudit], t: &Thresholds) -> Vec<Signal> {
         last: (r2, x2, n2),
         p1,
         p2,
+        rounds,
+        rise,
         z,
     }) = rising_share(wrong, t.leniency_min_wrong, t.leniency_rise)
     {
@@ -273,9 +298,10 @@ pub fn signals(rounds: &[RoundAudit], t: &Thresholds) -> Vec<Signal> {
             round: r2,
             message: format!(
                 "the GRM passed {x1} of {n1} policy answers the rule calls wrong in round {r1} \
-                 ({p1:.2}) and {x2} of {n2} in round {r2} ({p2:.2}), z = {z:.1}: the judge lets \
-                 more wrong answers through (some may be right answers the reference spells \
-                 differently; rule: rise ≥ {:.2}, ≥ {} judged, z ≥ {LENIENCY_Z})",
+                 ({p1:.2}) and {x2} of {n2} in round {r2} ({p2:.2}); over {rounds} rounds the \
+                 share's trend rose {rise:.2}, z = {z:.1}: the judge lets more wrong answers \
+                 through (some may be right answers the reference spells differently; rule: \
+                 trend rise ≥ {:.2}, ≥ {} judged a round, z ≥ {LENIENCY_Z})",
                 t.leniency_rise, t.leniency_min_wrong
             ),
         });
@@ -283,7 +309,8 @@ pub fn signals(rounds: &[RoundAudit], t: &Thresholds) -> Vec<Signal> {
 
     // Unsupported splits (the seed paper's frozen-judge failure seen from the generator): of
     // the tasks whose verdicts split, which the generator's entropy reward pays for, the share
-    // where the rule confirms none of the passes, first to last trained round with enough splits.
+    // where the rule confirms none of the passes, its trend over the trained rounds with enough
+    // splits.
     let splits = trained.iter().filter_map(|r| {
         let s = r.splits.as_ref()?;
         Some((r.round, s.split, s.unsupported))
@@ -293,6 +320,8 @@ pub fn signals(rounds: &[RoundAudit], t: &Thresholds) -> Vec<Signal> {
         last: (r2, x2, n2),
         p1,
         p2,
+        rounds,
+        rise,
         z,
     }) = rising_share(splits, t.unsupported_min_split, t.unsupported_rise)
     {
@@ -302,8 +331,9 @@ pub fn signals(rounds: &[RoundAudit], t: &Thresholds) -> Vec<Signal> {
             message: format!(
                 "the GRM's verdicts split on {n1} tasks in round {r1} and {n2} in round {r2}; \
                  the rule label confirmed none of the passes on {x1} ({p1:.2}) and {x2} \
-                 ({p2:.2}), z = {z:.1}: the generator is paid for tasks only the judge calls \
-                 sometimes solved (rule: rise ≥ {:.2}, ≥ {} split tasks, z ≥ {LENIENCY_Z})",
+                 ({p2:.2}); over {rounds} rounds the share's trend rose {rise:.2}, z = {z:.1}: \
+                 the generator is paid for tasks only the judge calls sometimes solved (rule: \
+                 trend rise ≥ {:.2}, ≥ {} split tasks a round, z ≥ {LENIENCY_Z})",
                 t.unsupported_rise, t.unsupported_min_split
             ),
         });
@@ -518,6 +548,38 @@ mod tests {
         assert!(!lenient(&chance));
         let real = [judged(1, 61, 30, 3, None), judged(8, 61, 30, 12, None)];
         assert!(lenient(&real));
+    }
+
+    /// Every round with enough answers weighs in (bl20's recorded counts, docs/rounds.md): rounds
+    /// 1-4 rise steadily (6/55, 8/58, 14/74, 24/74: trend z ≈ 3.2, rise 0.21) and fire; with
+    /// rounds 5-6 (10/82, 20/83) the trend is z ≈ 1.7 and quiet. Flat rounds and one lenient
+    /// last round (10/80 five times, then 25/80) fire on a comparison of the ends (a rise of 0.19,
+    /// z ≈ 2.9) but their trend rises only 0.13: quiet. A round under the minimum does not count.
+    #[test]
+    fn judge_leniency_reads_the_trend_over_every_round() {
+        let bl20: Vec<RoundAudit> = [(1, 55, 6), (2, 58, 8), (3, 74, 14), (4, 74, 24)]
+            .into_iter()
+            .map(|(r, wrong, passed)| judged(r, wrong + 100, 100, passed, None))
+            .collect();
+        let lenient = |rounds: &[RoundAudit]| names(rounds).contains(&"judge_leniency".into());
+        assert!(lenient(&bl20));
+        let message = &signals(&bl20, &Thresholds::default())[0].message;
+        assert!(message.contains("over 4 rounds"), "{message}");
+        let mut to6 = bl20.clone();
+        to6.push(judged(5, 182, 100, 10, None));
+        to6.push(judged(6, 183, 100, 20, None));
+        assert!(!lenient(&to6));
+        let mut spike: Vec<RoundAudit> = (1..=5).map(|r| judged(r, 180, 100, 10, None)).collect();
+        spike.push(judged(6, 180, 100, 25, None));
+        assert!(!lenient(&spike));
+        assert!(
+            lenient(&[spike[0].clone(), spike[5].clone()]),
+            "the two ends alone"
+        );
+        // A round with 20 wrong answers, all passed, is under leniency_min_wrong (30).
+        let mut few = to6.clone();
+        few.push(judged(7, 120, 100, 20, None));
+        assert!(!lenient(&few));
     }
 
     /// Of the split tasks, those whose passes the rule never confirms: 2 of 12 → 9 of 14 fires
