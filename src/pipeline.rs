@@ -949,11 +949,19 @@ fn prepare<'a>(
 }
 
 /// Whether two resolved params of one stage agree on every setting in its run's identity
-/// (runner-only settings such as retention may differ).
+/// (runner-only settings such as retention may differ). A setting at its default counts as
+/// absent, so an entry recorded before the setting existed (its default keeps the old
+/// behaviour, as every new setting's must) still matches: resuming a run with a newer binary
+/// does not rerun a finished stage, and with it a stage whose checkpoint retention deleted.
+/// A default that changes still reruns it: the entry recorded the old value.
 fn same_identity(specs: &[ParamSpec], a: &Params, b: &Params) -> bool {
     let identity = |p: &Params| -> Params {
         p.iter()
-            .filter(|(k, _)| !specs.iter().any(|s| s.key == k.as_str() && !s.identity))
+            .filter(|(k, v)| {
+                !specs
+                    .iter()
+                    .any(|s| s.key == k.as_str() && (!s.identity || s.default == **v))
+            })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     };
@@ -1112,6 +1120,31 @@ mod tests {
             &resolve(apply, &[]),
             &resolve(apply, &["apply.keep_checkpoints=9"])
         ));
+    }
+
+    /// An entry recorded before a setting existed lacks its key: the setting at its default
+    /// matches it (the judge's `samples` arrived after bl20's rounds were recorded); set to
+    /// anything else, or a recorded value that is not today's default, it does not.
+    #[test]
+    fn a_setting_newer_than_the_entry_matches_it_at_its_default() {
+        let judge = &crate::stages::judge::JudgeStage;
+        let specs = judge.params();
+        let resolve = |sets: &[&str]| {
+            let sets: Vec<_> = sets.iter().map(|s| s.parse().unwrap()).collect();
+            crate::params::resolve("judge", &specs, None, &sets).unwrap()
+        };
+        let now = resolve(&[]);
+        let mut recorded = now.clone();
+        assert!(recorded.remove("samples").is_some());
+        assert!(same_identity(&specs, &recorded, &now));
+        assert!(!same_identity(
+            &specs,
+            &recorded,
+            &resolve(&["judge.samples=4"])
+        ));
+        let mut other_default = now.clone();
+        other_default.insert("samples".into(), 2.into());
+        assert!(!same_identity(&specs, &other_default, &now));
     }
 
     /// A child's tables merge into its parent's key by key (the child wins, arrays are

@@ -733,19 +733,59 @@ fn verdict_passes() -> Expr {
 
 fn judge_stats(paths: &[PathBuf]) -> Result<Vec<JudgeStats>> {
     let (rule, pass) = (rule_right(), verdict_passes());
+    let columns = || {
+        [
+            col("target"),
+            col("verdict"),
+            col("parsed"),
+            col("candidate_answer"),
+            col("reference_answer"),
+        ]
+    };
+    let ran = scan(paths)?
+        .select([
+            col("target"),
+            col("target_trajectory_id"),
+            col("verdict"),
+            col("parsed"),
+            col("candidate_answer"),
+            col("reference_answer"),
+            col("judge_trajectory_id"),
+        ])
+        // Rows the judge did not run on (an attempt with no answer is judged `wrong`
+        // without sampling) say nothing about the judge.
+        .filter(col("judge_trajectory_id").neq(lit("")));
+    let is_policy = col("target").eq(lit("policy"));
+    // A policy attempt judged several times (`judge.samples`) counts once, with the strict
+    // majority of its verdicts, as the reward reads it: its verdicts mostly agree, and counting
+    // each would count one answer k times (and inflate the leniency signal's z by about √k).
+    let (passes, verdicts) = (col("passes"), col("verdicts"));
+    let attempts = ran
+        .clone()
+        .filter(is_policy.clone())
+        .group_by([col("target"), col("target_trajectory_id")])
+        .agg([
+            pass.clone().cast(DataType::UInt64).sum().alias("passes"),
+            len().cast(DataType::UInt64).alias("verdicts"),
+            col("parsed")
+                .cast(DataType::UInt64)
+                .sum()
+                .alias("parsed_verdicts"),
+            col("candidate_answer").first(),
+            col("reference_answer").first(),
+        ])
+        .with_columns([
+            when((passes * lit(2u64)).gt(verdicts.clone()))
+                .then(lit("correct"))
+                .otherwise(lit("wrong"))
+                .alias("verdict"),
+            col("parsed_verdicts").eq(verdicts).alias("parsed"),
+        ])
+        .select(columns());
+    let others = ran.filter(is_policy.not()).select(columns());
     let df = collect(
-        scan(paths)?
-            .select([
-                col("target"),
-                col("verdict"),
-                col("parsed"),
-                col("candidate_answer"),
-                col("reference_answer"),
-                col("judge_trajectory_id"),
-            ])
-            // Rows the judge did not run on (an attempt with no answer is judged `wrong`
-            // without sampling) say nothing about the judge.
-            .filter(col("judge_trajectory_id").neq(lit("")))
+        concat([others, attempts], UnionArgs::default())
+            .map_err(polars_error)?
             .group_by([col("target")])
             .agg([
                 len().cast(DataType::UInt64).alias("n"),
@@ -1108,8 +1148,16 @@ mod tests {
         ];
         let path = dir.path().join("judgments-00001.parquet");
         write_rows(&path, &sampled).unwrap();
-        let s = split_stats(&[path]).unwrap().unwrap();
+        let s = split_stats(std::slice::from_ref(&path)).unwrap().unwrap();
         assert_eq!((s.tasks, s.split, s.unsupported), (2, 1, 0));
+        // The judge's statistics count the four attempts, each with its majority verdict (only
+        // "11" passes, and the rule calls it right), not the seven verdicts.
+        let j = judge_stats(&[path]).unwrap();
+        assert_eq!(j.len(), 1);
+        let j = &j[0];
+        assert_eq!((j.judgments, j.parsed, j.rule_right), (4, 4, 1));
+        assert_eq!((j.pass_rate, j.rule_agreement), (0.25, 1.0));
+        assert_eq!(j.accept_wrong, Some(0.0));
     }
 
     #[test]

@@ -219,20 +219,21 @@ impl std::str::FromStr for GrmBalance {
 pub(crate) enum GrmGroup {
     /// Every GRM row of the round is one group (the default).
     Round,
-    /// The verdicts on one judged answer (a policy attempt's `judge.samples`, the self-check's
-    /// judgments of one task) are a group, as GRPO groups the samples of one prompt: a verdict
-    /// gains where it agrees with its label more than its siblings do, and an answer whose
-    /// verdicts all agree with their labels teaches nothing. Verification items are one group.
+    /// The verdicts on one answer to one question — the key its `self` labels pool: every
+    /// attempt's verdicts (`judge.samples` each) on that normalised answer, and the self-check's
+    /// when it is the generator's — are a group, as GRPO groups the samples of one prompt: a
+    /// verdict gains where it agrees with its label more than its siblings do. Verification
+    /// items are one group.
     Answer,
 }
 
 impl GrmGroup {
-    /// The group of a judgment of `judged` (the judged trajectory's id, `target_id`).
-    pub(crate) fn group_id(self, judged: &Judged, target_id: &str) -> String {
-        match (self, judged) {
+    /// The group of judgment `j`.
+    pub(crate) fn group_id(self, j: &Judgment) -> String {
+        match (self, j.judged) {
             (Self::Round, _) => "grm".into(),
             (Self::Answer, Judged::Verification { .. }) => "grm/verification".into(),
-            (Self::Answer, _) => format!("grm/{target_id}"),
+            (Self::Answer, _) => format!("grm/{}/{}", j.question, normalize_answer(j.candidate)),
         }
     }
 }

@@ -380,9 +380,10 @@ mod tests {
         }
     }
 
-    /// `judge.samples = 3`: an answered attempt gets three items with samples 0, 1, 2 (each
-    /// its own seed and judgment id); one without an answer gets one; an attempt without a task
-    /// gets none and is counted.
+    /// `judge.samples = 3`: an answered attempt gets three items with samples 0, 1, 2 (the
+    /// sample number goes into the seed and the judgment id: the integration test
+    /// `sampled_verdicts_run_a_round_grouped_by_answer` checks both); one without an answer gets
+    /// one; an attempt without a task gets none and is counted.
     #[test]
     fn every_answered_attempt_is_judged_samples_times() {
         let task = TaskRow {

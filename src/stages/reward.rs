@@ -177,7 +177,7 @@ impl Stage for RewardStage {
             ParamSpec::new(
                 "grm_group",
                 "round",
-                "what the GRM's advantages are centred within: the whole `round`, or each judged `answer` (its verdicts, `judge.samples` of them, and the self-check's; verification items together), as GRPO centres the samples of one prompt",
+                "what the GRM's advantages are centred within: the whole `round`, or each `answer` to a task (every verdict on it: `judge.samples` per attempt that gave it, and the self-check's when it is the generator's; verification items together), as GRPO centres the samples of one prompt",
             ).one_of(&["round", "answer"]),
             ParamSpec::new("format_bonus", true, "add the format bonus to every reward"),
             ParamSpec::new(
@@ -679,9 +679,7 @@ fn grm_rows(
                 trajectory_id: j.judge_trajectory_id.clone(),
                 task_id: j.task_id.clone(),
                 role: Role::Grm.as_str().into(),
-                group_id: s
-                    .grm_group
-                    .group_id(&judgment.judged, &j.target_trajectory_id),
+                group_id: s.grm_group.group_id(judgment),
                 scheme: s.labels.row_name(&judgment.judged).into(),
                 reward: reward as f32,
                 format_bonus: bonus as f32,
@@ -825,23 +823,25 @@ mod tests {
         c.rows.iter().find(|r| r.trajectory_id == id).unwrap()
     }
 
-    /// `judge.samples = 4` with `grm_group = answer`: each attempt's four verdicts are one
-    /// group. p0's 3 correct / 1 wrong: the policy's reward takes the majority (correct); every
-    /// verdict's leave-one-out label says correct, so the three agreeing verdicts gain and the
-    /// dissenter loses. p1's four correct verdicts agree with their labels: a flat group, out of
-    /// the step. p2's 2/2 tie: wrong for the policy, and its labels (each the others' 2-1
-    /// majority, the opposite verdict) pay none of its verdicts, so it is flat too. Grouped by
-    /// `round`, the same rows are one group and p1's verdicts gain beside p0's.
+    /// `judge.samples = 4` with `grm_group = answer`: the verdicts on one answer to the task are
+    /// one group. p0's 3 correct / 1 wrong: the policy's reward takes the majority (correct);
+    /// p3 gave the same answer ("paris" normalised) and four correct verdicts, so the eight
+    /// verdicts are one group, every leave-one-out label says correct, the seven agreeing
+    /// verdicts gain and the dissenter loses. p1's four correct verdicts agree with their
+    /// labels: a flat group, out of the step. p2's 2/2 tie: wrong for the policy, and its labels
+    /// (each the others' 2-1 majority, the opposite verdict) pay none of its verdicts, so it is
+    /// flat too. Grouped by `round`, the same rows are one group and p1's verdicts gain too.
     #[test]
     fn sampled_verdicts_are_grouped_by_the_answer_they_judge() {
         let tasks = vec![task("t1", "What is the capital of France?", "Paris")];
         let mut attempts = Vec::new();
         let mut judgments = Vec::new();
-        let answers = ["Paris", "Lyon", "Nice"];
+        let answers = ["Paris", "Lyon", "Nice", "paris."];
         let verdicts = [
             ["correct", "correct", "wrong", "correct"],
             ["correct"; 4],
             ["correct", "wrong", "wrong", "correct"],
+            ["correct"; 4],
         ];
         for (k, (answer, vs)) in answers.iter().zip(verdicts).enumerate() {
             let id = format!("t1-p{k}");
@@ -865,13 +865,21 @@ mod tests {
             .map(|k| row(&c, &format!("t1-p{k}")).label.as_deref().unwrap())
             .collect();
         assert_eq!(labels, ["correct", "correct", "wrong"]);
-        let p0: Vec<&RewardRow> = (0..4).map(|j| row(&c, &format!("t1-p0-j{j}"))).collect();
-        assert!(p0.iter().all(|r| r.group_id == "grm/t1-p0" && r.train));
-        assert!(p0.iter().all(|r| r.label.as_deref() == Some("correct")));
-        assert_eq!(p0[2].reward, 0.0);
-        assert!(p0[2].advantage < 0.0);
-        assert!([0, 1, 3].iter().all(|&j| p0[j].advantage > 0.0));
-        let sum: f32 = p0.iter().map(|r| r.advantage).sum();
+        let paris: Vec<&RewardRow> = [0, 3]
+            .iter()
+            .flat_map(|k| (0..4).map(move |j| format!("t1-p{k}-j{j}")))
+            .map(|id| row(&c, &id))
+            .collect();
+        assert!(
+            paris
+                .iter()
+                .all(|r| r.group_id == "grm/t1/paris" && r.train)
+        );
+        assert!(paris.iter().all(|r| r.label.as_deref() == Some("correct")));
+        assert_eq!(paris[2].reward, 0.0);
+        assert!(paris[2].advantage < 0.0);
+        assert!((0..8).filter(|&j| j != 2).all(|j| paris[j].advantage > 0.0));
+        let sum: f32 = paris.iter().map(|r| r.advantage).sum();
         assert!(sum.abs() < 1e-5, "centred within the answer: {sum}");
         for k in [1, 2] {
             for j in 0..4 {

@@ -559,6 +559,24 @@ fn sampled_verdicts_run_a_round_grouped_by_answer() {
             format!("{}-j{}", j.target_trajectory_id, j.sample)
         );
     }
+    // Each verdict has its own seed.
+    let runs: Vec<asl::shards::rows::TrajectoryRow> = asl::shards::read_rows(
+        &files_with_extension(&rd.join("round-001/judge"), "parquet")
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains("trajectories-"))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let mut seeds: BTreeMap<String, std::collections::BTreeSet<u64>> = BTreeMap::new();
+    for t in runs.iter().filter(|t| t.trajectory_id.contains("-p")) {
+        let attempt = t.trajectory_id.rsplit_once("-j").unwrap().0.to_string();
+        assert!(
+            seeds.entry(attempt).or_default().insert(t.seed),
+            "{}",
+            t.trajectory_id
+        );
+    }
+    assert!(seeds.values().any(|s| s.len() == 3));
     let rewards: Vec<RewardRow> = asl::shards::read_rows(&files_with_extension(
         &rd.join("round-001/reward"),
         "parquet",
@@ -570,9 +588,21 @@ fn sampled_verdicts_run_a_round_grouped_by_answer() {
         .collect();
     let grm: Vec<&RewardRow> = rewards.iter().filter(|r| r.role == "grm").collect();
     assert!(!grm.is_empty());
+    // Grouped by the answer judged: the verdicts of one attempt share a group, and so do
+    // attempts at one task that gave the same answer.
     for r in grm {
         if let Some(j) = by_id.get(r.trajectory_id.as_str()) {
-            assert_eq!(r.group_id, format!("grm/{}", j.target_trajectory_id));
+            let prefix = format!("grm/{}/", j.task_id);
+            assert!(r.group_id.starts_with(&prefix), "{} {}", r.group_id, prefix);
         }
+    }
+    let group_of: BTreeMap<&str, &str> = rewards
+        .iter()
+        .filter(|r| r.role == "grm")
+        .map(|r| (r.trajectory_id.as_str(), r.group_id.as_str()))
+        .collect();
+    for j in judgments.iter().filter(|j| j.sample > 0) {
+        let first = format!("{}-j0", j.target_trajectory_id);
+        assert_eq!(group_of[j.judgment_id.as_str()], group_of[first.as_str()]);
     }
 }
