@@ -97,9 +97,26 @@ pub(crate) fn grm_trains(
         })
         .collect();
     let classes: Vec<bool> = balanced.iter().map(|&i| labels[i] == Some(true)).collect();
-    let questions: Vec<&str> = balanced.iter().map(|&i| judgments[i].question).collect();
+    // The self-check's judgments (no reference shown) and the judge's (reference shown) are
+    // balanced apart: they are different prompts, and balanced together a question's "wrong"
+    // labels (the judge's, on the policy's wrong attempts) were paired with "correct" ones that
+    // came mostly from the self-check's verdicts on the generator's own answer, so every round
+    // taught the judge to say "correct" whenever it sees no reference (bl20: its accuracy on
+    // verification pairs without a reference fell from 0.880 to 0.583 in 8 rounds, passing 160 of
+    // 200 wrong answers; docs/rounds.md).
+    let groups: Vec<(bool, &str)> = balanced
+        .iter()
+        .map(|&i| {
+            let self_check = matches!(judgments[i].judged, Judged::SelfCheck);
+            let question = match balance {
+                GrmBalance::Round => "",
+                _ => judgments[i].question,
+            };
+            (self_check, question)
+        })
+        .collect();
     let kept: BTreeSet<usize> =
-        balance_labels(balance, &classes, &questions, |k| order_key(balanced[k]))
+        balance_labels(balance, &classes, &groups, |k| order_key(balanced[k]))
             .into_iter()
             .map(|k| balanced[k])
             .collect();
@@ -191,10 +208,12 @@ pub(crate) fn class_balance(verdicts: &[bool], order_key: impl Fn(usize) -> u64)
 /// Where `self` and `rule` labels are class-balanced (`reward.grm_balance`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum GrmBalance {
-    /// Per question, as the seed does (the default). Leave-one-out labels agree within a
-    /// question far more often than the seed's raw verdicts, so few rows train.
+    /// Per question, as the seed does (the default), the self-check's judgments apart from the
+    /// judge's. Leave-one-out labels agree within a question far more often than the seed's raw
+    /// verdicts, so few rows train.
     Question,
-    /// Over the whole round: every minority label and as many of the majority. More rows
+    /// Over the whole round (the self-check's judgments and the judge's apart): every minority
+    /// label and as many of the majority. More rows
     /// train; on the default benchmark the GRM then drifted to rejecting the generator's answers
     /// and the self-check shut every task out (docs/rounds.md).
     Round,
@@ -249,8 +268,9 @@ impl std::str::FromStr for GrmGroup {
     }
 }
 
-/// The `self` or `rule` labels that train under `mode`: indices into `labels` (input order), `groups`
-/// holding each label's question.
+/// The `self` or `rule` labels that train under `mode`: indices into `labels` (input order),
+/// `groups` holding each label's balance group (its question and whether it is a self-check
+/// judgment; under `Round` the kind alone).
 pub(crate) fn balance_labels<K: Ord>(
     mode: GrmBalance,
     labels: &[bool],
@@ -259,7 +279,7 @@ pub(crate) fn balance_labels<K: Ord>(
 ) -> Vec<usize> {
     match mode {
         GrmBalance::Question => class_balance_by_group(labels, groups, order_key),
-        GrmBalance::Round => class_balance(labels, order_key),
+        GrmBalance::Round => class_balance_by_group(labels, groups, order_key),
         GrmBalance::None => (0..labels.len()).collect(),
     }
 }

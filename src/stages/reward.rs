@@ -135,8 +135,9 @@ impl Stage for RewardStage {
     ///    toward the format bonus (the template's scaffolding before it hid it); under
     ///    `advantage_scale = batch` each role is scaled by its own rows' spread;
     ///    SQuAD normalisation deletes punctuation instead of spacing it ("U.S." = "US").
+    /// 7: `grm_balance` balances the self-check's judgments apart from the judge's.
     fn version(&self) -> u32 {
-        6
+        7
     }
 
     fn name(&self) -> &'static str {
@@ -1058,19 +1059,24 @@ mod tests {
         assert!(c.rows.iter().filter(|r| r.role == "grm").all(|r| !r.train));
     }
 
-    /// Balancing is per question: question a has labels correct ×3 / wrong ×1 → its wrong one
-    /// and one correct train; question b's labels are all correct → none trains, even though
-    /// batch-wide balancing (3 + 3 correct against 1 wrong) could have kept one of b's.
+    /// Balancing is per question, the self-check's judgments apart from the judge's: question
+    /// a's judge labels are wrong ×1 / correct ×3 → its wrong one and one correct train; its
+    /// self-check labels are all correct → none trains (balanced together with the judge's, they
+    /// taught the judge to say "correct" whenever it sees no reference: bl20); question b's
+    /// labels are all correct → none trains, even though batch-wide balancing could have kept
+    /// one of b's.
     #[test]
     fn self_labels_are_class_balanced_per_question() {
         let tasks = vec![
             task("a", "What is the capital of France?", "Paris"),
             task("b", "Which river flows through Rome?", "Tiber"),
         ];
-        // Question a: answer "Paris" judged c, c, c → LOO labels c, c, c (each sees 2 of 2
-        // correct); answer "Lyon" judged w, w, c → the two w's see 1 w + 1 c (a tie: no
-        // label), the c sees w, w → label wrong. (All of a's correct labels have correct
-        // verdicts, so the two rows it keeps earn 1 and 0: not a flat group.)
+        // Question a: the self-check's "Paris" judged c, c, c → LOO labels c, c, c; the
+        // attempts' "Lyon" judged w, w, c → the two w's see 1 w + 1 c (a tie: no label), the c
+        // sees w, w → label wrong; their "Paris" judged c, c, c → each sees 5 c of 5 (the
+        // self-check's votes count: the same answer to the same question) → label correct.
+        // (The label-wrong row said correct and earns 0, the label-correct rows earn 1: not a
+        // flat group.)
         let mut judgments = Vec::new();
         for k in 0..3 {
             judgments.push(judgment("a-g", "a", "generator", "correct", k));
@@ -1080,13 +1086,19 @@ mod tests {
             j.candidate_answer = Some("Lyon".into());
             judgments.push(j);
         }
+        for k in 3..6 {
+            judgments.push(judgment(&format!("a-p{k}"), "a", "policy", "correct", 0));
+        }
         for k in 0..3 {
             let mut j = judgment("b-g", "b", "generator", "correct", k);
             j.candidate_answer = Some("Tiber".into());
             judgments.push(j);
         }
-        let attempts: Vec<TrajectoryRow> = (0..3)
-            .map(|k| traj(&format!("a-p{k}"), "a", "policy", Some("Lyon")))
+        let attempts: Vec<TrajectoryRow> = (0..6)
+            .map(|k| {
+                let answer = if k < 3 { "Lyon" } else { "Paris" };
+                traj(&format!("a-p{k}"), "a", "policy", Some(answer))
+            })
             .collect();
         let mut s = settings(
             Verifier::Grm,
@@ -1112,14 +1124,18 @@ mod tests {
             .filter(|r| r.train)
             .map(|r| r.trajectory_id.as_str())
             .collect();
-        // Question a: its wrong label (a-p2) and one of its three correct labels.
+        // Question a: its wrong label (a-p2) and one of its three correct judge labels.
         assert_eq!(trained.len(), 2, "{trained:?}");
         assert!(trained.contains(&"a-p2-j0"));
-        assert!(trained.iter().all(|id| id.starts_with("a-")), "{trained:?}");
+        assert!(
+            trained.iter().all(|id| id.starts_with("a-p")),
+            "{trained:?}"
+        );
     }
 
-    /// `grm_balance = round` balances over the round: one wrong label (a-p2) and one of the six
-    /// correct ones, which may be question b's; `none` trains all seven labelled judgments.
+    /// `grm_balance = round` balances over the round, the self-check's judgments apart: the
+    /// judge's one wrong label (a-p2) and one of its three correct ones; the self-check's six
+    /// labels are all correct, so none of them trains. `none` trains all ten labelled judgments.
     #[test]
     fn self_labels_balance_over_the_round_or_not_at_all() {
         let tasks = vec![
@@ -1135,13 +1151,19 @@ mod tests {
             j.candidate_answer = Some("Lyon".into());
             judgments.push(j);
         }
+        for k in 3..6 {
+            judgments.push(judgment(&format!("a-p{k}"), "a", "policy", "correct", 0));
+        }
         for k in 0..3 {
             let mut j = judgment("b-g", "b", "generator", "correct", k);
             j.candidate_answer = Some("Tiber".into());
             judgments.push(j);
         }
-        let attempts: Vec<TrajectoryRow> = (0..3)
-            .map(|k| traj(&format!("a-p{k}"), "a", "policy", Some("Lyon")))
+        let attempts: Vec<TrajectoryRow> = (0..6)
+            .map(|k| {
+                let answer = if k < 3 { "Lyon" } else { "Paris" };
+                traj(&format!("a-p{k}"), "a", "policy", Some(answer))
+            })
             .collect();
         let trained = |balance| {
             trained_grm_rows(
@@ -1156,8 +1178,12 @@ mod tests {
         assert_eq!(round.len(), 2, "{round:?}");
         assert!(round.contains(&("a-p2-j0".to_string(), "wrong".to_string())));
         assert_eq!(round.iter().filter(|(_, l)| l == "correct").count(), 1);
+        assert!(
+            round.iter().all(|(id, _)| id.starts_with("a-p")),
+            "{round:?}"
+        );
         let all = trained(GrmBalance::None);
-        assert_eq!(all.len(), 7, "{all:?}");
+        assert_eq!(all.len(), 10, "{all:?}");
         assert_eq!(all.iter().filter(|(_, l)| l == "wrong").count(), 1);
     }
 
