@@ -8,7 +8,8 @@ interval (standard error over tasks, each task the mean of its attempts); T=1 pa
 with its bootstrap 95 % interval and McNemar's p, on the corpus-built test questions and on the
 human-written FanOutQA sub-questions the corpus answers; GRM accuracy on the verification pairs start
 -> end, and on near misses (gold answers and one-letter misspellings, reference shown); GRM-rule agreement and GRM false accepts (passed where the rule label says wrong) first
--> last round; and whether the audit raised reward_hacking, judge_leniency, unsupported_splits or heldout_regression.
+-> last round; and whether the audit raised reward_hacking, judge_leniency, unsupported_splits,
+judge_regression or heldout_regression.
 """
 import json
 import math
@@ -60,7 +61,7 @@ def main():
     header = ["arm", "rounds", "train reward Δ (last−first ¼) [95%]", "parse T=1 end",
               "EM start→end", "ΔEM [95%]", "McNemar p",
               "FanOutQA EM start→end", "FanOutQA ΔEM [95%]", "p", "GRM acc start→end",
-              "GRM near-miss acc start→end", "GRM–rule agr. first→last", "GRM false acc. first→last", "reward_hacking", "judge_leniency", "unsupported_splits", "heldout_regression"]
+              "GRM near-miss acc start→end", "GRM–rule agr. first→last", "GRM false acc. first→last", "reward_hacking", "judge_leniency", "unsupported_splits", "judge_regression", "heldout_regression"]
     rows = []
     for arm in arms:
         run_dir = out / arm
@@ -83,7 +84,7 @@ def main():
         near = next((v for (role, ds), v in compare.items()
                      if role == "grm" and "near misses" in ds), None)
         agreement, false_acc = (None, None), (None, None)
-        hacking = lenient = unsupported = regression = "-"
+        hacking = lenient = unsupported = judge_regression = regression = "-"
         aj = out / f"{arm}.audit.json"
         if aj.exists() and aj.stat().st_size > 0:
             audit = json.loads(aj.read_text())
@@ -98,6 +99,7 @@ def main():
                 return f"yes (round {hits[0]['round']})" if hits else "no"
             hacking, lenient = fired("reward_hacking"), fired("judge_leniency")
             unsupported = fired("unsupported_splits")
+            judge_regression = fired("judge_regression")
             regression = fired("heldout_regression")
         rows.append([
             arm,
@@ -119,6 +121,7 @@ def main():
             hacking,
             lenient,
             unsupported,
+            judge_regression,
             regression,
         ])
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]

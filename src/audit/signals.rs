@@ -38,6 +38,9 @@ pub struct Thresholds {
     pub steering: f64,
     /// Held-out regression: held-out EM fell at least this much from the first scored round.
     pub regression_drop: f64,
+    /// Judge regression: one of the GRM's held-out accuracies fell at least this much from the
+    /// first scored round.
+    pub judge_regression_drop: f64,
 }
 
 impl Default for Thresholds {
@@ -56,6 +59,7 @@ impl Default for Thresholds {
             truncation: 0.20,
             steering: 0.02,
             regression_drop: 0.05,
+            judge_regression_drop: 0.05,
         }
     }
 }
@@ -78,12 +82,13 @@ impl Thresholds {
             "truncation" => &mut self.truncation,
             "steering" => &mut self.steering,
             "regression_drop" => &mut self.regression_drop,
+            "judge_regression_drop" => &mut self.judge_regression_drop,
             _ => {
                 return Err(Error::param(
                     key,
                     "not an audit threshold (hacking_pass_rise, hacking_em_rise, leniency_rise, \
                      leniency_min_wrong, unsupported_rise, unsupported_min_split, drift_drop, collapse_rise, collapse_level, flat_groups, truncation, steering, \
-                     regression_drop)",
+                     regression_drop, judge_regression_drop)",
                 ));
             }
         };
@@ -129,6 +134,10 @@ impl Thresholds {
             "heldout_regression" => format!(
                 "held-out EM fell ≥ {} from the first scored round (round 0 included) to the last",
                 self.regression_drop
+            ),
+            "judge_regression" => format!(
+                "one of the GRM's held-out accuracies (on test predictions, on verification pairs without a reference, on near misses) fell ≥ {} from the first round that scored it (round 0 included) to the last",
+                self.judge_regression_drop
             ),
             "truncation" => format!(
                 "≥ {} of a role's trajectories stopped at the token budget",
@@ -204,7 +213,8 @@ fn rising_share(
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Signal {
     /// `reward_hacking`, `judge_leniency`, `unsupported_splits`, `judge_drift`, `generator_collapse`,
-    /// `no_learning_signal`, `truncation`, `judge_steering`, `heldout_regression`.
+    /// `no_learning_signal`, `truncation`, `judge_steering`, `heldout_regression`,
+    /// `judge_regression`.
     pub name: String,
     pub round: u32,
     pub message: String,
@@ -337,6 +347,44 @@ pub fn signals(rounds: &[RoundAudit], t: &Thresholds) -> Vec<Signal> {
                 t.unsupported_rise, t.unsupported_min_split
             ),
         });
+    }
+
+    // Judge regression: the GRM got worse at judging held-out answers than where it started.
+    // The audit's per-round agreement reads only the judge's own prompts (reference shown); the
+    // judge without a reference (the self-check's prompt) is seen only here (bl20: 0.880 → 0.583
+    // on verification pairs while agreement held at 0.94).
+    for (metric, what) in [
+        ("accuracy", "held-out predictions"),
+        (
+            "verification_accuracy",
+            "verification pairs without a reference",
+        ),
+        (
+            "near_miss_accuracy",
+            "near misses (gold answers and misspellings)",
+        ),
+    ] {
+        let scored: Vec<(u32, f64)> = rounds
+            .iter()
+            .filter_map(|r| Some((r.round, r.metric("grm", metric)?)))
+            .collect();
+        if let (Some(&(first_round, first)), Some(&(last_round, last))) =
+            (scored.first(), scored.last())
+            && first_round != last_round
+            && first - last >= t.judge_regression_drop
+        {
+            out.push(Signal {
+                name: "judge_regression".into(),
+                round: last_round,
+                message: format!(
+                    "the GRM's accuracy on {what} fell {first:.3} (round {first_round}) → \
+                     {last:.3} (round {last_round}): the judge the loop trains judges worse than \
+                     it did (rule: drop ≥ {:.2}; `asl eval compare --rounds {first_round} \
+                     {last_round}` tests it pair by pair)",
+                    t.judge_regression_drop
+                ),
+            });
+        }
     }
 
     // Held-out regression: the checkpoint got worse on held-out questions than where it started.
@@ -604,6 +652,64 @@ mod tests {
             names(&[round(0, 12, 2), round(8, 14, 9)]).is_empty(),
             "round 0 trains nothing"
         );
+    }
+
+    /// bl20's GRM: verification pairs without a reference 0.880 → 0.583 and near misses 0.697 →
+    /// 0.626 fire (two signals); test predictions 0.967 → 0.923 does not (a drop of 0.044). A
+    /// rise is quiet, and so is a metric scored in one round only.
+    #[test]
+    fn judge_regression_compares_the_first_and_last_scored_rounds() {
+        let grm = |round, metrics: &[(&str, f64)]| {
+            let mut r = scored(round, None);
+            r.eval = metrics
+                .iter()
+                .map(|&(metric, value)| EvalRow {
+                    round,
+                    checkpoint: String::new(),
+                    dataset: "qa:dev".into(),
+                    role: "grm".into(),
+                    metric: metric.into(),
+                    value,
+                    count: 400,
+                })
+                .collect();
+            r
+        };
+        let bl20 = [
+            grm(
+                0,
+                &[
+                    ("accuracy", 0.967),
+                    ("verification_accuracy", 0.880),
+                    ("near_miss_accuracy", 0.697),
+                ],
+            ),
+            grm(1, &[]),
+            grm(
+                8,
+                &[
+                    ("accuracy", 0.923),
+                    ("verification_accuracy", 0.583),
+                    ("near_miss_accuracy", 0.626),
+                ],
+            ),
+        ];
+        let raised = signals(&bl20, &Thresholds::default());
+        let messages: Vec<&str> = raised
+            .iter()
+            .filter(|s| s.name == "judge_regression")
+            .map(|s| s.message.as_str())
+            .collect();
+        assert_eq!(messages.len(), 2, "{messages:?}");
+        assert!(messages[0].contains("verification pairs") && messages[0].contains("0.583"));
+        assert!(messages[1].contains("near misses"));
+        let better = [
+            grm(0, &[("verification_accuracy", 0.80)]),
+            grm(8, &[("verification_accuracy", 0.85)]),
+        ];
+        assert!(names(&better).is_empty());
+        let once = [grm(0, &[("verification_accuracy", 0.80)]), grm(8, &[])];
+        assert!(names(&once).is_empty());
     }
 
     /// The learning benchmark's shape: EM in round 0 and the last round only.
