@@ -10,6 +10,9 @@ human-written FanOutQA sub-questions the corpus answers; GRM accuracy on the ver
 -> end, and on near misses (gold answers and one-letter misspellings, reference shown); GRM-rule agreement and GRM false accepts (passed where the rule label says wrong) first
 -> last round; and whether the audit raised reward_hacking, judge_leniency, unsupported_splits,
 judge_regression or heldout_regression.
+
+Usage: python scripts/bench_learning_table.py ROOT ARM... (an ARM with a slash is a run dir of
+another root: `runs/bl20 default runs/bl21/default`).
 """
 import json
 import math
@@ -64,7 +67,10 @@ def main():
               "GRM near-miss acc start→end", "GRM–rule agr. first→last", "GRM false acc. first→last", "reward_hacking", "judge_leniency", "unsupported_splits", "judge_regression", "heldout_regression"]
     rows = []
     for arm in arms:
-        run_dir = out / arm
+        # ROOT/ARM, or any run dir the benchmark wrote (a path with a slash: an arm of another
+        # run root, so variants of one arm run under separate roots share a table).
+        run_dir = Path(arm) if "/" in arm else out / arm
+        files = run_dir.parent
         if not (run_dir / "manifest.json").exists():
             rows.append([arm, "not run"] + ["-"] * (len(header) - 2))
             continue
@@ -72,7 +78,7 @@ def main():
         d, se = quarter_change(curve)
         parse_end = curve[max(curve)][1] if curve else None
         compare = {}
-        cj = out / f"{arm}.compare.json"
+        cj = files / f"{run_dir.name}.compare.json"
         if cj.exists():
             for r in json.loads(cj.read_text()):
                 compare[(r["role"], r["dataset"])] = r
@@ -85,7 +91,7 @@ def main():
                      if role == "grm" and "near misses" in ds), None)
         agreement, false_acc = (None, None), (None, None)
         hacking = lenient = unsupported = judge_regression = regression = "-"
-        aj = out / f"{arm}.audit.json"
+        aj = files / f"{run_dir.name}.audit.json"
         if aj.exists() and aj.stat().st_size > 0:
             audit = json.loads(aj.read_text())
             policy = [j for r in audit["rounds"] if r["round"] > 0
