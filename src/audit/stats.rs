@@ -731,41 +731,32 @@ fn verdict_passes() -> Expr {
     col("verdict").eq(lit("correct"))
 }
 
-fn judge_stats(paths: &[PathBuf]) -> Result<Vec<JudgeStats>> {
-    let (rule, pass) = (rule_right(), verdict_passes());
-    let columns = || {
-        [
-            col("target"),
-            col("verdict"),
-            col("parsed"),
-            col("candidate_answer"),
-            col("reference_answer"),
-        ]
-    };
-    let ran = scan(paths)?
-        .select([
-            col("target"),
-            col("target_trajectory_id"),
-            col("verdict"),
-            col("parsed"),
-            col("candidate_answer"),
-            col("reference_answer"),
-            col("judge_trajectory_id"),
-        ])
-        // Rows the judge did not run on (an attempt with no answer is judged `wrong`
-        // without sampling) say nothing about the judge.
-        .filter(col("judge_trajectory_id").neq(lit("")));
-    let is_policy = col("target").eq(lit("policy"));
-    // A policy attempt judged several times (`judge.samples`) counts once, with the strict
-    // majority of its verdicts, as the reward reads it: its verdicts mostly agree, and counting
-    // each would count one answer k times (and inflate the leniency signal's z by about √k).
+/// The judgment columns [`policy_attempts`] reads.
+fn judgment_columns() -> Vec<Expr> {
+    vec![
+        col("target"),
+        col("task_id"),
+        col("target_trajectory_id"),
+        col("verdict"),
+        col("parsed"),
+        col("candidate_answer"),
+        col("reference_answer"),
+    ]
+}
+
+/// The policy's judgments of `rows` (judgment rows), one row per attempt: an attempt judged
+/// several times (`judge.samples`) has the strict majority of its verdicts, as the reward reads
+/// them, and is parsed when every verdict was; one judged once is its judgment. Columns: target,
+/// task_id, target_trajectory_id, verdict, parsed, candidate_answer, reference_answer.
+fn policy_attempts(rows: LazyFrame) -> LazyFrame {
     let (passes, verdicts) = (col("passes"), col("verdicts"));
-    let attempts = ran
-        .clone()
-        .filter(is_policy.clone())
-        .group_by([col("target"), col("target_trajectory_id")])
+    rows.filter(col("target").eq(lit("policy")))
+        .group_by([col("target"), col("task_id"), col("target_trajectory_id")])
         .agg([
-            pass.clone().cast(DataType::UInt64).sum().alias("passes"),
+            verdict_passes()
+                .cast(DataType::UInt64)
+                .sum()
+                .alias("passes"),
             len().cast(DataType::UInt64).alias("verdicts"),
             col("parsed")
                 .cast(DataType::UInt64)
@@ -781,8 +772,32 @@ fn judge_stats(paths: &[PathBuf]) -> Result<Vec<JudgeStats>> {
                 .alias("verdict"),
             col("parsed_verdicts").eq(verdicts).alias("parsed"),
         ])
+}
+
+fn judge_stats(paths: &[PathBuf]) -> Result<Vec<JudgeStats>> {
+    let (rule, pass) = (rule_right(), verdict_passes());
+    let columns = || {
+        [
+            col("target"),
+            col("verdict"),
+            col("parsed"),
+            col("candidate_answer"),
+            col("reference_answer"),
+        ]
+    };
+    let mut read = judgment_columns();
+    read.push(col("judge_trajectory_id"));
+    let ran = scan(paths)?
+        .select(read)
+        // Rows the judge did not run on (an attempt with no answer is judged `wrong`
+        // without sampling) say nothing about the judge.
+        .filter(col("judge_trajectory_id").neq(lit("")));
+    // A policy attempt judged k times counts once: its verdicts mostly agree, and counting each
+    // would count one answer k times (and inflate the leniency signal's z by about √k).
+    let attempts = policy_attempts(ran.clone()).select(columns());
+    let others = ran
+        .filter(col("target").neq(lit("policy")))
         .select(columns());
-    let others = ran.filter(is_policy.not()).select(columns());
     let df = collect(
         concat([others, attempts], UnionArgs::default())
             .map_err(polars_error)?
@@ -836,35 +851,17 @@ fn judge_stats(paths: &[PathBuf]) -> Result<Vec<JudgeStats>> {
 fn split_stats(paths: &[PathBuf]) -> Result<Option<SplitStats>> {
     let (rule, pass) = (rule_right(), verdict_passes());
     // Every policy attempt's verdict, judged or not (an attempt without an answer is `wrong`
-    // without sampling): the generator's reward counts them all. An attempt judged several
-    // times (`judge.samples`) passes on a strict majority of its verdicts, as the reward reads
-    // them.
-    let per_attempt = scan(paths)?
-        .select([
-            col("target"),
-            col("task_id"),
-            col("target_trajectory_id"),
-            col("verdict"),
-            col("candidate_answer"),
-            col("reference_answer"),
-        ])
-        .filter(col("target").eq(lit("policy")))
-        .group_by([col("task_id"), col("target_trajectory_id")])
+    // without sampling): the generator's reward counts them all, each attempt once.
+    let per_task = policy_attempts(scan(paths)?.select(judgment_columns()))
+        .group_by([col("task_id")])
         .agg([
-            len().cast(DataType::UInt64).alias("verdicts"),
-            pass.cast(DataType::UInt64).sum().alias("passes"),
-            rule.first().alias("rule"),
+            len().cast(DataType::UInt64).alias("n"),
+            pass.clone().cast(DataType::UInt64).sum().alias("passed"),
+            pass.and(rule)
+                .cast(DataType::UInt64)
+                .sum()
+                .alias("confirmed"),
         ]);
-    let passes = (col("passes") * lit(2u64)).gt(col("verdicts"));
-    let per_task = per_attempt.group_by([col("task_id")]).agg([
-        len().cast(DataType::UInt64).alias("n"),
-        passes.clone().cast(DataType::UInt64).sum().alias("passed"),
-        passes
-            .and(col("rule"))
-            .cast(DataType::UInt64)
-            .sum()
-            .alias("confirmed"),
-    ]);
     let passed = col("passed");
     let split = passed.clone().gt(lit(0u64)).and(passed.lt(col("n")));
     let df = collect(

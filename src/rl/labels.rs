@@ -36,13 +36,10 @@ pub(crate) struct Judgment<'a> {
 /// `self` votes are every parsable judgment of one (question, normalised answer) key but
 /// verification items; an unparsable verdict is no opinion and casts no vote.
 pub(crate) fn grm_labels(mode: LabelMode, judgments: &[Judgment]) -> Vec<Option<bool>> {
-    fn key<'a>(j: &Judgment<'a>) -> (&'a str, String) {
-        (j.question, normalize_answer(j.candidate))
-    }
     let mut votes: BTreeMap<(&str, String), (usize, usize)> = BTreeMap::new();
     for j in judgments {
         if j.parsed && !matches!(j.judged, Judged::Verification { .. }) {
-            let e = votes.entry(key(j)).or_default();
+            let e = votes.entry(answer_key(j)).or_default();
             e.0 += usize::from(j.said_correct);
             e.1 += 1;
         }
@@ -65,7 +62,7 @@ pub(crate) fn grm_labels(mode: LabelMode, judgments: &[Judgment]) -> Vec<Option<
             // (docs/rounds.md: the judge passed more misspelt copies each round).
             (Judged::Attempt { unread: true, .. }, LabelMode::SelfVerdict) => Some(false),
             (_, LabelMode::SelfVerdict) => {
-                let (c, n) = votes.get(&key(j)).copied().unwrap_or_default();
+                let (c, n) = votes.get(&answer_key(j)).copied().unwrap_or_default();
                 if j.parsed {
                     leave_one_out_label(c, n, j.said_correct)
                 } else {
@@ -75,6 +72,11 @@ pub(crate) fn grm_labels(mode: LabelMode, judgments: &[Judgment]) -> Vec<Option<
             }
         })
         .collect()
+}
+
+/// The answer a judgment judged, as its `self` label pools votes: (question, normalised answer).
+fn answer_key<'a>(j: &Judgment<'a>) -> (&'a str, String) {
+    (j.question, normalize_answer(j.candidate))
 }
 
 /// Which judgments train, given their `labels`: every labelled one, but `self` and `rule` labels
@@ -252,7 +254,10 @@ impl GrmGroup {
         match (self, j.judged) {
             (Self::Round, _) => "grm".into(),
             (Self::Answer, Judged::Verification { .. }) => "grm/verification".into(),
-            (Self::Answer, _) => format!("grm/{}/{}", j.question, normalize_answer(j.candidate)),
+            (Self::Answer, _) => {
+                let (question, answer) = answer_key(j);
+                format!("grm/{question}/{answer}")
+            }
         }
     }
 }

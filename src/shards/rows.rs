@@ -295,6 +295,58 @@ pub(crate) fn qa_batch(rows: &[QaRow]) -> RecordBatch {
     to_batch(rows)
 }
 
+/// Rows for unit tests across the stages: the shapes a test sets by hand.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::{TaskRow, TrajectoryRow};
+
+    /// A valid round-1 task whose generator run is `{id}-g`.
+    pub(crate) fn task(id: &str, question: &str, answer: &str) -> TaskRow {
+        TaskRow {
+            task_id: id.into(),
+            round: 1,
+            question: question.into(),
+            answer: answer.into(),
+            answer_aliases: vec![],
+            template: "seed".into(),
+            parent_task_id: None,
+            topic: None,
+            generator_trajectory_id: Some(format!("{id}-g")),
+            valid: true,
+            invalid_reason: None,
+        }
+    }
+
+    /// A one-token trajectory of `role` at `task`; parsed exactly when it has an `answer`.
+    pub(crate) fn trajectory(
+        id: &str,
+        task: &str,
+        role: &str,
+        answer: Option<&str>,
+    ) -> TrajectoryRow {
+        TrajectoryRow {
+            trajectory_id: id.into(),
+            task_id: task.into(),
+            role: role.into(),
+            attempt: 0,
+            seed: 0,
+            prompt_ids: vec![1],
+            completion_ids: vec![2],
+            loss_mask: vec![true],
+            sampling_logprobs: vec![-1.0],
+            behavior_logprobs: vec![-1.0],
+            temperature: 1.0,
+            text: String::new(),
+            turns: 1,
+            searches: 0,
+            answer: answer.map(str::to_string),
+            parsed: answer.is_some(),
+            parse_error: answer.is_none().then(|| "no <answer> block".to_string()),
+            finish_reason: "stop".into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

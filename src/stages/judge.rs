@@ -47,19 +47,17 @@ impl Settings {
                 format!("{} is not a round number", params.u64("real_from_round")),
             )
         })?;
-        let samples = u32::try_from(params.u64("samples"))
-            .ok()
-            .filter(|&k| k >= 1)
-            .ok_or_else(|| {
-                Error::param(
-                    "judge.samples",
-                    format!(
-                        "{} verdicts per attempt: it takes at least 1 and at most {}",
-                        params.u64("samples"),
-                        u32::MAX
-                    ),
-                )
-            })?;
+        // At least 1 is the spec's range, checked when params resolve.
+        let samples = u32::try_from(params.u64("samples")).map_err(|_| {
+            Error::param(
+                "judge.samples",
+                format!(
+                    "{} verdicts per attempt is more than {}",
+                    params.u64("samples"),
+                    u32::MAX
+                ),
+            )
+        })?;
         Ok(Settings {
             show_reference: params.bool("show_reference"),
             real_items: params.u64("real_items") as usize,
@@ -368,6 +366,7 @@ fn verification_pairs(qa: Vec<QaRow>, n: usize, seed: u64, round: u32) -> Vec<It
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shards::rows::fixtures::{task, trajectory};
 
     fn row(id: &str, split: &str, answer: &str) -> QaRow {
         QaRow {
@@ -386,43 +385,11 @@ mod tests {
     /// one; an attempt without a task gets none and is counted.
     #[test]
     fn every_answered_attempt_is_judged_samples_times() {
-        let task = TaskRow {
-            task_id: "t1".into(),
-            round: 1,
-            question: "Q?".into(),
-            answer: "Paris".into(),
-            answer_aliases: vec![],
-            template: "seed".into(),
-            parent_task_id: None,
-            topic: None,
-            generator_trajectory_id: None,
-            valid: true,
-            invalid_reason: None,
-        };
-        let attempt = |id: &str, task_id: &str, answer: Option<&str>| TrajectoryRow {
-            trajectory_id: id.into(),
-            task_id: task_id.into(),
-            role: "policy".into(),
-            attempt: 0,
-            seed: 0,
-            prompt_ids: vec![1],
-            completion_ids: vec![2],
-            loss_mask: vec![true],
-            sampling_logprobs: vec![-1.0],
-            behavior_logprobs: vec![-1.0],
-            temperature: 1.0,
-            text: String::new(),
-            turns: 1,
-            searches: 0,
-            answer: answer.map(str::to_string),
-            parsed: answer.is_some(),
-            parse_error: None,
-            finish_reason: "stop".into(),
-        };
+        let task = task("t1", "Q?", "Paris");
         let attempts = [
-            attempt("t1-p0", "t1", Some("Paris")),
-            attempt("t1-p1", "t1", None),
-            attempt("t9-p0", "t9", Some("Rome")),
+            trajectory("t1-p0", "t1", "policy", Some("Paris")),
+            trajectory("t1-p1", "t1", "policy", None),
+            trajectory("t9-p0", "t9", "policy", Some("Rome")),
         ];
         let tasks = BTreeMap::from([("t1", &task)]);
         let settings = Settings {

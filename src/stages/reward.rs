@@ -696,6 +696,7 @@ fn grm_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shards::rows::fixtures::{task, trajectory as traj};
 
     fn settings(verifier: Verifier, scheme: GeneratorScheme, labels: LabelMode) -> Settings {
         Settings {
@@ -711,45 +712,6 @@ mod tests {
             band: (0.0, 1.0),
             roles: Role::ALL.to_vec(),
             scale: Scale::Group,
-        }
-    }
-
-    fn task(id: &str, question: &str, answer: &str) -> TaskRow {
-        TaskRow {
-            task_id: id.into(),
-            round: 1,
-            question: question.into(),
-            answer: answer.into(),
-            answer_aliases: vec![],
-            template: "seed".into(),
-            parent_task_id: None,
-            topic: None,
-            generator_trajectory_id: Some(format!("{id}-g")),
-            valid: true,
-            invalid_reason: None,
-        }
-    }
-
-    fn traj(id: &str, task: &str, role: &str, answer: Option<&str>) -> TrajectoryRow {
-        TrajectoryRow {
-            trajectory_id: id.into(),
-            task_id: task.into(),
-            role: role.into(),
-            attempt: 0,
-            seed: 0,
-            prompt_ids: vec![1],
-            completion_ids: vec![2],
-            loss_mask: vec![true],
-            sampling_logprobs: vec![-1.0],
-            behavior_logprobs: vec![-1.0],
-            temperature: 1.0,
-            text: String::new(),
-            turns: 1,
-            searches: 0,
-            answer: answer.map(str::to_string),
-            parsed: answer.is_some(),
-            parse_error: answer.is_none().then(|| "no <answer> block".to_string()),
-            finish_reason: "stop".into(),
         }
     }
 
