@@ -1,8 +1,8 @@
 //! The matmul roof of this machine for `scripts/bench-rollout.sh`: GFLOP/s of candle's CPU
 //! matmul (the one the model runs) at SmolLM2-135M's projection shapes, in f32 and bf16, for a
 //! decode-sized and a prefill-sized batch of rows, and through `QMatMul` with q8_0 weights (the
-//! `quant = "q8_0"` sampling path: f32 activations, int8 weights), and on a CPU with AMX through
-//! asl's bf16 tiles (the `amx_bf16` path: f32 activations rounded to bf16 in each call, timed
+//! `quant = "q8_0"` sampling path: f32 activations, int8 weights), and on a CPU with AMX or
+//! AVX-512-BF16 through asl's bf16 kernel (the `amx_bf16` path: f32 activations rounded to bf16 in each call, timed
 //! too). Prints one JSON object per
 //! line: `{"bench": "matmul", "dtype", "m", "k", "n", "gflops"}` (best of `--repeats`).
 //!

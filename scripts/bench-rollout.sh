@@ -8,8 +8,8 @@
 #   new    continuous batching, batch BATCH, shared prompt prefixes (the default now)
 #   q8     new with dtype = q8_0 (int8 weights through candle's QMatMul; not in the default
 #          paths: its outputs differ from f32 by design, and the table says by how much)
-#   amx    new with dtype = amx_bf16 (bf16 weights and matmul inputs on Intel AMX tiles, f32
-#          accumulation; CPUs with AMX-BF16 only; differs from f32 by design, as q8)
+#   amx    new with dtype = amx_bf16 (bf16 weights and matmul inputs on Intel AMX tiles or
+#          AVX-512-BF16, f32 accumulation; CPUs with either; differs from f32 by design, as q8)
 # For each it reports the model (sampled), tool and prompt tokens, the tokens that went through
 # the model, wall time, sampled and processed tokens/s, and the share of the machine's matmul
 # roof: processed tokens x linear-layer FLOPs per token / wall time / the best candle matmul

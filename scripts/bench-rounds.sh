@@ -7,11 +7,14 @@
 # nothing but each other's leftovers.
 #   old      the schedule before issue 17: static batches of 8, no prefix sharing
 #   f32      today's default
-#   amx      sampling on AMX tiles (dtype = amx_bf16), training f32
-#   amx-all  sampling and the training step on AMX tiles (train.precision = amx_bf16)
+#   amx      sampling in bf16 (dtype = amx_bf16: AMX tiles or AVX-512-BF16), training f32
+#   amx-all  sampling and the training step in bf16 (train.precision = amx_bf16)
 # Resumable: a finished variant is skipped (delete RUN_ROOT/VARIANT to measure it again).
+# --pipeline FILE runs another pipeline than pipelines/default.toml (SETUP must be a run of it,
+# e.g. a learning benchmark arm with its runs/ROOT/ARM.toml); --set key=value (repeatable) is
+# passed to every variant (the arm's own --set values, so its setup stays up to date).
 # Usage: scripts/bench-rounds.sh [--setup DIR] [--rounds N] [--run-root DIR]
-#          [--variants "old f32 amx amx-all"]
+#          [--variants "old f32 amx amx-all"] [--pipeline FILE] [--set key=value ...]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -19,8 +22,12 @@ setup="runs/default"
 rounds=2
 out="runs/bench-rounds"
 variants="old f32 amx amx-all"
+pipeline="pipelines/default.toml"
+common=()
 while [ $# -gt 0 ]; do
   case "$1" in
+    --pipeline) pipeline="$2"; shift 2 ;;
+    --set) common+=(--set "$2"); shift 2 ;;
     --setup) setup="$2"; shift 2 ;;
     --rounds) rounds="$2"; shift 2 ;;
     --run-root) out="$2"; shift 2 ;;
@@ -40,7 +47,7 @@ asl="$out/asl"
 
 sampling="generate selfcheck rollout judge eval"
 for v in $variants; do
-  sets=()
+  sets=(${common[@]+"${common[@]}"})
   case "$v" in
     old)
       for s in $sampling; do
@@ -60,7 +67,7 @@ for v in $variants; do
   scripts/copy-setup.sh "$setup" "$dir"
   echo "== $v: $rounds rounds (log $dir.log)"
   start=$(date +%s)
-  "$asl" run pipelines/default.toml --run-dir "$dir" --rounds "$rounds" \
+  "$asl" run "$pipeline" --run-dir "$dir" --rounds "$rounds" \
     ${sets[@]+"${sets[@]}"} > "$dir.log" 2>&1 || { tail -3 "$dir.log"; exit 1; }
   echo "$(( $(date +%s) - start ))" > "$dir.done"
 done

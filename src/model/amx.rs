@@ -1,20 +1,25 @@
-//! bf16 matrix products on Intel AMX tiles, for the `dtype = "amx_bf16"` sampling path.
+//! bf16 matrix products on the CPU's bf16 units, for the `amx_bf16` paths (`dtype = "amx_bf16"`
+//! sampling, `train.precision = "amx_bf16"` training): Intel AMX tiles where the CPU has them,
+//! else AVX-512-BF16 registers ([`avx512`]: AMD Zen 4 on), chosen once per process ([`kernel`]).
 //!
 //! A projection's weight `(n, k)` is rounded to bf16 once, when the sampling model is built, and
 //! stored as AMX B tiles: for every 16 output columns and 32 inputs one 1 KiB tile of 16 rows,
-//! each row two inputs × 16 columns interleaved (the "VNNI" pair layout `TDPBF16PS` reads). A
-//! product `x · wᵀ` rounds the f32 activations to bf16 (nearest even), multiplies on the tiles and
-//! accumulates in f32, as PyTorch's `autocast(bfloat16)` matmul does on these CPUs through oneDNN.
-//! Everything around the projections (embeddings, norms, attention, softmax, sampling) stays f32.
+//! each row two inputs × 16 columns interleaved (the "VNNI" pair layout `TDPBF16PS` and
+//! `VDPBF16PS` both read). A product `x · wᵀ` rounds the f32 activations to bf16 (nearest even),
+//! multiplies in bf16 and accumulates in f32, as PyTorch's `autocast(bfloat16)` matmul does on
+//! these CPUs through oneDNN. Everything around the projections (embeddings, norms, attention,
+//! softmax, sampling) stays f32.
 //!
-//! Written by hand because no maintained crate exposes AMX to candle: candle's own bf16 path uses
-//! no AMX or AVX-512-BF16 kernel (slower than its f32 here, docs/model-bench.md), oneDNN has no
-//! maintained Rust binding, and `core::arch`'s AMX intrinsics are nightly-only. The kernel is a
-//! few instructions of inline assembly (`ldtilecfg`, `tileloadd`, `tdpbf16ps`, `tilestored`); the
-//! rest is ordinary Rust. Linux hands AMX state to a process only when asked
-//! (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`), which [`available`] does once.
+//! Written by hand because no maintained crate exposes these instructions to candle: candle's own
+//! bf16 path uses no AMX or AVX-512-BF16 kernel (slower than its f32 here, docs/model-bench.md),
+//! oneDNN has no maintained Rust binding, and `core::arch`'s AMX intrinsics are nightly-only. The
+//! tile kernel is a few instructions of inline assembly (`ldtilecfg`, `tileloadd`, `tdpbf16ps`,
+//! `tilestored`); the rest is ordinary Rust. Linux hands AMX state to a process only when asked
+//! (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`), which [`kernel`] does once.
 
 use rayon::prelude::*;
+
+mod avx512;
 
 /// Output columns per tile (16 f32 = 64 bytes a row).
 const TILE_N: usize = 16;
@@ -25,9 +30,49 @@ const TILE_M: usize = 16;
 /// u16 values in one packed weight tile.
 const TILE_LEN: usize = TILE_N * TILE_K;
 
+/// Which bf16 product kernel this machine runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// AMX-BF16 tiles (`TDPBF16PS`), Intel Xeons from Sapphire Rapids on.
+    Tiles,
+    /// AVX-512-BF16 dot products (`VDPBF16PS`) on 512-bit registers, from the same packed
+    /// weights: AMD Zen 4 and later, Intel Cooper Lake, and any AMX CPU.
+    Avx512,
+}
+
+impl Kernel {
+    /// The name the round tables and benchmarks print.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Tiles => "AMX tiles",
+            Kernel::Avx512 => "AVX-512-BF16",
+        }
+    }
+}
+
+/// The bf16 kernel this CPU and OS run, the tiles first: `None` where neither exists. Chosen once
+/// per process, so one machine always gives the same bits.
+pub fn kernel() -> Option<Kernel> {
+    static KERNEL: std::sync::OnceLock<Option<Kernel>> = std::sync::OnceLock::new();
+    *KERNEL.get_or_init(|| {
+        if tiles_available() {
+            Some(Kernel::Tiles)
+        } else if avx512_available() {
+            Some(Kernel::Avx512)
+        } else {
+            None
+        }
+    })
+}
+
+/// Whether this machine has a bf16 product kernel ([`kernel`]): the `amx_bf16` paths need one.
+pub fn available() -> bool {
+    kernel().is_some()
+}
+
 /// Whether this CPU and OS run AMX-BF16 tiles: CPUID says AMX-TILE and AMX-BF16, and Linux
 /// granted the process the tile state (asked once, on the first call).
-pub fn available() -> bool {
+fn tiles_available() -> bool {
     static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *AVAILABLE.get_or_init(detect)
 }
@@ -59,6 +104,18 @@ fn detect() -> bool {
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 fn detect() -> bool {
     false
+}
+
+/// Whether this CPU runs AVX-512-BF16 (and the OS saves the 512-bit registers).
+fn avx512_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// f32 → bf16 bits, rounded to nearest even (NaN stays a quiet NaN).
@@ -157,26 +214,35 @@ impl PackedBf16 {
         bf16_value(tile[(kk / 2) * 2 * TILE_N + 2 * c + kk % 2])
     }
 
-    /// `x · wᵀ` for `m` rows of `x` (row-major, `m × k`): `m × n`, row-major. Panics where AMX is
-    /// not [`available`] (callers check once, when they choose this path).
+    /// `x · wᵀ` for `m` rows of `x` (row-major, `m × k`): `m × n`, row-major, on this machine's
+    /// [`kernel`]. Panics where there is none (callers check [`available`] once, when they choose
+    /// this path).
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         assert_eq!(x.len(), m * self.k, "input of {m} × {}", self.k);
-        self.matmul_view(x, m, self.k, 1)
+        self.matmul_view(machine_kernel(), x, m, self.k, 1)
     }
 
     /// `xᵀ · wᵀ` for the row-major `x` of `k` rows × `m` columns (read in place): `m × n`.
     pub fn matmul_transposed(&self, x: &[f32], m: usize) -> Vec<f32> {
         assert_eq!(x.len(), m * self.k, "transposed input of {} × {m}", self.k);
-        self.matmul_view(x, m, 1, m)
+        self.matmul_view(machine_kernel(), x, m, 1, m)
     }
 
-    /// The product for the input whose element (`row`, `col`) is
+    /// The product on `kernel` for the input whose element (`row`, `col`) is
     /// `x[row · row_stride + col · col_stride]`.
-    fn matmul_view(&self, x: &[f32], m: usize, row_stride: usize, col_stride: usize) -> Vec<f32> {
-        assert!(
-            available(),
-            "AMX-BF16 tiles are not available on this machine"
-        );
+    fn matmul_view(
+        &self,
+        kernel: Kernel,
+        x: &[f32],
+        m: usize,
+        row_stride: usize,
+        col_stride: usize,
+    ) -> Vec<f32> {
+        let runs = match kernel {
+            Kernel::Tiles => tiles_available(),
+            Kernel::Avx512 => avx512_available(),
+        };
+        assert!(runs, "{} are not available on this machine", kernel.name());
         let (k, k_pad, n_pad) = (self.k, self.k_pad, self.n_pad);
         let m_pad = m.next_multiple_of(TILE_M);
         // The activations in bf16, zero-padded to whole tiles, one row tile per task. A
@@ -211,19 +277,30 @@ impl PackedBf16 {
             let first = part * per;
             let last = ((part + 1) * per).min(pairs);
             if first < last {
-                // SAFETY: AMX is available (asserted above); every part writes the disjoint
+                // SAFETY: the kernel runs here (asserted above); every part writes the disjoint
                 // columns [first, last) × 32 of `out`, within its m_pad × n_pad bounds; `a` and
                 // the tiles are read within their padded bounds.
                 unsafe {
-                    kernel(
-                        &a,
-                        m_pad,
-                        k_pad,
-                        &self.tiles,
-                        first..last,
-                        out_ptr.get(),
-                        n_pad,
-                    )
+                    match kernel {
+                        Kernel::Tiles => tile_kernel(
+                            &a,
+                            m_pad,
+                            k_pad,
+                            &self.tiles,
+                            first..last,
+                            out_ptr.get(),
+                            n_pad,
+                        ),
+                        Kernel::Avx512 => avx512::kernel(
+                            &a,
+                            m,
+                            k_pad,
+                            &self.tiles,
+                            first..last,
+                            out_ptr.get(),
+                            n_pad,
+                        ),
+                    }
                 };
             }
         });
@@ -238,6 +315,11 @@ impl PackedBf16 {
         }
         out
     }
+}
+
+/// This machine's kernel, or the panic [`PackedBf16::matmul`] documents.
+fn machine_kernel() -> Kernel {
+    kernel().expect("no bf16 kernel (AMX-BF16 tiles or AVX-512-BF16) on this machine")
 }
 
 /// A raw pointer the threads of one product share (they write disjoint columns).
@@ -274,11 +356,11 @@ impl TileConfig {
 /// the packed weight, `out` `m_pad × n_pad` f32.
 ///
 /// # Safety
-/// AMX must be [`available`]; `a` holds `m_pad × k_pad` values, `tiles` the packed weight of
+/// AMX tiles must be available; `a` holds `m_pad × k_pad` values, `tiles` the packed weight of
 /// `n_pad` columns, `out` points at `m_pad × n_pad` writable f32, and no other thread writes the
 /// columns of `pairs`.
 #[cfg(target_arch = "x86_64")]
-unsafe fn kernel(
+unsafe fn tile_kernel(
     a: &[u16],
     m_pad: usize,
     k_pad: usize,
@@ -379,7 +461,7 @@ unsafe fn kernel(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel(
+unsafe fn tile_kernel(
     _a: &[u16],
     _m_pad: usize,
     _k_pad: usize,
@@ -434,21 +516,35 @@ mod tests {
         }
     }
 
-    /// On a CPU with AMX: the tiles' product equals the bf16-rounded inputs' product summed in
-    /// f32 (up to summation order), for row counts that fill, half-fill and overfill a tile pair
-    /// and widths that need padding. Without AMX the test checks that the path says so.
+    /// On each bf16 kernel this CPU runs (the tiles, AVX-512-BF16): the product equals the
+    /// bf16-rounded inputs' product summed in f64 (up to summation order), for row counts that
+    /// fill, half-fill and overfill a row block and widths that need padding; a row alone gives
+    /// the bits it gives in a batch. Without either kernel the test checks that the path says so.
     #[test]
-    fn tiles_multiply_like_rounded_f32() {
-        if !available() {
+    fn kernels_multiply_like_rounded_f32() {
+        let kernels: Vec<Kernel> = [
+            (Kernel::Tiles, tiles_available()),
+            (Kernel::Avx512, avx512_available()),
+        ]
+        .into_iter()
+        .filter_map(|(k, runs)| runs.then_some(k))
+        .collect();
+        if kernels.is_empty() {
             let r = std::panic::catch_unwind(|| {
                 PackedBf16::pack(&[0.0; 32 * 32], 32, 32).matmul(&[0.0; 32], 1)
             });
-            assert!(r.is_err(), "matmul without AMX must refuse");
+            assert!(r.is_err(), "matmul without a bf16 kernel must refuse");
             eprintln!(
-                "tiles_multiply_like_rounded_f32: no AMX-BF16 on this CPU; checked the refusal only"
+                "kernels_multiply_like_rounded_f32: no AMX-BF16 or AVX-512-BF16 on this CPU; checked the refusal only"
             );
             return;
         }
+        for kernel in kernels {
+            multiplies_like_rounded_f32(kernel);
+        }
+    }
+
+    fn multiplies_like_rounded_f32(kernel: Kernel) {
         for (m, n, k) in [
             (1, 64, 64),
             (2, 576, 576),
@@ -460,7 +556,7 @@ mod tests {
             let w = values(n * k, 2);
             let x = values(m * k, 3);
             let p = PackedBf16::pack(&w, n, k);
-            let y = p.matmul(&x, m);
+            let y = p.matmul_view(kernel, &x, m, k, 1);
             assert_eq!(y.len(), m * n);
             for i in 0..m {
                 for j in 0..n {
@@ -473,16 +569,16 @@ mod tests {
                     let got = y[i * n + j] as f64;
                     assert!(
                         (got - want).abs() <= 1e-5 * k as f64,
-                        "{m}×{k}·{k}×{n} at ({i}, {j}): {got} vs {want}"
+                        "{kernel:?} {m}×{k}·{k}×{n} at ({i}, {j}): {got} vs {want}"
                     );
                 }
             }
             // A row computed alone gives the bits it gives in a batch.
-            let alone = p.matmul(&x[(m - 1) * k..], 1);
+            let alone = p.matmul_view(kernel, &x[(m - 1) * k..], 1, k, 1);
             assert_eq!(
                 alone,
                 y[(m - 1) * n..].to_vec(),
-                "last row alone, {m}×{k}·{k}×{n}"
+                "{kernel:?}: last row alone, {m}×{k}·{k}×{n}"
             );
         }
     }

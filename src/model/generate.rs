@@ -798,7 +798,7 @@ mod tests {
     /// Outputs do not depend on the schedule: prefix sharing on or off, batch sizes 1, 8 and
     /// 32 (more than the requests), continuous or static batches, with tool turns. Compared
     /// byte for byte (tokens, loss masks, both log-probs, text) against one sequence at a time,
-    /// unshared, in f32, with q8_0 weights and (on a CPU with AMX) with AMX bf16 tiles, on a
+    /// unshared, in f32, with q8_0 weights and (on a CPU with AMX or AVX-512-BF16) with the bf16 kernel, on a
     /// model as wide as SmolLM2-135M.
     #[test]
     fn sharing_and_schedules_leave_every_output_unchanged() {

@@ -154,7 +154,8 @@ fn projection(i: usize, o: usize, bias: bool, vb: VarBuilder) -> Result<Proj> {
 
 /// A projection's weights: dense (training, and sampling in f32/bf16/f16), quantized for the
 /// `dtype = "q8_0"` sampling path (int8 blocks through candle's `QMatMul`, activations in f32),
-/// or bf16 AMX tiles for the `dtype = "amx_bf16"` one (activations in f32, [`super::amx`]).
+/// or packed bf16 for the `dtype = "amx_bf16"` one (AMX tiles or AVX-512-BF16, activations in
+/// f32, [`super::amx`]).
 #[derive(Debug, Clone)]
 enum Proj {
     Dense(Linear),
@@ -169,7 +170,7 @@ enum Proj {
         weight: Arc<PackedBf16>,
         bias: Option<Tensor>,
     },
-    /// The f32 weight multiplied on AMX tiles in bf16, forward and backward
+    /// The f32 weight multiplied in bf16 (AMX tiles or AVX-512-BF16), forward and backward
     /// ([`fused::amx_linear`]): training with `train.precision = "amx_bf16"`. A weight that
     /// does not train (the tied head) is packed once, in `packed`.
     TilesTrained {

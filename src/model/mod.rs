@@ -10,7 +10,7 @@
 //! - [`sample`]: sampling one token, the settings and results of generation.
 //! - [`generate`]: batched generation: continuous batching, prefix sharing, stop strings, tool turns.
 //! - [`fused`]: CPU kernels with their own backward: log-probs, causal attention, RMSNorm.
-//! - [`amx`]: bf16 matrix products on Intel AMX tiles (the `amx_bf16` sampling path).
+//! - [`amx`]: bf16 matrix products on AMX tiles or AVX-512-BF16 (the `amx_bf16` paths).
 //! - [`train`]: per-token log-probs, GRPO loss, AdamW steps, checkpoints.
 
 pub mod amx;

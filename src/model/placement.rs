@@ -5,8 +5,9 @@
 //!   `auto` (the first CUDA device when there is one, else the CPU).
 //! - dtype: `f32` (default), `bf16`, `f16`, `q8_0`, `amx_bf16`, or `auto` (bf16 on CUDA, f32 on
 //!   the CPU). Half precision, `q8_0` (int8 weight blocks through candle's `QMatMul`, f32
-//!   activations, CPU only) and `amx_bf16` (bf16 weights and matmul inputs on Intel AMX tiles,
-//!   f32 accumulation and activations, CPUs with AMX-BF16 only: [`super::amx`]) are for inference (sampling, judging, evaluation); training keeps f32 weights,
+//!   activations, CPU only) and `amx_bf16` (bf16 weights and matmul inputs on the CPU's bf16
+//!   units, AMX tiles or else AVX-512-BF16, f32 accumulation and activations: [`super::amx`]) are
+//!   for inference (sampling, judging, evaluation); training keeps f32 weights,
 //!   moments and gradients, because the gradient shards are f32 by design and AdamW's updates at
 //!   lr 1e-5 vanish below bf16's precision, and `train` recomputes every log-prob in f32.
 
@@ -162,12 +163,12 @@ fn parse_dtype(text: &str, device: &Device) -> Result<(DType, Option<Quant>)> {
             Ok((DType::F32, Some(Quant::AmxBf16)))
         }
         "amx_bf16" if device.is_cpu() => Err(ModelError::InvalidArgument(
-            "dtype \"amx_bf16\": this CPU (or its OS) has no AMX-BF16 tiles (lscpu flag amx_bf16); \
-             use q8_0 or f32"
+            "dtype \"amx_bf16\": this CPU (or its OS) has neither AMX-BF16 tiles nor AVX-512-BF16 \
+             (lscpu flags amx_bf16, avx512_bf16); use q8_0 or f32"
                 .into(),
         )),
         "amx_bf16" => Err(ModelError::InvalidArgument(
-            "dtype \"amx_bf16\": AMX tiles are a CPU feature; use bf16 on CUDA".into(),
+            "dtype \"amx_bf16\": the bf16 kernels are the CPU's; use bf16 on CUDA".into(),
         )),
         other => Err(ModelError::InvalidArgument(format!(
             "dtype {other:?}: expected f32, bf16, f16, q8_0, amx_bf16 or auto"
@@ -194,7 +195,7 @@ mod tests {
         let q = Placement::parse("cpu", "q8_0").unwrap();
         assert_eq!((q.dtype, q.quant), (DType::F32, Some(Quant::Q8_0)));
         assert_eq!(q.describe(), "cpu/q8_0");
-        // amx_bf16 where the CPU has AMX tiles, one line saying it has none elsewhere.
+        // amx_bf16 where the CPU has a bf16 kernel, one line saying it has none elsewhere.
         match Placement::parse("cpu", "amx_bf16") {
             Ok(a) => {
                 assert!(super::super::amx::available());

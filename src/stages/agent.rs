@@ -107,7 +107,7 @@ pub(crate) fn sampling_specs(
         ParamSpec::new(
             "dtype",
             "f32",
-            "weights and activations while sampling: f32, bf16, f16, q8_0 (int8 weights, CPU), amx_bf16 (bf16 matmuls on AMX tiles, f32 elsewhere; CPUs with AMX) or auto (bf16 on CUDA)",
+            "weights and activations while sampling: f32, bf16, f16, q8_0 (int8 weights, CPU), amx_bf16 (bf16 matmuls on AMX tiles or AVX-512-BF16, f32 elsewhere; CPUs with either) or auto (bf16 on CUDA)",
         ).one_of(&["f32", "bf16", "f16", "q8_0", "amx_bf16", "auto"]),
         ParamSpec::new(
             "temperature",

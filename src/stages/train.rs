@@ -57,7 +57,7 @@ pub struct Settings {
     pub micro_batch: usize,
     /// `w_ρ` per role.
     pub weights: BTreeMap<&'static str, f64>,
-    /// Where the matrix products run in bf16 on AMX tiles (`precision`).
+    /// Where the matrix products run in bf16 on the CPU's bf16 kernel (`precision`).
     pub precision: Precision,
 }
 
@@ -144,9 +144,9 @@ pub fn settings(params: &Params) -> Result<Settings> {
 pub enum Precision {
     /// Everything f32: the log-probs the loss sees are the f32 ones.
     F32,
-    /// The layers before the trained blocks (no gradient) in bf16 on AMX tiles.
+    /// The layers before the trained blocks (no gradient) in bf16 (AMX tiles or AVX-512-BF16).
     AmxBf16Frozen,
-    /// Every projection and the head in bf16 on AMX tiles, forward and backward.
+    /// Every projection and the head in bf16, forward and backward.
     AmxBf16,
 }
 
@@ -171,7 +171,7 @@ fn precision(params: &Params) -> Result<Precision> {
     };
     if !crate::model::amx::available() {
         return Err(bad(
-            "AMX: this CPU (or its OS) has no AMX-BF16 tiles (lscpu flag amx_bf16); use f32",
+            "AMX: this CPU (or its OS) has neither AMX-BF16 tiles nor AVX-512-BF16 (lscpu flags amx_bf16, avx512_bf16); use f32",
         ));
     }
     Ok(p)
@@ -283,7 +283,7 @@ impl Stage for TrainStage {
             ParamSpec::new(
                 "precision",
                 "f32",
-                "matrix products of the training step: f32; amx_bf16_frozen (bf16 on AMX tiles, f32 accumulation, in the layers before the trained blocks, which carry no gradient); amx_bf16 (every projection and the head, forward and backward, as autocast(bfloat16)); norms, attention, loss and weights stay f32",
+                "matrix products of the training step: f32; amx_bf16_frozen (bf16 on AMX tiles or AVX-512-BF16, f32 accumulation, in the layers before the trained blocks, which carry no gradient); amx_bf16 (every projection and the head, forward and backward, as autocast(bfloat16)); norms, attention, loss and weights stay f32",
             ).one_of(&["f32", "amx_bf16_frozen", "amx_bf16"]),
         ]
     }
@@ -413,7 +413,7 @@ impl Stage for TrainStage {
             if !device.is_cpu() {
                 return Err(Error::param(
                     "train.precision",
-                    "AMX tiles are a CPU feature; use f32 on CUDA",
+                    "the bf16 kernels (AMX tiles, AVX-512-BF16) are the CPU's; use f32 on CUDA",
                 ));
             }
             trainer
@@ -781,7 +781,7 @@ mod tests {
         );
     }
 
-    /// `precision`: f32 always; the AMX variants where the CPU has AMX (refused in one line
+    /// `precision`: f32 always; the AMX variants where the CPU has a bf16 kernel (refused in one line
     /// naming the key elsewhere); `amx_bf16_frozen` only when some layers do not train.
     #[test]
     fn precision_is_checked() {

@@ -1,8 +1,8 @@
-//! `x · wᵀ` on AMX tiles with its backward, for training with `train.precision = "amx_bf16"`.
+//! `x · wᵀ` in bf16 (AMX tiles, or AVX-512-BF16 without them) with its backward, for training with `train.precision = "amx_bf16"`.
 //!
 //! Mixed precision as PyTorch's `autocast(bfloat16)` trains on these CPUs: the weight stays f32
 //! (the optimizer's master copy), every product rounds its two operands to bf16 and accumulates
-//! in f32 on the tiles ([`crate::model::amx`]), forward and backward alike:
+//! in f32 on the tiles or registers ([`crate::model::amx`]), forward and backward alike:
 //! `dx = dy · w` and `dw = dyᵀ · x`. The weight is packed into tiles on each call, since it
 //! trains; `dw` is computed only when `w` needs a gradient (not for the tied, frozen head), and
 //! `dx` only when `x` does (not for the first trained layer's input).
@@ -14,7 +14,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use super::{f32_slice, with_f32_values};
 use crate::model::amx::PackedBf16;
 
-/// `x (m, k) · w (n, k)ᵀ → (m, n)`, both f32, on AMX tiles (bf16 operands, f32 accumulation).
+/// `x (m, k) · w (n, k)ᵀ → (m, n)`, both f32, on the bf16 kernel (bf16 operands, f32 accumulation).
 /// `packed` holds `w` and `wᵀ` already packed when `w` is a constant (the tied, frozen head), so
 /// they are not packed again for every micro-batch. Callers check
 /// [`crate::model::amx::available`] first.

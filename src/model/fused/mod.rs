@@ -12,7 +12,7 @@
 //! - [`rms_norm`]: RMSNorm with a learned scale.
 //! - [`rope`]: rotary position embedding.
 //! - [`swiglu`]: the MLP's `silu(gate) · up`.
-//! - [`amx_linear`]: a projection on AMX tiles in bf16 (`train.precision = "amx_bf16"`).
+//! - [`amx_linear`]: a projection in bf16 on the CPU's bf16 kernel (`train.precision = "amx_bf16"`).
 
 pub mod amx_linear;
 pub mod attention;
