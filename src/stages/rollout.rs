@@ -211,19 +211,11 @@ mod tests {
     use crate::shards::rows::TrajectoryRow;
 
     fn task(id: &str) -> TaskRow {
-        TaskRow {
-            task_id: id.into(),
-            round: 1,
-            question: format!("Which city is the capital of the country {id}?"),
-            answer: "Paris".into(),
-            answer_aliases: vec![],
-            template: "seed".into(),
-            parent_task_id: None,
-            topic: None,
-            generator_trajectory_id: Some(format!("{id}-g")),
-            valid: true,
-            invalid_reason: None,
-        }
+        crate::shards::rows::fixtures::task(
+            id,
+            &format!("Which city is the capital of the country {id}?"),
+            "Paris",
+        )
     }
 
     /// `generate` wrote `a`, `b`, `c` (all valid); the round's self-check rejected `b` and

@@ -39,7 +39,12 @@ pub(super) unsafe fn kernel(
     n_pad: usize,
 ) {
     let tile_stride = (k_pad / TILE_K) * TILE_LEN;
-    let k_pairs = k_pad / 2;
+    let geometry = Geometry {
+        k_pad,
+        k_pairs: k_pad / 2,
+        tile_stride,
+        n_pad,
+    };
     let mut tile = 2 * pairs.start;
     let end = 2 * pairs.end;
     while tile < end {
@@ -50,12 +55,6 @@ pub(super) unsafe fn kernel(
             let rows = (m - row).min(MR);
             let a_row = unsafe { a.as_ptr().add(row * k_pad) };
             let c = unsafe { out.add(row * n_pad + tile * TILE_N) };
-            let geometry = Geometry {
-                k_pad,
-                k_pairs,
-                tile_stride,
-                n_pad,
-            };
             // SAFETY: `rows` rows from `row` and 2 or 4 column tiles from `tile` lie within the
             // bounds the caller guarantees.
             unsafe {
