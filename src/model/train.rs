@@ -547,9 +547,11 @@ mod tests {
         assert_eq!(scalar(&frozen_before), scalar(&frozen_after));
     }
 
-    /// `train.precision = "amx_bf16"`: the frozen layer packed, the trained one and the head
-    /// through the differentiable AMX product. Every trained tensor's gradient points where the
-    /// f32 one does, training still raises the target, and the weights stepped stay f32.
+    /// `train.precision = "amx_bf16"` (and `warmup.precision`): the frozen layer packed, the
+    /// trained ones and the head through the differentiable AMX product, with the last block
+    /// training and with every weight (the warm-up's full fine-tune: the tied head's weight is
+    /// the trained embedding). Every trained tensor's gradient points where the f32 one does,
+    /// training still raises the target, and the weights stepped stay f32.
     #[test]
     fn amx_training_follows_f32() {
         if !crate::model::amx::available() {
@@ -557,14 +559,20 @@ mod tests {
             return;
         }
         let Some(dir) = tiny_model(3) else { return };
+        for (last_k, frozen) in [(Some(1), 1), (None, 0)] {
+            amx_training_follows_f32_with(&dir, last_k, frozen);
+        }
+    }
+
+    fn amx_training_follows_f32_with(dir: &Path, last_k: Option<usize>, frozen: usize) {
         let cfg = TrainConfig {
             lr: 3e-3,
-            train_last_k: Some(1),
+            train_last_k: last_k,
             ..Default::default()
         };
-        let f32_trainer = Trainer::load(&dir, &Device::Cpu, cfg.clone()).unwrap();
-        let mut amx = Trainer::load(&dir, &Device::Cpu, cfg).unwrap();
-        assert_eq!(amx.use_amx(true).unwrap(), 1);
+        let f32_trainer = Trainer::load(dir, &Device::Cpu, cfg.clone()).unwrap();
+        let mut amx = Trainer::load(dir, &Device::Cpu, cfg).unwrap();
+        assert_eq!(amx.use_amx(true).unwrap(), frozen);
         let b = target_batch(amx.model());
         let grads = |t: &Trainer| {
             let lp = token_logprobs(t.model(), &b.input_ids, &b.attention_mask).unwrap();
@@ -581,7 +589,11 @@ mod tests {
                 .sum();
             let norm = |v: &[f32]| v.iter().map(|x| f64::from(x * x)).sum::<f64>().sqrt();
             let cos = dot / (norm(&a.values) * norm(&b.values));
-            assert!(cos > 0.99, "{}: cosine {cos} with the f32 gradient", a.name);
+            assert!(
+                cos > 0.99,
+                "{}: cosine {cos} with the f32 gradient (last_k {last_k:?})",
+                a.name
+            );
         }
         let before = target_logp(amx.model(), &b);
         train_steps(&mut amx, &b, 4);

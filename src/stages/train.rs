@@ -135,11 +135,11 @@ pub fn settings(params: &Params) -> Result<Settings> {
         truncation_is_cap: number_at_least(params, "truncation_is_cap", 0.0)?,
         micro_batch: positive("micro_batch")? as usize,
         weights,
-        precision: precision(params)?,
+        precision: precision(params, "train")?,
     })
 }
 
-/// `train.precision`: where the training step's matrix products round to bf16.
+/// `precision` of `train` and `warmup`: where the training step's matrix products round to bf16.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precision {
     /// Everything f32: the log-probs the loss sees are the f32 ones.
@@ -150,10 +150,20 @@ pub enum Precision {
     AmxBf16,
 }
 
-/// `precision`, checked: the AMX variants need a CPU with AMX, and `amx_bf16_frozen` layers that
-/// do not train.
-fn precision(params: &Params) -> Result<Precision> {
-    let bad = |msg: &str| Error::param("train.precision", msg);
+/// The `precision` parameter of the stages that train (`train`, `warmup`).
+pub(crate) fn precision_spec() -> ParamSpec {
+    ParamSpec::new(
+        "precision",
+        "f32",
+        "matrix products of the training step: f32; amx_bf16_frozen (bf16 on AMX tiles or AVX-512-BF16, f32 accumulation, in the layers before the trained blocks, which carry no gradient); amx_bf16 (every projection and the head, forward and backward, as autocast(bfloat16)); norms, attention, loss and weights stay f32",
+    )
+    .one_of(&["f32", "amx_bf16_frozen", "amx_bf16"])
+}
+
+/// `STAGE.precision`, checked: the AMX variants need a CPU with AMX, and `amx_bf16_frozen` layers
+/// that do not train.
+pub(crate) fn precision(params: &Params, stage: &str) -> Result<Precision> {
+    let bad = |msg: &str| Error::param(format!("{stage}.precision"), msg);
     let p = match params.str("precision") {
         "f32" => return Ok(Precision::F32),
         "amx_bf16_frozen" if last_k(params).is_none() => {
@@ -280,11 +290,7 @@ impl Stage for TrainStage {
                 0,
                 "train only the last k decoder blocks and the final norm (0: every weight)",
             ),
-            ParamSpec::new(
-                "precision",
-                "f32",
-                "matrix products of the training step: f32; amx_bf16_frozen (bf16 on AMX tiles or AVX-512-BF16, f32 accumulation, in the layers before the trained blocks, which carry no gradient); amx_bf16 (every projection and the head, forward and backward, as autocast(bfloat16)); norms, attention, loss and weights stay f32",
-            ).one_of(&["f32", "amx_bf16_frozen", "amx_bf16"]),
+            precision_spec(),
         ]
     }
 

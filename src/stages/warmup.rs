@@ -16,6 +16,7 @@ use super::agent::{
 };
 use super::kit::training_sequence;
 use super::qa::{fact_quota, facts_in_turn, family_of};
+use super::train::{Precision, precision, precision_spec};
 use super::{Stage, StageContext, StageOutput, Upstream};
 use crate::error::{Error, Result};
 use crate::model::scoring::{LossPositions, build_batch, selected_logprobs};
@@ -530,6 +531,7 @@ impl Stage for WarmupStage {
 
     fn check(&self, params: &Params) -> Result<()> {
         AgentSettings::tools_only(params, "warmup")?;
+        precision(params, "warmup")?;
         let keys = ["policy_examples", "generator_examples", "grm_examples"];
         if keys.iter().all(|k| params.u64(k) == 0) {
             return Err(Error::param(
@@ -582,6 +584,7 @@ impl Stage for WarmupStage {
                 8,
                 "train only the last k decoder blocks and the final norm (0: every weight)",
             ),
+            precision_spec(),
         ];
         specs.extend(
             sampling_specs(0, 1, 0.0)
@@ -697,6 +700,18 @@ impl Stage for WarmupStage {
         };
         let device = placement(ctx.params, "warmup")?.device;
         let mut trainer = Trainer::load(&init, &device, cfg).map_err(err)?;
+        let precision = precision(ctx.params, "warmup")?;
+        if precision != Precision::F32 {
+            if !device.is_cpu() {
+                return Err(Error::param(
+                    "warmup.precision",
+                    "the bf16 kernels (AMX tiles, AVX-512-BF16) are the CPU's; use f32 on CUDA",
+                ));
+            }
+            trainer
+                .use_amx(precision == Precision::AmxBf16)
+                .map_err(err)?;
+        }
         let pad = trainer.model().config().pad_token_id.unwrap_or(0);
         let micro = ctx.params.u64("micro_batch") as usize;
         let epochs = ctx.params.u64("epochs") as usize;
@@ -778,6 +793,32 @@ mod tests {
             split: "train".into(),
             source: "corpus".into(),
             source_doc_id: Some(id.into()),
+        }
+    }
+
+    /// `warmup.precision` is checked as `train.precision` is, under its own key: the warm-up
+    /// trains every weight by default, so `amx_bf16_frozen` has nothing to freeze.
+    #[test]
+    fn precision_is_checked_under_the_warmups_key() {
+        let with = |precision: &str, last_k: u64| {
+            let mut p = crate::params::resolve("warmup", &WarmupStage.params(), None, &[]).unwrap();
+            p.insert("precision".into(), precision.into());
+            p.insert("train_last_k".into(), last_k.into());
+            WarmupStage.check(&p)
+        };
+        with("f32", 0).unwrap();
+        let e = with("amx_bf16_frozen", 0).unwrap_err().to_string();
+        assert!(
+            e.contains("warmup.precision") && e.contains("train_last_k"),
+            "{e}"
+        );
+        match with("amx_bf16", 0) {
+            Ok(()) => assert!(crate::model::amx::available()),
+            Err(e) => {
+                assert!(!crate::model::amx::available());
+                let e = e.to_string();
+                assert!(e.contains("warmup.precision") && e.contains("AMX"), "{e}");
+            }
         }
     }
 
