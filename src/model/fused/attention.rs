@@ -290,11 +290,10 @@ fn block_probabilities(
             continue;
         }
         let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for x in seen.iter_mut() {
-            *x = (*x - max).exp();
-            sum += *x;
-        }
+        seen.iter_mut().for_each(|x| *x -= max);
+        // The scalar call's bits, eight lanes at a time; summed in order as candle's softmax.
+        super::expf::exp_in_place(seen);
+        let sum = seen.iter().fold(0f32, |sum, x| sum + x);
         let inv = 1.0 / sum;
         seen.iter_mut().for_each(|x| *x *= inv);
     }

@@ -35,10 +35,16 @@ pub fn target_logprobs(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Ten
 fn row_moments(row: &[f32]) -> (f32, f32, f32) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let (mut sum, mut weighted) = (0f32, 0f32);
-    for &x in row {
-        let e = (x - max).exp();
-        sum += e;
-        weighted += e * x;
+    let mut buf = [0f32; 512];
+    for part in row.chunks(buf.len()) {
+        let e = &mut buf[..part.len()];
+        e.iter_mut().zip(part).for_each(|(e, &x)| *e = x - max);
+        // The scalar call's bits, eight lanes at a time; summed in order below.
+        super::expf::exp_in_place(e);
+        for (&e, &x) in e.iter().zip(part) {
+            sum += e;
+            weighted += e * x;
+        }
     }
     (max, sum, weighted)
 }
@@ -120,9 +126,9 @@ impl CustomOp1 for TargetLogprobGrad {
                 }
                 let (max, sum, _) = row_moments(row);
                 let scale = -g / sum;
-                for (d, &x) in o.iter_mut().zip(row) {
-                    *d = scale * (x - max).exp();
-                }
+                o.iter_mut().zip(row).for_each(|(d, &x)| *d = x - max);
+                super::expf::exp_in_place(o);
+                o.iter_mut().for_each(|d| *d *= scale);
                 o[t as usize] += g;
             });
         Ok((CpuStorage::F32(out), Shape::from((n, v))))

@@ -12,10 +12,12 @@
 //! - [`rms_norm`]: RMSNorm with a learned scale.
 //! - [`rope`]: rotary position embedding.
 //! - [`swiglu`]: the MLP's `silu(gate) · up`.
+//! - [`expf`]: `exp` over a slice on AVX-512, bit for bit the C library's (the softmax's).
 //! - [`amx_linear`]: a projection in bf16 on the CPU's bf16 kernel (`train.precision = "amx_bf16"`).
 
 pub mod amx_linear;
 pub mod attention;
+pub mod expf;
 pub mod logprob;
 pub mod rms_norm;
 pub mod rope;
