@@ -212,7 +212,12 @@ fn every_shipped_pipeline_file_is_valid() {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            asl::pipeline::Pipeline::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            let pipeline = asl::pipeline::Pipeline::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            // Every stage's params pass its own checks: a default a baseline cannot take (say
+            // grounded answers under the rule verifier) is caught here, not in a run.
+            pipeline
+                .validate(&[])
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             n += 1;
         }
     }
