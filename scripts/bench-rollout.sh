@@ -19,7 +19,7 @@
 # BASE_RUN is a run dir of pipelines/default.toml with round 1 done (scripts/run-default.sh makes
 # one); its first round is run into it when missing. Each path works on a hard-linked copy
 # (stages write new files and rename them, so BASE_RUN is never changed).
-# Usage: scripts/bench-rollout.sh [BASE_RUN] [--batch N] [--paths "old cont8 wide new q8 amx"] [--out DIR]
+# Usage: [ASL_BIN=path/to/asl] scripts/bench-rollout.sh [BASE_RUN] [--batch N] [--paths "old cont8 wide new q8 amx"] [--out DIR]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -40,7 +40,8 @@ done
 scripts/fetch-assets.sh >/dev/null
 export ASL_ASSETS="${ASL_ASSETS:-$root/assets}"
 cargo build --release --locked --quiet --bin asl --example bench_matmul
-asl="$root/target/release/asl"
+# ASL_BIN: another build to time (an older commit's, say), on the same paths and base run.
+asl="${ASL_BIN:-$root/target/release/asl}"
 if [ ! -d "$base/round-001/judge" ]; then
   echo "bench-rollout: $base has no round 1; running the default's first round into it" >&2
   "$asl" run pipelines/default.toml --run-dir "$base" --rounds 1 >&2
