@@ -129,8 +129,22 @@ pub(crate) fn sample_token(
     params: &SamplingParams,
     rng: &mut ChaCha8Rng,
 ) -> (u32, f32, f32) {
+    sample(logits, params, rng, true)
+}
+
+/// [`sample_token`]; the full-vocabulary log-prob (the second value) is computed only when
+/// `full_lp` asks for it, and is 0 otherwise.
+fn sample(
+    logits: &[f32],
+    params: &SamplingParams,
+    rng: &mut ChaCha8Rng,
+    full_lp: bool,
+) -> (u32, f32, f32) {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let raw_lp = |i: usize| full_logprob(logits, i as u32, params);
+    let raw_lp = |i: usize| match full_lp {
+        true => full_logprob(logits, i as u32, params),
+        false => 0.0,
+    };
     if is_greedy(params) {
         let mut best = 0;
         for (i, &l) in logits.iter().enumerate() {
@@ -147,6 +161,10 @@ pub(crate) fn sample_token(
         .enumerate()
         .map(|(i, &l)| (i, ((l - max) as f64 / t).exp()))
         .collect();
+    // At T = 1 these weights are the terms of the full log-prob's sum (x / 1 is x), in the same
+    // order before anything reorders them: summed here, the vocabulary is exponentiated once.
+    let log_sum =
+        (full_lp && t == 1.0).then(|| max as f64 + cand.iter().map(|c| c.1).sum::<f64>().ln());
     // Descending weight, ties by id: a total, deterministic order.
     let desc = |a: &(usize, f64), b: &(usize, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
     if params.top_k > 0 && params.top_k < cand.len() {
@@ -190,7 +208,11 @@ pub(crate) fn sample_token(
             break;
         }
     }
-    (pick.0 as u32, raw_lp(pick.0), (pick.1 / total).ln() as f32)
+    let lp = match log_sum {
+        Some(lse) => (logits[pick.0] as f64 - lse) as f32,
+        None => raw_lp(pick.0),
+    };
+    (pick.0 as u32, lp, (pick.1 / total).ln() as f32)
 }
 
 /// Samples with only `allowed` tokens (when given) and never `ban`; the returned log-prob at
@@ -219,7 +241,7 @@ pub(crate) fn sample_constrained(
             *v = f32::NEG_INFINITY;
         }
     }
-    let (tok, _, slp) = sample_token(&masked, params, rng);
+    let (tok, _, slp) = sample(&masked, params, rng, false);
     (tok, full_logprob(logits, tok, params), slp)
 }
 
@@ -295,5 +317,30 @@ mod tests {
         assert!((lp as f64 - (3.0 - lse)).abs() < 1e-6);
         assert_ne!(seq_seed(1, 2, 0), seq_seed(1, 2, 1));
         assert_ne!(seq_seed(1, 2, 0), seq_seed(1, 3, 0));
+    }
+
+    /// The log-prob a sampled token comes with is [`full_logprob`]'s, bit for bit, at T = 1
+    /// (where the sampler's weights serve as its sum) and elsewhere, with and without truncation.
+    #[test]
+    fn sampled_logprob_is_the_full_logprob() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        for trial in 0..200 {
+            let logits: Vec<f32> = (0..500)
+                .map(|_| rng.random::<f32>() * 20.0 - 10.0 + (trial % 3) as f32)
+                .collect();
+            let params = SamplingParams {
+                temperature: [1.0, 0.7, 1.3][trial % 3],
+                top_k: [0, 50][trial % 2],
+                top_p: [1.0, 0.9, 0.95, 1.0][trial % 4],
+                ..Default::default()
+            };
+            let (tok, lp, _) = sample_token(&logits, &params, &mut rng);
+            let want = full_logprob(&logits, tok, &params);
+            assert_eq!(
+                lp.to_bits(),
+                want.to_bits(),
+                "trial {trial}: {lp} vs {want}"
+            );
+        }
     }
 }
