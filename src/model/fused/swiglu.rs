@@ -34,8 +34,16 @@ pub(crate) fn applies(gate: &Tensor, up: &Tensor) -> bool {
     covers(gate) && covers(up)
 }
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+/// `σ(x) = 1 / (1 + exp(−x))` given `e = exp(−x)`, which [`super::expf::exp_in_place`] computes
+/// for a whole chunk first (the scalar call's bits, eight lanes at a time).
+fn sigmoid_of(e: f32) -> f32 {
+    1.0 / (1.0 + e)
+}
+
+/// `buf[i] = exp(−x[i])`.
+fn exp_neg(x: &[f32], buf: &mut [f32]) {
+    buf.iter_mut().zip(x).for_each(|(b, &x)| *b = -x);
+    super::expf::exp_in_place(buf);
 }
 
 struct SwiGlu;
@@ -58,8 +66,9 @@ impl CustomOp2 for SwiGlu {
         out.par_chunks_mut(CHUNK)
             .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
             .for_each(|(out, (gate, up))| {
+                exp_neg(gate, out);
                 for ((y, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-                    *y = g * sigmoid(g) * u;
+                    *y = g * sigmoid_of(*y) * u;
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -83,8 +92,9 @@ impl CustomOp2 for SwiGlu {
                 .zip(gate.par_chunks(CHUNK))
                 .zip(up.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
                 .for_each(|(((dg, du), gate), (up, dy))| {
+                    exp_neg(gate, du);
                     for i in 0..gate.len() {
-                        let (g, s) = (gate[i], sigmoid(gate[i]));
+                        let (g, s) = (gate[i], sigmoid_of(du[i]));
                         dg[i] = dy[i] * up[i] * s * (1.0 + g * (1.0 - s));
                         du[i] = dy[i] * g * s;
                     }
@@ -124,6 +134,39 @@ mod tests {
             [("gate", &gate), ("up", &up)],
             1e-3,
         );
+    }
+
+    /// The lanes' `exp` leaves every bit where the scalar formula puts it, forward and backward,
+    /// gates of either sign and beyond ±88 (the scalar call's own range) included.
+    #[test]
+    fn outputs_and_gradients_are_the_scalar_formulas_bits() {
+        let dev = Device::Cpu;
+        let n = 3 * CHUNK + 77;
+        let mut gate = spread_values(n, 4, 12.0);
+        gate[..8].copy_from_slice(&[-100.0, -88.5, 90.0, 0.0, -0.0, 1e-30, -1e-30, 87.9]);
+        let up = spread_values(n, 5, 3.0);
+        let dy = spread_values(n, 6, 2.0);
+        let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());
+        let g = Var::from_vec(gate.clone(), n, &dev).unwrap();
+        let u = Var::from_vec(up.clone(), n, &dev).unwrap();
+        let out = swiglu(&g, &u).unwrap();
+        let out: Vec<f32> = out.to_vec1().unwrap();
+        let dy_t = Tensor::from_vec(dy.clone(), n, &dev).unwrap();
+        let (Some(dg), Some(du)) = SwiGlu.bwd(&g, &u, &dy_t, &dy_t).unwrap() else {
+            panic!("both gradients")
+        };
+        let (dg, du): (Vec<f32>, Vec<f32>) = (dg.to_vec1().unwrap(), du.to_vec1().unwrap());
+        for i in 0..n {
+            let (x, s) = (gate[i], sigmoid(gate[i]));
+            assert_eq!(
+                out[i].to_bits(),
+                (x * s * up[i]).to_bits(),
+                "forward at {x}"
+            );
+            let want_dg = dy[i] * up[i] * s * (1.0 + x * (1.0 - s));
+            assert_eq!(dg[i].to_bits(), want_dg.to_bits(), "d gate at {x}");
+            assert_eq!(du[i].to_bits(), (dy[i] * x * s).to_bits(), "d up at {x}");
+        }
     }
 
     #[test]
