@@ -187,6 +187,29 @@ pub(crate) fn precision(params: &Params, stage: &str) -> Result<Precision> {
     Ok(p)
 }
 
+/// Puts `trainer` in `precision` for `stage`'s step: the bf16 kernels are the CPU's, so the AMX
+/// variants are refused on any other device.
+pub(crate) fn use_precision(
+    trainer: &mut Trainer,
+    precision: Precision,
+    device: &candle_core::Device,
+    stage: &str,
+) -> Result<()> {
+    if precision == Precision::F32 {
+        return Ok(());
+    }
+    if !device.is_cpu() {
+        return Err(Error::param(
+            format!("{stage}.precision"),
+            "the bf16 kernels (AMX tiles, AVX-512-BF16) are the CPU's; use f32 on CUDA",
+        ));
+    }
+    trainer
+        .use_amx(precision == Precision::AmxBf16)
+        .map_err(|e| Error::stage(stage, e.to_string()))?;
+    Ok(())
+}
+
 /// Optimizer steps per round: `steps_per_round × epochs`.
 pub(crate) fn optimizer_steps(params: &Params) -> Result<u32> {
     let s = settings(params)?;
@@ -415,17 +438,7 @@ impl Stage for TrainStage {
         };
         let device = placement(ctx.params, "train")?.device;
         let mut trainer = Trainer::load(&ckpt, &device, cfg).map_err(err)?;
-        if s.precision != Precision::F32 {
-            if !device.is_cpu() {
-                return Err(Error::param(
-                    "train.precision",
-                    "the bf16 kernels (AMX tiles, AVX-512-BF16) are the CPU's; use f32 on CUDA",
-                ));
-            }
-            trainer
-                .use_amx(s.precision == Precision::AmxBf16)
-                .map_err(err)?;
-        }
+        use_precision(&mut trainer, s.precision, &device, "train")?;
         let reference = if s.loss.beta > 0.0 {
             // KL to the checkpoint RL starts from: the warm-up's output, else init's.
             let start = [Upstream::optional("warmup"), Upstream::needs("init")]

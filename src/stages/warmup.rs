@@ -16,7 +16,7 @@ use super::agent::{
 };
 use super::kit::training_sequence;
 use super::qa::{fact_quota, facts_in_turn, family_of};
-use super::train::{Precision, precision, precision_spec};
+use super::train::{precision, precision_spec, use_precision};
 use super::{Stage, StageContext, StageOutput, Upstream};
 use crate::error::{Error, Result};
 use crate::model::scoring::{LossPositions, build_batch, selected_logprobs};
@@ -701,17 +701,7 @@ impl Stage for WarmupStage {
         let device = placement(ctx.params, "warmup")?.device;
         let mut trainer = Trainer::load(&init, &device, cfg).map_err(err)?;
         let precision = precision(ctx.params, "warmup")?;
-        if precision != Precision::F32 {
-            if !device.is_cpu() {
-                return Err(Error::param(
-                    "warmup.precision",
-                    "the bf16 kernels (AMX tiles, AVX-512-BF16) are the CPU's; use f32 on CUDA",
-                ));
-            }
-            trainer
-                .use_amx(precision == Precision::AmxBf16)
-                .map_err(err)?;
-        }
+        use_precision(&mut trainer, precision, &device, "warmup")?;
         let pad = trainer.model().config().pad_token_id.unwrap_or(0);
         let micro = ctx.params.u64("micro_batch") as usize;
         let epochs = ctx.params.u64("epochs") as usize;

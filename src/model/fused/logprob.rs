@@ -38,15 +38,19 @@ fn row_moments(row: &[f32]) -> (f32, f32, f32) {
     let mut buf = [0f32; 512];
     for part in row.chunks(buf.len()) {
         let e = &mut buf[..part.len()];
-        e.iter_mut().zip(part).for_each(|(e, &x)| *e = x - max);
-        // The scalar call's bits, eight lanes at a time; summed in order below.
-        super::expf::exp_in_place(e);
+        shifted_exps(part, max, e);
         for (&e, &x) in e.iter().zip(part) {
             sum += e;
             weighted += e * x;
         }
     }
     (max, sum, weighted)
+}
+
+/// `out[i] = exp(row[i] − max)`, the scalar call's bits eight lanes at a time.
+fn shifted_exps(row: &[f32], max: f32, out: &mut [f32]) {
+    out.iter_mut().zip(row).for_each(|(e, &x)| *e = x - max);
+    super::expf::exp_in_place(out);
 }
 
 struct TargetLogprob;
@@ -124,10 +128,11 @@ impl CustomOp1 for TargetLogprobGrad {
                 if g == 0.0 {
                     return;
                 }
-                let (max, sum, _) = row_moments(row);
+                // The row's exps once, summed in the order `row_moments` sums them (same bits).
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                shifted_exps(row, max, o);
+                let sum = o.iter().fold(0f32, |sum, &e| sum + e);
                 let scale = -g / sum;
-                o.iter_mut().zip(row).for_each(|(d, &x)| *d = x - max);
-                super::expf::exp_in_place(o);
                 o.iter_mut().for_each(|d| *d *= scale);
                 o[t as usize] += g;
             });
