@@ -318,20 +318,42 @@ impl Mlp {
     }
 }
 
-/// `l` applied to `x` `(.., in)`, every output row computed the same way whatever the number of
-/// rows: candle's CPU matmul takes a matrix-vector path for a single row, whose sums round
-/// differently from the matrix-matrix path of every other row count (measured: one row differs
-/// in the last bit, two to 600 rows agree). A single row is therefore computed as two, so a
-/// sequence decoding alone gives bit for bit what it gives in a batch.
+/// `l` applied to `x` `(.., rows, in)`, every output row computed the same way whatever the
+/// number of rows. candle's CPU matmul (the `gemm` crate) takes a matrix-vector path for a
+/// single row, and a dot-product path when rows × outputs ≤ 256, each rounding differently
+/// from the matrix-matrix path of larger products (measured: one row differs in the last bit,
+/// two to 600 agree for SmolLM2's widths; a 64-wide projection differs from 1–4 rows to 5 on).
+/// Fewer rows than [`min_rows`] are therefore padded with zero rows, so a sequence decoding
+/// alone gives bit for bit what it gives in a batch, for narrow models too.
 fn linear(l: &Proj, x: &Tensor) -> Result<Tensor> {
     let rank = x.rank();
-    // AMX tiles compute each row alike whatever the number of rows (a test in `amx`).
-    let tiles = matches!(l, Proj::Tiles { .. } | Proj::TilesTrained { .. });
-    if tiles || rank < 2 || !x.device().is_cpu() || x.elem_count() != x.dim(rank - 1)? {
+    let outputs = match l {
+        Proj::Dense(lin) => lin.weight().dim(0)?,
+        Proj::Quantized { .. } => 0,
+        // AMX tiles compute each row alike whatever the number of rows (a test in `amx`).
+        Proj::Tiles { .. } | Proj::TilesTrained { .. } => return l.forward(x),
+    };
+    if rank < 2 || !x.device().is_cpu() {
         return l.forward(x);
     }
-    let two = Tensor::cat(&[x, x], rank - 2)?;
-    Ok(l.forward(&two)?.narrow(rank - 2, 0, 1)?)
+    let rows = x.dim(rank - 2)?;
+    let need = min_rows(outputs);
+    if rows >= need {
+        return l.forward(x);
+    }
+    let mut pad = x.dims().to_vec();
+    pad[rank - 2] = need - rows;
+    let padded = Tensor::cat(&[x, &Tensor::zeros(pad, x.dtype(), x.device())?], rank - 2)?;
+    Ok(l.forward(&padded)?.narrow(rank - 2, 0, rows)?)
+}
+
+/// The fewest rows that take the `gemm` crate's matrix-matrix kernels for a product with
+/// `outputs` columns (0: unknown, past the single-row path only).
+fn min_rows(outputs: usize) -> usize {
+    match outputs {
+        0 => 2,
+        n => (16 * 16 / n + 1).max(2),
+    }
 }
 
 fn softmax_last(x: &Tensor) -> Result<Tensor> {
@@ -1208,6 +1230,33 @@ mod tests {
         }
         caches[0].clear();
         assert!(caches[0].is_empty());
+    }
+
+    /// A sequence's decoding step gives the same bits alone and packed with 2–12 others: the
+    /// tiny model's 64-wide projections are narrow enough to take the `gemm` crate's
+    /// dot-product path at a few rows, which [`linear`]'s padding keeps them off.
+    #[test]
+    fn a_decoding_step_is_the_same_alone_and_in_a_batch() {
+        let Some(dir) = tiny_model(11) else { return };
+        let model = Model::load(&dir, &Device::Cpu).unwrap();
+        let step = |n: usize| -> Vec<f32> {
+            let mut caches: Vec<SeqCache> = (0..n).map(|_| model.new_cache()).collect();
+            let prompts: Vec<Vec<u32>> = (0..n).map(|i| vec![1, 520 + i as u32, 33]).collect();
+            let chunks: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+            let mut cs: Vec<&mut SeqCache> = caches.iter_mut().collect();
+            model.forward_step(&chunks, &mut cs).unwrap();
+            let next: Vec<[u32; 1]> = (0..n).map(|i| [905 + i as u32]).collect();
+            let chunks: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
+            let logits = model.forward_step(&chunks, &mut cs).unwrap();
+            logits.get(0).unwrap().to_vec1().unwrap()
+        };
+        let alone = step(1);
+        for n in 2..=12 {
+            assert!(
+                step(n) == alone,
+                "{n} sequences change the first one's logits"
+            );
+        }
     }
 
     #[test]
