@@ -47,8 +47,9 @@ impl Stage for EvalStage {
     ///    SQuAD normalisation deletes punctuation instead of spacing it ("U.S." = "US").
     /// 5: verification pairs and near misses come from the half of dev that `judge.real_items`
     ///    never trains on (`dev_trains_grm`).
+    /// 6: a decoding step's attention (one query row) rounds as the few-row kernels do, not `gemm`.
     fn version(&self) -> u32 {
-        5
+        6
     }
 
     fn name(&self) -> &'static str {

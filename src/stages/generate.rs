@@ -98,8 +98,9 @@ impl Stage for GenerateStage {
     ///    SQuAD normalisation deletes punctuation instead of spacing it ("U.S." = "US");
     ///    a sampled sequence whose every token was its truncated distribution's only one keeps
     ///    behaviour log-probs of 0 (they were the scored ones, as for a greedy pick).
+    /// 5: a decoding step's attention (one query row) rounds as the few-row kernels do, not `gemm`.
     fn version(&self) -> u32 {
-        4
+        5
     }
 
     fn splits(&self) -> bool {

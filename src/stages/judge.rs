@@ -89,8 +89,9 @@ impl Stage for JudgeStage {
     /// 4: verification pairs come from the half of dev that eval never scores (`dev_trains_grm`);
     ///    a sampled sequence whose every token was its truncated distribution's only one keeps
     ///    behaviour log-probs of 0 (they were the scored ones, as for a greedy pick).
+    /// 5: a decoding step's attention (one query row) rounds as the few-row kernels do, not `gemm`.
     fn version(&self) -> u32 {
-        4
+        5
     }
 
     fn splits(&self) -> bool {

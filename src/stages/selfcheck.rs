@@ -69,8 +69,9 @@ impl Stage for SelfCheckStage {
     ///    SQuAD normalisation deletes punctuation instead of spacing it ("U.S." = "US");
     ///    a sampled sequence whose every token was its truncated distribution's only one keeps
     ///    behaviour log-probs of 0 (they were the scored ones, as for a greedy pick).
+    /// 4: a decoding step's attention (one query row) rounds as the few-row kernels do, not `gemm`.
     fn version(&self) -> u32 {
-        3
+        4
     }
 
     fn splits(&self) -> bool {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::{MatView, f32_slice, gemm_into, runs_on, with_f32_values};
+use super::{MatView, f32_slice, few_rows, gemm_into, runs_on, with_f32_values};
 use crate::model::error::{ModelError, Result};
 
 /// Query rows per scratch block. A chunk's blocks start at its first token, so a prompt
@@ -175,11 +175,19 @@ fn cached_blocks(
                     for r0 in (0..len).step_by(BLOCK_ROWS) {
                         let rows = BLOCK_ROWS.min(len - r0);
                         let keys = past + r0 + rows;
-                        let q_block = MatView::dense(&q_rows[r0 * d..], rows, d);
+                        let q_block = &q_rows[r0 * d..(r0 + rows) * d];
                         let visible = |i| past + r0 + i + 1;
+                        let out_block = &mut out[r0 * d..(r0 + rows) * d];
+                        if rows <= few_rows::FEW_ROWS {
+                            few_rows::scores(q_block, rows, k, keys, d, scale, &mut p);
+                            softmax_visible(&mut p, rows, keys, visible);
+                            few_rows::weighted_sum(&p, rows, keys, visible, v, d, out_block);
+                            continue;
+                        }
+                        let q_block = MatView::dense(q_block, rows, d);
                         block_probabilities(q_block, k, keys, scale, visible, &mut p);
                         gemm_into(
-                            &mut out[r0 * d..(r0 + rows) * d],
+                            out_block,
                             MatView::dense(&p, rows, keys),
                             MatView::dense(v, keys, d),
                             1.0,
@@ -283,6 +291,12 @@ fn block_probabilities(
         scale,
         false,
     );
+    softmax_visible(p, rows, keys, visible);
+}
+
+/// The softmax of each of the `rows` rows of `p` (`keys` wide) over its first `visible(i)`
+/// entries; the rest become 0, and a row that sees no key is all 0.
+fn softmax_visible(p: &mut [f32], rows: usize, keys: usize, visible: impl Fn(usize) -> usize) {
     for (i, row) in p[..rows * keys].chunks_mut(keys).enumerate() {
         let (seen, masked) = row.split_at_mut(visible(i).min(keys));
         masked.fill(0.0);

@@ -12,12 +12,14 @@
 //! - [`rms_norm`]: RMSNorm with a learned scale.
 //! - [`rope`]: rotary position embedding.
 //! - [`swiglu`]: the MLP's `silu(gate) · up`.
+//! - `few_rows`: attention's two products for decoding's one-row blocks, without `gemm`'s packing.
 //! - [`expf`]: `exp` over a slice on AVX-512, bit for bit the C library's (the softmax's).
 //! - [`amx_linear`]: a projection in bf16 on the CPU's bf16 kernel (`train.precision = "amx_bf16"`).
 
 pub mod amx_linear;
 pub mod attention;
 pub mod expf;
+mod few_rows;
 pub mod logprob;
 pub mod rms_norm;
 pub mod rope;
