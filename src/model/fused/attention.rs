@@ -167,6 +167,17 @@ fn cached_blocks(
             let (k, v) = &views[seq];
             let (k, v) = (k.head(kv_head, d), v.head(kv_head, d));
             let past = k.len() / d - len;
+            if len <= few_rows::FEW_ROWS {
+                return few_rows_group(
+                    &q[..h * n * d],
+                    (off, len),
+                    n,
+                    group * kv_head..group * (kv_head + 1),
+                    (k, v),
+                    d,
+                    scale,
+                );
+            }
             let mut p = vec![0f32; BLOCK_ROWS.min(len) * (past + len)];
             (kv_head * group..(kv_head + 1) * group)
                 .map(|head| {
@@ -175,16 +186,17 @@ fn cached_blocks(
                     for r0 in (0..len).step_by(BLOCK_ROWS) {
                         let rows = BLOCK_ROWS.min(len - r0);
                         let keys = past + r0 + rows;
-                        let q_block = &q_rows[r0 * d..(r0 + rows) * d];
+                        let q_block = MatView::dense(&q_rows[r0 * d..], rows, d);
                         let visible = |i| past + r0 + i + 1;
                         let out_block = &mut out[r0 * d..(r0 + rows) * d];
                         if rows <= few_rows::FEW_ROWS {
+                            // A chunk's short last block: as one of the few-row steps below.
+                            let q_block = &q_rows[r0 * d..(r0 + rows) * d];
                             few_rows::scores(q_block, rows, k, keys, d, scale, &mut p);
                             softmax_visible(&mut p, rows, keys, visible);
                             few_rows::weighted_sum(&p, rows, keys, visible, v, d, out_block);
                             continue;
                         }
-                        let q_block = MatView::dense(q_block, rows, d);
                         block_probabilities(q_block, k, keys, scale, visible, &mut p);
                         gemm_into(
                             out_block,
@@ -200,6 +212,50 @@ fn cached_blocks(
         })
         .collect();
     grouped.into_iter().flatten().collect()
+}
+
+/// The outputs of the query `heads` of one kv head for a step of `len ≤ FEW_ROWS` new tokens
+/// at `off` (a decoding step: one), one `len × D` block a head. The heads' rows go through the
+/// few-row kernels together, ordered (token, head) so the rows that see the same keys sit side by
+/// side: the kernels then read each key and value row once for all of them. Each row's
+/// arithmetic is what it would be alone, so the result is the per-head blocks' bit for bit.
+fn few_rows_group(
+    q: &[f32],
+    (off, len): (usize, usize),
+    n: usize,
+    heads: std::ops::Range<usize>,
+    (k, v): (&[f32], &[f32]),
+    d: usize,
+    scale: f32,
+) -> Vec<Vec<f32>> {
+    let group = heads.len();
+    let keys = k.len() / d;
+    let past = keys - len;
+    let rows = len * group;
+    let mut qg = Vec::with_capacity(rows * d);
+    for i in 0..len {
+        for head in heads.clone() {
+            let at = (head * n + off + i) * d;
+            qg.extend_from_slice(&q[at..at + d]);
+        }
+    }
+    let visible = |r: usize| past + r / group + 1;
+    let mut p = vec![0f32; rows * keys];
+    few_rows::scores(&qg, rows, k, keys, d, scale, &mut p);
+    softmax_visible(&mut p, rows, keys, visible);
+    let mut out = vec![0f32; rows * d];
+    few_rows::weighted_sum(&p, rows, keys, visible, v, d, &mut out);
+    (0..group)
+        .map(|g| {
+            (0..len)
+                .flat_map(|i| {
+                    out[(i * group + g) * d..(i * group + g + 1) * d]
+                        .iter()
+                        .copied()
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// One sequence's cached keys or values `(1, KV, T, D)` inside a larger buffer: kv head `h`'s
