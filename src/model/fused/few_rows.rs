@@ -266,18 +266,18 @@ mod avx512 {
                         _mm512_maskz_loadu_ps(m[3], vj.wrapping_add(3 * LANES)),
                     ]
                 };
-                for r in 0..R {
-                    let w = _mm512_set1_ps(rows[r][j]);
-                    for g in 0..4 {
-                        acc[r][g] = _mm512_fmadd_ps(w, x[g], acc[r][g]);
+                for (sums, row) in acc.iter_mut().zip(&rows) {
+                    let w = _mm512_set1_ps(row[j]);
+                    for (sum, &xg) in sums.iter_mut().zip(&x) {
+                        *sum = _mm512_fmadd_ps(w, xg, *sum);
                     }
                 }
             }
-            for r in 0..R {
+            for (r, sums) in acc.iter().enumerate() {
                 let o = out.as_mut_ptr().wrapping_add(r * d + c0 * LANES);
-                for g in 0..4 {
+                for (g, (&sum, &mg)) in sums.iter().zip(&m).enumerate() {
                     // SAFETY: masked to row r's `d` outputs.
-                    unsafe { _mm512_mask_storeu_ps(o.wrapping_add(g * LANES), m[g], acc[r][g]) };
+                    unsafe { _mm512_mask_storeu_ps(o.wrapping_add(g * LANES), mg, sum) };
                 }
             }
             c0 += 4;
@@ -413,7 +413,10 @@ mod timing {
                 weighted_sum(&p3, 3, keys, |_| keys, &k, d, &mut out3);
             }
             let three = t.elapsed().as_secs_f64() / reps as f64 * 1e6;
-            eprintln!("keys {keys}: three rows together {three:.1} us (one at a time: {:.1})", 3.0 * few);
+            eprintln!(
+                "keys {keys}: three rows together {three:.1} us (one at a time: {:.1})",
+                3.0 * few
+            );
         }
     }
 }
