@@ -150,7 +150,9 @@ pub(crate) fn cached_attention(
 /// One task per (sequence, kv head) runs the query heads that read that kv head one after the
 /// other, so its keys and values come from memory once and stay in the core's cache for the
 /// others (SmolLM2: three query heads per kv head). While decoding, reading the caches is most
-/// of attention's time. Each head's arithmetic is what a task of its own would do.
+/// of attention's time. A step of at most `few_rows::FEW_ROWS` new tokens (decoding) runs
+/// the heads as one block through [`few_rows_group`], which reads each key once for all of them.
+/// Each head's arithmetic is what a task of its own would do.
 fn cached_blocks(
     q: &[f32],
     views: &[(CacheView, CacheView)],
