@@ -327,9 +327,10 @@ impl Mlp {
 /// alone gives bit for bit what it gives in a batch, for narrow models too.
 fn linear(l: &Proj, x: &Tensor) -> Result<Tensor> {
     let rank = x.rank();
-    let outputs = match l {
-        Proj::Dense(lin) => lin.weight().dim(0)?,
-        Proj::Quantized { .. } => 0,
+    let need = match l {
+        Proj::Dense(lin) => min_rows(lin.weight().dim(0)?),
+        // candle's quantized matmul: only its single-row path is apart.
+        Proj::Quantized { .. } => 2,
         // AMX tiles compute each row alike whatever the number of rows (a test in `amx`).
         Proj::Tiles { .. } | Proj::TilesTrained { .. } => return l.forward(x),
     };
@@ -337,7 +338,6 @@ fn linear(l: &Proj, x: &Tensor) -> Result<Tensor> {
         return l.forward(x);
     }
     let rows = x.dim(rank - 2)?;
-    let need = min_rows(outputs);
     if rows >= need {
         return l.forward(x);
     }
@@ -348,12 +348,9 @@ fn linear(l: &Proj, x: &Tensor) -> Result<Tensor> {
 }
 
 /// The fewest rows that take the `gemm` crate's matrix-matrix kernels for a product with
-/// `outputs` columns (0: unknown, past the single-row path only).
+/// `outputs` columns.
 fn min_rows(outputs: usize) -> usize {
-    match outputs {
-        0 => 2,
-        n => (16 * 16 / n + 1).max(2),
-    }
+    (16 * 16 / outputs.max(1) + 1).max(2)
 }
 
 fn softmax_last(x: &Tensor) -> Result<Tensor> {

@@ -171,7 +171,7 @@ fn cached_blocks(
             let past = k.len() / d - len;
             if len <= few_rows::FEW_ROWS {
                 return few_rows_group(
-                    &q[..h * n * d],
+                    q,
                     (off, len),
                     n,
                     group * kv_head..group * (kv_head + 1),
@@ -188,17 +188,16 @@ fn cached_blocks(
                     for r0 in (0..len).step_by(BLOCK_ROWS) {
                         let rows = BLOCK_ROWS.min(len - r0);
                         let keys = past + r0 + rows;
-                        let q_block = MatView::dense(&q_rows[r0 * d..], rows, d);
                         let visible = |i| past + r0 + i + 1;
                         let out_block = &mut out[r0 * d..(r0 + rows) * d];
                         if rows <= few_rows::FEW_ROWS {
-                            // A chunk's short last block: as one of the few-row steps below.
+                            // A chunk's short last block: as a decoding step's.
                             let q_block = &q_rows[r0 * d..(r0 + rows) * d];
-                            few_rows::scores(q_block, rows, k, keys, d, scale, &mut p);
-                            softmax_visible(&mut p, rows, keys, visible);
-                            few_rows::weighted_sum(&p, rows, keys, visible, v, d, out_block);
+                            let kv = (&k[..keys * d], &v[..keys * d]);
+                            few_rows_attend(q_block, kv, d, scale, visible, &mut p, out_block);
                             continue;
                         }
+                        let q_block = MatView::dense(&q_rows[r0 * d..], rows, d);
                         block_probabilities(q_block, k, keys, scale, visible, &mut p);
                         gemm_into(
                             out_block,
@@ -242,11 +241,8 @@ fn few_rows_group(
         }
     }
     let visible = |r: usize| past + r / group + 1;
-    let mut p = vec![0f32; rows * keys];
-    few_rows::scores(&qg, rows, k, keys, d, scale, &mut p);
-    softmax_visible(&mut p, rows, keys, visible);
-    let mut out = vec![0f32; rows * d];
-    few_rows::weighted_sum(&p, rows, keys, visible, v, d, &mut out);
+    let (mut p, mut out) = (vec![0f32; rows * keys], vec![0f32; rows * d]);
+    few_rows_attend(&qg, (k, v), d, scale, visible, &mut p, &mut out);
     (0..group)
         .map(|g| {
             (0..len)
@@ -258,6 +254,24 @@ fn few_rows_group(
                 .collect()
         })
         .collect()
+}
+
+/// Attention of the query rows `q` over all the keys and values of `k`, `v` (each dense, `d`
+/// wide), row `i` seeing the first `visible(i)`: the few-row kernels' scores, the softmax, and
+/// the weighted sum into `out`; `p` is scratch of at least rows × keys values.
+fn few_rows_attend(
+    q: &[f32],
+    (k, v): (&[f32], &[f32]),
+    d: usize,
+    scale: f32,
+    visible: impl Fn(usize) -> usize + Copy,
+    p: &mut [f32],
+    out: &mut [f32],
+) {
+    let (rows, keys) = (q.len() / d, k.len() / d);
+    few_rows::scores(q, rows, k, keys, d, scale, p);
+    softmax_visible(p, rows, keys, visible);
+    few_rows::weighted_sum(p, rows, keys, visible, v, d, out);
 }
 
 /// One sequence's cached keys or values `(1, KV, T, D)` inside a larger buffer: kv head `h`'s

@@ -77,10 +77,12 @@ pub(super) fn weighted_sum(
             while n < 3 && i + n < rows && visible(i + n).min(keys) == seen {
                 n += 1;
             }
-            let rows_p: Vec<&[f32]> = (i..i + n).map(|r| &p[r * keys..r * keys + seen]).collect();
+            // Slots past the `n` passed repeat the last row, only to stay in bounds.
+            let rows_p: [&[f32]; 3] =
+                std::array::from_fn(|r| &p[(i + r).min(rows - 1) * keys..][..seen]);
             // SAFETY: AVX-512F detected; `seen ≤ keys` rows of `v`, and rows i..i+n of `out`
             // (`d` values each) are in bounds.
-            unsafe { avx512::weighted_rows(&rows_p, v, d, &mut out[i * d..(i + n) * d]) };
+            unsafe { avx512::weighted_rows(&rows_p[..n], v, d, &mut out[i * d..(i + n) * d]) };
             i += n;
             continue;
         }
@@ -290,16 +292,10 @@ mod avx512 {
 mod tests {
     use super::*;
 
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
-            })
-            .collect()
+    use crate::model::test_util::spread_values;
+
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        spread_values(n, seed, 4.0)
     }
 
     /// The kernels against the portable loops bit for bit (the same code when the CPU lacks
@@ -359,6 +355,7 @@ mod tests {
 
 #[cfg(test)]
 mod timing {
+    use super::super::{MatView, gemm_into};
     use super::*;
 
     /// `cargo test --release --lib -- --ignored few_rows_timing --nocapture`: one decoding row
@@ -387,17 +384,17 @@ mod timing {
             let few = s + w;
             let t = std::time::Instant::now();
             for _ in 0..reps {
-                super::super::gemm_into(
+                gemm_into(
                     &mut p,
-                    super::super::MatView::dense(&q, 1, d),
-                    super::super::MatView::dense(&k, keys, d).t(),
+                    MatView::dense(&q, 1, d),
+                    MatView::dense(&k, keys, d).t(),
                     0.125,
                     false,
                 );
-                super::super::gemm_into(
+                gemm_into(
                     &mut out,
-                    super::super::MatView::dense(&p, 1, keys),
-                    super::super::MatView::dense(&k, keys, d),
+                    MatView::dense(&p, 1, keys),
+                    MatView::dense(&k, keys, d),
                     1.0,
                     false,
                 );
